@@ -1,0 +1,14 @@
+#include "runtime/check.hpp"
+
+#include <cstdio>
+#include <cstdlib>
+
+namespace troupe {
+
+void check_failed(const char* file, int line, const char* cond, const std::string& detail) {
+  std::fprintf(stderr, "%s:%d: check failed: %s %s\n", file, line, cond, detail.c_str());
+  std::fflush(stderr);
+  std::abort();
+}
+
+}  // namespace troupe
