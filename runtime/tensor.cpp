@@ -2,6 +2,8 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <unordered_map>
 
 namespace troupe {
 
@@ -23,14 +25,49 @@ const char* dtype_name(dtype t) {
   return "?";
 }
 
-storage::storage(size_t bytes, device dev) : bytes_(bytes), dev_(dev) {
-  size_t rounded = (bytes + 63) / 64 * 64;
-  data_ = std::aligned_alloc(64, rounded == 0 ? 64 : rounded);
-  TROUPE_CHECK(data_ != nullptr, "out of memory allocating ", bytes, " bytes");
-  std::memset(data_, 0, rounded == 0 ? 64 : rounded);
+namespace {
+
+// Freed host blocks by rounded size. Never shrinks: the working set of a training job
+// is the same every step, so what is cached is what the next step needs.
+struct block_cache {
+  std::mutex mu;
+  std::unordered_map<size_t, std::vector<void*>> free_blocks;
+
+  void* take(size_t rounded) {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      auto it = free_blocks.find(rounded);
+      if (it != free_blocks.end() && !it->second.empty()) {
+        void* p = it->second.back();
+        it->second.pop_back();
+        return p;
+      }
+    }
+    void* p = std::aligned_alloc(64, rounded);
+    TROUPE_CHECK(p != nullptr, "out of memory allocating ", rounded, " bytes");
+    return p;
+  }
+  void give(void* p, size_t rounded) {
+    std::lock_guard<std::mutex> lock(mu);
+    free_blocks[rounded].push_back(p);
+  }
+};
+
+block_cache& host_cache() {
+  static auto* cache = new block_cache;  // leaked on purpose: outlives every static tensor
+  return *cache;
 }
 
-storage::~storage() { std::free(data_); }
+size_t rounded_size(size_t bytes) { return bytes == 0 ? 64 : (bytes + 63) / 64 * 64; }
+
+}  // namespace
+
+storage::storage(size_t bytes, device dev, init how) : bytes_(bytes), dev_(dev) {
+  data_ = host_cache().take(rounded_size(bytes));
+  if (how == init::zero) std::memset(data_, 0, rounded_size(bytes));
+}
+
+storage::~storage() { host_cache().give(data_, rounded_size(bytes_)); }
 
 int64_t numel_of(const shape_t& shape) {
   int64_t n = 1;
@@ -44,13 +81,25 @@ std::string shape_str(const shape_t& shape) {
   return s + ")";
 }
 
-tensor tensor::zeros(const shape_t& shape, dtype t, device dev) {
+static tensor make_tensor(const shape_t& shape, dtype t, device dev, storage::init how) {
   for (int64_t d : shape) TROUPE_CHECK(d >= 0, "negative dimension in shape ", shape_str(shape));
+  return tensor::wrap(std::make_shared<storage>(size_t(numel_of(shape)) * dtype_size(t), dev, how), shape, t);
+}
+
+tensor tensor::wrap(std::shared_ptr<storage> s, const shape_t& shape, dtype t) {
   tensor x;
-  x.storage_ = std::make_shared<storage>(size_t(numel_of(shape)) * dtype_size(t), dev);
+  x.storage_ = std::move(s);
   x.shape_ = shape;
   x.dtype_ = t;
   return x;
+}
+
+tensor tensor::zeros(const shape_t& shape, dtype t, device dev) {
+  return make_tensor(shape, t, dev, storage::init::zero);
+}
+
+tensor tensor::empty(const shape_t& shape, dtype t, device dev) {
+  return make_tensor(shape, t, dev, storage::init::uninitialized);
 }
 
 void* tensor::raw() {

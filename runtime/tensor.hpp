@@ -25,10 +25,13 @@ struct device {
   bool operator==(const device&) const = default;
 };
 
-// A block of bytes owned by one device, 64-byte aligned, zero-filled on creation.
+// A block of bytes owned by one device, 64-byte aligned. Blocks come from and return
+// to a per-size cache: a training step allocates the same activation sizes every time,
+// and fresh pages cost a fault each (shared/STACK.md §8: first-touch is ~2 GB/s here).
 class storage {
  public:
-  storage(size_t bytes, device dev);
+  enum class init : uint8_t { zero, uninitialized };
+  storage(size_t bytes, device dev, init how = init::zero);
   ~storage();
   storage(const storage&) = delete;
   storage& operator=(const storage&) = delete;
@@ -53,6 +56,10 @@ class tensor {
   tensor() = default;
   // A fresh zero-filled tensor.
   static tensor zeros(const shape_t& shape, dtype t = dtype::f32, device dev = {});
+  // A fresh tensor whose contents are undefined: for outputs a kernel overwrites whole.
+  static tensor empty(const shape_t& shape, dtype t = dtype::f32, device dev = {});
+  // A tensor over the whole of an existing storage.
+  static tensor wrap(std::shared_ptr<storage> s, const shape_t& shape, dtype t);
 
   bool defined() const { return storage_ != nullptr; }
   const shape_t& shape() const { return shape_; }

@@ -1,0 +1,43 @@
+#pragma once
+// coordinator: builds the actor graph of one job (a data_feeder and a device holding
+// the model as a single stage), starts it, reports each step (progress line, metrics as
+// JSON lines), evaluates at the end and answers the run request with the outcome.
+//
+// Accepts: (run_atom)        -> replies (eval_report, string sample) when the job ends
+//          step_report       from the device
+// Sends:   (start_atom, ...) to the feeder; (eval_atom, tensor_batch) and
+//          (generate_atom, ...) requests to the device.
+#include <chrono>
+#include <fstream>
+#include <memory>
+
+#include "actors/messages.hpp"
+#include "runtime/plot.hpp"
+#include "runtime/training.hpp"
+
+namespace troupe {
+
+struct coordinator_options {
+  bool live_progress = true;  // rewrite one progress line in place (a terminal)
+  bool quiet = false;         // no progress at all (tests)
+  int32_t prefetch = 2;       // batches in flight from the feeder to the device
+};
+
+struct coordinator_state {
+  proto::JobSpec spec;
+  std::shared_ptr<const training_data> data;
+  coordinator_options opts;
+  int64_t total_steps = 0;
+  caf::actor feeder, dev;
+  caf::response_promise done;
+  std::chrono::steady_clock::time_point start, window_start;
+  int64_t window_samples = 0, window_tokens = 0;
+  std::ofstream metrics;
+  plot_series loss_curve{"train loss", {}, {}};
+  static inline const char* name = "coordinator";
+};
+
+caf::behavior coordinator(caf::stateful_actor<coordinator_state>* self, proto::JobSpec spec,
+                          std::shared_ptr<const training_data> data, coordinator_options opts);
+
+}  // namespace troupe

@@ -1,0 +1,34 @@
+#include "actors/data_feeder.hpp"
+
+namespace troupe {
+
+namespace {
+
+void push_next(caf::stateful_actor<data_feeder_state>* self) {
+  auto& s = self->state;
+  if (s.next_step >= s.total_steps) return;
+  batch b = s.source->next();
+  self->send(s.device, tensor_batch{s.next_step++, 0, 0, std::move(b.x), std::move(b.y)});
+}
+
+}  // namespace
+
+caf::behavior data_feeder(caf::stateful_actor<data_feeder_state>* self, proto::JobSpec spec,
+                          std::shared_ptr<const training_data> data) {
+  self->state.source = std::make_unique<batch_source>(spec, std::move(data));
+  return {
+      [=](start_atom, const caf::actor& device, int64_t total_steps, int32_t window) {
+        auto& s = self->state;
+        s.device = device;
+        s.total_steps = total_steps;
+        for (int32_t i = 0; i < window; ++i) push_next(self);
+      },
+      [=](credit_atom) { push_next(self); },
+      [=](eval_atom) {
+        batch b = self->state.source->eval_set();
+        return tensor_batch{-1, 0, 0, std::move(b.x), std::move(b.y)};
+      },
+  };
+}
+
+}  // namespace troupe

@@ -1,0 +1,28 @@
+#pragma once
+// data_feeder: turns the job's data into batch messages for one device, keeping at most
+// `window` batches in flight (credit-based backpressure: a device returns one credit
+// per batch it has consumed).
+//
+// Accepts: (start_atom, actor device, int64 total_steps, int32 window)
+//          (credit_atom)                -> sends the next tensor_batch to the device
+//          (eval_atom)                  -> replies tensor_batch (step -1): the eval set
+// Sends:   tensor_batch to the device.
+#include <memory>
+
+#include "actors/messages.hpp"
+#include "runtime/training.hpp"
+
+namespace troupe {
+
+struct data_feeder_state {
+  std::unique_ptr<batch_source> source;
+  caf::actor device;
+  int64_t next_step = 0;
+  int64_t total_steps = 0;
+  static inline const char* name = "data_feeder";
+};
+
+caf::behavior data_feeder(caf::stateful_actor<data_feeder_state>* self, proto::JobSpec spec,
+                          std::shared_ptr<const training_data> data);
+
+}  // namespace troupe

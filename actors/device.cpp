@@ -1,0 +1,42 @@
+#include "actors/device.hpp"
+
+#include <chrono>
+
+#include "runtime/threads.hpp"
+
+namespace troupe {
+
+caf::behavior device(caf::stateful_actor<device_state>* self, proto::JobSpec spec, int64_t total_steps,
+                     caf::actor coordinator) {
+  auto& s = self->state;
+  s.threads = spec.train().threads();
+  s.eval_chunk = spec.train().batch_size();
+  s.coordinator = std::move(coordinator);
+  s.replica = std::make_unique<trainer>(spec, total_steps);
+  return {
+      [=](const tensor_batch& b) {
+        auto& s = self->state;
+        // OpenMP's thread count belongs to the calling thread: set it where we compute.
+        set_compute_threads(s.threads);
+        auto t0 = std::chrono::steady_clock::now();
+        step_result r = s.replica->train_step(b.x, b.y);
+        double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        int64_t samples = b.x.dim(0);
+        int64_t tokens = s.replica->net().kind == model_kind::gpt ? b.x.numel() : 0;
+        self->send(caf::actor_cast<caf::actor>(self->current_sender()), credit_atom::value);
+        self->send(s.coordinator, step_report{b.step, r.loss, r.grad_norm, r.lr, samples, tokens, dt});
+      },
+      [=](eval_atom, const tensor_batch& b) {
+        auto& s = self->state;
+        set_compute_threads(s.threads);
+        eval_result r = s.replica->evaluate(b.x, b.y, s.eval_chunk);
+        return eval_report{r.loss, r.accuracy, r.count};
+      },
+      [=](generate_atom, const std::string& prompt, int32_t count, uint64_t seed) {
+        set_compute_threads(self->state.threads);
+        return self->state.replica->generate(prompt, count, seed);
+      },
+  };
+}
+
+}  // namespace troupe

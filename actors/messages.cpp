@@ -1,0 +1,12 @@
+#include "actors/messages.hpp"
+
+namespace troupe {
+
+void register_message_types(caf::actor_system_config& cfg) {
+  cfg.add_message_type<tensor>("tensor");
+  cfg.add_message_type<tensor_batch>("tensor_batch");
+  cfg.add_message_type<step_report>("step_report");
+  cfg.add_message_type<eval_report>("eval_report");
+}
+
+}  // namespace troupe

@@ -1,0 +1,94 @@
+#pragma once
+// Every message type that actors exchange, their atoms, and their registration with
+// CAF. Tensors travel by reference inside a process (a troupe::tensor is a handle on
+// shared storage, so copying a message copies handles, never data); across processes
+// the inspect functions below serialize the bytes with one apply_raw call
+// (shared/STACK.md §2.3: element-wise serialization runs at ~140 MB/s).
+#include <caf/all.hpp>
+
+#include <cstdint>
+#include <string>
+#include <type_traits>
+
+#include "runtime/tensor.hpp"
+
+namespace troupe {
+
+using start_atom = caf::atom_constant<caf::atom("start")>;
+using credit_atom = caf::atom_constant<caf::atom("credit")>;
+using eval_atom = caf::atom_constant<caf::atom("eval")>;
+using generate_atom = caf::atom_constant<caf::atom("generate")>;
+using run_atom = caf::atom_constant<caf::atom("run")>;
+
+// One (micro-)batch of training data, or the whole evaluation set (step = -1).
+struct tensor_batch {
+  int64_t step = 0;
+  int32_t micro = 0;     // micro-batch index within the step
+  int64_t version = 0;   // parameter version the batch is meant for
+  tensor x;              // inputs: (B,784) f32 images or (B,T) i32 tokens
+  tensor y;              // targets: (B) or (B,T) i32
+};
+
+// What a device reports after one optimizer step.
+struct step_report {
+  int64_t step = 0;
+  float loss = 0;
+  float grad_norm = 0;
+  float lr = 0;
+  int64_t samples = 0;
+  int64_t tokens = 0;     // samples * context for GPT, 0 for the MLP
+  double compute_s = 0;   // forward + backward + optimizer on the device
+};
+
+struct eval_report {
+  double loss = 0;
+  double accuracy = -1;   // classification only; -1 where it does not apply
+  int64_t count = 0;      // samples evaluated
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, tensor& x) {
+  if constexpr (std::is_base_of<caf::serializer, Inspector>::value) {
+    uint8_t type = uint8_t(x.type());
+    shape_t shape = x.shape();
+    uint8_t defined = x.defined();
+    if (auto err = f(caf::meta::type_name("tensor"), defined, type, shape)) return err;
+    return defined && x.bytes() ? f.apply_raw(x.bytes(), x.raw()) : caf::error{};
+  } else if constexpr (std::is_base_of<caf::deserializer, Inspector>::value) {
+    uint8_t type = 0, defined = 0;
+    shape_t shape;
+    if (auto err = f(caf::meta::type_name("tensor"), defined, type, shape)) return err;
+    if (!defined) {
+      x = tensor{};
+      return caf::error{};
+    }
+    if (type > uint8_t(dtype::u8)) return caf::make_error(caf::sec::invalid_argument, "tensor: unknown dtype");
+    for (int64_t d : shape)
+      if (d < 0) return caf::make_error(caf::sec::invalid_argument, "tensor: negative dimension");
+    x = tensor::empty(shape, dtype(type));
+    return x.bytes() ? f.apply_raw(x.bytes(), x.raw()) : caf::error{};
+  } else {  // to_string: shape and dtype only
+    std::string desc = x.defined() ? std::string(dtype_name(x.type())) + shape_str(x.shape()) : "undefined";
+    return f(caf::meta::type_name("tensor"), desc);
+  }
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, tensor_batch& x) {
+  return f(caf::meta::type_name("tensor_batch"), x.step, x.micro, x.version, x.x, x.y);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, step_report& x) {
+  return f(caf::meta::type_name("step_report"), x.step, x.loss, x.grad_norm, x.lr, x.samples, x.tokens,
+           x.compute_s);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, eval_report& x) {
+  return f(caf::meta::type_name("eval_report"), x.loss, x.accuracy, x.count);
+}
+
+void register_message_types(caf::actor_system_config& cfg);
+
+}  // namespace troupe

@@ -1,0 +1,7 @@
+#pragma once
+#include <string>
+#include <vector>
+
+namespace troupe {
+int bench_main(const std::vector<std::string>& args);
+}

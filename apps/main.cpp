@@ -1,0 +1,101 @@
+// troupe: the command line. `troupe train JOB.json` runs a job through the actor system;
+// `troupe bench train` measures training throughput.
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "actors/run_job.hpp"
+#include "apps/bench.hpp"
+#include "runtime/job_spec.hpp"
+#include "runtime/threads.hpp"
+
+namespace {
+
+int usage(const char* why) {
+  if (why) std::fprintf(stderr, "troupe: %s\n\n", why);
+  std::fprintf(stderr,
+               "usage:\n"
+               "  troupe train JOB.json [--steps N] [--threads N] [--quiet]\n"
+               "      run a training job (see docs/job-spec.md); flags override the spec\n"
+               "  troupe bench train [--json FILE] [--steps N]\n"
+               "      samples/s (MLP) and tokens/s (GPT) of the example jobs at 1 and 2 threads\n");
+  return 2;
+}
+
+// Parses a positive integer flag value or explains what was wrong.
+bool parse_count(const char* flag, const char* text, uint32_t& out) {
+  char* end = nullptr;
+  long v = std::strtol(text, &end, 10);
+  if (!*text || *end || v < 1 || v > 100000000) {
+    std::fprintf(stderr, "troupe: %s expects a positive integer, got '%s'\n", flag, text);
+    return false;
+  }
+  out = uint32_t(v);
+  return true;
+}
+
+int train(const std::vector<std::string>& args) {
+  std::string path;
+  uint32_t steps = 0, threads = 0;
+  bool quiet = false;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    if ((a == "--steps" || a == "--threads") && i + 1 < args.size()) {
+      if (!parse_count(a.c_str(), args[++i].c_str(), a == "--steps" ? steps : threads)) return 2;
+    } else if (a == "--quiet") {
+      quiet = true;
+    } else if (a.rfind("--", 0) == 0) {
+      return usage(("unknown or incomplete flag '" + a + "'").c_str());
+    } else if (path.empty()) {
+      path = a;
+    } else {
+      return usage("train takes one job file");
+    }
+  }
+  if (path.empty()) return usage("train needs a job file");
+  try {
+    troupe::proto::JobSpec spec = troupe::load_job_spec(path);
+    if (steps) {
+      spec.mutable_train()->clear_epochs();
+      spec.mutable_train()->set_steps(steps);
+    }
+    if (threads) spec.mutable_train()->set_threads(threads);
+    int nthreads = spec.train().threads() ? int(spec.train().threads()) : troupe::hardware_threads();
+    troupe::coordinator_options opts;
+    opts.quiet = quiet;
+    opts.live_progress = isatty(STDOUT_FILENO);
+    std::printf("troupe: %s\n", troupe::describe(spec).c_str());
+    std::printf("        %d compute thread%s, data feeder -> device (1 stage, 1 replica)\n", nthreads,
+                nthreads == 1 ? "" : "s");
+    auto out = troupe::run_job(spec, opts);
+    if (out.eval.accuracy >= 0)
+      std::printf("result: test loss %.4f, test accuracy %.4f on %lld images (%.1f s)\n", out.eval.loss,
+                  out.eval.accuracy, (long long)out.eval.count, out.seconds);
+    else
+      std::printf("result: validation loss %.4f on %lld windows (%.1f s)\n", out.eval.loss,
+                  (long long)out.eval.count, out.seconds);
+    if (!out.sample.empty()) std::printf("sample:\n----\n%s\n----\n", out.sample.c_str());
+    return 0;
+  } catch (const troupe::input_error& e) {
+    std::fprintf(stderr, "troupe: error: %s\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "troupe: failed: %s\n", e.what());
+    return 1;
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) return usage(nullptr);
+  std::string cmd = argv[1];
+  std::vector<std::string> args(argv + 2, argv + argc);
+  if (cmd == "train") return train(args);
+  if (cmd == "bench") return troupe::bench_main(args);
+  if (cmd == "-h" || cmd == "--help" || cmd == "help") return usage(nullptr), 0;
+  return usage(("unknown command '" + cmd + "'").c_str());
+}

@@ -1,0 +1,62 @@
+#include "kernels/cpu/optim.hpp"
+
+#include <cmath>
+
+namespace troupe::kernels {
+
+void sgd_momentum_update(float* param, float* momentum_buf, const float* grad, int64_t N,
+                         float lr, float momentum, float weight_decay, int step) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < N; i++) {
+    const float g = grad[i] + weight_decay * param[i];
+    float d = g;
+    if (momentum != 0.0f) {
+      // The first step clones g into the buffer (no momentum * garbage).
+      d = step == 1 ? g : momentum * momentum_buf[i] + g;
+      momentum_buf[i] = d;
+    }
+    param[i] += -lr * d;
+  }
+}
+
+void adamw_update(float* param, float* m, float* v, const float* grad, int64_t N, float lr,
+                  float beta1, float beta2, float eps, float weight_decay, int step) {
+  const float decay = float(1.0 - double(lr) * double(weight_decay));
+  const float one_minus_b1 = float(1.0 - double(beta1));
+  const float one_minus_b2 = float(1.0 - double(beta2));
+  const double bias_correction1 = 1.0 - std::pow(double(beta1), step);
+  const double bias_correction2 = 1.0 - std::pow(double(beta2), step);
+  const float neg_step_size = float(-(double(lr) / bias_correction1));
+  const float bias_correction2_sqrt = float(std::sqrt(bias_correction2));
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < N; i++) {
+    const float g = grad[i];
+    param[i] *= decay;
+    m[i] = m[i] * beta1 + one_minus_b1 * g;
+    v[i] = v[i] * beta2 + one_minus_b2 * g * g;
+    const float denom = std::sqrt(v[i]) / bias_correction2_sqrt + eps;
+    param[i] += neg_step_size * m[i] / denom;
+  }
+}
+
+double sum_of_squares(const float* x, int64_t N) {
+  constexpr int kChunks = 64;
+  double partial[kChunks];
+#pragma omp parallel for schedule(static)
+  for (int chunk = 0; chunk < kChunks; chunk++) {
+    const int64_t begin = N * chunk / kChunks, end = N * (chunk + 1) / kChunks;
+    double sum = 0.0;
+    for (int64_t i = begin; i < end; i++) sum += double(x[i]) * double(x[i]);
+    partial[chunk] = sum;
+  }
+  double total = 0.0;
+  for (int chunk = 0; chunk < kChunks; chunk++) total += partial[chunk];
+  return total;
+}
+
+void scale_inplace(float* x, float s, int64_t N) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < N; i++) x[i] *= s;
+}
+
+}  // namespace troupe::kernels

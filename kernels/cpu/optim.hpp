@@ -1,0 +1,41 @@
+#pragma once
+// Optimizer updates with PyTorch 1.13 single-tensor semantics (foreach=False), and the two
+// pieces of global-norm gradient clipping.
+//
+// N = number of elements of one flat parameter buffer (its gradient and optimizer state
+// mirror its layout). step counts from 1. Scalars that torch keeps as Python floats
+// (bias corrections, step size) are computed in double and rounded to float once, as
+// torch does when it hands them to its float kernels. Any size may be 0.
+#include <cstdint>
+
+namespace troupe::kernels {
+
+// torch.optim.SGD(momentum, weight_decay), no dampening, no Nesterov:
+//   g = grad + wd * p;  buf = (step == 1 ? g : momentum * buf + g);  p -= lr * buf.
+// momentum_buf may be nullptr when momentum == 0 (torch keeps no buffer then).
+void sgd_momentum_update(float* param,         // (N)
+                         float* momentum_buf,  // (N)
+                         const float* grad,    // (N)
+                         int64_t N, float lr, float momentum, float weight_decay, int step);
+
+// torch.optim.AdamW (amsgrad=False):
+//   p *= 1 - lr*wd;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;
+//   denom = sqrt(v) / sqrt(1 - b2^step) + eps;  p -= lr / (1 - b1^step) * m / denom.
+void adamw_update(float* param,       // (N)
+                  float* m,           // (N)  first moment
+                  float* v,           // (N)  second moment
+                  const float* grad,  // (N)
+                  int64_t N, float lr, float beta1, float beta2, float eps, float weight_decay,
+                  int step);
+
+// sum of x[i]^2 in double. The buffer is cut into a fixed number of chunks that depend on
+// N alone, each summed in order, then the chunk sums added in order: the result is the
+// same bit for bit for any thread count.
+double sum_of_squares(const float* x,  // (N)
+                      int64_t N);
+
+// x *= s, e.g. by max_norm / (norm + 1e-6) when clipping.
+void scale_inplace(float* x,  // (N)
+                   float s, int64_t N);
+
+}  // namespace troupe::kernels

@@ -1,0 +1,40 @@
+#pragma once
+// A layer is one entry of a model's ordered layer list: the unit a partitioner later
+// cuts into pipeline stages. Layers own no tensors: parameters and gradients live in
+// arenas passed in, and what forward saves for backward goes into a per-micro-batch
+// stash the caller owns, so one layer object can serve many micro-batches in flight.
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "runtime/arena.hpp"
+#include "runtime/rng.hpp"
+
+namespace troupe {
+
+struct stash {
+  std::vector<tensor> saved;
+};
+
+class layer {
+ public:
+  virtual ~layer() = default;
+  virtual std::string name() const = 0;
+  // Registers this layer's parameters (remembering their indices).
+  virtual void declare(param_table& table) = 0;
+  // Writes initial values of the parameters this layer declared.
+  virtual void init(arena& params, rng& r) const = 0;
+  // x: this layer's input. targets: only read by loss layers; when it is undefined a
+  // loss layer returns its logits instead of the loss (evaluation, sampling).
+  virtual tensor forward(const arena& params, const tensor& x, const tensor& targets, stash& st) const = 0;
+  // dy: gradient of the loss w.r.t. this layer's output (a loss layer gets the scale of
+  // its loss, shape (1)). Returns the gradient w.r.t. the input (undefined for layers
+  // whose input is not differentiable, e.g. token ids); parameter gradients are added.
+  virtual tensor backward(const arena& params, arena& grads, const tensor& dy, const stash& st) const = 0;
+  // Forward floating-point operations per sample, for cost estimates and throughput.
+  virtual double forward_flops_per_sample() const = 0;
+};
+
+using layer_list = std::vector<std::unique_ptr<layer>>;
+
+}  // namespace troupe

@@ -1,0 +1,83 @@
+#include "runtime/optimizer.hpp"
+
+#include <cmath>
+
+#include "kernels/cpu/optim.hpp"
+
+namespace troupe {
+
+namespace {
+
+class sgd_optimizer : public optimizer {
+ public:
+  sgd_optimizer(const proto::SgdSpec& s, const param_table& t) : spec_(s), momentum_(t) {}
+  const char* name() const override { return "sgd"; }
+  void step(arena& params, const arena& grads, float lr) override {
+    ++steps_;
+    const auto& entries = params.table().entries();
+    for (size_t i = 0; i < entries.size(); ++i) {
+      float wd = entries[i].decay == weight_decay::apply ? spec_.weight_decay() : 0.f;
+      kernels::sgd_momentum_update(params.ptr(int(i)), momentum_.ptr(int(i)), grads.ptr(int(i)), entries[i].numel(), lr,
+                                   spec_.momentum(), wd, int(steps_));
+    }
+  }
+
+ private:
+  proto::SgdSpec spec_;
+  arena momentum_;
+};
+
+class adamw_optimizer : public optimizer {
+ public:
+  adamw_optimizer(const proto::AdamWSpec& s, const param_table& t) : spec_(s), m_(t), v_(t) {}
+  const char* name() const override { return "adamw"; }
+  void step(arena& params, const arena& grads, float lr) override {
+    ++steps_;
+    const auto& entries = params.table().entries();
+    for (size_t i = 0; i < entries.size(); ++i) {
+      float wd = entries[i].decay == weight_decay::apply ? spec_.weight_decay() : 0.f;
+      kernels::adamw_update(params.ptr(int(i)), m_.ptr(int(i)), v_.ptr(int(i)), grads.ptr(int(i)), entries[i].numel(), lr,
+                            spec_.beta1(), spec_.beta2(), spec_.eps(), wd, int(steps_));
+    }
+  }
+
+ private:
+  proto::AdamWSpec spec_;
+  arena m_, v_;
+};
+
+}  // namespace
+
+std::unique_ptr<optimizer> make_optimizer(const proto::OptimizerSpec& spec, const param_table& table) {
+  if (spec.has_adamw()) return std::make_unique<adamw_optimizer>(spec.adamw(), table);
+  TROUPE_CHECK(spec.has_sgd(), "optimizer spec has neither sgd nor adamw (validation should have caught this)");
+  return std::make_unique<sgd_optimizer>(spec.sgd(), table);
+}
+
+float base_learning_rate(const proto::OptimizerSpec& spec) {
+  return spec.has_adamw() ? spec.adamw().lr() : spec.sgd().lr();
+}
+
+float learning_rate(const proto::OptimizerSpec& spec, int64_t step, int64_t total) {
+  double lr = base_learning_rate(spec);
+  int64_t warmup = spec.warmup_steps();
+  if (step < warmup) return float(lr * double(step + 1) / double(warmup));
+  if (spec.lr_schedule() == "cosine" && total > warmup) {
+    double progress = double(step - warmup) / double(total - warmup);
+    double min_lr = 0.1 * lr;
+    return float(min_lr + 0.5 * (lr - min_lr) * (1.0 + std::cos(M_PI * progress)));
+  }
+  return float(lr);
+}
+
+float clip_grad_norm(arena& grads, float max_norm) {
+  tensor& g = grads.flat();
+  double norm = std::sqrt(kernels::sum_of_squares(g.f32(), g.numel()));
+  if (max_norm > 0) {
+    double coef = double(max_norm) / (norm + 1e-6);
+    if (coef < 1.0) kernels::scale_inplace(g.f32(), float(coef), g.numel());
+  }
+  return float(norm);
+}
+
+}  // namespace troupe

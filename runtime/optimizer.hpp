@@ -1,0 +1,34 @@
+#pragma once
+// Optimizers over a whole parameter arena: state lives in arenas of the same layout,
+// so a sharded optimizer later is offset arithmetic on the same buffers.
+#include <memory>
+
+#include "runtime/arena.hpp"
+#include "runtime/proto/job.pb.h"
+
+namespace troupe {
+
+class optimizer {
+ public:
+  virtual ~optimizer() = default;
+  // One update of every parameter with learning rate lr; counts steps from 1.
+  virtual void step(arena& params, const arena& grads, float lr) = 0;
+  virtual const char* name() const = 0;
+  int64_t steps_taken() const { return steps_; }
+
+ protected:
+  int64_t steps_ = 0;
+};
+
+std::unique_ptr<optimizer> make_optimizer(const proto::OptimizerSpec& spec, const param_table& table);
+
+// The learning rate of step `step` (0-based) of `total`: linear warmup, then constant or
+// cosine decay to 10% of the base rate.
+float learning_rate(const proto::OptimizerSpec& spec, int64_t step, int64_t total);
+float base_learning_rate(const proto::OptimizerSpec& spec);
+
+// Scales the gradients so that their global L2 norm is at most max_norm (PyTorch's
+// clip_grad_norm_ rule); returns the norm before clipping. max_norm <= 0: only measures.
+float clip_grad_norm(arena& grads, float max_norm);
+
+}  // namespace troupe

@@ -1,0 +1,74 @@
+#pragma once
+// The compute side of training one model replica in one place: data sources that turn a
+// job spec into batches, and a trainer that runs forward, backward and the optimizer.
+// Actors call these; they decide nothing and move no messages themselves.
+#include <memory>
+#include <string>
+
+#include "runtime/data.hpp"
+#include "runtime/model.hpp"
+#include "runtime/optimizer.hpp"
+
+namespace troupe {
+
+// The data a job trains and evaluates on, loaded once (errors name the file).
+struct training_data {
+  model_kind kind = model_kind::mlp;
+  image_set train_images, test_images;
+  byte_corpus corpus;
+};
+
+std::shared_ptr<const training_data> load_training_data(const proto::JobSpec& spec);
+int64_t total_steps(const proto::JobSpec& spec, const training_data& data);
+
+// Seeded batches in a fixed order: the same spec and seed give the same batches.
+class batch_source {
+ public:
+  batch_source(const proto::JobSpec& spec, std::shared_ptr<const training_data> data);
+  // The training batch of the next step.
+  batch next();
+  // The whole evaluation set: the test images, or eval_batches x batch_size validation
+  // windows at fixed offsets.
+  batch eval_set() const;
+
+ private:
+  proto::JobSpec spec_;
+  std::shared_ptr<const training_data> data_;
+  std::unique_ptr<epoch_sampler> images_;
+  std::unique_ptr<window_sampler> windows_;
+  std::vector<int64_t> idx_;
+};
+
+struct step_result {
+  float loss = 0, grad_norm = 0, lr = 0;
+};
+
+struct eval_result {
+  double loss = 0;
+  double accuracy = -1;
+  int64_t count = 0;
+};
+
+// One replica of the whole model: parameters, gradients, optimizer state.
+class trainer {
+ public:
+  explicit trainer(const proto::JobSpec& spec, int64_t total_steps);
+  step_result train_step(const tensor& x, const tensor& y);
+  eval_result evaluate(const tensor& x, const tensor& y, int64_t chunk_rows) const;
+  // Samples `count` bytes after `prompt` at temperature 1 from a seeded generator.
+  std::string generate(const std::string& prompt, int count, uint64_t seed) const;
+
+  const model& net() const { return *model_; }
+  arena& params() { return params_; }
+  arena& grads() { return grads_; }
+
+ private:
+  proto::JobSpec spec_;
+  int64_t total_steps_;
+  std::unique_ptr<model> model_;
+  arena params_, grads_;
+  std::unique_ptr<optimizer> optimizer_;
+  int64_t step_ = 0;
+};
+
+}  // namespace troupe

@@ -1,0 +1,313 @@
+// Job specs: the example jobs parse, defaults are filled, bad specs give errors that name
+// the field, and docs/job-spec.md matches the schema field for field.
+#include <doctest/doctest.h>
+#include <google/protobuf/descriptor.h>  // walking the JobSpec schema
+
+#include <fstream>
+#include <regex>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "runtime/data.hpp"
+#include "runtime/job_spec.hpp"
+
+using namespace troupe;
+
+namespace {
+
+#ifdef TROUPE_SOURCE_DIR
+const std::string source_dir = TROUPE_SOURCE_DIR;
+#else
+const std::string source_dir = ".";
+#endif
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path);
+  REQUIRE_MESSAGE(in.good(), "cannot read ", path);
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+bool has(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+
+// The message of the input_error that parsing `json` must throw.
+std::string parse_error(const std::string& json) {
+  try {
+    parse_job_spec(json, "job.json");
+  } catch (const input_error& e) {
+    return e.what();
+  }
+  FAIL("expected an input_error for: ", json);
+  return "";
+}
+
+// A valid MLP spec with one part replaced: each malformed case differs in one place.
+std::string mlp_spec(const std::string& model = R"({"mlp": {"widths": [784, 64, 10]}})",
+                     const std::string& train = R"({"batch_size": 32, "epochs": 1})",
+                     const std::string& optimizer = R"({"sgd": {"lr": 0.1}})") {
+  return R"({"name": "t", "model": )" + model + R"(, "data": {"dataset": "fashion_mnist"}, "optimizer": )" +
+         optimizer + R"(, "train": )" + train + "}";
+}
+
+std::string gpt_spec(const std::string& gpt) {
+  return R"({"model": {"gpt": )" + gpt +
+         R"(}, "data": {"dataset": "fortunes"}, "optimizer": {"adamw": {"lr": 1e-3}}, "train": {"batch_size": 4, "steps": 10}})";
+}
+
+void schema_paths(const google::protobuf::Descriptor* d, const std::string& prefix, std::set<std::string>& out) {
+  for (int i = 0; i < d->field_count(); ++i) {
+    const google::protobuf::FieldDescriptor* f = d->field(i);
+    const std::string path = prefix.empty() ? f->name() : prefix + "." + f->name();
+    out.insert(path);
+    if (f->type() == google::protobuf::FieldDescriptor::TYPE_MESSAGE) schema_paths(f->message_type(), path, out);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("job spec: the example jobs parse and read as intended") {
+  const proto::JobSpec mlp = load_job_spec(source_dir + "/apps/jobs/fmnist_mlp.json");
+  CHECK(mlp.name() == "fmnist_mlp");
+  REQUIRE(mlp.model().has_mlp());
+  CHECK(mlp.model().mlp().widths_size() == 4);
+  CHECK(mlp.model().mlp().activation() == "relu");
+  CHECK(mlp.data().dataset() == "fashion_mnist");
+  CHECK(mlp.data().path() == "/usr/share/datasets/fashion-mnist");
+  CHECK(mlp.optimizer().sgd().lr() == doctest::Approx(0.05));
+  CHECK(mlp.optimizer().sgd().momentum() == doctest::Approx(0.9));
+  CHECK(mlp.train().batch_size() == 128);
+  CHECK(mlp.train().epochs() == 2);
+  CHECK(!mlp.train().has_steps());
+  CHECK(mlp.train().metrics_file() == "runs/fmnist_mlp/metrics.jsonl");
+  CHECK(describe(mlp) ==
+        "fmnist_mlp: mlp 784-256-256-10 relu on fashion_mnist; sgd lr 0.05 momentum 0.9, constant; batch 128, 2 "
+        "epochs, seed 1337");
+
+  const proto::JobSpec lng = load_job_spec(source_dir + "/apps/jobs/fmnist_mlp_long.json");
+  CHECK(lng.optimizer().lr_schedule() == "cosine");
+  CHECK(lng.train().epochs() == 10);
+
+  const proto::JobSpec gpt = load_job_spec(source_dir + "/apps/jobs/fortunes_gpt.json");
+  REQUIRE(gpt.model().has_gpt());
+  CHECK(gpt.model().gpt().n_layer() == 4);
+  CHECK(gpt.model().gpt().n_head() == 4);
+  CHECK(gpt.model().gpt().d_model() == 128);
+  CHECK(gpt.model().gpt().context() == 128);
+  CHECK(gpt.model().gpt().vocab() == 256);
+  CHECK(gpt.data().path() == "/usr/share/games/fortunes");
+  CHECK(gpt.data().val_fraction() == doctest::Approx(0.1));
+  const proto::AdamWSpec& a = gpt.optimizer().adamw();
+  CHECK(a.lr() == doctest::Approx(1e-3));
+  CHECK(a.beta1() == doctest::Approx(0.9));
+  CHECK(a.beta2() == doctest::Approx(0.95));
+  CHECK(a.eps() == doctest::Approx(1e-8));
+  CHECK(a.weight_decay() == doctest::Approx(0.1));
+  CHECK(gpt.optimizer().grad_clip() == doctest::Approx(1.0));
+  CHECK(gpt.train().batch_size() == 16);
+  CHECK(gpt.train().steps() == 300);
+  CHECK(gpt.train().sample_tokens() == 200);
+  CHECK(has(describe(gpt), "gpt 4 layers, 4 heads, d_model 128, context 128 on fortunes"));
+  CHECK(has(describe(gpt), "300 steps"));
+}
+
+TEST_CASE("job spec: defaults fill every unset field that applies") {
+  const proto::JobSpec s = parse_job_spec(
+      R"({"model": {"mlp": {"widths": [784, 10]}}, "data": {"dataset": "fashion_mnist"},
+          "optimizer": {"sgd": {"lr": 0.1}}, "train": {"batchSize": 8, "epochs": 1}})",
+      "job.json");
+  CHECK(s.name() == "job");
+  CHECK(s.model().mlp().activation() == "relu");
+  CHECK(s.data().path() == "/usr/share/datasets/fashion-mnist");
+  CHECK(!s.data().has_val_fraction());  // fashion_mnist evaluates on its test files
+  CHECK(s.optimizer().sgd().momentum() == 0.0f);
+  CHECK(s.optimizer().sgd().weight_decay() == 0.0f);
+  CHECK(s.optimizer().grad_clip() == 0.0f);
+  CHECK(s.optimizer().lr_schedule() == "constant");
+  CHECK(s.optimizer().warmup_steps() == 0);
+  CHECK(s.train().batch_size() == 8);  // written batchSize: protobuf's JSON takes both
+  CHECK(s.train().seed() == 1337);
+  CHECK(s.train().has_threads());
+  CHECK(s.train().threads() == 0);
+  CHECK(s.train().log_every() == 10);
+  CHECK(s.train().metrics_file() == "runs/job/metrics.jsonl");
+  CHECK(s.train().eval_batches() == 50);
+  CHECK(!s.train().has_sample_tokens());
+
+  const proto::JobSpec g = parse_job_spec(gpt_spec("{}"), "job.json");
+  CHECK(g.model().gpt().n_layer() == 4);
+  CHECK(g.model().gpt().n_head() == 4);
+  CHECK(g.model().gpt().d_model() == 128);
+  CHECK(g.model().gpt().context() == 128);
+  CHECK(g.model().gpt().vocab() == 256);
+  CHECK(g.data().val_fraction() == 0.1f);
+  CHECK(g.optimizer().adamw().beta1() == 0.9f);
+  CHECK(g.optimizer().adamw().beta2() == 0.999f);
+  CHECK(g.optimizer().adamw().eps() == 1e-8f);
+  CHECK(g.optimizer().adamw().weight_decay() == 0.01f);
+  CHECK(g.train().sample_tokens() == 200);
+  CHECK(parse_job_spec(gpt_spec(R"({"n_head": 8, "d_model": 64})"), "job.json").model().gpt().d_model() == 64);
+
+  // Numbers as strings, as protobuf's JSON mapping allows; the full uint64 range for seeds.
+  const proto::JobSpec q = parse_job_spec(
+      R"({"model": {"gpt": {"context": "64"}}, "data": {"dataset": "fortunes"}, "optimizer": {"adamw": {"lr": "1e-3"}},
+          "train": {"batch_size": "4", "steps": 10, "seed": "18446744073709551615"}})",
+      "job.json");
+  CHECK(q.model().gpt().context() == 64);
+  CHECK(q.optimizer().adamw().lr() == 1e-3f);
+  CHECK(q.train().batch_size() == 4);
+  CHECK(q.train().seed() == 18446744073709551615ull);
+}
+
+TEST_CASE("job spec: malformed specs name the file, the field, the value and what is allowed") {
+  struct bad_case {
+    std::string what;
+    std::string json;
+    std::vector<std::string> parts;  // each must appear in the message
+  };
+  const std::vector<bad_case> cases = {
+      {"unknown field", mlp_spec(R"({"mlp": {"widths": [784, 10]}})", R"({"batch_size": 32, "epochs": 1, "bach_size": 2})"),
+       {"job.json: train.bach_size: unknown field (did you mean \"batch_size\"?)", "known fields of train"}},
+      {"unknown top-level field", R"({"nmae": "x"})", {"job.json: nmae: unknown field", "\"name\""}},
+      {"wrong type", mlp_spec(R"({"mlp": {"widths": [784, 10]}})", R"({"batch_size": "big", "epochs": 1})"),
+       {"job.json: train.batch_size: invalid value \"big\": expected an integer >= 1"}},
+      {"negative size", mlp_spec(R"({"mlp": {"widths": [784, 10]}})", R"({"batch_size": -1, "epochs": 1})"),
+       {"job.json: train.batch_size: invalid value -1: expected an integer >= 1"}},
+      {"zero size", mlp_spec(R"({"mlp": {"widths": [784, 10]}})", R"({"batch_size": 0, "epochs": 1})"),
+       {"job.json: train.batch_size: invalid value 0: expected an integer >= 1"}},
+      {"fractional size", mlp_spec(R"({"mlp": {"widths": [784, 10]}})", R"({"batch_size": 1.5, "epochs": 1})"),
+       {"train.batch_size", "1.5"}},
+      {"missing batch size", mlp_spec(R"({"mlp": {"widths": [784, 10]}})", R"({"epochs": 1})"),
+       {"train.batch_size: missing"}},
+      {"bad enum string", mlp_spec(R"({"mlp": {"widths": [784, 10], "activation": "tanhh"}})"),
+       {"model.mlp.activation: invalid value \"tanhh\"", "\"relu\", \"gelu\""}},
+      {"d_model not divisible by n_head", gpt_spec(R"({"n_head": 3, "d_model": 128})"),
+       {"model.gpt.d_model: invalid value 128", "multiple of model.gpt.n_head (3)"}},
+      {"vocab not 256", gpt_spec(R"({"vocab": 512})"), {"model.gpt.vocab: invalid value 512", "256"}},
+      {"both epochs and steps", mlp_spec(R"({"mlp": {"widths": [784, 10]}})", R"({"batch_size": 8, "epochs": 1, "steps": 5})"),
+       {"train.epochs", "train.steps"}},
+      {"neither epochs nor steps", mlp_spec(R"({"mlp": {"widths": [784, 10]}})", R"({"batch_size": 8})"),
+       {"train.steps: missing", "train.epochs"}},
+      {"epochs for text", R"({"model": {"gpt": {}}, "data": {"dataset": "fortunes"}, "optimizer": {"adamw": {"lr": 1e-3}},
+                              "train": {"batch_size": 4, "epochs": 1}})",
+       {"train.epochs", "fortunes"}},
+      {"missing optimizer", R"({"model": {"mlp": {"widths": [784, 10]}}, "data": {"dataset": "fashion_mnist"},
+                                "train": {"batch_size": 8, "epochs": 1}})",
+       {"job.json: optimizer: missing", "optimizer.sgd", "optimizer.adamw"}},
+      {"empty optimizer", mlp_spec(R"({"mlp": {"widths": [784, 10]}})", R"({"batch_size": 8, "epochs": 1})",
+                                   R"({"grad_clip": 1})"),
+       {"optimizer:", "optimizer.sgd"}},
+      {"two optimizers", mlp_spec(R"({"mlp": {"widths": [784, 10]}})", R"({"batch_size": 8, "epochs": 1})",
+                                  R"({"sgd": {"lr": 1}, "adamw": {"lr": 1}})"),
+       {"optimizer.sgd", "optimizer.adamw", "exactly one"}},
+      {"sgd without lr", mlp_spec(R"({"mlp": {"widths": [784, 10]}})", R"({"batch_size": 8, "epochs": 1})",
+                                  R"({"sgd": {"momentum": 0.9}})"),
+       {"optimizer.sgd.lr: missing", "> 0"}},
+      {"momentum 1", mlp_spec(R"({"mlp": {"widths": [784, 10]}})", R"({"batch_size": 8, "epochs": 1})",
+                              R"({"sgd": {"lr": 0.1, "momentum": 1}})"),
+       {"optimizer.sgd.momentum: invalid value 1: expected a number in [0, 1)"}},
+      {"NaN lr", mlp_spec(R"({"mlp": {"widths": [784, 10]}})", R"({"batch_size": 8, "epochs": 1})",
+                          R"({"sgd": {"lr": "NaN"}})"),
+       {"optimizer.sgd.lr: invalid value nan"}},
+      {"bad schedule", mlp_spec(R"({"mlp": {"widths": [784, 10]}})", R"({"batch_size": 8, "epochs": 1})",
+                                R"({"sgd": {"lr": 0.1}, "lr_schedule": "linear"})"),
+       {"optimizer.lr_schedule: invalid value \"linear\"", "\"constant\", \"cosine\""}},
+      {"missing model", R"({"data": {"dataset": "fashion_mnist"}})", {"job.json: model: missing"}},
+      {"two models", R"({"model": {"mlp": {"widths": [784, 10]}, "gpt": {}}})", {"model.gpt", "model.mlp", "exactly one"}},
+      {"model / data mismatch", R"({"model": {"gpt": {}}, "data": {"dataset": "fashion_mnist"}})",
+       {"data.dataset: invalid value \"fashion_mnist\" for a gpt model", "\"fortunes\""}},
+      {"unknown dataset", R"({"model": {"gpt": {}}, "data": {"dataset": "cifar"}})",
+       {"data.dataset: invalid value \"cifar\"", "\"fashion_mnist\", \"fortunes\""}},
+      {"mlp input width", mlp_spec(R"({"mlp": {"widths": [100, 10]}})"), {"model.mlp.widths[0]: invalid value 100", "784"}},
+      {"mlp classes", mlp_spec(R"({"mlp": {"widths": [784, 64, 9]}})"), {"model.mlp.widths[2]: invalid value 9", "10"}},
+      {"mlp zero width", mlp_spec(R"({"mlp": {"widths": [784, 0, 10]}})"), {"model.mlp.widths[1]: invalid value 0"}},
+      {"mlp one width", mlp_spec(R"({"mlp": {"widths": [784]}})"), {"model.mlp.widths", "at least 2"}},
+      {"widths not a list", mlp_spec(R"({"mlp": {"widths": 784}})"), {"model.mlp.widths: invalid value 784", "a list"}},
+      {"widths element wrong type", mlp_spec(R"({"mlp": {"widths": [784, "x", 10]}})"),
+       {"model.mlp.widths[1]: invalid value \"x\""}},
+      {"threads too many", mlp_spec(R"({"mlp": {"widths": [784, 10]}})", R"({"batch_size": 8, "epochs": 1, "threads": 1000})"),
+       {"train.threads: invalid value 1000", "[0, 256]", "all cores"}},
+      {"sample_tokens for mlp", mlp_spec(R"({"mlp": {"widths": [784, 10]}})",
+                                         R"({"batch_size": 8, "epochs": 1, "sample_tokens": 5})"),
+       {"train.sample_tokens", "gpt"}},
+      {"sample_tokens too many", gpt_spec("{}").replace(gpt_spec("{}").find("\"steps\""), 0, "\"sample_tokens\": 20000, "),
+       {"train.sample_tokens: invalid value 20000", "[0, 10000]"}},
+      {"bad name", gpt_spec("{}").replace(1, 0, R"("name": "../x", )"), {"job.json: name: invalid value \"../x\""}},
+      {"string for a message", R"({"train": "fast"})", {"train: invalid value \"fast\"", "JSON object"}},
+      {"not an object", "[1, 2]", {"job.json: top level", "JSON object"}},
+      {"syntax error", R"({"name": "x", "model": {"mlp": )", {"job.json: not valid JSON", "Unexpected end"}},
+      {"missing comma", R"({"name": "x" "model": {}})", {"job.json: not valid JSON"}},
+  };
+  for (const bad_case& c : cases) {
+    CAPTURE(c.what);
+    const std::string msg = parse_error(c.json);
+    CAPTURE(msg);
+    CHECK(has(msg, "job.json"));
+    for (const std::string& part : c.parts) CHECK_MESSAGE(has(msg, part), "missing \"", part, "\"");
+  }
+}
+
+TEST_CASE("job spec: a missing data directory is reported, with its path, when the data is loaded") {
+  const proto::JobSpec s = parse_job_spec(
+      R"({"model": {"mlp": {"widths": [784, 10]}}, "data": {"dataset": "fashion_mnist", "path": "/nonexistent/fmnist"},
+          "optimizer": {"sgd": {"lr": 0.1}}, "train": {"batch_size": 8, "epochs": 1}})",
+      "job.json");
+  CHECK(s.data().path() == "/nonexistent/fmnist");
+  try {
+    load_fashion_mnist(s.data().path(), true);
+    FAIL("expected an input_error");
+  } catch (const input_error& e) {
+    CHECK(has(e.what(), "/nonexistent/fmnist/train-images-idx3-ubyte.gz"));
+  }
+  try {
+    load_job_spec("/nonexistent/job.json");
+    FAIL("expected an input_error");
+  } catch (const input_error& e) {
+    CHECK(has(e.what(), "/nonexistent/job.json"));
+  }
+}
+
+TEST_CASE("job spec: docs/job-spec.md documents exactly the fields of the schema") {
+  std::set<std::string> schema;
+  schema_paths(proto::JobSpec::descriptor(), "", schema);
+  REQUIRE(schema.count("train.batch_size") == 1);
+  REQUIRE(schema.count("model.gpt.n_head") == 1);
+
+  const std::string doc = read_text(source_dir + "/docs/job-spec.md");
+  const std::regex row_field(R"(^\|\s*`([^`]+)`\s*\|)");           // a table row naming a field
+  const std::regex dotted(R"(`([a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)+)`)");  // `a.b.c` anywhere in a row
+  std::set<std::string> documented;
+  std::istringstream lines(doc);
+  std::string line;
+  while (std::getline(lines, line)) {
+    if (line.rfind("|", 0) != 0 || line.rfind("|---", 0) == 0 || line.rfind("| Field", 0) == 0) continue;
+    std::smatch m;
+    REQUIRE_MESSAGE(std::regex_search(line, m, row_field), "table row without a `field` first: ", line);
+    CHECK_MESSAGE(schema.count(m[1]) == 1, "docs/job-spec.md documents `", m[1].str(), "`, not in the schema");
+    documented.insert(m[1]);
+    for (auto it = std::sregex_iterator(line.begin(), line.end(), dotted); it != std::sregex_iterator(); ++it)
+      CHECK_MESSAGE(schema.count((*it)[1]) == 1, "docs/job-spec.md mentions `", (*it)[1].str(),
+                    "`, not in the schema");
+  }
+  for (const std::string& path : schema)
+    CHECK_MESSAGE(documented.count(path) == 1, "schema field `", path, "` has no row in docs/job-spec.md");
+}
+
+TEST_CASE("job spec: the JSON examples in docs/job-spec.md parse") {
+  const std::string doc = read_text(source_dir + "/docs/job-spec.md");
+  const std::string open = "```json\n", close = "```";
+  int examples = 0;
+  for (size_t at = doc.find(open); at != std::string::npos; at = doc.find(open, at)) {
+    at += open.size();
+    const size_t end = doc.find(close, at);
+    REQUIRE(end != std::string::npos);
+    const std::string json = doc.substr(at, end - at);
+    CAPTURE(json);
+    CHECK_NOTHROW(parse_job_spec(json, "docs/job-spec.md"));
+    ++examples;
+    at = end + close.size();
+  }
+  CHECK(examples >= 2);
+}
