@@ -1,4 +1,5 @@
 #include "kernels/cpu/crossentropy.hpp"
+#include "kernels/cpu/parallel.hpp"
 
 #include <cmath>
 
@@ -6,7 +7,7 @@ namespace troupe::kernels {
 
 void crossentropy_forward(float* losses, float* probs, const float* logits,
                           const int32_t* targets, int N, int V) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (int64_t(N) * V >= kParallelMinElements)
   for (int n = 0; n < N; n++) {
     const float* x = logits + int64_t(n) * V;
     float* p = probs + int64_t(n) * V;
@@ -27,7 +28,7 @@ void crossentropy_forward(float* losses, float* probs, const float* logits,
 
 void crossentropy_backward(float* dlogits, const float* probs, const int32_t* targets, float dloss,
                            int N, int V) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (int64_t(N) * V >= kParallelMinElements)
   for (int n = 0; n < N; n++) {
     const float* p = probs + int64_t(n) * V;
     float* dx = dlogits + int64_t(n) * V;

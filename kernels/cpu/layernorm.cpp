@@ -1,4 +1,5 @@
 #include "kernels/cpu/layernorm.hpp"
+#include "kernels/cpu/parallel.hpp"
 
 #include <cmath>
 #include <cstdint>
@@ -8,7 +9,7 @@ namespace troupe::kernels {
 void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight,
                        const float* bias, int N, int C) {
   constexpr float kEps = 1e-5f;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (int64_t(N) * C >= kParallelMinElements)
   for (int n = 0; n < N; n++) {
     const float* x = inp + int64_t(n) * C;
     float* y = out + int64_t(n) * C;
@@ -32,7 +33,7 @@ void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* 
   if (N == 0 || C == 0) return;
   // dinp, one row at a time: with xhat = (x - mean) * rstd and g = dout * weight,
   // dinp = rstd * (g - mean(g) - xhat * mean(g * xhat)).
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (int64_t(N) * C >= kParallelMinElements)
   for (int n = 0; n < N; n++) {
     const float* x = inp + int64_t(n) * C;
     const float* dy = dout + int64_t(n) * C;
@@ -55,7 +56,7 @@ void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* 
   // rows in order, so every sum has one fixed order whatever the thread count.
   constexpr int kChunk = 64;
   const int chunks = (C + kChunk - 1) / kChunk;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (int64_t(N) * C >= kParallelMinElements)
   for (int chunk = 0; chunk < chunks; chunk++) {
     const int c0 = chunk * kChunk;
     const int width = C - c0 < kChunk ? C - c0 : kChunk;

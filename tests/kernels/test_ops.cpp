@@ -747,3 +747,19 @@ TEST_CASE("every op repeats bit for bit at a fixed thread count (1 and 2 threads
   // Not promised across thread counts (BLAS row blocks differ), only close.
   check_close(two, one, 1e-5, 1e-5, "2 threads vs 1 thread");
 }
+
+#include "kernels/cpu/fast_math.hpp"
+
+TEST_CASE("exp_fast: within 3 ulp of exp over the whole float range it serves") {
+  // Dense sweep of [-87, 88] plus the clamped ends; relative error against double exp.
+  double worst = 0;
+  for (int i = 0; i <= 2000000; ++i) {
+    float x = -87.0f + 175.0f * float(i) / 2000000.0f;
+    double want = std::exp(double(x));
+    double got = troupe::kernels::exp_fast(x);
+    worst = std::max(worst, std::abs(got - want) / want);
+  }
+  CHECK(worst < 3 * 1.1920929e-07);  // 3 ulp at 1.0 (float epsilon)
+  CHECK(troupe::kernels::exp_fast(-1000.0f) > 0.0f);
+  CHECK(std::isfinite(troupe::kernels::exp_fast(1000.0f)));
+}
