@@ -1,0 +1,82 @@
+// The `troupe` command as a user meets it: bad flags and bad job files give a clear
+// message and a non-zero exit, never a crash.
+#include <doctest/doctest.h>
+
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <fstream>
+#include <string>
+
+namespace {
+
+struct result {
+  int code = -1;
+  std::string output;
+};
+
+result run(const std::string& args) {
+  std::string cmd = std::string(TROUPE_BINARY) + " " + args + " 2>&1";
+  result r;
+  FILE* p = popen(cmd.c_str(), "r");
+  REQUIRE(p != nullptr);
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.output.append(buf, n);
+  int status = pclose(p);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  return r;
+}
+
+std::string write_temp(const std::string& name, const std::string& text) {
+  std::string path = "/tmp/troupe_cli_" + name;
+  std::ofstream(path) << text;
+  return path;
+}
+
+}  // namespace
+
+TEST_CASE("cli: bad commands and flags exit 2 with a message naming them") {
+  auto r = run("frobnicate");
+  CHECK(r.code == 2);
+  CHECK(r.output.find("unknown command 'frobnicate'") != std::string::npos);
+  r = run("train");
+  CHECK(r.code == 2);
+  CHECK(r.output.find("needs a job file") != std::string::npos);
+  r = run("train apps/jobs/fmnist_mlp.json --steps -3");
+  CHECK(r.code == 2);
+  CHECK(r.output.find("--steps expects a positive integer, got '-3'") != std::string::npos);
+  r = run("train apps/jobs/fmnist_mlp.json --warp 9");
+  CHECK(r.code == 2);
+  CHECK(r.output.find("'--warp'") != std::string::npos);
+  r = run("bench nothing");
+  CHECK(r.code == 2);
+}
+
+TEST_CASE("cli: bad job files exit 1 with the file, the field and what is allowed") {
+  auto r = run("train /tmp/troupe_no_such_job.json");
+  CHECK(r.code == 1);
+  CHECK(r.output.find("/tmp/troupe_no_such_job.json") != std::string::npos);
+
+  std::string base = R"("model": {"mlp": {"widths": [784, 10]}}, "optimizer": {"sgd": {"lr": 0.1}})";
+  std::string path = write_temp("typo.json", "{" + base + R"(, "data": {"dataset": "fashion_mnist"},
+      "train": {"bach_size": 3, "epochs": 1}})");
+  r = run("train " + path);
+  CHECK(r.code == 1);
+  CHECK(r.output.find("train.bach_size") != std::string::npos);
+  CHECK(r.output.find("batch_size") != std::string::npos);
+
+  path = write_temp("negative.json", "{" + base + R"(, "data": {"dataset": "fashion_mnist"},
+      "train": {"batch_size": -4, "epochs": 1}})");
+  r = run("train " + path);
+  CHECK(r.code == 1);
+  CHECK(r.output.find("train.batch_size") != std::string::npos);
+  CHECK(r.output.find("-4") != std::string::npos);
+
+  path = write_temp("nodata.json", "{" + base + R"(, "data": {"dataset": "fashion_mnist", "path": "/tmp/troupe_no_data_here"},
+      "train": {"batch_size": 4, "epochs": 1}})");
+  r = run("train " + path);
+  CHECK(r.code == 1);
+  CHECK(r.output.find("/tmp/troupe_no_data_here") != std::string::npos);
+  CHECK(r.output.find("check failed") == std::string::npos);
+}
