@@ -12,6 +12,11 @@
 
 namespace troupe {
 
+// Whether a backward pass must produce the gradient w.r.t. the layer's input. The first
+// layer of a model never needs it (its input is data), and skipping it saves a GEMM as
+// large as the weight gradient's.
+enum class input_grad : uint8_t { needed, not_needed };
+
 struct stash {
   std::vector<tensor> saved;
 };
@@ -29,8 +34,9 @@ class layer {
   virtual tensor forward(const arena& params, const tensor& x, const tensor& targets, stash& st) const = 0;
   // dy: gradient of the loss w.r.t. this layer's output (a loss layer gets the scale of
   // its loss, shape (1)). Returns the gradient w.r.t. the input (undefined for layers
-  // whose input is not differentiable, e.g. token ids); parameter gradients are added.
-  virtual tensor backward(const arena& params, arena& grads, const tensor& dy, const stash& st) const = 0;
+  // whose input is not differentiable, e.g. token ids, or when `want` is not_needed);
+  // parameter gradients are added.
+  virtual tensor backward(const arena& params, arena& grads, const tensor& dy, const stash& st, input_grad want) const = 0;
   // Forward floating-point operations per sample, for cost estimates and throughput.
   virtual double forward_flops_per_sample() const = 0;
 };

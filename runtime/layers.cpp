@@ -71,11 +71,11 @@ tensor linear_layer::forward(const arena& params, const tensor& x, const tensor&
   return y;
 }
 
-tensor linear_layer::backward(const arena& params, arena& grads, const tensor& dy, const stash& st) const {
+tensor linear_layer::backward(const arena& params, arena& grads, const tensor& dy, const stash& st, input_grad want) const {
   const tensor& x = st.saved.at(0);
-  tensor dx = tensor::empty(x.shape());
-  k::linear_backward(dx.f32(), grads.ptr(w_), grads.ptr(b_), dy.f32(), x.f32(), params.ptr(w_), rows_of(x), in_,
-                     out_);
+  tensor dx = want == input_grad::needed ? tensor::empty(x.shape()) : tensor{};
+  k::linear_backward(dx.defined() ? dx.f32() : nullptr, grads.ptr(w_), grads.ptr(b_), dy.f32(), x.f32(),
+                     params.ptr(w_), rows_of(x), in_, out_);
   return dx;
 }
 
@@ -91,7 +91,7 @@ tensor activation_layer::forward(const arena&, const tensor& x, const tensor&, s
   return y;
 }
 
-tensor activation_layer::backward(const arena&, arena&, const tensor& dy, const stash& st) const {
+tensor activation_layer::backward(const arena&, arena&, const tensor& dy, const stash& st, input_grad) const {
   const tensor& x = st.saved.at(0);
   tensor dx = tensor::empty(x.shape());
   if (kind_ == activation_kind::relu)
@@ -115,7 +115,7 @@ tensor softmax_ce_layer::forward(const arena&, const tensor& x, const tensor& ta
   return mean_loss(losses);
 }
 
-tensor softmax_ce_layer::backward(const arena&, arena&, const tensor& dy, const stash& st) const {
+tensor softmax_ce_layer::backward(const arena&, arena&, const tensor& dy, const stash& st, input_grad) const {
   const tensor& probs = st.saved.at(0);
   const tensor& targets = st.saved.at(1);
   int N = int(probs.dim(0)), V = int(probs.dim(1));
@@ -149,7 +149,7 @@ tensor embedding_layer::forward(const arena& params, const tensor& x, const tens
   return y;
 }
 
-tensor embedding_layer::backward(const arena&, arena& grads, const tensor& dy, const stash& st) const {
+tensor embedding_layer::backward(const arena&, arena& grads, const tensor& dy, const stash& st, input_grad) const {
   const tensor& x = st.saved.at(0);
   k::embedding_backward(grads.ptr(wte_), grads.ptr(wpe_), dy.f32(), x.i32(), int(x.dim(0)), int(x.dim(1)),
                         d_.d_model);
@@ -224,7 +224,7 @@ tensor gpt_block_layer::forward(const arena& P, const tensor& x, const tensor&, 
   return y;
 }
 
-tensor gpt_block_layer::backward(const arena& P, arena& G, const tensor& dy, const stash& st) const {
+tensor gpt_block_layer::backward(const arena& P, arena& G, const tensor& dy, const stash& st, input_grad) const {
   const auto& s = st.saved;
   const tensor& x = s.at(s_x);
   int B = int(x.dim(0)), T = int(x.dim(1)), C = d_.d_model, NH = d_.n_head, N = B * T;
@@ -281,7 +281,7 @@ tensor gpt_head_layer::forward(const arena& P, const tensor& x, const tensor& ta
   return mean_loss(losses);
 }
 
-tensor gpt_head_layer::backward(const arena& P, arena& G, const tensor& dy, const stash& st) const {
+tensor gpt_head_layer::backward(const arena& P, arena& G, const tensor& dy, const stash& st, input_grad) const {
   const auto& s = st.saved;
   const tensor& x = s.at(h_x);
   int B = int(x.dim(0)), T = int(x.dim(1)), C = d_.d_model, V = d_.vocab, N = B * T;

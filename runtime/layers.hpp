@@ -15,7 +15,7 @@ class linear_layer : public layer {
   void declare(param_table& table) override;
   void init(arena& params, rng& r) const override;
   tensor forward(const arena& params, const tensor& x, const tensor& targets, stash& st) const override;
-  tensor backward(const arena& params, arena& grads, const tensor& dy, const stash& st) const override;
+  tensor backward(const arena& params, arena& grads, const tensor& dy, const stash& st, input_grad want) const override;
   double forward_flops_per_sample() const override { return 2.0 * in_ * out_; }
 
  private:
@@ -31,7 +31,7 @@ class activation_layer : public layer {
   void declare(param_table&) override {}
   void init(arena&, rng&) const override {}
   tensor forward(const arena& params, const tensor& x, const tensor& targets, stash& st) const override;
-  tensor backward(const arena& params, arena& grads, const tensor& dy, const stash& st) const override;
+  tensor backward(const arena& params, arena& grads, const tensor& dy, const stash& st, input_grad want) const override;
   double forward_flops_per_sample() const override { return width_; }
 
  private:
@@ -48,7 +48,7 @@ class softmax_ce_layer : public layer {
   void declare(param_table&) override {}
   void init(arena&, rng&) const override {}
   tensor forward(const arena& params, const tensor& x, const tensor& targets, stash& st) const override;
-  tensor backward(const arena& params, arena& grads, const tensor& dy, const stash& st) const override;
+  tensor backward(const arena& params, arena& grads, const tensor& dy, const stash& st, input_grad want) const override;
   double forward_flops_per_sample() const override { return 4.0 * classes_; }
 
  private:
@@ -67,7 +67,7 @@ class embedding_layer : public layer {
   void declare(param_table& table) override;
   void init(arena& params, rng& r) const override;
   tensor forward(const arena& params, const tensor& x, const tensor& targets, stash& st) const override;
-  tensor backward(const arena& params, arena& grads, const tensor& dy, const stash& st) const override;
+  tensor backward(const arena& params, arena& grads, const tensor& dy, const stash& st, input_grad want) const override;
   double forward_flops_per_sample() const override { return double(d_.context) * d_.d_model; }
 
  private:
@@ -83,7 +83,7 @@ class gpt_block_layer : public layer {
   void declare(param_table& table) override;
   void init(arena& params, rng& r) const override;
   tensor forward(const arena& params, const tensor& x, const tensor& targets, stash& st) const override;
-  tensor backward(const arena& params, arena& grads, const tensor& dy, const stash& st) const override;
+  tensor backward(const arena& params, arena& grads, const tensor& dy, const stash& st, input_grad want) const override;
   double forward_flops_per_sample() const override;
 
  private:
@@ -101,7 +101,7 @@ class gpt_head_layer : public layer {
   void declare(param_table& table) override;
   void init(arena& params, rng& r) const override;
   tensor forward(const arena& params, const tensor& x, const tensor& targets, stash& st) const override;
-  tensor backward(const arena& params, arena& grads, const tensor& dy, const stash& st) const override;
+  tensor backward(const arena& params, arena& grads, const tensor& dy, const stash& st, input_grad want) const override;
   double forward_flops_per_sample() const override {
     return double(d_.context) * (2.0 * d_.d_model * d_.vocab + 8.0 * d_.d_model);
   }

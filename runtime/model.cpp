@@ -62,7 +62,9 @@ tensor backward(const model& m, const arena& params, arena& grads, const tensor&
   TROUPE_CHECK(acts.stashes.size() == last - first, "backward over ", last - first, " layers with ",
                acts.stashes.size(), " stashes");
   tensor g = dy;
-  for (size_t i = last; i-- > first;) g = m.layers[i]->backward(params, grads, g, acts.stashes[i - first]);
+  for (size_t i = last; i-- > first;)
+    g = m.layers[i]->backward(params, grads, g, acts.stashes[i - first],
+                              i == 0 ? input_grad::not_needed : input_grad::needed);
   return g;
 }
 

@@ -65,19 +65,20 @@ no_decay = [p for p in model.parameters() if p.dim() < 2]
 opt = torch.optim.AdamW([{'params': decay, 'weight_decay': 0.1}, {'params': no_decay, 'weight_decay': 0.0}],
                         lr=1e-3, betas=(0.9, 0.95), eps=1e-8)
 g = torch.Generator().manual_seed(a.seed)
-t0, timed = None, 0
+times = []
 for step in range(a.steps):
-    if step == 3: t0 = time.time()
     starts = torch.randint(0, len(train) - T - 1, (B,), generator=g)
     x = torch.stack([train[s:s + T] for s in starts]); y = torch.stack([train[s + 1:s + T + 1] for s in starts])
+    t0 = time.perf_counter()  # batch assembly is not timed, as in troupe bench
     loss = model(x, y)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
-    if step >= 3: timed += 1
-dt = time.time() - t0 if t0 else float('nan')
-msg = f"torch threads={a.threads} openblas={os.environ.get('OPENBLAS_NUM_THREADS', 'default')} steps={a.steps} tokens/s={timed * B * T / dt:.0f} last_loss={loss.item():.4f}"
+    times.append(time.perf_counter() - t0)
+timed = sorted(times[3:] or times)
+median = timed[len(timed) // 2]  # median step time after 3 warm-up steps, as troupe bench does
+msg = f"torch threads={a.threads} openblas={os.environ.get('OPENBLAS_NUM_THREADS', 'default')} steps={a.steps} tokens/s={B * T / median:.0f} last_loss={loss.item():.4f}"
 if a.eval:
     with torch.no_grad():
         n = 50 * B
