@@ -80,8 +80,13 @@ void finish(caf::stateful_actor<coordinator_state>* self) {
         auto& s = self->state;
         std::string dir = std::filesystem::path(s.spec.train().metrics_file()).parent_path().string();
         std::string plot = (dir.empty() ? std::string(".") : dir) + "/loss.svg";
-        write_line_plot_svg(plot, s.spec.name() + ": training loss", "step", "loss", {s.loss_curve});
-        if (!s.opts.quiet) std::printf("loss curve: %s\nmetrics:    %s\n", plot.c_str(), s.spec.train().metrics_file().c_str());
+        try {  // exceptions never leave a handler: a plot that cannot be written is a warning
+          write_line_plot_svg(plot, s.spec.name() + ": training loss", "step", "loss", {s.loss_curve});
+          if (!s.opts.quiet) std::printf("loss curve: %s\n", plot.c_str());
+        } catch (const std::exception& e) {
+          std::fprintf(stderr, "troupe: warning: %s\n", e.what());
+        }
+        if (!s.opts.quiet) std::printf("metrics:    %s\n", s.spec.train().metrics_file().c_str());
         s.done.deliver(ev, sample);
         self->send_exit(s.feeder, caf::exit_reason::user_shutdown);
         self->send_exit(s.dev, caf::exit_reason::user_shutdown);

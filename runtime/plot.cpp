@@ -29,6 +29,15 @@ std::string num(double v) {
   return b;
 }
 
+// About five round tick values (1, 2 or 5 times a power of ten apart) inside [lo, hi].
+std::vector<double> nice_ticks(double lo, double hi) {
+  double raw = (hi - lo) / 5, mag = std::pow(10.0, std::floor(std::log10(raw)));
+  double step = raw / mag < 1.5 ? mag : raw / mag < 3.5 ? 2 * mag : raw / mag < 7.5 ? 5 * mag : 10 * mag;
+  std::vector<double> ticks;
+  for (double t = std::ceil(lo / step) * step; t <= hi + step * 1e-9; t += step) ticks.push_back(t);
+  return ticks;
+}
+
 }  // namespace
 
 void write_line_plot_svg(const std::string& path, const std::string& title, const std::string& x_label,
@@ -50,13 +59,12 @@ void write_line_plot_svg(const std::string& path, const std::string& title, cons
   o << "<svg xmlns='http://www.w3.org/2000/svg' width='" << W << "' height='" << H
     << "' font-family='sans-serif' font-size='12'>\n<rect width='100%' height='100%' fill='white'/>\n";
   o << "<text x='" << W / 2 << "' y='22' text-anchor='middle' font-size='15'>" << escape(title) << "</text>\n";
-  for (int i = 0; i <= 5; ++i) {
-    double yv = y0 + (y1 - y0) * i / 5, xv = x0 + (x1 - x0) * i / 5;
+  for (double yv : nice_ticks(y0, y1))
     o << "<line x1='" << L << "' x2='" << W - R << "' y1='" << py(yv) << "' y2='" << py(yv)
       << "' stroke='#ddd'/>\n<text x='" << L - 6 << "' y='" << py(yv) + 4 << "' text-anchor='end'>" << num(yv)
-      << "</text>\n<text x='" << px(xv) << "' y='" << H - B + 18 << "' text-anchor='middle'>" << num(xv)
       << "</text>\n";
-  }
+  for (double xv : nice_ticks(x0, x1))
+    o << "<text x='" << px(xv) << "' y='" << H - B + 18 << "' text-anchor='middle'>" << num(xv) << "</text>\n";
   o << "<rect x='" << L << "' y='" << T << "' width='" << W - L - R << "' height='" << H - T - B
     << "' fill='none' stroke='#444'/>\n";
   o << "<text x='" << (L + W - R) / 2 << "' y='" << H - 12 << "' text-anchor='middle'>" << escape(x_label)
