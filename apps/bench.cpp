@@ -107,17 +107,37 @@ double torch_throughput(bool gpt, int torch_threads, int blas_threads, int steps
 
 }  // namespace
 
+namespace {
+
+// One line of the table: our trainer at some thread count, or PyTorch at some setting.
+struct config_row {
+  std::string job, unit, label;
+  bool torch = false;
+  int threads = 1, blas_threads = 1;
+  std::vector<double> per_s;  // one throughput per round
+  float first_loss = 0, last_loss = 0;
+  bool ok = true;
+  double median() const {
+    std::vector<double> v = per_s;
+    std::sort(v.begin(), v.end());
+    return v.empty() ? 0 : v[v.size() / 2];
+  }
+};
+
+}  // namespace
+
 int bench_main(const std::vector<std::string>& args) {
+  const char* usage = "usage: troupe bench train [--model mlp|gpt] [--steps N] [--rounds N] [--torch] [--json FILE]";
   if (args.empty() || args[0] != "train") {
-    std::fprintf(stderr, "troupe bench: expected 'train' (usage: troupe bench train [--model mlp|gpt] [--steps N] [--torch] [--json FILE])\n");
+    std::fprintf(stderr, "troupe bench: expected 'train' (%s)\n", usage);
     return 2;
   }
-  std::string json_path = "runs/bench_train.json";
-  int steps = 0;
-  std::string only;
+  std::string json_path = "runs/bench_train.json", only;
+  int steps = 0, rounds = 1;
   bool with_torch = false;
   for (size_t i = 1; i < args.size(); ++i) {
-    if (args[i] == "--model" && i + 1 < args.size()) {
+    bool has_value = i + 1 < args.size();
+    if (args[i] == "--model" && has_value) {
       only = args[++i];
       if (only != "mlp" && only != "gpt") {
         std::fprintf(stderr, "troupe bench: --model expects 'mlp' or 'gpt', got '%s'\n", only.c_str());
@@ -125,89 +145,107 @@ int bench_main(const std::vector<std::string>& args) {
       }
     } else if (args[i] == "--torch") {
       with_torch = true;
-    } else if (args[i] == "--json" && i + 1 < args.size()) {
+    } else if (args[i] == "--json" && has_value) {
       json_path = args[++i];
-    } else if (args[i] == "--steps" && i + 1 < args.size()) {
-      steps = std::atoi(args[++i].c_str());
-      if (steps < 3) {
-        std::fprintf(stderr, "troupe bench: --steps expects an integer >= 3, got '%s'\n", args[i].c_str());
+    } else if ((args[i] == "--steps" || args[i] == "--rounds") && has_value) {
+      bool is_steps = args[i] == "--steps";
+      int v = std::atoi(args[++i].c_str());
+      if (v < (is_steps ? 3 : 1) || v > 100000) {
+        std::fprintf(stderr, "troupe bench: %s expects an integer >= %d, got '%s'\n", args[i - 1].c_str(),
+                     is_steps ? 3 : 1, args[i].c_str());
         return 2;
       }
+      (is_steps ? steps : rounds) = v;
     } else {
-      std::fprintf(stderr, "troupe bench: unknown argument '%s'\n", args[i].c_str());
+      std::fprintf(stderr, "troupe bench: unknown argument '%s' (%s)\n", args[i].c_str(), usage);
       return 2;
     }
   }
   std::string machine = machine_name();
   std::printf("troupe bench train on %s, %d hardware threads\n", machine.c_str(), hardware_threads());
-  std::printf("median step time over timed steps after 3 warm-up steps\n\n");
-  std::printf("%-14s %7s %6s %12s %14s %10s %10s %6s\n", "job", "threads", "steps", "step(ms)", "throughput",
-              "loss[0]", "loss[-1]", "check");
-  std::vector<bench_row> rows, torch_rows;
+  std::printf("throughput from the median step time after 3 warm-up steps; %d round%s, configurations\n"
+              "interleaved within a round; the table shows the median round (min-max)\n\n",
+              rounds, rounds == 1 ? "" : "s");
+  std::printf("%-20s %-22s %6s %12s %-10s %19s %6s\n", "job", "setting", "steps", "throughput", "", "(min-max)",
+              "check");
+  std::vector<config_row> all;
   bool all_ok = true;
   for (const char* job : {"apps/jobs/fmnist_mlp.json", "apps/jobs/fortunes_gpt.json"}) {
     bool gpt = std::string(job).find("gpt") != std::string::npos;
     if (!only.empty() && (only == "gpt") != gpt) continue;
-    for (int threads : {1, 2}) {
-      bench_row r;
-      try {
-        r = measure(job, threads, steps ? steps : (gpt ? 20 : 200));
-      } catch (const std::exception& e) {
-        std::fprintf(stderr, "troupe bench: %s: %s\n", job, e.what());
-        return 1;
-      }
-      std::printf("%-14s %7d %6d %12.3f %10.0f %-9s %10.4f %10.4f %6s\n", r.job.c_str(), r.threads, r.steps,
-                  r.median_step_s * 1e3, r.per_s, r.unit.c_str(), r.first_loss, r.last_loss, r.ok ? "ok" : "FAIL");
-      std::fflush(stdout);
-      all_ok = all_ok && r.ok;
+    int n = steps ? steps : (gpt ? 20 : 200);
+    std::vector<config_row> rows;
+    for (int t : {1, 2}) {
+      config_row r;
+      r.threads = t;
+      r.label = "troupe " + std::to_string(t) + " thread" + (t == 1 ? "" : "s");
       rows.push_back(r);
     }
-    if (!with_torch) continue;
+    if (with_torch)
+      for (auto [tt, bt] : {std::pair{1, 1}, {2, 1}, {1, 2}, {2, 2}}) {
+        config_row r;
+        r.torch = true;
+        r.threads = tt;
+        r.blas_threads = bt;
+        r.label = "PyTorch " + std::to_string(tt) + "t x OpenBLAS " + std::to_string(bt) + "t";
+        rows.push_back(r);
+      }
+    for (int round = 0; round < rounds; ++round)
+      for (auto& r : rows) {
+        if (r.torch) {
+          double v = torch_throughput(gpt, r.threads, r.blas_threads, n + 3);
+          if (v > 0) r.per_s.push_back(v);
+          continue;
+        }
+        bench_row m;
+        try {
+          m = measure(job, r.threads, n);
+        } catch (const std::exception& e) {
+          std::fprintf(stderr, "troupe bench: %s: %s\n", job, e.what());
+          return 1;
+        }
+        r.job = m.job;
+        r.unit = m.unit;
+        r.per_s.push_back(m.per_s);
+        r.first_loss = m.first_loss;
+        r.last_loss = m.last_loss;
+        r.ok = r.ok && m.ok;
+      }
     double ours_best = 0, torch_best = 0;
-    for (const auto& r : rows)
-      if ((r.unit == "tokens/s") == gpt) ours_best = std::max(ours_best, r.per_s);
-    for (auto [tt, bt] : {std::pair{1, 1}, {2, 1}, {1, 2}, {2, 2}}) {
-      int n = steps ? steps : (gpt ? 20 : 200);
-      double v = torch_throughput(gpt, tt, bt, n + 3);
-      if (v < 0) continue;
-      torch_best = std::max(torch_best, v);
-      std::printf("%-14s %7s %6d %12.3f %10.0f %-9s   (PyTorch 1.13: torch threads %d, OpenBLAS threads %d)\n",
-                  ("torch:" + rows.back().job).c_str(), (std::to_string(tt) + "x" + std::to_string(bt)).c_str(), n,
-                  (gpt ? 16.0 * 128 : 128.0) / v * 1e3, v, rows.back().unit.c_str(), tt, bt);
-      std::fflush(stdout);
-      bench_row t;
-      t.job = "torch:" + rows.back().job;
-      t.unit = rows.back().unit;
-      t.threads = tt * 10 + bt;
-      t.steps = n;
-      t.per_s = v;
-      t.ok = true;
-      torch_rows.push_back(t);
+    for (auto& r : rows) {
+      r.job = rows[0].job;
+      r.unit = rows[0].unit;
+      if (r.per_s.empty()) continue;
+      auto [lo, hi] = std::minmax_element(r.per_s.begin(), r.per_s.end());
+      char spread[48];
+      std::snprintf(spread, sizeof spread, "(%.0f-%.0f)", *lo, *hi);
+      std::printf("%-20s %-22s %6d %12.0f %-10s %19s %6s\n", r.job.c_str(), r.label.c_str(), n, r.median(),
+                  r.unit.c_str(), spread, r.torch ? "" : (r.ok ? "ok" : "FAIL"));
+      (r.torch ? torch_best : ours_best) = std::max(r.torch ? torch_best : ours_best, r.median());
+      all_ok = all_ok && r.ok;
     }
     if (torch_best > 0)
-      std::printf("%-14s best troupe / best PyTorch = %.2fx\n\n", rows.back().job.c_str(), ours_best / torch_best);
+      std::printf("%-20s best troupe / best PyTorch = %.2fx\n", rows[0].job.c_str(), ours_best / torch_best);
+    std::printf("\n");
+    std::fflush(stdout);
+    all.insert(all.end(), rows.begin(), rows.end());
   }
   auto json_dir = std::filesystem::path(json_path).parent_path();
   if (!json_dir.empty()) std::filesystem::create_directories(json_dir);
   std::ofstream f(json_path);
   if (f) {
-    f << "{\"machine\":\"" << machine << "\",\"hardware_threads\":" << hardware_threads() << ",\"rows\":[";
-    for (size_t i = 0; i < rows.size(); ++i) {
-      const auto& r = rows[i];
-      f << (i ? "," : "") << "{\"job\":\"" << r.job << "\",\"threads\":" << r.threads << ",\"steps\":" << r.steps
-        << ",\"median_step_s\":" << r.median_step_s << ",\"throughput\":" << r.per_s << ",\"unit\":\"" << r.unit
-        << "\",\"first_loss\":" << r.first_loss << ",\"last_loss\":" << r.last_loss
-        << ",\"ok\":" << (r.ok ? "true" : "false") << "}";
-    }
-    f << "],\"pytorch\":[";
-    for (size_t i = 0; i < torch_rows.size(); ++i) {
-      const auto& r = torch_rows[i];
-      f << (i ? "," : "") << "{\"job\":\"" << r.job << "\",\"torch_threads\":" << r.threads / 10
-        << ",\"openblas_threads\":" << r.threads % 10 << ",\"throughput\":" << r.per_s << ",\"unit\":\"" << r.unit
-        << "\"}";
+    f << "{\"machine\":\"" << machine << "\",\"hardware_threads\":" << hardware_threads() << ",\"rounds\":" << rounds
+      << ",\"rows\":[";
+    for (size_t i = 0; i < all.size(); ++i) {
+      const auto& r = all[i];
+      f << (i ? "," : "") << "{\"job\":\"" << r.job << "\",\"runner\":\"" << (r.torch ? "pytorch" : "troupe")
+        << "\",\"threads\":" << r.threads << ",\"openblas_threads\":" << r.blas_threads << ",\"unit\":\"" << r.unit
+        << "\",\"median\":" << r.median() << ",\"rounds\":[";
+      for (size_t k = 0; k < r.per_s.size(); ++k) f << (k ? "," : "") << r.per_s[k];
+      f << "],\"ok\":" << (r.ok ? "true" : "false") << "}";
     }
     f << "]}\n";
-    std::printf("\njson: %s\n", json_path.c_str());
+    std::printf("json: %s\n", json_path.c_str());
   }
   if (!all_ok) std::fprintf(stderr, "troupe bench: a run's loss was not finite or did not fall\n");
   return all_ok ? 0 : 1;

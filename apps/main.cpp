@@ -20,7 +20,7 @@ int usage(const char* why) {
                "usage:\n"
                "  troupe train JOB.json [--steps N] [--threads N] [--quiet]\n"
                "      run a training job (see docs/job-spec.md); flags override the spec\n"
-               "  troupe bench train [--model mlp|gpt] [--steps N] [--torch] [--json FILE]\n"
+               "  troupe bench train [--model mlp|gpt] [--steps N] [--rounds N] [--torch] [--json FILE]\n"
                "      samples/s (MLP) and tokens/s (GPT) of the example jobs at 1 and 2 threads;\n"
                "      --torch also runs PyTorch (/usr/bin/python3) on the same models\n");
   return 2;

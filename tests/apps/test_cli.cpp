@@ -80,3 +80,18 @@ TEST_CASE("cli: bad job files exit 1 with the file, the field and what is allowe
   CHECK(r.output.find("/tmp/troupe_no_data_here") != std::string::npos);
   CHECK(r.output.find("check failed") == std::string::npos);
 }
+
+TEST_CASE("cli: troupe bench train runs, checks its losses and writes its JSON") {
+  std::remove("/tmp/troupe_cli_bench.json");
+  auto r = run("bench train --model mlp --steps 5 --json /tmp/troupe_cli_bench.json");
+  CHECK(r.code == 0);
+  CHECK(r.output.find("troupe 2 threads") != std::string::npos);
+  CHECK(r.output.find("FAIL") == std::string::npos);
+  std::ifstream f("/tmp/troupe_cli_bench.json");
+  std::string json((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  CHECK(json.find("\"job\":\"fmnist_mlp\"") != std::string::npos);
+  CHECK(json.find("\"ok\":true") != std::string::npos);
+  r = run("bench train --rounds 0");
+  CHECK(r.code == 2);
+  CHECK(r.output.find("--rounds expects") != std::string::npos);
+}
