@@ -166,7 +166,7 @@ int bench_main(const std::vector<std::string>& args) {
   std::printf("throughput from the median step time after 3 warm-up steps; %d round%s, configurations\n"
               "interleaved within a round; the table shows the median round (min-max)\n\n",
               rounds, rounds == 1 ? "" : "s");
-  std::printf("%-20s %-22s %6s %12s %-10s %19s %6s\n", "job", "setting", "steps", "throughput", "", "(min-max)",
+  std::printf("%-14s %-26s %6s %12s %-10s %19s %6s\n", "job", "setting", "steps", "throughput", "", "(min-max)",
               "check");
   std::vector<config_row> all;
   bool all_ok = true;
@@ -219,13 +219,13 @@ int bench_main(const std::vector<std::string>& args) {
       auto [lo, hi] = std::minmax_element(r.per_s.begin(), r.per_s.end());
       char spread[48];
       std::snprintf(spread, sizeof spread, "(%.0f-%.0f)", *lo, *hi);
-      std::printf("%-20s %-22s %6d %12.0f %-10s %19s %6s\n", r.job.c_str(), r.label.c_str(), n, r.median(),
+      std::printf("%-14s %-26s %6d %12.0f %-10s %19s %6s\n", r.job.c_str(), r.label.c_str(), n, r.median(),
                   r.unit.c_str(), spread, r.torch ? "" : (r.ok ? "ok" : "FAIL"));
       (r.torch ? torch_best : ours_best) = std::max(r.torch ? torch_best : ours_best, r.median());
       all_ok = all_ok && r.ok;
     }
     if (torch_best > 0)
-      std::printf("%-20s best troupe / best PyTorch = %.2fx\n", rows[0].job.c_str(), ours_best / torch_best);
+      std::printf("%-14s best troupe / best PyTorch = %.2fx\n", rows[0].job.c_str(), ours_best / torch_best);
     std::printf("\n");
     std::fflush(stdout);
     all.insert(all.end(), rows.begin(), rows.end());

@@ -124,9 +124,11 @@ std::string trainer::generate(const std::string& prompt, int count, uint64_t see
     std::copy(toks.end() - T, toks.end(), x.i32());
     tensor logits = infer(*model_, params_, x);
     const float* row = logits.f32() + int64_t(T - 1) * V;
+    // Temperature 0.8 (nanoGPT's default for samples): a little sharper than the model.
+    constexpr double inv_temperature = 1.0 / 0.8;
     double mx = *std::max_element(row, row + V), sum = 0;
     std::vector<double> p(static_cast<size_t>(V));
-    for (int v = 0; v < V; ++v) sum += p[size_t(v)] = std::exp(double(row[v]) - mx);
+    for (int v = 0; v < V; ++v) sum += p[size_t(v)] = std::exp((double(row[v]) - mx) * inv_temperature);
     double u = r.uniform() * sum;
     int pick = V - 1;
     for (int v = 0; v < V; ++v) {

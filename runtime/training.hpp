@@ -55,7 +55,7 @@ class trainer {
   explicit trainer(const proto::JobSpec& spec, int64_t total_steps);
   step_result train_step(const tensor& x, const tensor& y);
   eval_result evaluate(const tensor& x, const tensor& y, int64_t chunk_rows) const;
-  // Samples `count` bytes after `prompt` at temperature 1 from a seeded generator.
+  // Samples `count` bytes after `prompt` at temperature 0.8 from a seeded generator.
   std::string generate(const std::string& prompt, int count, uint64_t seed) const;
 
   const model& net() const { return *model_; }
