@@ -19,6 +19,8 @@ using credit_atom = caf::atom_constant<caf::atom("credit")>;
 using eval_atom = caf::atom_constant<caf::atom("eval")>;
 using generate_atom = caf::atom_constant<caf::atom("generate")>;
 using run_atom = caf::atom_constant<caf::atom("run")>;
+using peers_atom = caf::atom_constant<caf::atom("peers")>;
+using step_atom = caf::atom_constant<caf::atom("step")>;
 
 // One (micro-)batch of training data, or the whole evaluation set (step = -1).
 struct tensor_batch {
@@ -44,6 +46,30 @@ struct eval_report {
   double loss = 0;
   double accuracy = -1;   // classification only; -1 where it does not apply
   int64_t count = 0;      // samples evaluated
+};
+
+// An activation (forward) or a gradient (backward) on its way to a virtual stage.
+struct pipe_msg {
+  enum kind_t : uint8_t { activation = 0, gradient = 1 };
+  uint8_t kind = activation;
+  int64_t step = 0;
+  int32_t micro = 0;
+  int32_t vstage = 0;   // the receiving virtual stage (chunk * stages + stage)
+  int64_t version = 0;  // parameter version the sender computed with
+  tensor t;
+};
+
+// What a stage reports when it has run its whole order for a step. Times are seconds
+// on the process's steady clock, so stages of one process can be lined up.
+struct stage_report {
+  int32_t stage = 0;
+  int64_t step = 0;
+  int32_t ops = 0;
+  int32_t peak_stash = 0;  // most chunk activations held at once
+  double busy_s = 0;       // time spent computing
+  double start_s = 0;      // when the stage began the step
+  double end_s = 0;        // when its last op finished
+  double loss_sum = 0;     // sum of micro-batch losses (last stage only)
 };
 
 template <class Inspector>
@@ -87,6 +113,17 @@ typename Inspector::result_type inspect(Inspector& f, step_report& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, eval_report& x) {
   return f(caf::meta::type_name("eval_report"), x.loss, x.accuracy, x.count);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, pipe_msg& x) {
+  return f(caf::meta::type_name("pipe_msg"), x.kind, x.step, x.micro, x.vstage, x.version, x.t);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, stage_report& x) {
+  return f(caf::meta::type_name("stage_report"), x.stage, x.step, x.ops, x.peak_stash, x.busy_s, x.start_s, x.end_s,
+           x.loss_sum);
 }
 
 void register_message_types(caf::actor_system_config& cfg);

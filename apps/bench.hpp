@@ -4,4 +4,5 @@
 
 namespace troupe {
 int bench_main(const std::vector<std::string>& args);
+int bench_pipeline_main(const std::vector<std::string>& args);
 }

@@ -22,7 +22,9 @@ int usage(const char* why) {
                "      run a training job (see docs/job-spec.md); flags override the spec\n"
                "  troupe bench train [--model mlp|gpt] [--steps N] [--rounds N] [--torch] [--json FILE]\n"
                "      samples/s (MLP) and tokens/s (GPT) of the example jobs at 1 and 2 threads;\n"
-               "      --torch also runs PyTorch (/usr/bin/python3) on the same models\n");
+               "      --torch also runs PyTorch (/usr/bin/python3) on the same models\n"
+               "  troupe bench pipeline [--fwd-ms F] [--bwd-ms B] [--steps N] [--json FILE]\n"
+               "      each pipeline schedule on emulated stages: measured bubble and stash vs formula\n");
   return 2;
 }
 

@@ -1,0 +1,103 @@
+#include "actors/stage.hpp"
+
+#include <chrono>
+#include <cstdio>
+
+namespace troupe {
+
+namespace {
+
+double now_s() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+
+// Runs ops of the current step's order while their inputs are at hand.
+void advance(caf::stateful_actor<stage_state>* self) {
+  auto& s = self->state;
+  const int p = s.cfg.stages, V = p * s.chunks, m = s.cfg.micro_batches;
+  while (s.next < s.order.size()) {
+    const pipeline_op& op = s.order[s.next];
+    const int vs = op.chunk * p + s.cfg.stage;
+    const bool fwd = op.kind == pass_kind::forward;
+    tensor input;
+    if (fwd && vs == 0) {
+      input = s.cfg.source(s.step, op.micro);
+    } else {
+      auto it = s.inbox.find({s.step, int(op.kind), op.micro, op.chunk});
+      if (it == s.inbox.end()) return;  // wait for the message
+      input = std::move(it->second);
+      s.inbox.erase(it);
+    }
+    double t0 = now_s();
+    tensor out = fwd ? s.cfg.compute->forward(op.chunk, s.step, op.micro, input)
+                     : s.cfg.compute->backward(op.chunk, s.step, op.micro, input);
+    double t1 = now_s();
+    s.report.busy_s += t1 - t0;
+    s.report.end_s = t1;
+    ++s.report.ops;
+    ++s.next;
+    if (fwd) {
+      s.report.peak_stash = std::max(s.report.peak_stash, ++s.stash);
+      if (vs + 1 < V) {
+        self->send(s.peers[size_t((vs + 1) % p)],
+                   pipe_msg{pipe_msg::activation, s.step, op.micro, vs + 1, 0, std::move(out)});
+      } else {
+        // The last virtual stage: `out` is the loss; its backward starts from the loss
+        // scale of one micro-batch of a step's mean.
+        s.report.loss_sum += out.numel() ? double(out.f32()[0]) : 0.0;
+        tensor scale = tensor::empty({1});
+        scale.f32()[0] = 1.0f / float(m);
+        s.inbox[{s.step, int(pass_kind::backward), op.micro, op.chunk}] = std::move(scale);
+      }
+    } else {
+      --s.stash;
+      if (vs > 0)
+        self->send(s.peers[size_t((vs - 1) % p)],
+                   pipe_msg{pipe_msg::gradient, s.step, op.micro, vs - 1, 0, std::move(out)});
+    }
+  }
+  if (s.report.ops > 0 && s.next == s.order.size()) {
+    self->send(s.reporter, s.report);
+    s.report.ops = 0;  // reported once
+  }
+}
+
+}  // namespace
+
+caf::behavior stage(caf::stateful_actor<stage_state>* self, stage_config cfg) {
+  self->state.cfg = std::move(cfg);
+  self->state.chunks = self->state.cfg.schedule->chunks();
+  return {
+      [=](peers_atom, const std::vector<caf::actor>& peers, const caf::actor& reporter) {
+        self->state.peers = peers;
+        self->state.reporter = reporter;
+      },
+      [=](step_atom, int64_t step) {
+        auto& s = self->state;
+        s.step = step;
+        s.order = s.cfg.schedule->order(s.cfg.stage, s.cfg.stages, s.cfg.micro_batches);
+        s.next = 0;
+        s.stash = 0;
+        s.report = stage_report{};
+        s.report.stage = s.cfg.stage;
+        s.report.step = step;
+        s.report.start_s = s.report.end_s = now_s();
+        // Anything left from an older step can never be used.
+        for (auto it = s.inbox.begin(); it != s.inbox.end();)
+          it = std::get<0>(it->first) < step ? s.inbox.erase(it) : std::next(it);
+        advance(self);
+      },
+      [=](pipe_msg& msg) {
+        auto& s = self->state;
+        const int p = s.cfg.stages;
+        if (msg.step < s.step || msg.vstage % p != s.cfg.stage) {
+          std::fprintf(stderr, "stage %d: dropped a message for step %lld, virtual stage %d\n", s.cfg.stage,
+                       (long long)msg.step, msg.vstage);
+          return;
+        }
+        pass_kind kind = msg.kind == pipe_msg::activation ? pass_kind::forward : pass_kind::backward;
+        s.inbox[{msg.step, int(kind), msg.micro, msg.vstage / p}] = std::move(msg.t);
+        if (msg.step == s.step) advance(self);
+      },
+  };
+}
+
+}  // namespace troupe

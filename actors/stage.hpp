@@ -1,0 +1,49 @@
+#pragma once
+// stage: one pipeline stage, holding one or more model chunks (virtual stages). For each
+// step it runs its schedule's order of forward and backward passes, each as soon as its
+// input has arrived; inputs that arrive early wait in an inbox, so the schedule (a
+// policy) alone decides how many micro-batches are in flight. Spawn it detached: the
+// compute runs on the stage's own thread.
+//
+// Accepts: (peers_atom, vector<actor> stages, actor reporter)  the stage actors, by index
+//          (step_atom, int64 step)                              run one step's order
+//          pipe_msg                                             an activation or gradient
+// Sends:   pipe_msg to the stage of the next (activations) or previous (gradients)
+//          virtual stage; stage_report to the reporter when its order is done.
+#include <functional>
+#include <map>
+#include <memory>
+#include <tuple>
+
+#include "actors/messages.hpp"
+#include "policies/pipeline_schedule.hpp"
+#include "runtime/stage_compute.hpp"
+
+namespace troupe {
+
+struct stage_config {
+  int stage = 0, stages = 1, micro_batches = 1;
+  std::shared_ptr<const pipeline_schedule> schedule;
+  std::shared_ptr<stage_compute> compute;
+  // The input of virtual stage 0 for (step, micro): data, or a stand-in.
+  std::function<tensor(int64_t step, int micro)> source;
+};
+
+struct stage_state {
+  stage_config cfg;
+  int chunks = 1;
+  std::vector<caf::actor> peers;
+  caf::actor reporter;
+  int64_t step = -1;
+  std::vector<pipeline_op> order;
+  size_t next = 0;
+  // (step, kind, micro, chunk) -> the tensor that op needs.
+  std::map<std::tuple<int64_t, int, int, int>, tensor> inbox;
+  stage_report report;
+  int stash = 0;
+  static inline const char* name = "stage";
+};
+
+caf::behavior stage(caf::stateful_actor<stage_state>* self, stage_config cfg);
+
+}  // namespace troupe

@@ -1,0 +1,38 @@
+#pragma once
+// What a pipeline stage computes, seen from the stage actor: forward and backward of one
+// micro-batch through one of its model chunks. The actor decides nothing and computes
+// nothing itself; it feeds these in the order its schedule gives.
+#include <chrono>
+#include <cstdint>
+
+#include "runtime/tensor.hpp"
+
+namespace troupe {
+
+class stage_compute {
+ public:
+  virtual ~stage_compute() = default;
+  // x: the chunk's input (data for virtual stage 0). Returns its output: the activation
+  // for the next virtual stage, or the micro-batch's loss (shape (1)) for the last.
+  virtual tensor forward(int chunk, int64_t step, int micro, const tensor& x) = 0;
+  // dy: gradient of the loss w.r.t. the chunk's output (for the last virtual stage, the
+  // loss scale, shape (1)). Returns the gradient w.r.t. its input (undefined for the
+  // first virtual stage).
+  virtual tensor backward(int chunk, int64_t step, int micro, const tensor& dy) = 0;
+};
+
+// Stand-in compute for schedule experiments: sleeps for the configured time per pass
+// (a stage's whole forward or backward, divided over its chunks) and passes a one-element
+// tensor along. Sleeping, not spinning, so p stages emulate p devices on any core count.
+class emulated_compute : public stage_compute {
+ public:
+  emulated_compute(std::chrono::microseconds t_fwd, std::chrono::microseconds t_bwd, int chunks)
+      : t_fwd_(t_fwd / chunks), t_bwd_(t_bwd / chunks) {}
+  tensor forward(int chunk, int64_t step, int micro, const tensor& x) override;
+  tensor backward(int chunk, int64_t step, int micro, const tensor& dy) override;
+
+ private:
+  std::chrono::microseconds t_fwd_, t_bwd_;
+};
+
+}  // namespace troupe
