@@ -21,6 +21,10 @@ using generate_atom = caf::atom_constant<caf::atom("generate")>;
 using run_atom = caf::atom_constant<caf::atom("run")>;
 using peers_atom = caf::atom_constant<caf::atom("peers")>;
 using step_atom = caf::atom_constant<caf::atom("step")>;
+using grads_atom = caf::atom_constant<caf::atom("grads")>;
+using apply_atom = caf::atom_constant<caf::atom("apply")>;
+using names_atom = caf::atom_constant<caf::atom("names")>;
+using params_atom = caf::atom_constant<caf::atom("params")>;
 
 // One (micro-)batch of training data, or the whole evaluation set (step = -1).
 struct tensor_batch {

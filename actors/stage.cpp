@@ -80,11 +80,23 @@ caf::behavior stage(caf::stateful_actor<stage_state>* self, stage_config cfg) {
         s.report.stage = s.cfg.stage;
         s.report.step = step;
         s.report.start_s = s.report.end_s = now_s();
+        s.cfg.compute->begin_step();
         // Anything left from an older step can never be used.
         for (auto it = s.inbox.begin(); it != s.inbox.end();)
           it = std::get<0>(it->first) < step ? s.inbox.erase(it) : std::next(it);
         advance(self);
       },
+      [=](names_atom) { return self->state.cfg.compute->param_names(); },
+      [=](grads_atom, const std::vector<std::string>& shared) {
+        auto& c = *self->state.cfg.compute;
+        return std::make_tuple(c.grad_sum_squares(shared), c.grads_of(shared));
+      },
+      [=](apply_atom, const std::vector<std::string>& names, const std::vector<tensor>& totals, float clip_scale,
+          float lr) {
+        self->state.cfg.compute->apply_update(names, totals, clip_scale, lr);
+        return int32_t(0);
+      },
+      [=](params_atom, const std::vector<std::string>& names) { return self->state.cfg.compute->params_of(names); },
       [=](pipe_msg& msg) {
         auto& s = self->state;
         const int p = s.cfg.stages;

@@ -8,6 +8,12 @@
 // Accepts: (peers_atom, vector<actor> stages, actor reporter)  the stage actors, by index
 //          (step_atom, int64 step)                              run one step's order
 //          pipe_msg                                             an activation or gradient
+//          (names_atom)                     -> vector<string>   its parameters' names
+//          (grads_atom, vector<string> shared) -> (double sum of squares of the other
+//                                              gradients, vector<tensor> views of the shared ones)
+//          (apply_atom, vector<string> names, vector<tensor> totals, float clip_scale, float lr)
+//                                           -> int32 0 when the optimizer step is done
+//          (params_atom, vector<string> names) -> vector<tensor> views of those parameters
 // Sends:   pipe_msg to the stage of the next (activations) or previous (gradients)
 //          virtual stage; stage_report to the reporter when its order is done.
 #include <functional>

@@ -4,6 +4,8 @@
 // nothing itself; it feeds these in the order its schedule gives.
 #include <chrono>
 #include <cstdint>
+#include <string>
+#include <vector>
 
 #include "runtime/tensor.hpp"
 
@@ -19,6 +21,21 @@ class stage_compute {
   // loss scale, shape (1)). Returns the gradient w.r.t. its input (undefined for the
   // first virtual stage).
   virtual tensor backward(int chunk, int64_t step, int micro, const tensor& dy) = 0;
+
+  // Between steps (compute that owns parameters overrides these; an emulation has none).
+  virtual void begin_step() {}
+  virtual std::vector<std::string> param_names() const { return {}; }
+  // Sum of squared gradients of this stage's parameters other than `shared` ones.
+  virtual double grad_sum_squares(const std::vector<std::string>& shared) const { (void)shared; return 0; }
+  // Views of the named parameters or of their gradients.
+  virtual std::vector<tensor> params_of(const std::vector<std::string>& names) { (void)names; return {}; }
+  virtual std::vector<tensor> grads_of(const std::vector<std::string>& names) { (void)names; return {}; }
+  // Replaces the named gradients by `totals` (the sum over the stages sharing them),
+  // scales all gradients by clip_scale and takes one optimizer step at lr.
+  virtual void apply_update(const std::vector<std::string>& names, const std::vector<tensor>& totals,
+                            float clip_scale, float lr) {
+    (void)names, (void)totals, (void)clip_scale, (void)lr;
+  }
 };
 
 // Stand-in compute for schedule experiments: sleeps for the configured time per pass

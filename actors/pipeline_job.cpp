@@ -1,0 +1,108 @@
+#include "actors/pipeline_job.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <set>
+
+namespace troupe {
+
+pipeline_outcome run_pipeline_training(caf::actor_system& sys, const proto::JobSpec& spec,
+                                       const pipeline_options& opts, int64_t steps) {
+  std::shared_ptr<const pipeline_schedule> schedule = make_pipeline_schedule(opts.schedule, opts.chunks);
+  const int p = opts.stages, v = schedule->chunks(), m = opts.micro_batches;
+  auto data = load_training_data(spec);
+  auto batches = std::make_shared<step_batches>(spec, data, m);
+  const int64_t total = troupe::total_steps(spec, *data);
+
+  // The whole model once, for its layer costs and its initial parameters.
+  std::unique_ptr<model> full = build_model(spec.model());
+  arena init(full->table);
+  init_params(*full, init, spec.train().seed());
+  auto ranges = plan_virtual_stages(*full, p * v);
+
+  std::vector<caf::actor> stages;
+  for (int s = 0; s < p; ++s) {
+    std::vector<std::pair<size_t, size_t>> mine;
+    for (int c = 0; c < v; ++c) mine.push_back(ranges[size_t(c * p + s)]);
+    stage_config cfg;
+    cfg.stage = s;
+    cfg.stages = p;
+    cfg.micro_batches = m;
+    cfg.schedule = schedule;
+    cfg.compute = std::make_shared<stage_model>(spec, mine, init, batches, m);
+    cfg.source = [](int64_t, int) { return tensor{}; };  // the first chunk reads its data itself
+    stages.push_back(sys.spawn<caf::detached>(stage, cfg));
+  }
+  caf::scoped_actor self{sys};
+  for (auto& st : stages) self->send(st, peers_atom::value, stages, caf::actor_cast<caf::actor>(self));
+
+  pipeline_outcome out;
+  std::string failure;
+  auto on_error = [&](const caf::error& e) { failure = sys.render(e); };
+  // Which stages hold which parameters; names held by more than one are shared.
+  std::map<std::string, int> holders;
+  for (auto& st : stages)
+    self->request(st, caf::infinite, names_atom::value)
+        .receive(
+            [&](const std::vector<std::string>& names) {
+              out.layout.push_back(names);
+              for (const auto& n : names) ++holders[n];
+            },
+            on_error);
+  std::vector<std::string> shared;
+  for (const auto& [name, count] : holders)
+    if (count > 1) shared.push_back(name);
+
+  const float max_norm = spec.optimizer().grad_clip();
+  for (int64_t step = 0; step < steps && failure.empty(); ++step) {
+    for (auto& st : stages) self->send(st, step_atom::value, step);
+    double loss_sum = 0;
+    for (int got = 0; got < p; ++got) self->receive([&](const stage_report& r) { loss_sum += r.loss_sum; });
+    out.losses.push_back(float(loss_sum / m));
+
+    // Shared gradients summed over their holders; one norm over all distinct parameters.
+    double sum_sq = 0;
+    std::vector<tensor> totals(shared.size());
+    for (auto& st : stages)
+      self->request(st, caf::infinite, grads_atom::value, shared)
+          .receive(
+              [&](double partial, const std::vector<tensor>& grads) {
+                sum_sq += partial;
+                for (size_t k = 0; k < shared.size(); ++k) {
+                  if (!grads[k].defined()) continue;
+                  if (!totals[k].defined()) {
+                    totals[k] = grads[k].clone();
+                    continue;
+                  }
+                  float* t = totals[k].f32();
+                  const float* g = grads[k].f32();
+                  for (int64_t i = 0; i < totals[k].numel(); ++i) t[i] += g[i];
+                }
+              },
+              on_error);
+    for (const tensor& t : totals)
+      for (int64_t i = 0; i < t.numel(); ++i) sum_sq += double(t.f32()[i]) * double(t.f32()[i]);
+    double norm = std::sqrt(sum_sq);
+    float scale = 1.0f;
+    if (max_norm > 0) {
+      double coef = double(max_norm) / (norm + 1e-6);
+      if (coef < 1.0) scale = float(coef);
+    }
+    float lr = learning_rate(spec.optimizer(), step, total);
+    for (auto& st : stages)
+      self->request(st, caf::infinite, apply_atom::value, shared, totals, scale, lr)
+          .receive([](int32_t) {}, on_error);
+  }
+  for (size_t s = 0; s < stages.size() && failure.empty(); ++s)
+    self->request(stages[s], caf::infinite, params_atom::value, out.layout[s])
+        .receive(
+            [&](const std::vector<tensor>& ps) {
+              for (size_t k = 0; k < ps.size(); ++k) out.params.emplace(out.layout[s][k], ps[k].clone());
+            },
+            on_error);
+  for (auto& st : stages) self->send_exit(st, caf::exit_reason::user_shutdown);
+  if (!failure.empty()) throw std::runtime_error("pipeline failed: " + failure);
+  return out;
+}
+
+}  // namespace troupe

@@ -1,0 +1,32 @@
+#pragma once
+// Trains a job as a pipeline of stage actors in one process (one replica): the model's
+// layers cut into stages x chunks, the schedule ordering each stage's work, and, after
+// every step, the gradients of parameters that several stages hold (the tied embedding
+// and head) summed between them, one global gradient norm for clipping, and each
+// stage's optimizer step. The same job in one stage gives the same losses.
+#include <map>
+#include <string>
+#include <vector>
+
+#include "actors/stage.hpp"
+#include "runtime/stage_model.hpp"
+
+namespace troupe {
+
+struct pipeline_options {
+  int stages = 2;
+  int micro_batches = 4;
+  std::string schedule = "1f1b";
+  int chunks = 2;  // for the interleaved schedule
+};
+
+struct pipeline_outcome {
+  std::vector<float> losses;                      // mean loss of each step
+  std::map<std::string, tensor> params;           // every parameter after the last step
+  std::vector<std::vector<std::string>> layout;   // stage -> names of the parameters it holds
+};
+
+pipeline_outcome run_pipeline_training(caf::actor_system& sys, const proto::JobSpec& spec,
+                                       const pipeline_options& opts, int64_t steps);
+
+}  // namespace troupe

@@ -1,0 +1,34 @@
+#include "runtime/partition.hpp"
+
+#include <algorithm>
+#include <limits>
+#include <string>
+
+#include "runtime/check.hpp"
+
+namespace troupe {
+
+std::vector<size_t> partition_balanced(const std::vector<double>& costs, int parts) {
+  const size_t n = costs.size();
+  if (parts < 1 || size_t(parts) > n)
+    throw input_error("cannot cut " + std::to_string(n) + " layers into " + std::to_string(parts) +
+                      " pipeline pieces: expected between 1 and " + std::to_string(n) + " pieces");
+  std::vector<double> prefix(n + 1, 0);
+  for (size_t i = 0; i < n; ++i) prefix[i + 1] = prefix[i] + costs[i];
+  const double inf = std::numeric_limits<double>::infinity();
+  // best[k][i]: the smallest possible largest piece when the first i items form k pieces.
+  std::vector<std::vector<double>> best(size_t(parts) + 1, std::vector<double>(n + 1, inf));
+  std::vector<std::vector<size_t>> cut(size_t(parts) + 1, std::vector<size_t>(n + 1, 0));
+  best[0][0] = 0;
+  for (size_t k = 1; k <= size_t(parts); ++k)
+    for (size_t i = k; i <= n; ++i)
+      for (size_t j = k - 1; j < i; ++j) {
+        double v = std::max(best[k - 1][j], prefix[i] - prefix[j]);
+        if (v < best[k][i]) best[k][i] = v, cut[k][i] = j;
+      }
+  std::vector<size_t> bounds(size_t(parts) + 1, n);
+  for (size_t k = size_t(parts); k > 0; --k) bounds[k - 1] = cut[k][bounds[k]];
+  return bounds;
+}
+
+}  // namespace troupe

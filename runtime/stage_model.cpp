@@ -1,0 +1,128 @@
+#include "runtime/stage_model.hpp"
+
+#include "kernels/cpu/optim.hpp"
+#include "runtime/partition.hpp"
+
+namespace troupe {
+
+step_batches::step_batches(const proto::JobSpec& spec, std::shared_ptr<const training_data> data, int micro_batches)
+    : source_(spec, std::move(data)), micro_batches_(micro_batches) {
+  if (micro_batches < 1 || spec.train().batch_size() % uint32_t(micro_batches) != 0)
+    throw input_error("train.batch_size " + std::to_string(spec.train().batch_size()) +
+                      " must be a multiple of the micro-batches per step (" + std::to_string(micro_batches) + ")");
+}
+
+batch step_batches::micro_batch(int64_t step, int micro) {
+  std::lock_guard<std::mutex> lock(mu_);
+  while (made_ <= step) kept_[made_++] = source_.next();
+  // Two steps back is as far as any stage can lag behind the newest request.
+  while (!kept_.empty() && kept_.begin()->first + 2 < step) kept_.erase(kept_.begin());
+  auto it = kept_.find(step);
+  TROUPE_CHECK(it != kept_.end(), "batch of step ", step, " requested after it was dropped");
+  const batch& b = it->second;
+  int64_t rows = b.x.dim(0) / micro_batches_;
+  return batch{b.x.slice_rows(micro * rows, (micro + 1) * rows), b.y.slice_rows(micro * rows, (micro + 1) * rows)};
+}
+
+std::vector<std::pair<size_t, size_t>> plan_virtual_stages(const model& m, int virtual_stages) {
+  std::vector<double> costs;
+  for (const auto& l : m.layers) costs.push_back(l->forward_flops_per_sample());
+  std::vector<size_t> b = partition_balanced(costs, virtual_stages);
+  std::vector<std::pair<size_t, size_t>> ranges;
+  for (int i = 0; i < virtual_stages; ++i) ranges.push_back({b[size_t(i)], b[size_t(i) + 1]});
+  return ranges;
+}
+
+stage_model::stage_model(const proto::JobSpec& spec, std::vector<std::pair<size_t, size_t>> chunk_ranges,
+                         const arena& init, std::shared_ptr<step_batches> data, int micro_batches)
+    : model_(build_model(spec.model())),
+      ranges_(std::move(chunk_ranges)),
+      data_(std::move(data)),
+      micro_batches_(micro_batches) {
+  // This stage's own table: only the parameters of its layers (indices are re-assigned).
+  model_->table = param_table{};
+  for (const auto& [first, last] : ranges_) {
+    for (size_t i = first; i < last; ++i) model_->layers[i]->declare(model_->table);
+    last_ = last_ || last == model_->layers.size();
+  }
+  params_ = arena(model_->table);
+  grads_ = arena(model_->table);
+  const param_table& full = init.table();
+  for (size_t i = 0; i < model_->table.entries().size(); ++i) {
+    int j = full.find(model_->table.entries()[i].name);
+    TROUPE_CHECK(j >= 0, "stage parameter ", model_->table.entries()[i].name, " not in the model");
+    params_.get(int(i)).copy_from(init.get(j));
+  }
+  optimizer_ = make_optimizer(spec.optimizer(), model_->table);
+}
+
+tensor stage_model::forward(int chunk, int64_t step, int micro, const tensor& x) {
+  auto [first, last] = ranges_.at(size_t(chunk));
+  tensor input = x, targets;
+  if (first == 0) input = data_->micro_batch(step, micro).x;
+  if (last == model_->layers.size()) targets = data_->micro_batch(step, micro).y;
+  activations& acts = stash_[{micro, chunk}];
+  return troupe::forward(*model_, params_, input, targets, acts, first, last);
+}
+
+tensor stage_model::backward(int chunk, int64_t, int micro, const tensor& dy) {
+  auto [first, last] = ranges_.at(size_t(chunk));
+  auto it = stash_.find({micro, chunk});
+  TROUPE_CHECK(it != stash_.end(), "backward of micro-batch ", micro, " chunk ", chunk, " before its forward");
+  tensor dx = troupe::backward(*model_, params_, grads_, dy, it->second, first, last);
+  stash_.erase(it);
+  return dx;
+}
+
+void stage_model::begin_step() {
+  grads_.zero();
+  stash_.clear();
+}
+
+std::vector<std::string> stage_model::param_names() const {
+  std::vector<std::string> names;
+  for (const auto& p : model_->table.entries()) names.push_back(p.name);
+  return names;
+}
+
+double stage_model::grad_sum_squares(const std::vector<std::string>& shared) const {
+  double sum = 0;
+  for (size_t i = 0; i < model_->table.entries().size(); ++i) {
+    const auto& p = model_->table.entries()[i];
+    if (std::find(shared.begin(), shared.end(), p.name) != shared.end()) continue;
+    sum += kernels::sum_of_squares(grads_.ptr(int(i)), p.numel());
+  }
+  return sum;
+}
+
+namespace {
+std::vector<tensor> views_of(const arena& a, const param_table& t, const std::vector<std::string>& names) {
+  std::vector<tensor> out;
+  for (const auto& n : names) {
+    int i = t.find(n);
+    out.push_back(i >= 0 ? a.get(i) : tensor{});
+  }
+  return out;
+}
+}  // namespace
+
+std::vector<tensor> stage_model::params_of(const std::vector<std::string>& names) {
+  return views_of(params_, model_->table, names);
+}
+
+std::vector<tensor> stage_model::grads_of(const std::vector<std::string>& names) {
+  return views_of(grads_, model_->table, names);
+}
+
+void stage_model::apply_update(const std::vector<std::string>& names, const std::vector<tensor>& totals,
+                               float clip_scale, float lr) {
+  TROUPE_CHECK(names.size() == totals.size(), names.size(), " names for ", totals.size(), " gradients");
+  for (size_t k = 0; k < names.size(); ++k) {
+    int i = model_->table.find(names[k]);
+    if (i >= 0) grads_.get(i).copy_from(totals[k]);
+  }
+  if (clip_scale != 1.0f) kernels::scale_inplace(grads_.flat().f32(), clip_scale, grads_.flat().numel());
+  optimizer_->step(params_, grads_, lr);
+}
+
+}  // namespace troupe

@@ -1,0 +1,70 @@
+#pragma once
+// The real compute of one pipeline stage: some model chunks (contiguous layer ranges),
+// their parameters, gradients and optimizer state, and the activations stashed between a
+// micro-batch's forward and backward. Stages of one model each hold only their own
+// parameters; a parameter two stages share (the tied embedding and head) is held by both
+// and its gradients are summed between them before the optimizer step.
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "runtime/model.hpp"
+#include "runtime/optimizer.hpp"
+#include "runtime/stage_compute.hpp"
+#include "runtime/training.hpp"
+
+namespace troupe {
+
+// The batches of a job's steps, made once in step order (the same sequence a single
+// trainer sees) and cut into micro-batches as views. Shared by the stages that read data
+// (the first for inputs, the last for targets); thread-safe.
+class step_batches {
+ public:
+  step_batches(const proto::JobSpec& spec, std::shared_ptr<const training_data> data, int micro_batches);
+  // Rows of micro-batch `micro` of step `step`: inputs and targets.
+  batch micro_batch(int64_t step, int micro);
+
+ private:
+  std::mutex mu_;
+  batch_source source_;
+  int micro_batches_;
+  int64_t made_ = 0;  // steps generated so far
+  std::map<int64_t, batch> kept_;
+};
+
+// Layer ranges [first, last) of the model, one per virtual stage, balanced by cost.
+std::vector<std::pair<size_t, size_t>> plan_virtual_stages(const model& m, int virtual_stages);
+
+class stage_model : public stage_compute {
+ public:
+  // chunk_ranges[c]: the layers of this stage's chunk c. init: the whole model's initial
+  // parameters (by name), so every stage starts where a single-process run starts.
+  stage_model(const proto::JobSpec& spec, std::vector<std::pair<size_t, size_t>> chunk_ranges, const arena& init,
+              std::shared_ptr<step_batches> data, int micro_batches);
+
+  tensor forward(int chunk, int64_t step, int micro, const tensor& x) override;
+  tensor backward(int chunk, int64_t step, int micro, const tensor& dy) override;
+
+  void begin_step() override;
+  std::vector<std::string> param_names() const override;
+  double grad_sum_squares(const std::vector<std::string>& shared) const override;
+  std::vector<tensor> params_of(const std::vector<std::string>& names) override;
+  std::vector<tensor> grads_of(const std::vector<std::string>& names) override;
+  void apply_update(const std::vector<std::string>& names, const std::vector<tensor>& totals, float clip_scale,
+                    float lr) override;
+
+ private:
+  std::unique_ptr<model> model_;
+  std::vector<std::pair<size_t, size_t>> ranges_;
+  arena params_, grads_;
+  std::unique_ptr<optimizer> optimizer_;
+  std::shared_ptr<step_batches> data_;
+  int micro_batches_;
+  bool last_ = false;  // holds the model's last layer (the loss)
+  std::map<std::pair<int, int>, activations> stash_;  // (micro, chunk) -> what backward needs
+};
+
+}  // namespace troupe
