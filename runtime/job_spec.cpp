@@ -60,6 +60,9 @@ const numeric_rule numeric_rules[] = {
     {"train.log_every", true, 1, inf, false, false, ""},
     {"train.eval_batches", true, 1, inf, false, false, ""},
     {"train.sample_tokens", true, 0, 10000, false, false, ""},
+    {"parallel.stages", true, 1, 64, false, false, ""},
+    {"parallel.micro_batches", true, 1, inf, false, false, "a divisor of train.batch_size"},
+    {"parallel.chunks", true, 2, 16, false, false, "model chunks per stage; interleaved only"},
 };
 
 struct choice_rule {
@@ -71,6 +74,7 @@ const choice_rule choice_rules[] = {
     {"model.mlp.activation", {"relu", "gelu"}},
     {"data.dataset", {"fashion_mnist", "fortunes"}},
     {"optimizer.lr_schedule", {"constant", "cosine"}},
+    {"parallel.schedule", {"gpipe", "1f1b", "interleaved"}},
 };
 
 constexpr std::string_view name_rule = "a non-empty name of letters, digits, '.', '_' and '-' (it names runs/<name>/)";
@@ -366,6 +370,8 @@ void check_presence(const proto::JobSpec& s, const checker& c) {
   if (t.has_epochs() && dataset != "fashion_mnist")
     c.fail("train.epochs", cat("only applies to dataset \"fashion_mnist\"; for ", quoted(dataset), " use train.steps"));
   if (t.has_sample_tokens() && mlp) c.fail("train.sample_tokens", "only applies to gpt models");
+  if (s.parallel().has_chunks() && s.parallel().schedule() != "interleaved")
+    c.fail("parallel.chunks", "only applies to parallel.schedule \"interleaved\"");
 }
 
 void fill_defaults(proto::JobSpec& s) {
@@ -410,6 +416,12 @@ void fill_defaults(proto::JobSpec& s) {
   if (!t.has_metrics_file()) t.set_metrics_file(cat("runs/", s.name(), "/metrics.jsonl"));
   if (!t.has_eval_batches()) t.set_eval_batches(50);
   if (s.model().has_gpt() && !t.has_sample_tokens()) t.set_sample_tokens(200);
+
+  proto::ParallelSpec& par = *s.mutable_parallel();
+  if (!par.has_stages()) par.set_stages(1);
+  if (!par.has_micro_batches()) par.set_micro_batches(par.stages() == 1 ? 1 : 2 * par.stages());
+  if (!par.has_schedule()) par.set_schedule("1f1b");
+  if (par.schedule() == "interleaved" && !par.has_chunks()) par.set_chunks(2);
 }
 
 void check_values(const proto::JobSpec& s, const checker& c) {
@@ -479,6 +491,27 @@ void check_values(const proto::JobSpec& s, const checker& c) {
   c.non_empty("train.metrics_file", t.metrics_file());
   c.number("train.eval_batches", t.eval_batches());
   if (t.has_sample_tokens()) c.number("train.sample_tokens", t.sample_tokens());
+
+  const proto::ParallelSpec& par = s.parallel();
+  c.number("parallel.stages", par.stages());
+  c.number("parallel.micro_batches", par.micro_batches());
+  c.choice("parallel.schedule", par.schedule());
+  if (par.has_chunks()) c.number("parallel.chunks", par.chunks());
+  if (t.batch_size() % par.micro_batches() != 0)
+    c.fail("parallel.micro_batches", cat("invalid value ", par.micro_batches(), ": expected a divisor of train.batch_size (",
+                                         t.batch_size(), ")"));
+  if (par.schedule() == "interleaved" && par.micro_batches() % par.stages() != 0)
+    c.fail("parallel.micro_batches", cat("invalid value ", par.micro_batches(),
+                                         ": the interleaved schedule needs a multiple of parallel.stages (", par.stages(),
+                                         ")"));
+  // Every virtual stage needs at least one layer.
+  const uint32_t layers = s.model().has_gpt() ? s.model().gpt().n_layer() + 2
+                                              : 2 * uint32_t(s.model().mlp().widths_size() - 1);
+  const uint32_t pieces = par.stages() * (par.schedule() == "interleaved" ? par.chunks() : 1);
+  if (pieces > layers)
+    c.fail("parallel.stages", cat("invalid value ", par.stages(), ": the model has ", layers, " layers, too few for ",
+                                  pieces, " pipeline pieces (stages", par.schedule() == "interleaved" ? " x chunks" : "",
+                                  ")"));
 }
 
 }  // namespace
@@ -543,6 +576,9 @@ std::string describe(const proto::JobSpec& s) {
   else
     os << s.train().steps() << (s.train().steps() == 1 ? " step" : " steps");
   os << ", seed " << s.train().seed();
+  if (s.parallel().stages() > 1)
+    os << "; " << s.parallel().stages() << " stages, " << s.parallel().schedule() << ", " << s.parallel().micro_batches()
+       << " micro-batches";
   return os.str();
 }
 

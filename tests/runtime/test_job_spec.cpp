@@ -311,3 +311,39 @@ TEST_CASE("job spec: the JSON examples in docs/job-spec.md parse") {
   }
   CHECK(examples >= 2);
 }
+
+TEST_CASE("job spec: the parallel section has defaults and clear errors") {
+  auto with_parallel = [](const std::string& parallel) {
+    return R"({"model": {"gpt": {"n_layer": 2}}, "data": {"dataset": "fortunes"}, "optimizer": {"adamw": {"lr": 1e-3}},
+               "train": {"batch_size": 8, "steps": 10}, "parallel": )" +
+           parallel + "}";
+  };
+  proto::JobSpec none = parse_job_spec(gpt_spec("{}"), "job.json");
+  CHECK(none.parallel().stages() == 1);
+  CHECK(none.parallel().micro_batches() == 1);
+  CHECK(none.parallel().schedule() == "1f1b");
+  proto::JobSpec two = parse_job_spec(with_parallel(R"({"stages": 2})"), "job.json");
+  CHECK(two.parallel().micro_batches() == 4);
+  CHECK(parse_job_spec(with_parallel(R"({"stages": 2, "schedule": "interleaved"})"), "job.json").parallel().chunks() == 2);
+
+  const std::vector<std::pair<std::string, std::string>> bad = {
+      {R"({"stages": 2, "micro_batches": 3})",
+       "job.json: parallel.micro_batches: invalid value 3: expected a divisor of train.batch_size (8)"},
+      {R"({"stages": 5, "micro_batches": 8})", "job.json: parallel.stages: invalid value 5: the model has 4 layers, too few for 5"},
+      {R"({"stages": 2, "schedule": "interleaved", "chunks": 3})", "too few for 6 pipeline pieces (stages x chunks)"},
+      {R"({"stages": 2, "chunks": 2})", "parallel.chunks: only applies to parallel.schedule \"interleaved\""},
+      {R"({"schedule": "zigzag"})", "parallel.schedule: invalid value \"zigzag\""},
+      {R"({"stages": 0})", "parallel.stages: invalid value 0"},
+      {R"({"stages": 4, "micro_batches": 4, "schedule": "interleaved", "chunks": 2})",
+       "the model has 4 layers, too few for 8"},
+  };
+  for (const auto& [parallel, want] : bad) {
+    CAPTURE(parallel);
+    try {
+      parse_job_spec(with_parallel(parallel), "job.json");
+      FAIL("expected an error");
+    } catch (const input_error& e) {
+      CHECK_MESSAGE(std::string(e.what()).find(want) != std::string::npos, std::string(e.what()));
+    }
+  }
+}
