@@ -7,12 +7,10 @@
 //          step_report       from the device
 // Sends:   (start_atom, ...) to the feeder; (eval_atom, tensor_batch) and
 //          (generate_atom, ...) requests to the device.
-#include <chrono>
-#include <fstream>
 #include <memory>
 
 #include "actors/messages.hpp"
-#include "runtime/plot.hpp"
+#include "runtime/progress.hpp"
 #include "runtime/training.hpp"
 
 namespace troupe {
@@ -21,6 +19,9 @@ struct coordinator_options {
   bool live_progress = true;  // rewrite one progress line in place (a terminal)
   bool quiet = false;         // no progress at all (tests)
   int32_t prefetch = 2;       // batches in flight from the feeder to the device
+  progress_display display() const {
+    return quiet ? progress_display::quiet : live_progress ? progress_display::live_line : progress_display::log_lines;
+  }
 };
 
 struct coordinator_state {
@@ -30,10 +31,7 @@ struct coordinator_state {
   int64_t total_steps = 0;
   caf::actor feeder, dev;
   caf::response_promise done;
-  std::chrono::steady_clock::time_point start, window_start;
-  int64_t window_samples = 0, window_tokens = 0;
-  std::ofstream metrics;
-  plot_series loss_curve{"train loss", {}, {}};
+  std::unique_ptr<progress_log> progress;
   static inline const char* name = "coordinator";
 };
 

@@ -1,13 +1,26 @@
 #include "actors/pipeline_job.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
-#include <set>
+
+#include "runtime/threads.hpp"
 
 namespace troupe {
 
+pipeline_options pipeline_options::from(const proto::JobSpec& spec) {
+  pipeline_options o;
+  o.stages = int(spec.parallel().stages());
+  o.micro_batches = int(spec.parallel().micro_batches());
+  o.schedule = spec.parallel().schedule();
+  o.chunks = spec.parallel().has_chunks() ? int(spec.parallel().chunks()) : 2;
+  int threads = spec.train().threads() ? int(spec.train().threads()) : hardware_threads();
+  o.threads_per_stage = std::max(1, threads / o.stages);
+  return o;
+}
+
 pipeline_outcome run_pipeline_training(caf::actor_system& sys, const proto::JobSpec& spec,
-                                       const pipeline_options& opts, int64_t steps) {
+                                       const pipeline_options& opts, int64_t steps, progress_log* progress) {
   std::shared_ptr<const pipeline_schedule> schedule = make_pipeline_schedule(opts.schedule, opts.chunks);
   const int p = opts.stages, v = schedule->chunks(), m = opts.micro_batches;
   auto data = load_training_data(spec);
@@ -28,13 +41,18 @@ pipeline_outcome run_pipeline_training(caf::actor_system& sys, const proto::JobS
     cfg.stage = s;
     cfg.stages = p;
     cfg.micro_batches = m;
+    cfg.threads = opts.threads_per_stage;
     cfg.schedule = schedule;
     cfg.compute = std::make_shared<stage_model>(spec, mine, init, batches, m);
+    if (opts.wrap_compute) cfg.compute = opts.wrap_compute(s, cfg.compute);
     cfg.source = [](int64_t, int) { return tensor{}; };  // the first chunk reads its data itself
     stages.push_back(sys.spawn<caf::detached>(stage, cfg));
   }
   caf::scoped_actor self{sys};
-  for (auto& st : stages) self->send(st, peers_atom::value, stages, caf::actor_cast<caf::actor>(self));
+  for (auto& st : stages) {
+    self->send(st, peers_atom::value, stages, caf::actor_cast<caf::actor>(self));
+    self->monitor(st);
+  }
 
   pipeline_outcome out;
   std::string failure;
@@ -55,9 +73,17 @@ pipeline_outcome run_pipeline_training(caf::actor_system& sys, const proto::JobS
 
   const float max_norm = spec.optimizer().grad_clip();
   for (int64_t step = 0; step < steps && failure.empty(); ++step) {
+    auto t0 = std::chrono::steady_clock::now();
     for (auto& st : stages) self->send(st, step_atom::value, step);
     double loss_sum = 0;
-    for (int got = 0; got < p; ++got) self->receive([&](const stage_report& r) { loss_sum += r.loss_sum; });
+    for (int got = 0; got < p && failure.empty(); ++got)
+      self->receive(
+          [&](const stage_report& r) {
+            loss_sum += r.loss_sum;
+            if (!r.error.empty()) failure = r.error;
+          },
+          [&](const caf::down_msg& d) { failure = "a stage stopped: " + sys.render(d.reason); });
+    if (!failure.empty()) break;
     out.losses.push_back(float(loss_sum / m));
 
     // Shared gradients summed over their holders; one norm over all distinct parameters.
@@ -92,6 +118,12 @@ pipeline_outcome run_pipeline_training(caf::actor_system& sys, const proto::JobS
     for (auto& st : stages)
       self->request(st, caf::infinite, apply_atom::value, shared, totals, scale, lr)
           .receive([](int32_t) {}, on_error);
+    if (progress) {
+      double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      int64_t samples = spec.train().batch_size();
+      int64_t tokens = spec.model().has_gpt() ? samples * int64_t(spec.model().gpt().context()) : 0;
+      progress->step(step, out.losses.back(), lr, float(norm), samples, tokens, dt);
+    }
   }
   for (size_t s = 0; s < stages.size() && failure.empty(); ++s)
     self->request(stages[s], caf::infinite, params_atom::value, out.layout[s])

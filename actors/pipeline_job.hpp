@@ -4,11 +4,13 @@
 // every step, the gradients of parameters that several stages hold (the tied embedding
 // and head) summed between them, one global gradient norm for clipping, and each
 // stage's optimizer step. The same job in one stage gives the same losses.
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
 
 #include "actors/stage.hpp"
+#include "runtime/progress.hpp"
 #include "runtime/stage_model.hpp"
 
 namespace troupe {
@@ -18,6 +20,10 @@ struct pipeline_options {
   int micro_batches = 4;
   std::string schedule = "1f1b";
   int chunks = 2;  // for the interleaved schedule
+  int threads_per_stage = 1;
+  // Optional: wraps each stage's compute (fault injection in tests and experiments).
+  std::function<std::shared_ptr<stage_compute>(int stage, std::shared_ptr<stage_compute>)> wrap_compute;
+  static pipeline_options from(const proto::JobSpec& spec);
 };
 
 struct pipeline_outcome {
@@ -26,7 +32,8 @@ struct pipeline_outcome {
   std::vector<std::vector<std::string>> layout;   // stage -> names of the parameters it holds
 };
 
+// progress (optional) gets every step's loss, learning rate and gradient norm.
 pipeline_outcome run_pipeline_training(caf::actor_system& sys, const proto::JobSpec& spec,
-                                       const pipeline_options& opts, int64_t steps);
+                                       const pipeline_options& opts, int64_t steps, progress_log* progress = nullptr);
 
 }  // namespace troupe

@@ -2,6 +2,9 @@
 
 #include <chrono>
 
+#include "actors/pipeline_job.hpp"
+#include "runtime/threads.hpp"
+
 namespace troupe {
 
 job_outcome run_job(const proto::JobSpec& spec, const coordinator_options& opts) {
@@ -15,6 +18,25 @@ job_outcome run_job(const proto::JobSpec& spec, const coordinator_options& opts)
   register_message_types(cfg);
   caf::actor_system sys{cfg};
   auto t0 = std::chrono::steady_clock::now();
+  if (spec.parallel().stages() > 1) {
+    // Pipeline stages as actors; then the assembled model is evaluated here.
+    progress_log progress(spec, out.steps, opts.display());
+    pipeline_outcome po = run_pipeline_training(sys, spec, pipeline_options::from(spec), out.steps, &progress);
+    set_compute_threads(int(spec.train().threads()));
+    trainer whole(spec, out.steps);
+    const param_table& table = whole.net().table;
+    for (size_t i = 0; i < table.entries().size(); ++i)
+      whole.params().get(int(i)).copy_from(po.params.at(table.entries()[i].name));
+    batch ev = batch_source(spec, data).eval_set();
+    eval_result r = whole.evaluate(ev.x, ev.y, spec.train().batch_size());
+    out.eval = eval_report{r.loss, r.accuracy, r.count};
+    progress.eval(r.loss, r.accuracy, r.count);
+    if (spec.model().has_gpt() && spec.train().sample_tokens() > 0)
+      out.sample = whole.generate("\n", int(spec.train().sample_tokens()), spec.train().seed());
+    progress.finish();
+    out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return out;
+  }
   auto coord = sys.spawn(coordinator, spec, data, opts);
   caf::scoped_actor self{sys};
   std::string failure;

@@ -3,6 +3,8 @@
 #include <chrono>
 #include <cstdio>
 
+#include "runtime/threads.hpp"
+
 namespace troupe {
 
 namespace {
@@ -27,8 +29,20 @@ void advance(caf::stateful_actor<stage_state>* self) {
       s.inbox.erase(it);
     }
     double t0 = now_s();
-    tensor out = fwd ? s.cfg.compute->forward(op.chunk, s.step, op.micro, input)
-                     : s.cfg.compute->backward(op.chunk, s.step, op.micro, input);
+    tensor out;
+    try {  // exceptions never cross the actor boundary: the reporter gets what failed
+      out = fwd ? s.cfg.compute->forward(op.chunk, s.step, op.micro, input)
+                : s.cfg.compute->backward(op.chunk, s.step, op.micro, input);
+    } catch (const std::exception& e) {
+      s.report.error = "stage " + std::to_string(s.cfg.stage) + " failed in the " + (fwd ? "forward" : "backward") +
+                       " of micro-batch " + std::to_string(op.micro) + " (chunk " + std::to_string(op.chunk) +
+                       ") at step " + std::to_string(s.step) + ": " + e.what();
+      self->send(s.reporter, s.report);
+      s.order.clear();
+      s.next = 0;
+      self->quit(caf::sec::runtime_error);
+      return;
+    }
     double t1 = now_s();
     s.report.busy_s += t1 - t0;
     s.report.end_s = t1;
@@ -80,6 +94,8 @@ caf::behavior stage(caf::stateful_actor<stage_state>* self, stage_config cfg) {
         s.report.stage = s.cfg.stage;
         s.report.step = step;
         s.report.start_s = s.report.end_s = now_s();
+        // A detached actor keeps its thread: OpenMP's per-thread count set here holds.
+        if (s.cfg.threads > 0) set_compute_threads(s.cfg.threads);
         s.cfg.compute->begin_step();
         // Anything left from an older step can never be used.
         for (auto it = s.inbox.begin(); it != s.inbox.end();)

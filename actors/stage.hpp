@@ -29,6 +29,7 @@ namespace troupe {
 
 struct stage_config {
   int stage = 0, stages = 1, micro_batches = 1;
+  int threads = 0;  // compute threads of this stage's thread (0: leave as is)
   std::shared_ptr<const pipeline_schedule> schedule;
   std::shared_ptr<stage_compute> compute;
   // The input of virtual stage 0 for (step, micro): data, or a stand-in.

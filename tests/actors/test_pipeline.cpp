@@ -103,3 +103,55 @@ TEST_CASE("pipeline: a batch that does not split into the micro-batches is a cle
           std::string::npos);
   }
 }
+
+namespace {
+
+// Passes everything through, but the forward of micro-batch 1 at step 2 throws.
+class failing_compute : public stage_compute {
+ public:
+  explicit failing_compute(std::shared_ptr<stage_compute> inner) : inner_(std::move(inner)) {}
+  tensor forward(int chunk, int64_t step, int micro, const tensor& x) override {
+    if (step == 2 && micro == 1) throw std::runtime_error("injected failure");
+    return inner_->forward(chunk, step, micro, x);
+  }
+  tensor backward(int chunk, int64_t step, int micro, const tensor& dy) override {
+    return inner_->backward(chunk, step, micro, dy);
+  }
+  void begin_step() override { inner_->begin_step(); }
+  std::vector<std::string> param_names() const override { return inner_->param_names(); }
+  double grad_sum_squares(const std::vector<std::string>& shared) const override {
+    return inner_->grad_sum_squares(shared);
+  }
+  std::vector<tensor> params_of(const std::vector<std::string>& n) override { return inner_->params_of(n); }
+  std::vector<tensor> grads_of(const std::vector<std::string>& n) override { return inner_->grads_of(n); }
+  void apply_update(const std::vector<std::string>& names, const std::vector<tensor>& totals, float clip_scale,
+                    float lr) override {
+    inner_->apply_update(names, totals, clip_scale, lr);
+  }
+
+ private:
+  std::shared_ptr<stage_compute> inner_;
+};
+
+}  // namespace
+
+TEST_CASE("pipeline: a stage that throws stops the job with an error naming the stage and the step") {
+  proto::JobSpec spec = pipeline_test_job();
+  test_config cfg;
+  caf::actor_system sys{cfg};
+  pipeline_options o;
+  o.stages = 3;
+  o.micro_batches = 4;
+  o.wrap_compute = [](int stage, std::shared_ptr<stage_compute> c) -> std::shared_ptr<stage_compute> {
+    return stage == 1 ? std::make_shared<failing_compute>(c) : c;
+  };
+  try {
+    run_pipeline_training(sys, spec, o, 5);
+    FAIL("expected the job to fail");
+  } catch (const std::runtime_error& e) {
+    std::string what = e.what();
+    CHECK_MESSAGE(what.find("stage 1 failed in the forward of micro-batch 1 (chunk 0) at step 2: injected failure") !=
+                      std::string::npos,
+                  what);
+  }
+}
