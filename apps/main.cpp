@@ -9,6 +9,7 @@
 
 #include "actors/run_job.hpp"
 #include "apps/bench.hpp"
+#include "apps/plan.hpp"
 #include "runtime/job_spec.hpp"
 #include "runtime/threads.hpp"
 
@@ -20,6 +21,8 @@ int usage(const char* why) {
                "usage:\n"
                "  troupe train JOB.json [--steps N] [--threads N] [--quiet]\n"
                "      run a training job (see docs/job-spec.md); flags override the spec\n"
+               "  troupe plan JOB.json\n"
+               "      print how the job is cut into pipeline stages and the memory each needs\n"
                "  troupe bench train [--model mlp|gpt] [--steps N] [--rounds N] [--torch] [--json FILE]\n"
                "      samples/s (MLP) and tokens/s (GPT) of the example jobs at 1 and 2 threads;\n"
                "      --torch also runs PyTorch (/usr/bin/python3) on the same models\n"
@@ -71,8 +74,13 @@ int train(const std::vector<std::string>& args) {
     opts.quiet = quiet;
     opts.live_progress = isatty(STDOUT_FILENO);
     std::printf("troupe: %s\n", troupe::describe(spec).c_str());
-    std::printf("        %d compute thread%s, data feeder -> device (1 stage, 1 replica)\n", nthreads,
-                nthreads == 1 ? "" : "s");
+    if (spec.parallel().stages() > 1)
+      std::printf("%s        %d compute thread%s over %d stage actors\n",
+                  troupe::format_plan(spec, troupe::plan_job(spec)).c_str(), nthreads, nthreads == 1 ? "" : "s",
+                  int(spec.parallel().stages()));
+    else
+      std::printf("        %d compute thread%s, data feeder -> device (1 stage, 1 replica)\n", nthreads,
+                  nthreads == 1 ? "" : "s");
     auto out = troupe::run_job(spec, opts);
     if (out.eval.accuracy >= 0)
       std::printf("result: test loss %.4f, test accuracy %.4f on %lld images (%.1f s)\n", out.eval.loss,
@@ -99,6 +107,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> args(argv + 2, argv + argc);
   if (cmd == "train") return train(args);
   if (cmd == "bench") return troupe::bench_main(args);
+  if (cmd == "plan") return troupe::plan_main(args);
   if (cmd == "-h" || cmd == "--help" || cmd == "help") return usage(nullptr), 0;
   return usage(("unknown command '" + cmd + "'").c_str());
 }

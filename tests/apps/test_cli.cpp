@@ -95,3 +95,20 @@ TEST_CASE("cli: troupe bench train runs, checks its losses and writes its JSON")
   CHECK(r.code == 2);
   CHECK(r.output.find("--rounds expects") != std::string::npos);
 }
+
+TEST_CASE("cli: troupe plan prints every stage with its layers and memory") {
+  std::string path = write_temp("plan.json", R"({"name": "plan_test",
+      "model": {"gpt": {"n_layer": 2, "n_head": 2, "d_model": 16, "context": 8}}, "data": {"dataset": "fortunes"},
+      "optimizer": {"adamw": {"lr": 1e-3}}, "train": {"batch_size": 4, "steps": 2},
+      "parallel": {"stages": 2, "micro_batches": 2, "schedule": "gpipe"}})");
+  auto r = run("plan " + path);
+  CHECK(r.code == 0);
+  CHECK(r.output.find("plan: 2 stages, schedule gpipe, 2 micro-batches of 2 rows per step") != std::string::npos);
+  // The head (a 256-way output over 8 positions) outweighs both tiny blocks.
+  CHECK(r.output.find("0     embedding,h.0,h.1") != std::string::npos);
+  CHECK(r.output.find("1     head") != std::string::npos);
+  r = run("plan");
+  CHECK(r.code == 2);
+  r = run("plan /tmp/troupe_no_such_plan.json");
+  CHECK(r.code == 1);
+}
