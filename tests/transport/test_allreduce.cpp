@@ -1,0 +1,83 @@
+// The inproc transport and the ring all-reduce: every world size 1..8 and counts 0, 1,
+// odd and large against the closed form, ranks as threads; a missing rank is an error
+// within the deadline, never a hang.
+#include <doctest/doctest.h>
+
+#include <chrono>
+#include <thread>
+
+#include "runtime/check.hpp"
+#include "runtime/rng.hpp"
+#include "transport/collectives.hpp"
+
+using namespace troupe;
+
+TEST_CASE("ring all-reduce: sizes 1..8 x counts 0, 1, odd, large match the closed form on every rank") {
+  for (int n = 1; n <= 8; ++n)
+    for (size_t count : {size_t(0), size_t(1), size_t(7), size_t(100003)}) {
+      CAPTURE(n);
+      CAPTURE(count);
+      auto group = make_group("inproc", n);
+      std::vector<std::vector<float>> data(static_cast<size_t>(n));
+      for (int r = 0; r < n; ++r) {
+        data[size_t(r)].resize(count);
+        // Integers, so every sum is exact whatever the order.
+        for (size_t i = 0; i < count; ++i) data[size_t(r)][i] = float((r + 1) * int(1 + i % 7));
+      }
+      std::vector<std::thread> threads;
+      for (int r = 0; r < n; ++r)
+        threads.emplace_back([&, r] { ring_allreduce_sum(*group[size_t(r)], data[size_t(r)].data(), count, 10); });
+      for (auto& t : threads) t.join();
+      const float ranks_sum = float(n * (n + 1) / 2);
+      size_t wrong = 0;
+      for (int r = 0; r < n; ++r)
+        for (size_t i = 0; i < count; ++i) wrong += data[size_t(r)][i] != ranks_sum * float(1 + i % 7);
+      CHECK(wrong == 0);
+    }
+}
+
+TEST_CASE("ring all-reduce: every rank ends with the same bits on non-integer data") {
+  const int n = 5;
+  const size_t count = 1001;
+  auto group = make_group("inproc", n);
+  std::vector<std::vector<float>> data(n, std::vector<float>(count));
+  rng g(3);
+  for (auto& d : data)
+    for (auto& x : d) x = float(g.normal());
+  std::vector<std::thread> threads;
+  for (int r = 0; r < n; ++r)
+    threads.emplace_back([&, r] { ring_allreduce_sum(*group[size_t(r)], data[size_t(r)].data(), count, 0); });
+  for (auto& t : threads) t.join();
+  for (int r = 1; r < n; ++r) CHECK(data[size_t(r)] == data[0]);
+}
+
+TEST_CASE("ring all-reduce: a rank that never joins makes the others fail within the deadline") {
+  const int n = 3;
+  auto group = make_group("inproc", n);
+  std::vector<std::vector<float>> data(n, std::vector<float>(64, 1.0f));
+  std::vector<std::string> errors(n);
+  auto t0 = std::chrono::steady_clock::now();
+  std::vector<std::thread> threads;
+  for (int r = 0; r < n - 1; ++r)  // rank n-1 is "dead"
+    threads.emplace_back([&, r] {
+      group[size_t(r)]->deadline = std::chrono::milliseconds(200);
+      try {
+        ring_allreduce_sum(*group[size_t(r)], data[size_t(r)].data(), 64, 0);
+      } catch (const transport_error& e) {
+        errors[size_t(r)] = e.what();
+      }
+    });
+  for (auto& t : threads) t.join();
+  double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  CHECK(waited < 2.0);
+  for (int r = 0; r < n - 1; ++r) CHECK(errors[size_t(r)].find("waited 200 ms") != std::string::npos);
+}
+
+TEST_CASE("transport: an unknown name lists the known ones") {
+  try {
+    make_group("carrier-pigeon", 2);
+    FAIL("expected an error");
+  } catch (const input_error& e) {
+    CHECK(std::string(e.what()) == "unknown transport 'carrier-pigeon' (known: inproc)");
+  }
+}

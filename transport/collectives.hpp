@@ -1,0 +1,11 @@
+#pragma once
+// Collectives written once over a communicator's point-to-point sends.
+#include "transport/communicator.hpp"
+
+namespace troupe {
+
+// In-place sum all-reduce of `count` f32 elements over every rank of `comm` (ring).
+// `tag` keeps concurrent collectives apart. Every rank ends with the same bits.
+void ring_allreduce_sum(communicator& comm, float* data, size_t count, uint64_t tag);
+
+}  // namespace troupe

@@ -1,0 +1,41 @@
+#pragma once
+// Moving tensors between ranks of a group: tagged point-to-point sends and receives, with
+// a deadline, so a dead or stuck peer surfaces as an error and never as a hang.
+// Collectives (collectives.hpp) are written once over these. Implementations are chosen
+// by name: "inproc" (ranks are threads of one process).
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "runtime/tensor.hpp"
+
+namespace troupe {
+
+// A peer did not answer within the deadline, or the group was shut down.
+class transport_error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+class communicator {
+ public:
+  virtual ~communicator() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  // Sends `count` elements of `type` at `data` to `peer`; returns once the data is handed
+  // over (the caller may reuse the buffer).
+  virtual void send(int peer, uint64_t tag, const void* data, size_t count, dtype type) = 0;
+  // Receives exactly `count` elements of `type` from `peer` with `tag` into `data`.
+  virtual void recv(int peer, uint64_t tag, void* data, size_t count, dtype type) = 0;
+  std::chrono::milliseconds deadline{30000};
+};
+
+// A group of `size` ranks, each handed to one thread. Throws input_error for an unknown
+// transport name: "unknown transport 'X' (known: inproc)".
+std::vector<std::shared_ptr<communicator>> make_group(const std::string& transport, int size);
+
+}  // namespace troupe

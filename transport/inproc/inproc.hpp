@@ -1,0 +1,43 @@
+#pragma once
+// inproc: ranks are threads of one process; a send copies the elements into the
+// receiver's mailbox (keyed by sender and tag) and a receive waits on it.
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <mutex>
+
+#include "transport/communicator.hpp"
+
+namespace troupe {
+
+class inproc_world {
+ public:
+  explicit inproc_world(int size) : size_(size), boxes_(size_t(size)) {}
+  int size() const { return size_; }
+  void put(int from, int to, uint64_t tag, std::vector<uint8_t> bytes);
+  std::vector<uint8_t> take(int from, int to, uint64_t tag, std::chrono::milliseconds deadline);
+
+ private:
+  struct mailbox {
+    std::mutex mu;
+    std::condition_variable cv;
+    std::map<std::pair<int, uint64_t>, std::deque<std::vector<uint8_t>>> queued;  // (from, tag)
+  };
+  int size_;
+  std::vector<mailbox> boxes_;
+};
+
+class inproc_communicator : public communicator {
+ public:
+  inproc_communicator(std::shared_ptr<inproc_world> world, int rank) : world_(std::move(world)), rank_(rank) {}
+  int rank() const override { return rank_; }
+  int size() const override { return world_->size(); }
+  void send(int peer, uint64_t tag, const void* data, size_t count, dtype type) override;
+  void recv(int peer, uint64_t tag, void* data, size_t count, dtype type) override;
+
+ private:
+  std::shared_ptr<inproc_world> world_;
+  int rank_;
+};
+
+}  // namespace troupe
