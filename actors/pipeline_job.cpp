@@ -5,26 +5,28 @@
 #include <cmath>
 
 #include "runtime/threads.hpp"
+#include "transport/communicator.hpp"
 
 namespace troupe {
 
 pipeline_options pipeline_options::from(const proto::JobSpec& spec) {
   pipeline_options o;
   o.stages = int(spec.parallel().stages());
+  o.replicas = int(spec.parallel().replicas());
   o.micro_batches = int(spec.parallel().micro_batches());
   o.schedule = spec.parallel().schedule();
   o.chunks = spec.parallel().has_chunks() ? int(spec.parallel().chunks()) : 2;
   int threads = spec.train().threads() ? int(spec.train().threads()) : hardware_threads();
-  o.threads_per_stage = std::max(1, threads / o.stages);
+  o.threads_per_stage = std::max(1, threads / (o.stages * o.replicas));
   return o;
 }
 
 pipeline_outcome run_pipeline_training(caf::actor_system& sys, const proto::JobSpec& spec,
                                        const pipeline_options& opts, int64_t steps, progress_log* progress) {
   std::shared_ptr<const pipeline_schedule> schedule = make_pipeline_schedule(opts.schedule, opts.chunks);
-  const int p = opts.stages, v = schedule->chunks(), m = opts.micro_batches;
+  const int p = opts.stages, v = schedule->chunks(), m = opts.micro_batches, R = opts.replicas;
   auto data = load_training_data(spec);
-  auto batches = std::make_shared<step_batches>(spec, data, m);
+  auto batches = std::make_shared<step_batches>(spec, data, m, R);
   const int64_t total = troupe::total_steps(spec, *data);
 
   // The whole model once, for its layer costs and its initial parameters.
@@ -33,33 +35,42 @@ pipeline_outcome run_pipeline_training(caf::actor_system& sys, const proto::JobS
   init_params(*full, init, spec.train().seed());
   auto ranges = plan_virtual_stages(*full, p * v);
 
-  std::vector<caf::actor> stages;
+  // stages[r][s]: stage s of replica r. Stage s of every replica shares one group.
+  std::vector<std::vector<caf::actor>> stages(static_cast<size_t>(R));
+  std::vector<caf::actor> all;
   for (int s = 0; s < p; ++s) {
+    auto group = make_group("inproc", R);
     std::vector<std::pair<size_t, size_t>> mine;
     for (int c = 0; c < v; ++c) mine.push_back(ranges[size_t(c * p + s)]);
-    stage_config cfg;
-    cfg.stage = s;
-    cfg.stages = p;
-    cfg.micro_batches = m;
-    cfg.threads = opts.threads_per_stage;
-    cfg.schedule = schedule;
-    cfg.compute = std::make_shared<stage_model>(spec, mine, init, batches, m);
-    if (opts.wrap_compute) cfg.compute = opts.wrap_compute(s, cfg.compute);
-    cfg.source = [](int64_t, int) { return tensor{}; };  // the first chunk reads its data itself
-    stages.push_back(sys.spawn<caf::detached>(stage, cfg));
+    for (int r = 0; r < R; ++r) {
+      stage_config cfg;
+      cfg.stage = s;
+      cfg.stages = p;
+      cfg.replica = r;
+      cfg.micro_batches = m;
+      cfg.threads = opts.threads_per_stage;
+      cfg.schedule = schedule;
+      cfg.replica_group = R > 1 ? group[size_t(r)] : nullptr;
+      cfg.compute = std::make_shared<stage_model>(spec, mine, init, batches, m, r);
+      if (opts.wrap_compute) cfg.compute = opts.wrap_compute(s, cfg.compute);
+      cfg.source = [](int64_t, int) { return tensor{}; };  // the first chunk reads its data itself
+      stages[size_t(r)].push_back(sys.spawn<caf::detached>(stage, cfg));
+      all.push_back(stages[size_t(r)].back());
+    }
   }
   caf::scoped_actor self{sys};
-  for (auto& st : stages) {
-    self->send(st, peers_atom::value, stages, caf::actor_cast<caf::actor>(self));
-    self->monitor(st);
-  }
+  for (int r = 0; r < R; ++r)
+    for (auto& st : stages[size_t(r)]) {
+      self->send(st, peers_atom::value, stages[size_t(r)], caf::actor_cast<caf::actor>(self));
+      self->monitor(st);
+    }
 
   pipeline_outcome out;
   std::string failure;
   auto on_error = [&](const caf::error& e) { failure = sys.render(e); };
   // Which stages hold which parameters; names held by more than one are shared.
   std::map<std::string, int> holders;
-  for (auto& st : stages)
+  for (auto& st : stages[0])
     self->request(st, caf::infinite, names_atom::value)
         .receive(
             [&](const std::vector<std::string>& names) {
@@ -72,11 +83,12 @@ pipeline_outcome run_pipeline_training(caf::actor_system& sys, const proto::JobS
     if (count > 1) shared.push_back(name);
 
   const float max_norm = spec.optimizer().grad_clip();
+  const size_t n_actors = all.size();
   for (int64_t step = 0; step < steps && failure.empty(); ++step) {
     auto t0 = std::chrono::steady_clock::now();
-    for (auto& st : stages) self->send(st, step_atom::value, step);
+    for (auto& st : all) self->send(st, step_atom::value, step);
     double loss_sum = 0;
-    for (int got = 0; got < p && failure.empty(); ++got)
+    for (size_t got = 0; got < n_actors && failure.empty(); ++got)
       self->receive(
           [&](const stage_report& r) {
             loss_sum += r.loss_sum;
@@ -84,28 +96,33 @@ pipeline_outcome run_pipeline_training(caf::actor_system& sys, const proto::JobS
           },
           [&](const caf::down_msg& d) { failure = "a stage stopped: " + sys.render(d.reason); });
     if (!failure.empty()) break;
-    out.losses.push_back(float(loss_sum / m));
+    out.losses.push_back(float(loss_sum / (double(m) * R)));
 
-    // Shared gradients summed over their holders; one norm over all distinct parameters.
+    // All stages at once: each averages its gradients with its replicas (they wait for
+    // one another), then reports. Replicas then hold identical gradients; replica 0's
+    // give the shared sums and the norm over all distinct parameters.
+    for (auto& st : all) self->send(st, grads_atom::value, shared);
     double sum_sq = 0;
     std::vector<tensor> totals(shared.size());
-    for (auto& st : stages)
-      self->request(st, caf::infinite, grads_atom::value, shared)
-          .receive(
-              [&](double partial, const std::vector<tensor>& grads) {
-                sum_sq += partial;
-                for (size_t k = 0; k < shared.size(); ++k) {
-                  if (!grads[k].defined()) continue;
-                  if (!totals[k].defined()) {
-                    totals[k] = grads[k].clone();
-                    continue;
-                  }
-                  float* t = totals[k].f32();
-                  const float* g = grads[k].f32();
-                  for (int64_t i = 0; i < totals[k].numel(); ++i) t[i] += g[i];
-                }
-              },
-              on_error);
+    for (size_t got = 0; got < n_actors && failure.empty(); ++got)
+      self->receive(
+          [&](int32_t replica, int32_t, double partial, const std::vector<tensor>& grads) {
+            if (replica != 0) return;
+            sum_sq += partial;
+            for (size_t k = 0; k < shared.size(); ++k) {
+              if (!grads[k].defined()) continue;
+              if (!totals[k].defined()) {
+                totals[k] = grads[k].clone();
+                continue;
+              }
+              float* t = totals[k].f32();
+              const float* g = grads[k].f32();
+              for (int64_t i = 0; i < totals[k].numel(); ++i) t[i] += g[i];
+            }
+          },
+          [&](caf::error& e) { on_error(e); },
+          [&](const caf::down_msg& d) { failure = "a stage stopped: " + sys.render(d.reason); });
+    if (!failure.empty()) break;
     for (const tensor& t : totals)
       for (int64_t i = 0; i < t.numel(); ++i) sum_sq += double(t.f32()[i]) * double(t.f32()[i]);
     double norm = std::sqrt(sum_sq);
@@ -115,24 +132,25 @@ pipeline_outcome run_pipeline_training(caf::actor_system& sys, const proto::JobS
       if (coef < 1.0) scale = float(coef);
     }
     float lr = learning_rate(spec.optimizer(), step, total);
-    for (auto& st : stages)
-      self->request(st, caf::infinite, apply_atom::value, shared, totals, scale, lr)
-          .receive([](int32_t) {}, on_error);
-    if (progress) {
+    for (auto& st : all) self->send(st, apply_atom::value, shared, totals, scale, lr);
+    for (size_t got = 0; got < n_actors && failure.empty(); ++got)
+      self->receive([](int32_t) {}, [&](caf::error& e) { on_error(e); },
+                    [&](const caf::down_msg& d) { failure = "a stage stopped: " + sys.render(d.reason); });
+    if (progress && failure.empty()) {
       double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       int64_t samples = spec.train().batch_size();
       int64_t tokens = spec.model().has_gpt() ? samples * int64_t(spec.model().gpt().context()) : 0;
       progress->step(step, out.losses.back(), lr, float(norm), samples, tokens, dt);
     }
   }
-  for (size_t s = 0; s < stages.size() && failure.empty(); ++s)
-    self->request(stages[s], caf::infinite, params_atom::value, out.layout[s])
+  for (size_t s = 0; s < stages[0].size() && failure.empty(); ++s)
+    self->request(stages[0][s], caf::infinite, params_atom::value, out.layout[s])
         .receive(
             [&](const std::vector<tensor>& ps) {
               for (size_t k = 0; k < ps.size(); ++k) out.params.emplace(out.layout[s][k], ps[k].clone());
             },
             on_error);
-  for (auto& st : stages) self->send_exit(st, caf::exit_reason::user_shutdown);
+  for (auto& st : all) self->send_exit(st, caf::exit_reason::user_shutdown);
   if (!failure.empty()) throw std::runtime_error("pipeline failed: " + failure);
   return out;
 }

@@ -1,9 +1,11 @@
 #pragma once
-// Trains a job as a pipeline of stage actors in one process (one replica): the model's
-// layers cut into stages x chunks, the schedule ordering each stage's work, and, after
-// every step, the gradients of parameters that several stages hold (the tied embedding
-// and head) summed between them, one global gradient norm for clipping, and each
-// stage's optimizer step. The same job in one stage gives the same losses.
+// Trains a job as pipelines of stage actors in one process: the model's layers cut into
+// stages x chunks, the schedule ordering each stage's work, `replicas` copies of the
+// pipeline each on its share of the batch. After every step: each stage's gradients
+// averaged over the replicas (ring all-reduce among the replicas' copies of that stage),
+// the gradients of parameters several stages hold (the tied embedding and head) summed
+// between them, one global gradient norm for clipping, and each stage's optimizer step.
+// The same job in one stage and one replica gives the same losses.
 #include <functional>
 #include <map>
 #include <string>
@@ -17,7 +19,8 @@ namespace troupe {
 
 struct pipeline_options {
   int stages = 2;
-  int micro_batches = 4;
+  int replicas = 1;
+  int micro_batches = 4;  // per replica
   std::string schedule = "1f1b";
   int chunks = 2;  // for the interleaved schedule
   int threads_per_stage = 1;
@@ -30,6 +33,7 @@ struct pipeline_outcome {
   std::vector<float> losses;                      // mean loss of each step
   std::map<std::string, tensor> params;           // every parameter after the last step
   std::vector<std::vector<std::string>> layout;   // stage -> names of the parameters it holds
+                                                  // (the same in every replica)
 };
 
 // progress (optional) gets every step's loss, learning rate and gradient norm.

@@ -3,7 +3,9 @@
 #include <chrono>
 #include <cstdio>
 
+#include "kernels/cpu/optim.hpp"  // scale_inplace: the 1/replicas of the gradient average
 #include "runtime/threads.hpp"
+#include "transport/collectives.hpp"
 
 namespace troupe {
 
@@ -103,9 +105,22 @@ caf::behavior stage(caf::stateful_actor<stage_state>* self, stage_config cfg) {
         advance(self);
       },
       [=](names_atom) { return self->state.cfg.compute->param_names(); },
-      [=](grads_atom, const std::vector<std::string>& shared) {
-        auto& c = *self->state.cfg.compute;
-        return std::make_tuple(c.grad_sum_squares(shared), c.grads_of(shared));
+      [=](grads_atom, const std::vector<std::string>& shared) -> caf::result<int32_t, int32_t, double, std::vector<tensor>> {
+        auto& s = self->state;
+        auto& c = *s.cfg.compute;
+        if (s.cfg.replica_group && s.cfg.replica_group->size() > 1) {
+          tensor g = c.flat_grads();
+          try {
+            ring_allreduce_sum(*s.cfg.replica_group, g.f32(), size_t(g.numel()), uint64_t(s.step) * 2);
+          } catch (const std::exception& e) {
+            return caf::make_error(caf::sec::runtime_error, "stage " + std::to_string(s.cfg.stage) + " of replica " +
+                                                                std::to_string(s.cfg.replica) + ", step " +
+                                                                std::to_string(s.step) + ": " + e.what());
+          }
+          kernels::scale_inplace(g.f32(), 1.0f / float(s.cfg.replica_group->size()), g.numel());
+        }
+        return caf::result<int32_t, int32_t, double, std::vector<tensor>>(
+            int32_t(s.cfg.replica), int32_t(s.cfg.stage), c.grad_sum_squares(shared), c.grads_of(shared));
       },
       [=](apply_atom, const std::vector<std::string>& names, const std::vector<tensor>& totals, float clip_scale,
           float lr) {

@@ -9,8 +9,10 @@
 //          (step_atom, int64 step)                              run one step's order
 //          pipe_msg                                             an activation or gradient
 //          (names_atom)                     -> vector<string>   its parameters' names
-//          (grads_atom, vector<string> shared) -> (double sum of squares of the other
-//                                              gradients, vector<tensor> views of the shared ones)
+//          (grads_atom, vector<string> shared) -> (int32 replica, int32 stage, double sum of
+//                                              squares of the other gradients, vector<tensor>
+//                                              views of the shared ones), after averaging the
+//                                              gradients over the replicas (ring all-reduce)
 //          (apply_atom, vector<string> names, vector<tensor> totals, float clip_scale, float lr)
 //                                           -> int32 0 when the optimizer step is done
 //          (params_atom, vector<string> names) -> vector<tensor> views of those parameters
@@ -24,12 +26,16 @@
 #include "actors/messages.hpp"
 #include "policies/pipeline_schedule.hpp"
 #include "runtime/stage_compute.hpp"
+#include "transport/communicator.hpp"
 
 namespace troupe {
 
 struct stage_config {
   int stage = 0, stages = 1, micro_batches = 1;
   int threads = 0;  // compute threads of this stage's thread (0: leave as is)
+  int replica = 0;
+  // The same stage in every replica (rank = replica); null with one replica.
+  std::shared_ptr<communicator> replica_group;
   std::shared_ptr<const pipeline_schedule> schedule;
   std::shared_ptr<stage_compute> compute;
   // The input of virtual stage 0 for (step, micro): data, or a stand-in.

@@ -61,7 +61,8 @@ const numeric_rule numeric_rules[] = {
     {"train.eval_batches", true, 1, inf, false, false, ""},
     {"train.sample_tokens", true, 0, 10000, false, false, ""},
     {"parallel.stages", true, 1, 64, false, false, ""},
-    {"parallel.micro_batches", true, 1, inf, false, false, "a divisor of train.batch_size"},
+    {"parallel.micro_batches", true, 1, inf, false, false, "a divisor of train.batch_size / parallel.replicas"},
+    {"parallel.replicas", true, 1, 64, false, false, "data-parallel copies of the pipeline"},
     {"parallel.chunks", true, 2, 16, false, false, "model chunks per stage; interleaved only"},
 };
 
@@ -419,6 +420,7 @@ void fill_defaults(proto::JobSpec& s) {
 
   proto::ParallelSpec& par = *s.mutable_parallel();
   if (!par.has_stages()) par.set_stages(1);
+  if (!par.has_replicas()) par.set_replicas(1);
   if (!par.has_micro_batches()) par.set_micro_batches(par.stages() == 1 ? 1 : 2 * par.stages());
   if (!par.has_schedule()) par.set_schedule("1f1b");
   if (par.schedule() == "interleaved" && !par.has_chunks()) par.set_chunks(2);
@@ -494,12 +496,17 @@ void check_values(const proto::JobSpec& s, const checker& c) {
 
   const proto::ParallelSpec& par = s.parallel();
   c.number("parallel.stages", par.stages());
+  c.number("parallel.replicas", par.replicas());
   c.number("parallel.micro_batches", par.micro_batches());
   c.choice("parallel.schedule", par.schedule());
   if (par.has_chunks()) c.number("parallel.chunks", par.chunks());
-  if (t.batch_size() % par.micro_batches() != 0)
-    c.fail("parallel.micro_batches", cat("invalid value ", par.micro_batches(), ": expected a divisor of train.batch_size (",
-                                         t.batch_size(), ")"));
+  if (t.batch_size() % par.replicas() != 0)
+    c.fail("parallel.replicas", cat("invalid value ", par.replicas(), ": expected a divisor of train.batch_size (",
+                                    t.batch_size(), ")"));
+  if ((t.batch_size() / par.replicas()) % par.micro_batches() != 0)
+    c.fail("parallel.micro_batches",
+           cat("invalid value ", par.micro_batches(), ": expected a divisor of train.batch_size / parallel.replicas (",
+               t.batch_size() / par.replicas(), ")"));
   if (par.schedule() == "interleaved" && par.micro_batches() % par.stages() != 0)
     c.fail("parallel.micro_batches", cat("invalid value ", par.micro_batches(),
                                          ": the interleaved schedule needs a multiple of parallel.stages (", par.stages(),
@@ -576,9 +583,10 @@ std::string describe(const proto::JobSpec& s) {
   else
     os << s.train().steps() << (s.train().steps() == 1 ? " step" : " steps");
   os << ", seed " << s.train().seed();
-  if (s.parallel().stages() > 1)
-    os << "; " << s.parallel().stages() << " stages, " << s.parallel().schedule() << ", " << s.parallel().micro_batches()
-       << " micro-batches";
+  if (s.parallel().stages() > 1 || s.parallel().replicas() > 1)
+    os << "; " << s.parallel().stages() << " stage" << (s.parallel().stages() == 1 ? "" : "s") << " x "
+       << s.parallel().replicas() << " replica" << (s.parallel().replicas() == 1 ? "" : "s") << ", "
+       << s.parallel().schedule() << ", " << s.parallel().micro_batches() << " micro-batches";
   return os.str();
 }
 

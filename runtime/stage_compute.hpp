@@ -30,6 +30,8 @@ class stage_compute {
   // Views of the named parameters or of their gradients.
   virtual std::vector<tensor> params_of(const std::vector<std::string>& names) { (void)names; return {}; }
   virtual std::vector<tensor> grads_of(const std::vector<std::string>& names) { (void)names; return {}; }
+  // All gradients as one flat buffer (what replicas all-reduce); undefined if none.
+  virtual tensor flat_grads() { return {}; }
   // Replaces the named gradients by `totals` (the sum over the stages sharing them),
   // scales all gradients by clip_scale and takes one optimizer step at lr.
   virtual void apply_update(const std::vector<std::string>& names, const std::vector<tensor>& totals,

@@ -5,14 +5,16 @@
 
 namespace troupe {
 
-step_batches::step_batches(const proto::JobSpec& spec, std::shared_ptr<const training_data> data, int micro_batches)
-    : source_(spec, std::move(data)), micro_batches_(micro_batches) {
-  if (micro_batches < 1 || spec.train().batch_size() % uint32_t(micro_batches) != 0)
+step_batches::step_batches(const proto::JobSpec& spec, std::shared_ptr<const training_data> data, int micro_batches,
+                           int replicas)
+    : source_(spec, std::move(data)), micro_batches_(micro_batches), replicas_(replicas) {
+  if (micro_batches < 1 || replicas < 1 || spec.train().batch_size() % uint32_t(micro_batches * replicas) != 0)
     throw input_error("train.batch_size " + std::to_string(spec.train().batch_size()) +
-                      " must be a multiple of the micro-batches per step (" + std::to_string(micro_batches) + ")");
+                      " must be a multiple of the micro-batches per step (" + std::to_string(micro_batches) +
+                      ") times the replicas (" + std::to_string(replicas) + ")");
 }
 
-batch step_batches::micro_batch(int64_t step, int micro) {
+batch step_batches::micro_batch(int64_t step, int replica, int micro) {
   std::lock_guard<std::mutex> lock(mu_);
   while (made_ <= step) kept_[made_++] = source_.next();
   // Two steps back is as far as any stage can lag behind the newest request.
@@ -20,8 +22,9 @@ batch step_batches::micro_batch(int64_t step, int micro) {
   auto it = kept_.find(step);
   TROUPE_CHECK(it != kept_.end(), "batch of step ", step, " requested after it was dropped");
   const batch& b = it->second;
-  int64_t rows = b.x.dim(0) / micro_batches_;
-  return batch{b.x.slice_rows(micro * rows, (micro + 1) * rows), b.y.slice_rows(micro * rows, (micro + 1) * rows)};
+  int64_t rows = b.x.dim(0) / (micro_batches_ * replicas_);
+  int64_t first = (int64_t(replica) * micro_batches_ + micro) * rows;
+  return batch{b.x.slice_rows(first, first + rows), b.y.slice_rows(first, first + rows)};
 }
 
 std::vector<std::pair<size_t, size_t>> plan_virtual_stages(const model& m, int virtual_stages) {
@@ -34,11 +37,12 @@ std::vector<std::pair<size_t, size_t>> plan_virtual_stages(const model& m, int v
 }
 
 stage_model::stage_model(const proto::JobSpec& spec, std::vector<std::pair<size_t, size_t>> chunk_ranges,
-                         const arena& init, std::shared_ptr<step_batches> data, int micro_batches)
+                         const arena& init, std::shared_ptr<step_batches> data, int micro_batches, int replica)
     : model_(build_model(spec.model())),
       ranges_(std::move(chunk_ranges)),
       data_(std::move(data)),
-      micro_batches_(micro_batches) {
+      micro_batches_(micro_batches),
+      replica_(replica) {
   // This stage's own table: only the parameters of its layers (indices are re-assigned).
   model_->table = param_table{};
   for (const auto& [first, last] : ranges_) {
@@ -59,8 +63,8 @@ stage_model::stage_model(const proto::JobSpec& spec, std::vector<std::pair<size_
 tensor stage_model::forward(int chunk, int64_t step, int micro, const tensor& x) {
   auto [first, last] = ranges_.at(size_t(chunk));
   tensor input = x, targets;
-  if (first == 0) input = data_->micro_batch(step, micro).x;
-  if (last == model_->layers.size()) targets = data_->micro_batch(step, micro).y;
+  if (first == 0) input = data_->micro_batch(step, replica_, micro).x;
+  if (last == model_->layers.size()) targets = data_->micro_batch(step, replica_, micro).y;
   activations& acts = stash_[{micro, chunk}];
   return troupe::forward(*model_, params_, input, targets, acts, first, last);
 }

@@ -23,14 +23,15 @@ namespace troupe {
 // (the first for inputs, the last for targets); thread-safe.
 class step_batches {
  public:
-  step_batches(const proto::JobSpec& spec, std::shared_ptr<const training_data> data, int micro_batches);
-  // Rows of micro-batch `micro` of step `step`: inputs and targets.
-  batch micro_batch(int64_t step, int micro);
+  step_batches(const proto::JobSpec& spec, std::shared_ptr<const training_data> data, int micro_batches,
+               int replicas = 1);
+  // Rows of micro-batch `micro` of replica `replica`'s share of step `step`.
+  batch micro_batch(int64_t step, int replica, int micro);
 
  private:
   std::mutex mu_;
   batch_source source_;
-  int micro_batches_;
+  int micro_batches_, replicas_;
   int64_t made_ = 0;  // steps generated so far
   std::map<int64_t, batch> kept_;
 };
@@ -43,7 +44,7 @@ class stage_model : public stage_compute {
   // chunk_ranges[c]: the layers of this stage's chunk c. init: the whole model's initial
   // parameters (by name), so every stage starts where a single-process run starts.
   stage_model(const proto::JobSpec& spec, std::vector<std::pair<size_t, size_t>> chunk_ranges, const arena& init,
-              std::shared_ptr<step_batches> data, int micro_batches);
+              std::shared_ptr<step_batches> data, int micro_batches, int replica = 0);
 
   tensor forward(int chunk, int64_t step, int micro, const tensor& x) override;
   tensor backward(int chunk, int64_t step, int micro, const tensor& dy) override;
@@ -55,6 +56,7 @@ class stage_model : public stage_compute {
   std::vector<tensor> grads_of(const std::vector<std::string>& names) override;
   void apply_update(const std::vector<std::string>& names, const std::vector<tensor>& totals, float clip_scale,
                     float lr) override;
+  tensor flat_grads() override { return grads_.flat(); }
 
  private:
   std::unique_ptr<model> model_;
@@ -63,6 +65,7 @@ class stage_model : public stage_compute {
   std::unique_ptr<optimizer> optimizer_;
   std::shared_ptr<step_batches> data_;
   int micro_batches_;
+  int replica_;
   bool last_ = false;  // holds the model's last layer (the loss)
   std::map<std::pair<int, int>, activations> stash_;  // (micro, chunk) -> what backward needs
 };

@@ -39,7 +39,7 @@ double rel_error(const tensor& a, const tensor& b) {
 
 }  // namespace
 
-TEST_CASE("pipeline: every schedule on 1, 2 and 4 stages matches the single-stage run for 20 steps") {
+TEST_CASE("pipeline: every schedule on 1, 2 and 4 stages x 1 and 2 replicas matches the single-stage run") {
   proto::JobSpec spec = pipeline_test_job();
   set_compute_threads(1);
   // The reference: the whole model in one trainer, the whole batch at once.
@@ -55,11 +55,14 @@ TEST_CASE("pipeline: every schedule on 1, 2 and 4 stages matches the single-stag
   test_config cfg;
   caf::actor_system sys{cfg};
   for (const std::string& schedule : pipeline_schedule_names())
-    for (int stages : {1, 2, 4}) {
+    for (int stages : {1, 2, 4})
+    for (int replicas : {1, 2}) {
       CAPTURE(schedule);
       CAPTURE(stages);
+      CAPTURE(replicas);
       pipeline_options o;
       o.stages = stages;
+      o.replicas = replicas;
       o.micro_batches = 4;
       o.schedule = schedule;
       pipeline_outcome out = run_pipeline_training(sys, spec, o, 20);
@@ -79,7 +82,7 @@ TEST_CASE("pipeline: every schedule on 1, 2 and 4 stages matches the single-stag
         if (e > worst_param) worst_param = e, worst_name = table.entries()[i].name;
       }
       CAPTURE(worst_name);
-      MESSAGE(schedule, " p=", stages, " loss ", worst_loss, " param ", worst_param, " ", worst_name);
+      MESSAGE(schedule, " p=", stages, " r=", replicas, " loss ", worst_loss, " param ", worst_param, " ", worst_name);
       CHECK(worst_param <= 1e-4);
       if (stages > 1) {
         // The tied embedding lives on the first and the last stage.
@@ -124,6 +127,7 @@ class failing_compute : public stage_compute {
   }
   std::vector<tensor> params_of(const std::vector<std::string>& n) override { return inner_->params_of(n); }
   std::vector<tensor> grads_of(const std::vector<std::string>& n) override { return inner_->grads_of(n); }
+  tensor flat_grads() override { return inner_->flat_grads(); }
   void apply_update(const std::vector<std::string>& names, const std::vector<tensor>& totals, float clip_scale,
                     float lr) override {
     inner_->apply_update(names, totals, clip_scale, lr);
