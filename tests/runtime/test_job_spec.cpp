@@ -328,7 +328,10 @@ TEST_CASE("job spec: the parallel section has defaults and clear errors") {
 
   const std::vector<std::pair<std::string, std::string>> bad = {
       {R"({"stages": 2, "micro_batches": 3})",
-       "job.json: parallel.micro_batches: invalid value 3: expected a divisor of train.batch_size (8)"},
+       "job.json: parallel.micro_batches: invalid value 3: expected a divisor of train.batch_size / parallel.replicas (8)"},
+      {R"({"replicas": 3})", "job.json: parallel.replicas: invalid value 3: expected a divisor of train.batch_size (8)"},
+      {R"({"replicas": 4, "micro_batches": 4})",
+       "parallel.micro_batches: invalid value 4: expected a divisor of train.batch_size / parallel.replicas (2)"},
       {R"({"stages": 5, "micro_batches": 8})", "job.json: parallel.stages: invalid value 5: the model has 4 layers, too few for 5"},
       {R"({"stages": 2, "schedule": "interleaved", "chunks": 3})", "too few for 6 pipeline pieces (stages x chunks)"},
       {R"({"stages": 2, "chunks": 2})", "parallel.chunks: only applies to parallel.schedule \"interleaved\""},
