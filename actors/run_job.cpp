@@ -18,7 +18,7 @@ job_outcome run_job(const proto::JobSpec& spec, const coordinator_options& opts)
   register_message_types(cfg);
   caf::actor_system sys{cfg};
   auto t0 = std::chrono::steady_clock::now();
-  if (spec.parallel().stages() > 1) {
+  if (spec.parallel().stages() > 1 || spec.parallel().replicas() > 1) {
     // Pipeline stages as actors; then the assembled model is evaluated here.
     progress_log progress(spec, out.steps, opts.display());
     pipeline_outcome po = run_pipeline_training(sys, spec, pipeline_options::from(spec), out.steps, &progress);

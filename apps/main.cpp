@@ -74,10 +74,10 @@ int train(const std::vector<std::string>& args) {
     opts.quiet = quiet;
     opts.live_progress = isatty(STDOUT_FILENO);
     std::printf("troupe: %s\n", troupe::describe(spec).c_str());
-    if (spec.parallel().stages() > 1)
+    if (spec.parallel().stages() > 1 || spec.parallel().replicas() > 1)
       std::printf("%s        %d compute thread%s over %d stage actors\n",
                   troupe::format_plan(spec, troupe::plan_job(spec)).c_str(), nthreads, nthreads == 1 ? "" : "s",
-                  int(spec.parallel().stages()));
+                  int(spec.parallel().stages() * spec.parallel().replicas()));
     else
       std::printf("        %d compute thread%s, data feeder -> device (1 stage, 1 replica)\n", nthreads,
                   nthreads == 1 ? "" : "s");

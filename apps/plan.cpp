@@ -35,7 +35,7 @@ std::vector<stage_plan> plan_job(const proto::JobSpec& spec) {
   // One micro-batch of real data through the whole model, keeping every layer's stash.
   auto data = load_training_data(spec);
   batch b = batch_source(spec, data).next();
-  int64_t rows = b.x.dim(0) / m;
+  int64_t rows = b.x.dim(0) / (m * int64_t(par.replicas()));
   activations acts;
   forward(*full, params, b.x.slice_rows(0, rows), b.y.slice_rows(0, rows), acts);
 
@@ -75,11 +75,13 @@ std::string format_plan(const proto::JobSpec& spec, const std::vector<stage_plan
   std::ostringstream os;
   const auto& par = spec.parallel();
   char line[512];
-  std::snprintf(line, sizeof line, "plan: %d stage%s, schedule %s, %d micro-batch%s of %d rows per step\n",
-                int(par.stages()), par.stages() == 1 ? "" : "s", par.schedule().c_str(), int(par.micro_batches()),
-                par.micro_batches() == 1 ? "" : "es",
-                int(spec.train().batch_size() / par.micro_batches()));
+  std::snprintf(line, sizeof line,
+                "plan: %d stage%s x %d replica%s, schedule %s, %d micro-batch%s of %d rows per step and replica\n",
+                int(par.stages()), par.stages() == 1 ? "" : "s", int(par.replicas()), par.replicas() == 1 ? "" : "s",
+                par.schedule().c_str(), int(par.micro_batches()), par.micro_batches() == 1 ? "" : "es",
+                int(spec.train().batch_size() / (par.micro_batches() * par.replicas())));
   os << line;
+  if (par.replicas() > 1) os << "      (every replica holds the same stages; memory below is per stage actor)\n";
   std::snprintf(line, sizeof line, "%-5s %-34s %10s %9s %9s %9s %6s %11s %11s\n", "stage", "layers", "params",
                 "param MB", "grad MB", "optim MB", "stash", "MB/micro", "peak act MB");
   os << line;

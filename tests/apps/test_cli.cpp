@@ -103,7 +103,7 @@ TEST_CASE("cli: troupe plan prints every stage with its layers and memory") {
       "parallel": {"stages": 2, "micro_batches": 2, "schedule": "gpipe"}})");
   auto r = run("plan " + path);
   CHECK(r.code == 0);
-  CHECK(r.output.find("plan: 2 stages, schedule gpipe, 2 micro-batches of 2 rows per step") != std::string::npos);
+  CHECK(r.output.find("plan: 2 stages x 1 replica, schedule gpipe, 2 micro-batches of 2 rows per step and replica") != std::string::npos);
   // The head (a 256-way output over 8 positions) outweighs both tiny blocks.
   CHECK(r.output.find("0     embedding,h.0,h.1") != std::string::npos);
   CHECK(r.output.find("1     head") != std::string::npos);
