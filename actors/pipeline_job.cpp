@@ -51,6 +51,9 @@ pipeline_outcome run_pipeline_training(caf::actor_system& sys, const proto::JobS
       cfg.threads = opts.threads_per_stage;
       cfg.schedule = schedule;
       cfg.replica_group = R > 1 ? group[size_t(r)] : nullptr;
+      cfg.trace = opts.trace;
+      if (opts.trace)
+        cfg.track = opts.trace->track("replica " + std::to_string(r) + " stage " + std::to_string(s));
       cfg.compute = std::make_shared<stage_model>(spec, mine, init, batches, m, r);
       if (opts.wrap_compute) cfg.compute = opts.wrap_compute(s, cfg.compute);
       cfg.source = [](int64_t, int) { return tensor{}; };  // the first chunk reads its data itself

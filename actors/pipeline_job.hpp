@@ -26,6 +26,8 @@ struct pipeline_options {
   int threads_per_stage = 1;
   // Optional: wraps each stage's compute (fault injection in tests and experiments).
   std::function<std::shared_ptr<stage_compute>(int stage, std::shared_ptr<stage_compute>)> wrap_compute;
+  // Optional: every stage records its spans here, one track per stage actor.
+  std::shared_ptr<trace_recorder> trace;
   static pipeline_options from(const proto::JobSpec& spec);
 };
 

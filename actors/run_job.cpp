@@ -1,6 +1,8 @@
 #include "actors/run_job.hpp"
 
 #include <chrono>
+#include <cstdio>
+#include <filesystem>
 
 #include "actors/pipeline_job.hpp"
 #include "runtime/threads.hpp"
@@ -21,7 +23,12 @@ job_outcome run_job(const proto::JobSpec& spec, const coordinator_options& opts)
   if (spec.parallel().stages() > 1 || spec.parallel().replicas() > 1) {
     // Pipeline stages as actors; then the assembled model is evaluated here.
     progress_log progress(spec, out.steps, opts.display());
-    pipeline_outcome po = run_pipeline_training(sys, spec, pipeline_options::from(spec), out.steps, &progress);
+    pipeline_options popts = pipeline_options::from(spec);
+    popts.trace = std::make_shared<trace_recorder>();
+    // Tracks in replica-major order, so the timeline reads top to bottom.
+    for (int r = 0; r < popts.replicas; ++r)
+      for (int s = 0; s < popts.stages; ++s) popts.trace->track("replica " + std::to_string(r) + " stage " + std::to_string(s));
+    pipeline_outcome po = run_pipeline_training(sys, spec, popts, out.steps, &progress);
     set_compute_threads(int(spec.train().threads()));
     trainer whole(spec, out.steps);
     const param_table& table = whole.net().table;
@@ -34,6 +41,20 @@ job_outcome run_job(const proto::JobSpec& spec, const coordinator_options& opts)
     if (spec.model().has_gpt() && spec.train().sample_tokens() > 0)
       out.sample = whole.generate("\n", int(spec.train().sample_tokens()), spec.train().seed());
     progress.finish();
+    std::string dir = std::filesystem::path(spec.train().metrics_file()).parent_path().string();
+    if (dir.empty()) dir = ".";
+    try {
+      popts.trace->write_chrome_trace(dir + "/trace.json");
+      int64_t last = out.steps - 1;
+      popts.trace->write_timeline_svg(dir + "/timeline.svg",
+                                      spec.name() + ": steps " + std::to_string(std::max<int64_t>(0, last - 1) + 1) +
+                                          "-" + std::to_string(last + 1) + ", " + spec.parallel().schedule(),
+                                      std::max<int64_t>(0, last - 1), last);
+      out.trace_path = dir + "/trace.json";
+      out.timeline_path = dir + "/timeline.svg";
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "troupe: warning: %s\n", e.what());
+    }
     out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     return out;
   }

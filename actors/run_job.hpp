@@ -12,6 +12,7 @@ struct job_outcome {
   std::string sample;  // generated text (GPT), empty otherwise
   double seconds = 0;
   int64_t steps = 0;
+  std::string trace_path, timeline_path;  // pipeline runs: Chrome trace and timeline picture
 };
 
 // Throws input_error for bad data; returns the evaluation after the last step.

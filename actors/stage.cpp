@@ -46,6 +46,11 @@ void advance(caf::stateful_actor<stage_state>* self) {
       return;
     }
     double t1 = now_s();
+    if (s.cfg.trace) {
+      std::string name = std::string(fwd ? "F" : "B") + std::to_string(op.micro);
+      if (s.chunks > 1) name += "." + std::to_string(op.chunk);
+      s.cfg.trace->record({s.cfg.track, std::move(name), fwd ? "forward" : "backward", s.step, t0, t1});
+    }
     s.report.busy_s += t1 - t0;
     s.report.end_s = t1;
     ++s.report.ops;
@@ -109,6 +114,7 @@ caf::behavior stage(caf::stateful_actor<stage_state>* self, stage_config cfg) {
         auto& s = self->state;
         auto& c = *s.cfg.compute;
         if (s.cfg.replica_group && s.cfg.replica_group->size() > 1) {
+          double t0 = now_s();
           tensor g = c.flat_grads();
           try {
             ring_allreduce_sum(*s.cfg.replica_group, g.f32(), size_t(g.numel()), uint64_t(s.step) * 2);
@@ -118,13 +124,17 @@ caf::behavior stage(caf::stateful_actor<stage_state>* self, stage_config cfg) {
                                                                 std::to_string(s.step) + ": " + e.what());
           }
           kernels::scale_inplace(g.f32(), 1.0f / float(s.cfg.replica_group->size()), g.numel());
+          if (s.cfg.trace) s.cfg.trace->record({s.cfg.track, "all-reduce", "allreduce", s.step, t0, now_s()});
         }
         return caf::result<int32_t, int32_t, double, std::vector<tensor>>(
             int32_t(s.cfg.replica), int32_t(s.cfg.stage), c.grad_sum_squares(shared), c.grads_of(shared));
       },
       [=](apply_atom, const std::vector<std::string>& names, const std::vector<tensor>& totals, float clip_scale,
           float lr) {
-        self->state.cfg.compute->apply_update(names, totals, clip_scale, lr);
+        auto& s = self->state;
+        double t0 = now_s();
+        s.cfg.compute->apply_update(names, totals, clip_scale, lr);
+        if (s.cfg.trace) s.cfg.trace->record({s.cfg.track, "opt", "optimizer", s.step, t0, now_s()});
         return int32_t(0);
       },
       [=](params_atom, const std::vector<std::string>& names) { return self->state.cfg.compute->params_of(names); },

@@ -26,6 +26,7 @@
 #include "actors/messages.hpp"
 #include "policies/pipeline_schedule.hpp"
 #include "runtime/stage_compute.hpp"
+#include "runtime/trace.hpp"
 #include "transport/communicator.hpp"
 
 namespace troupe {
@@ -36,6 +37,9 @@ struct stage_config {
   int replica = 0;
   // The same stage in every replica (rank = replica); null with one replica.
   std::shared_ptr<communicator> replica_group;
+  // Optional: where the stage records its spans, on track `track`.
+  std::shared_ptr<trace_recorder> trace;
+  int track = 0;
   std::shared_ptr<const pipeline_schedule> schedule;
   std::shared_ptr<stage_compute> compute;
   // The input of virtual stage 0 for (step, micro): data, or a stand-in.

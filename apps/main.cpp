@@ -88,6 +88,9 @@ int train(const std::vector<std::string>& args) {
     else
       std::printf("result: validation loss %.4f on %lld windows (%.1f s)\n", out.eval.loss,
                   (long long)out.eval.count, out.seconds);
+    if (!out.trace_path.empty())
+      std::printf("trace:      %s (Chrome trace format: open it in Perfetto)\ntimeline:   %s\n", out.trace_path.c_str(),
+                  out.timeline_path.c_str());
     if (!out.sample.empty()) std::printf("sample:\n----\n%s\n----\n", out.sample.c_str());
     return 0;
   } catch (const troupe::input_error& e) {

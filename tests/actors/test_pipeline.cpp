@@ -4,6 +4,8 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <fstream>
+#include <map>
 
 #include "actors/pipeline_job.hpp"
 #include "runtime/job_spec.hpp"
@@ -158,4 +160,33 @@ TEST_CASE("pipeline: a stage that throws stops the job with an error naming the 
                       std::string::npos,
                   what);
   }
+}
+
+TEST_CASE("pipeline: the trace has every pass, all-reduce and optimizer step on one track per stage actor") {
+  proto::JobSpec spec = pipeline_test_job();
+  test_config cfg;
+  caf::actor_system sys{cfg};
+  pipeline_options o;
+  o.stages = 2;
+  o.replicas = 2;
+  o.micro_batches = 2;
+  o.trace = std::make_shared<trace_recorder>();
+  run_pipeline_training(sys, spec, o, 3);
+  auto spans = o.trace->spans();
+  CHECK(o.trace->track_names().size() == 4);
+  std::map<std::string, int> per_category;
+  for (const auto& s : spans) {
+    ++per_category[s.category];
+    CHECK(s.end_s >= s.start_s);
+  }
+  CHECK(per_category["forward"] == 3 * 4 * 2);  // steps x stage actors x micro-batches
+  CHECK(per_category["backward"] == 3 * 4 * 2);
+  CHECK(per_category["allreduce"] == 3 * 4);
+  CHECK(per_category["optimizer"] == 3 * 4);
+  o.trace->write_chrome_trace("/tmp/troupe_test_trace.json");
+  o.trace->write_timeline_svg("/tmp/troupe_test_timeline.svg", "test", 1, 2);
+  std::ifstream f("/tmp/troupe_test_trace.json");
+  std::string json((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  CHECK(json.find("\"thread_name\"") != std::string::npos);
+  CHECK(json.find("\"name\":\"B1\",\"cat\":\"backward\",\"ph\":\"X\"") != std::string::npos);
 }
