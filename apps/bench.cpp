@@ -129,8 +129,9 @@ struct config_row {
 int bench_main(const std::vector<std::string>& args) {
   const char* usage = "usage: troupe bench train [--model mlp|gpt] [--steps N] [--rounds N] [--torch] [--json FILE]";
   if (!args.empty() && args[0] == "pipeline") return bench_pipeline_main({args.begin() + 1, args.end()});
+  if (!args.empty() && args[0] == "actors") return bench_actors_main({args.begin() + 1, args.end()});
   if (args.empty() || args[0] != "train") {
-    std::fprintf(stderr, "troupe bench: expected 'train' or 'pipeline' (%s)\n", usage);
+    std::fprintf(stderr, "troupe bench: expected 'train', 'pipeline' or 'actors' (%s)\n", usage);
     return 2;
   }
   std::string json_path = "runs/bench_train.json", only;

@@ -27,7 +27,9 @@ int usage(const char* why) {
                "      samples/s (MLP) and tokens/s (GPT) of the example jobs at 1 and 2 threads;\n"
                "      --torch also runs PyTorch (/usr/bin/python3) on the same models\n"
                "  troupe bench pipeline [--fwd-ms F] [--bwd-ms B] [--steps N] [--json FILE]\n"
-               "      each pipeline schedule on emulated stages: measured bubble and stash vs formula\n");
+               "      each pipeline schedule on emulated stages: measured bubble and stash vs formula\n"
+               "  troupe bench actors [--round-trips N] [--json FILE]\n"
+               "      tensor-message round trips between two actors next to raw CAF messages\n");
   return 2;
 }
 
