@@ -67,6 +67,7 @@ struct pipe_msg {
 // on the process's steady clock, so stages of one process can be lined up.
 struct stage_report {
   int32_t stage = 0;
+  int32_t replica = 0;
   int64_t step = 0;
   int32_t ops = 0;
   int32_t peak_stash = 0;  // most chunk activations held at once
@@ -127,7 +128,7 @@ typename Inspector::result_type inspect(Inspector& f, pipe_msg& x) {
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, stage_report& x) {
-  return f(caf::meta::type_name("stage_report"), x.stage, x.step, x.ops, x.peak_stash, x.busy_s, x.start_s, x.end_s,
+  return f(caf::meta::type_name("stage_report"), x.stage, x.replica, x.step, x.ops, x.peak_stash, x.busy_s, x.start_s, x.end_s,
            x.loss_sum, x.error);
 }
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 
 #include "runtime/threads.hpp"
 #include "transport/communicator.hpp"
@@ -91,10 +92,12 @@ pipeline_outcome run_pipeline_training(caf::actor_system& sys, const proto::JobS
     auto t0 = std::chrono::steady_clock::now();
     for (auto& st : all) self->send(st, step_atom::value, step);
     double loss_sum = 0;
+    std::vector<double> busy(n_actors, 0.0);  // index replica * stages + stage
     for (size_t got = 0; got < n_actors && failure.empty(); ++got)
       self->receive(
           [&](const stage_report& r) {
             loss_sum += r.loss_sum;
+            busy[size_t(r.replica * p + r.stage)] = r.busy_s;
             if (!r.error.empty()) failure = r.error;
           },
           [&](const caf::down_msg& d) { failure = "a stage stopped: " + sys.render(d.reason); });
@@ -143,7 +146,14 @@ pipeline_outcome run_pipeline_training(caf::actor_system& sys, const proto::JobS
       double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       int64_t samples = spec.train().batch_size();
       int64_t tokens = spec.model().has_gpt() ? samples * int64_t(spec.model().gpt().context()) : 0;
-      progress->step(step, out.losses.back(), lr, float(norm), samples, tokens, dt);
+      // Busy fraction of each stage actor: compute time over the whole step's wall time.
+      std::string extra = "\"busy\":[";
+      for (size_t i = 0; i < busy.size(); ++i) {
+        char b[24];
+        std::snprintf(b, sizeof b, "%s%.3f", i ? "," : "", dt > 0 ? busy[i] / dt : 0.0);
+        extra += b;
+      }
+      progress->step(step, out.losses.back(), lr, float(norm), samples, tokens, dt, extra + "]");
     }
   }
   for (size_t s = 0; s < stages[0].size() && failure.empty(); ++s)

@@ -99,6 +99,7 @@ caf::behavior stage(caf::stateful_actor<stage_state>* self, stage_config cfg) {
         s.stash = 0;
         s.report = stage_report{};
         s.report.stage = s.cfg.stage;
+        s.report.replica = s.cfg.replica;
         s.report.step = step;
         s.report.start_s = s.report.end_s = now_s();
         // A detached actor keeps its thread: OpenMP's per-thread count set here holds.

@@ -45,7 +45,7 @@ progress_log::progress_log(const proto::JobSpec& spec, int64_t total_steps, prog
 double progress_log::elapsed_s() const { return seconds_since(start_); }
 
 void progress_log::step(int64_t step, float loss, float lr, float grad_norm, int64_t samples, int64_t tokens,
-                        double compute_s) {
+                        double compute_s, const std::string& extra_json) {
   window_samples_ += samples;
   window_tokens_ += tokens;
   loss_curve_.x.push_back(double(step + 1));
@@ -54,9 +54,9 @@ void progress_log::step(int64_t step, float loss, float lr, float grad_norm, int
   char line[256];
   std::snprintf(line, sizeof line,
                 "{\"event\":\"step\",\"step\":%lld,\"loss\":%.6f,\"lr\":%.6g,\"grad_norm\":%.5f,\"samples\":%lld,"
-                "\"tokens\":%lld,\"compute_s\":%.5f,\"elapsed_s\":%.3f}",
+                "\"tokens\":%lld,\"compute_s\":%.5f,\"elapsed_s\":%.3f",
                 (long long)step + 1, loss, lr, grad_norm, (long long)samples, (long long)tokens, compute_s, elapsed);
-  metrics_ << line << '\n';
+  metrics_ << line << (extra_json.empty() ? "" : ",") << extra_json << "}\n";
   const int64_t done = step + 1;
   const bool last = done == total_;
   if (display_ == progress_display::quiet) return;

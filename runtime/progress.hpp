@@ -16,8 +16,10 @@ class progress_log {
  public:
   // Opens (appends to) the spec's metrics file; throws input_error if it cannot.
   progress_log(const proto::JobSpec& spec, int64_t total_steps, progress_display display);
-  // Step `step` (0-based) finished.
-  void step(int64_t step, float loss, float lr, float grad_norm, int64_t samples, int64_t tokens, double compute_s);
+  // Step `step` (0-based) finished. extra_json: more fields for the metrics line, e.g.
+  // "\"busy\":[0.8,0.7]" (no leading comma).
+  void step(int64_t step, float loss, float lr, float grad_norm, int64_t samples, int64_t tokens, double compute_s,
+            const std::string& extra_json = {});
   void eval(double loss, double accuracy, int64_t count);
   // Writes the loss curve next to the metrics and prints where both are.
   void finish();
