@@ -30,8 +30,9 @@ pipeline_outcome run_pipeline_training(caf::actor_system& sys, const proto::JobS
   auto batches = std::make_shared<step_batches>(spec, data, m, R);
   const int64_t total = troupe::total_steps(spec, *data);
 
+  auto make_model = opts.make_model ? opts.make_model : [&spec] { return build_model(spec.model()); };
   // The whole model once, for its layer costs and its initial parameters.
-  std::unique_ptr<model> full = build_model(spec.model());
+  std::unique_ptr<model> full = make_model();
   arena init(full->table);
   init_params(*full, init, spec.train().seed());
   auto ranges = plan_virtual_stages(*full, p * v);
@@ -55,7 +56,7 @@ pipeline_outcome run_pipeline_training(caf::actor_system& sys, const proto::JobS
       cfg.trace = opts.trace;
       if (opts.trace)
         cfg.track = opts.trace->track("replica " + std::to_string(r) + " stage " + std::to_string(s));
-      cfg.compute = std::make_shared<stage_model>(spec, mine, init, batches, m, r);
+      cfg.compute = std::make_shared<stage_model>(spec, make_model(), mine, init, batches, m, r);
       if (opts.wrap_compute) cfg.compute = opts.wrap_compute(s, cfg.compute);
       cfg.source = [](int64_t, int) { return tensor{}; };  // the first chunk reads its data itself
       stages[size_t(r)].push_back(sys.spawn<caf::detached>(stage, cfg));

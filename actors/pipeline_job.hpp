@@ -28,6 +28,9 @@ struct pipeline_options {
   std::function<std::shared_ptr<stage_compute>(int stage, std::shared_ptr<stage_compute>)> wrap_compute;
   // Optional: every stage records its spans here, one track per stage actor.
   std::shared_ptr<trace_recorder> trace;
+  // Optional: builds the model in code (the C++ API for layer lists a job spec cannot
+  // express); called once per stage actor and once for the plan. Default: the spec's.
+  std::function<std::unique_ptr<model>()> make_model;
   static pipeline_options from(const proto::JobSpec& spec);
 };
 

@@ -36,9 +36,10 @@ std::vector<std::pair<size_t, size_t>> plan_virtual_stages(const model& m, int v
   return ranges;
 }
 
-stage_model::stage_model(const proto::JobSpec& spec, std::vector<std::pair<size_t, size_t>> chunk_ranges,
-                         const arena& init, std::shared_ptr<step_batches> data, int micro_batches, int replica)
-    : model_(build_model(spec.model())),
+stage_model::stage_model(const proto::JobSpec& spec, std::unique_ptr<model> net,
+                         std::vector<std::pair<size_t, size_t>> chunk_ranges, const arena& init,
+                         std::shared_ptr<step_batches> data, int micro_batches, int replica)
+    : model_(std::move(net)),
       ranges_(std::move(chunk_ranges)),
       data_(std::move(data)),
       micro_batches_(micro_batches),

@@ -41,10 +41,11 @@ std::vector<std::pair<size_t, size_t>> plan_virtual_stages(const model& m, int v
 
 class stage_model : public stage_compute {
  public:
+  // net: this stage's own instance of the whole model (it keeps only its layers' params).
   // chunk_ranges[c]: the layers of this stage's chunk c. init: the whole model's initial
   // parameters (by name), so every stage starts where a single-process run starts.
-  stage_model(const proto::JobSpec& spec, std::vector<std::pair<size_t, size_t>> chunk_ranges, const arena& init,
-              std::shared_ptr<step_batches> data, int micro_batches, int replica = 0);
+  stage_model(const proto::JobSpec& spec, std::unique_ptr<model> net, std::vector<std::pair<size_t, size_t>> chunk_ranges,
+              const arena& init, std::shared_ptr<step_batches> data, int micro_batches, int replica = 0);
 
   tensor forward(int chunk, int64_t step, int micro, const tensor& x) override;
   tensor backward(int chunk, int64_t step, int micro, const tensor& dy) override;

@@ -128,3 +128,18 @@ TEST_CASE("cli: troupe bench actors and bench pipeline check their own results")
   CHECK(r.code == 2);
   CHECK(r.output.find("--fwd-ms expects milliseconds") != std::string::npos);
 }
+
+TEST_CASE("examples: custom_pipeline builds its model in code and trains it as 3 stages x 2 replicas") {
+  std::string cmd = std::string(TROUPE_EXAMPLE_CUSTOM_PIPELINE) + " 150 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  REQUIRE(p != nullptr);
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  int status = pclose(p);
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);  // the example checks its own test accuracy
+  CHECK(out.find("stage 2 holds: fc2.weight fc2.bias fc3.weight fc3.bias") != std::string::npos);
+  CHECK(out.find("test accuracy") != std::string::npos);
+}
