@@ -22,8 +22,8 @@ pipeline_options pipeline_options::from(const proto::JobSpec& spec) {
   return o;
 }
 
-pipeline_outcome run_pipeline_training(caf::actor_system& sys, const proto::JobSpec& spec,
-                                       const pipeline_options& opts, int64_t steps, progress_log* progress) {
+pipeline_outcome run_pipeline_training(caf::actor_system& sys, const proto::JobSpec& spec, const pipeline_options& opts,
+                                       int64_t steps, progress_log* progress) {
   std::shared_ptr<const pipeline_schedule> schedule = make_pipeline_schedule(opts.schedule, opts.chunks);
   const int p = opts.stages, v = schedule->chunks(), m = opts.micro_batches, R = opts.replicas;
   auto data = load_training_data(spec);
@@ -54,8 +54,11 @@ pipeline_outcome run_pipeline_training(caf::actor_system& sys, const proto::JobS
       cfg.schedule = schedule;
       cfg.replica_group = R > 1 ? group[size_t(r)] : nullptr;
       cfg.trace = opts.trace;
-      if (opts.trace)
-        cfg.track = opts.trace->track("replica " + std::to_string(r) + " stage " + std::to_string(s));
+      // Nothing to share with other stages: each replica's stage steps on its own.
+      cfg.self_step = p == 1;
+      cfg.max_norm = spec.optimizer().grad_clip();
+      cfg.lr_at = [opt = spec.optimizer(), total](int64_t step) { return learning_rate(opt, step, total); };
+      if (opts.trace) cfg.track = opts.trace->track("replica " + std::to_string(r) + " stage " + std::to_string(s));
       cfg.compute = std::make_shared<stage_model>(spec, make_model(), mine, init, batches, m, r);
       if (opts.wrap_compute) cfg.compute = opts.wrap_compute(s, cfg.compute);
       cfg.source = [](int64_t, int) { return tensor{}; };  // the first chunk reads its data itself
@@ -92,57 +95,60 @@ pipeline_outcome run_pipeline_training(caf::actor_system& sys, const proto::JobS
   for (int64_t step = 0; step < steps && failure.empty(); ++step) {
     auto t0 = std::chrono::steady_clock::now();
     for (auto& st : all) self->send(st, step_atom::value, step);
-    double loss_sum = 0;
+    double loss_sum = 0, self_norm = -1;
     std::vector<double> busy(n_actors, 0.0);  // index replica * stages + stage
     for (size_t got = 0; got < n_actors && failure.empty(); ++got)
       self->receive(
           [&](const stage_report& r) {
             loss_sum += r.loss_sum;
             busy[size_t(r.replica * p + r.stage)] = r.busy_s;
+            if (r.grad_norm >= 0) self_norm = r.grad_norm;
             if (!r.error.empty()) failure = r.error;
           },
           [&](const caf::down_msg& d) { failure = "a stage stopped: " + sys.render(d.reason); });
     if (!failure.empty()) break;
     out.losses.push_back(float(loss_sum / (double(m) * R)));
-
-    // All stages at once: each averages its gradients with its replicas (they wait for
-    // one another), then reports. Replicas then hold identical gradients; replica 0's
-    // give the shared sums and the norm over all distinct parameters.
-    for (auto& st : all) self->send(st, grads_atom::value, shared);
-    double sum_sq = 0;
-    std::vector<tensor> totals(shared.size());
-    for (size_t got = 0; got < n_actors && failure.empty(); ++got)
-      self->receive(
-          [&](int32_t replica, int32_t, double partial, const std::vector<tensor>& grads) {
-            if (replica != 0) return;
-            sum_sq += partial;
-            for (size_t k = 0; k < shared.size(); ++k) {
-              if (!grads[k].defined()) continue;
-              if (!totals[k].defined()) {
-                totals[k] = grads[k].clone();
-                continue;
-              }
-              float* t = totals[k].f32();
-              const float* g = grads[k].f32();
-              for (int64_t i = 0; i < totals[k].numel(); ++i) t[i] += g[i];
-            }
-          },
-          [&](caf::error& e) { on_error(e); },
-          [&](const caf::down_msg& d) { failure = "a stage stopped: " + sys.render(d.reason); });
-    if (!failure.empty()) break;
-    for (const tensor& t : totals)
-      for (int64_t i = 0; i < t.numel(); ++i) sum_sq += double(t.f32()[i]) * double(t.f32()[i]);
-    double norm = std::sqrt(sum_sq);
-    float scale = 1.0f;
-    if (max_norm > 0) {
-      double coef = double(max_norm) / (norm + 1e-6);
-      if (coef < 1.0) scale = float(coef);
-    }
+    double norm = self_norm;
     float lr = learning_rate(spec.optimizer(), step, total);
-    for (auto& st : all) self->send(st, apply_atom::value, shared, totals, scale, lr);
-    for (size_t got = 0; got < n_actors && failure.empty(); ++got)
-      self->receive([](int32_t) {}, [&](caf::error& e) { on_error(e); },
-                    [&](const caf::down_msg& d) { failure = "a stage stopped: " + sys.render(d.reason); });
+    if (p > 1) {
+      // All stages at once: each averages its gradients with its replicas (they wait for
+      // one another), then reports. Replicas then hold identical gradients; replica 0's
+      // give the shared sums and the norm over all distinct parameters.
+      for (auto& st : all) self->send(st, grads_atom::value, shared);
+      double sum_sq = 0;
+      std::vector<tensor> totals(shared.size());
+      for (size_t got = 0; got < n_actors && failure.empty(); ++got)
+        self->receive(
+            [&](int32_t replica, int32_t, double partial, const std::vector<tensor>& grads) {
+              if (replica != 0) return;
+              sum_sq += partial;
+              for (size_t k = 0; k < shared.size(); ++k) {
+                if (!grads[k].defined()) continue;
+                if (!totals[k].defined()) {
+                  totals[k] = grads[k].clone();
+                  continue;
+                }
+                float* t = totals[k].f32();
+                const float* g = grads[k].f32();
+                for (int64_t i = 0; i < totals[k].numel(); ++i) t[i] += g[i];
+              }
+            },
+            [&](caf::error& e) { on_error(e); },
+            [&](const caf::down_msg& d) { failure = "a stage stopped: " + sys.render(d.reason); });
+      if (!failure.empty()) break;
+      for (const tensor& t : totals)
+        for (int64_t i = 0; i < t.numel(); ++i) sum_sq += double(t.f32()[i]) * double(t.f32()[i]);
+      norm = std::sqrt(sum_sq);
+      float scale = 1.0f;
+      if (max_norm > 0) {
+        double coef = double(max_norm) / (norm + 1e-6);
+        if (coef < 1.0) scale = float(coef);
+      }
+      for (auto& st : all) self->send(st, apply_atom::value, shared, totals, scale, lr);
+      for (size_t got = 0; got < n_actors && failure.empty(); ++got)
+        self->receive([](int32_t) {}, [&](caf::error& e) { on_error(e); },
+                      [&](const caf::down_msg& d) { failure = "a stage stopped: " + sys.render(d.reason); });
+    }
     if (progress && failure.empty()) {
       double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       int64_t samples = spec.train().batch_size();

@@ -1,6 +1,7 @@
 #include "actors/stage.hpp"
 
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 
 #include "kernels/cpu/optim.hpp"  // scale_inplace: the 1/replicas of the gradient average
@@ -12,6 +13,36 @@ namespace troupe {
 namespace {
 
 double now_s() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+
+// Averages the gradients over the replicas (ring all-reduce; one group per stage).
+void average_over_replicas(stage_state& s) {
+  if (!s.cfg.replica_group || s.cfg.replica_group->size() == 1) return;
+  double t0 = now_s();
+  tensor g = s.cfg.compute->flat_grads();
+  ring_allreduce_sum(*s.cfg.replica_group, g.f32(), size_t(g.numel()), uint64_t(s.step) * 2);
+  kernels::scale_inplace(g.f32(), 1.0f / float(s.cfg.replica_group->size()), g.numel());
+  if (s.cfg.trace) s.cfg.trace->record({s.cfg.track, "all-reduce", "allreduce", s.step, t0, now_s()});
+}
+
+// The whole model is here: average, clip and step without asking anyone.
+void finish_step_alone(caf::stateful_actor<stage_state>* self) {
+  auto& s = self->state;
+  try {
+    average_over_replicas(s);
+  } catch (const std::exception& e) {
+    s.report.error = "stage " + std::to_string(s.cfg.stage) + " of replica " + std::to_string(s.cfg.replica) +
+                     ", step " + std::to_string(s.step) + ": " + e.what();
+    return;
+  }
+  double norm = std::sqrt(s.cfg.compute->grad_sum_squares({}));
+  float scale = 1.0f;
+  if (s.cfg.max_norm > 0 && double(s.cfg.max_norm) / (norm + 1e-6) < 1.0)
+    scale = float(double(s.cfg.max_norm) / (norm + 1e-6));
+  double t0 = now_s();
+  s.cfg.compute->apply_update({}, {}, scale, s.cfg.lr_at(s.step));
+  if (s.cfg.trace) s.cfg.trace->record({s.cfg.track, "opt", "optimizer", s.step, t0, now_s()});
+  s.report.grad_norm = norm;
+}
 
 // Runs ops of the current step's order while their inputs are at hand.
 void advance(caf::stateful_actor<stage_state>* self) {
@@ -76,6 +107,7 @@ void advance(caf::stateful_actor<stage_state>* self) {
     }
   }
   if (s.report.ops > 0 && s.next == s.order.size()) {
+    if (s.cfg.self_step) finish_step_alone(self);
     self->send(s.reporter, s.report);
     s.report.ops = 0;  // reported once
   }
@@ -114,18 +146,12 @@ caf::behavior stage(caf::stateful_actor<stage_state>* self, stage_config cfg) {
       [=](grads_atom, const std::vector<std::string>& shared) -> caf::result<int32_t, int32_t, double, std::vector<tensor>> {
         auto& s = self->state;
         auto& c = *s.cfg.compute;
-        if (s.cfg.replica_group && s.cfg.replica_group->size() > 1) {
-          double t0 = now_s();
-          tensor g = c.flat_grads();
-          try {
-            ring_allreduce_sum(*s.cfg.replica_group, g.f32(), size_t(g.numel()), uint64_t(s.step) * 2);
-          } catch (const std::exception& e) {
-            return caf::make_error(caf::sec::runtime_error, "stage " + std::to_string(s.cfg.stage) + " of replica " +
-                                                                std::to_string(s.cfg.replica) + ", step " +
-                                                                std::to_string(s.step) + ": " + e.what());
-          }
-          kernels::scale_inplace(g.f32(), 1.0f / float(s.cfg.replica_group->size()), g.numel());
-          if (s.cfg.trace) s.cfg.trace->record({s.cfg.track, "all-reduce", "allreduce", s.step, t0, now_s()});
+        try {
+          average_over_replicas(s);
+        } catch (const std::exception& e) {
+          return caf::make_error(caf::sec::runtime_error, "stage " + std::to_string(s.cfg.stage) + " of replica " +
+                                                              std::to_string(s.cfg.replica) + ", step " +
+                                                              std::to_string(s.step) + ": " + e.what());
         }
         return caf::result<int32_t, int32_t, double, std::vector<tensor>>(
             int32_t(s.cfg.replica), int32_t(s.cfg.stage), c.grad_sum_squares(shared), c.grads_of(shared));

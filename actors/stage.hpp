@@ -37,6 +37,12 @@ struct stage_config {
   int replica = 0;
   // The same stage in every replica (rank = replica); null with one replica.
   std::shared_ptr<communicator> replica_group;
+  // A stage that holds the whole model (one stage, any replicas) finishes its step alone:
+  // average with its replicas, clip by the gradient norm, optimizer step, then report —
+  // one message round per step instead of three. lr_at gives step -> learning rate.
+  bool self_step = false;
+  float max_norm = 0;
+  std::function<float(int64_t)> lr_at;
   // Optional: where the stage records its spans, on track `track`.
   std::shared_ptr<trace_recorder> trace;
   int track = 0;
