@@ -76,6 +76,7 @@ struct stage_report {
   double end_s = 0;        // when its last op finished
   double loss_sum = 0;     // sum of micro-batch losses (last stage only)
   double grad_norm = -1;   // set when the stage took its optimizer step itself
+  double peak_stash_bytes = 0;  // measured: most activation bytes held for backward
   std::string error;       // non-empty: the stage failed; what failed, and why
 };
 
@@ -130,7 +131,7 @@ typename Inspector::result_type inspect(Inspector& f, pipe_msg& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, stage_report& x) {
   return f(caf::meta::type_name("stage_report"), x.stage, x.replica, x.step, x.ops, x.peak_stash, x.busy_s, x.start_s, x.end_s,
-           x.loss_sum, x.grad_norm, x.error);
+           x.loss_sum, x.grad_norm, x.peak_stash_bytes, x.error);
 }
 
 void register_message_types(caf::actor_system_config& cfg);

@@ -74,6 +74,7 @@ pipeline_outcome run_pipeline_training(caf::actor_system& sys, const proto::JobS
     }
 
   pipeline_outcome out;
+  out.peak_stash_mb.assign(size_t(p), 0.0);
   std::string failure;
   auto on_error = [&](const caf::error& e) { failure = sys.render(e); };
   // Which stages hold which parameters; names held by more than one are shared.
@@ -102,6 +103,8 @@ pipeline_outcome run_pipeline_training(caf::actor_system& sys, const proto::JobS
           [&](const stage_report& r) {
             loss_sum += r.loss_sum;
             busy[size_t(r.replica * p + r.stage)] = r.busy_s;
+            auto& peak = out.peak_stash_mb[size_t(r.stage)];
+            peak = std::max(peak, r.peak_stash_bytes / (1024.0 * 1024.0));
             if (r.grad_norm >= 0) self_norm = r.grad_norm;
             if (!r.error.empty()) failure = r.error;
           },

@@ -39,6 +39,7 @@ struct pipeline_outcome {
   std::map<std::string, tensor> params;           // every parameter after the last step
   std::vector<std::vector<std::string>> layout;   // stage -> names of the parameters it holds
                                                   // (the same in every replica)
+  std::vector<double> peak_stash_mb;              // stage -> most activation MB held, measured
 };
 
 // progress (optional) gets every step's loss, learning rate and gradient norm.

@@ -29,6 +29,7 @@ job_outcome run_job(const proto::JobSpec& spec, const coordinator_options& opts)
     for (int r = 0; r < popts.replicas; ++r)
       for (int s = 0; s < popts.stages; ++s) popts.trace->track("replica " + std::to_string(r) + " stage " + std::to_string(s));
     pipeline_outcome po = run_pipeline_training(sys, spec, popts, out.steps, &progress);
+    out.peak_stash_mb = po.peak_stash_mb;
     set_compute_threads(int(spec.train().threads()));
     trainer whole(spec, out.steps);
     const param_table& table = whole.net().table;

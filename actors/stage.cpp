@@ -108,6 +108,7 @@ void advance(caf::stateful_actor<stage_state>* self) {
   }
   if (s.report.ops > 0 && s.next == s.order.size()) {
     if (s.cfg.self_step) finish_step_alone(self);
+    s.report.peak_stash_bytes = s.cfg.compute->peak_stash_bytes();
     self->send(s.reporter, s.report);
     s.report.ops = 0;  // reported once
   }

@@ -76,10 +76,12 @@ int train(const std::vector<std::string>& args) {
     opts.quiet = quiet;
     opts.live_progress = isatty(STDOUT_FILENO);
     std::printf("troupe: %s\n", troupe::describe(spec).c_str());
-    if (spec.parallel().stages() > 1 || spec.parallel().replicas() > 1)
-      std::printf("%s        %d compute thread%s over %d stage actors\n",
-                  troupe::format_plan(spec, troupe::plan_job(spec)).c_str(), nthreads, nthreads == 1 ? "" : "s",
-                  int(spec.parallel().stages() * spec.parallel().replicas()));
+    std::vector<troupe::stage_plan> plan;
+    if (spec.parallel().stages() > 1 || spec.parallel().replicas() > 1) {
+      plan = troupe::plan_job(spec);
+      std::printf("%s        %d compute thread%s over %d stage actors\n", troupe::format_plan(spec, plan).c_str(),
+                  nthreads, nthreads == 1 ? "" : "s", int(spec.parallel().stages() * spec.parallel().replicas()));
+    }
     else
       std::printf("        %d compute thread%s, data feeder -> device (1 stage, 1 replica)\n", nthreads,
                   nthreads == 1 ? "" : "s");
@@ -90,6 +92,9 @@ int train(const std::vector<std::string>& args) {
     else
       std::printf("result: validation loss %.4f on %lld windows (%.1f s)\n", out.eval.loss,
                   (long long)out.eval.count, out.seconds);
+    for (size_t s = 0; s < out.peak_stash_mb.size() && s < plan.size(); ++s)
+      std::printf("%s stage %zu: peak activations %.2f MB planned, %.2f MB measured\n", s ? "           " : "memory:    ",
+                  s, plan[s].peak_activation_mb, out.peak_stash_mb[s]);
     if (!out.trace_path.empty())
       std::printf("trace:      %s (Chrome trace format: open it in Perfetto)\ntimeline:   %s\n", out.trace_path.c_str(),
                   out.timeline_path.c_str());

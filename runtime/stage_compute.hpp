@@ -32,6 +32,8 @@ class stage_compute {
   virtual std::vector<tensor> grads_of(const std::vector<std::string>& names) { (void)names; return {}; }
   // All gradients as one flat buffer (what replicas all-reduce); undefined if none.
   virtual tensor flat_grads() { return {}; }
+  // The most bytes of activations this stage has held for backward at once, so far.
+  virtual double peak_stash_bytes() const { return 0; }
   // Replaces the named gradients by `totals` (the sum over the stages sharing them),
   // scales all gradients by clip_scale and takes one optimizer step at lr.
   virtual void apply_update(const std::vector<std::string>& names, const std::vector<tensor>& totals,

@@ -1,5 +1,7 @@
 #include "runtime/stage_model.hpp"
 
+#include <set>
+
 #include "kernels/cpu/optim.hpp"
 #include "runtime/partition.hpp"
 
@@ -67,7 +69,17 @@ tensor stage_model::forward(int chunk, int64_t step, int micro, const tensor& x)
   if (first == 0) input = data_->micro_batch(step, replica_, micro).x;
   if (last == model_->layers.size()) targets = data_->micro_batch(step, replica_, micro).y;
   activations& acts = stash_[{micro, chunk}];
-  return troupe::forward(*model_, params_, input, targets, acts, first, last);
+  tensor out = troupe::forward(*model_, params_, input, targets, acts, first, last);
+  // Measured stash: the distinct storages this micro-batch keeps alive for backward.
+  std::set<const storage*> seen;
+  double bytes = 0;
+  for (const auto& st : acts.stashes)
+    for (const tensor& t : st.saved)
+      if (t.defined() && seen.insert(t.storage_ptr()).second) bytes += double(t.storage_ptr()->bytes());
+  stash_bytes_[{micro, chunk}] = bytes;
+  stash_total_ += bytes;
+  peak_stash_bytes_ = std::max(peak_stash_bytes_, stash_total_);
+  return out;
 }
 
 tensor stage_model::backward(int chunk, int64_t, int micro, const tensor& dy) {
@@ -76,12 +88,17 @@ tensor stage_model::backward(int chunk, int64_t, int micro, const tensor& dy) {
   TROUPE_CHECK(it != stash_.end(), "backward of micro-batch ", micro, " chunk ", chunk, " before its forward");
   tensor dx = troupe::backward(*model_, params_, grads_, dy, it->second, first, last);
   stash_.erase(it);
+  auto b = stash_bytes_.find({micro, chunk});
+  stash_total_ -= b->second;
+  stash_bytes_.erase(b);
   return dx;
 }
 
 void stage_model::begin_step() {
   grads_.zero();
   stash_.clear();
+  stash_bytes_.clear();
+  stash_total_ = 0;
 }
 
 std::vector<std::string> stage_model::param_names() const {

@@ -58,6 +58,7 @@ class stage_model : public stage_compute {
   void apply_update(const std::vector<std::string>& names, const std::vector<tensor>& totals, float clip_scale,
                     float lr) override;
   tensor flat_grads() override { return grads_.flat(); }
+  double peak_stash_bytes() const override { return peak_stash_bytes_; }
 
  private:
   std::unique_ptr<model> model_;
@@ -69,6 +70,8 @@ class stage_model : public stage_compute {
   int replica_;
   bool last_ = false;  // holds the model's last layer (the loss)
   std::map<std::pair<int, int>, activations> stash_;  // (micro, chunk) -> what backward needs
+  std::map<std::pair<int, int>, double> stash_bytes_;  // the bytes each entry keeps alive
+  double stash_total_ = 0, peak_stash_bytes_ = 0;
 };
 
 }  // namespace troupe
