@@ -70,7 +70,18 @@ int train(const std::vector<std::string>& args) {
       spec.mutable_train()->clear_epochs();
       spec.mutable_train()->set_steps(steps);
     }
-    if (threads) spec.mutable_train()->set_threads(threads);
+    if (threads) {
+      if (threads > 256) {
+        std::fprintf(stderr, "troupe: --threads expects 1..256, got %u\n", threads);
+        return 2;
+      }
+      spec.mutable_train()->set_threads(threads);
+    }
+    if (steps && spec.optimizer().warmup_steps() >= steps) {
+      std::fprintf(stderr, "troupe: --steps %u is not more than optimizer.warmup_steps (%u) of %s\n", steps,
+                   spec.optimizer().warmup_steps(), path.c_str());
+      return 2;
+    }
     int nthreads = spec.train().threads() ? int(spec.train().threads()) : troupe::hardware_threads();
     troupe::coordinator_options opts;
     opts.quiet = quiet;

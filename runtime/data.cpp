@@ -65,16 +65,19 @@ std::vector<uint32_t> idx_header(const std::vector<uint8_t>& bytes, const std::s
     throw input_error(detail::cat(path, ": wrong IDX magic: expected ", magic, ", found ", found,
                                   " (is this the right file?)"));
   std::vector<uint32_t> sizes;
-  uint64_t want = 1;
+  unsigned __int128 want = 1;  // three 32-bit sizes multiply to at most 2^96: no overflow
   for (int d = 0; d < dims; ++d) {
     sizes.push_back(be32(bytes, 4 + 4 * size_t(d)));
-    want *= sizes.back();  // at most 2^96 in principle; real sizes are tiny, checked below
+    want *= sizes.back();
   }
   const uint64_t have = bytes.size() - header;
   if (have < want)
-    throw input_error(detail::cat(path, ": truncated data: header promises ", want, " bytes, found ", have));
+    throw input_error(detail::cat(path, ": truncated data: header promises ",
+                                  want > UINT64_MAX ? std::string("more than 2^64") : std::to_string(uint64_t(want)),
+                                  " bytes, found ", have));
   if (have > want)
-    throw input_error(detail::cat(path, ": unexpected trailing data: header promises ", want, " bytes, found ", have));
+    throw input_error(detail::cat(path, ": unexpected trailing data: header promises ", uint64_t(want),
+                                  " bytes, found ", have));
   return sizes;
 }
 

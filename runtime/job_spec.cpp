@@ -35,11 +35,11 @@ struct numeric_rule {
 };
 
 const numeric_rule numeric_rules[] = {
-    {"model.mlp.widths", true, 1, inf, false, false, ""},
-    {"model.gpt.n_layer", true, 1, inf, false, false, ""},
-    {"model.gpt.n_head", true, 1, inf, false, false, ""},
-    {"model.gpt.d_model", true, 1, inf, false, false, "a multiple of model.gpt.n_head"},
-    {"model.gpt.context", true, 1, inf, false, false, ""},
+    {"model.mlp.widths", true, 1, 65536, false, false, ""},
+    {"model.gpt.n_layer", true, 1, 1024, false, false, ""},
+    {"model.gpt.n_head", true, 1, 1024, false, false, ""},
+    {"model.gpt.d_model", true, 1, 16384, false, false, "a multiple of model.gpt.n_head"},
+    {"model.gpt.context", true, 1, 65536, false, false, ""},
     {"model.gpt.vocab", true, 256, 256, false, false, "byte-level: one token per byte value"},
     {"data.val_fraction", false, 0, 1, true, true, ""},
     {"optimizer.sgd.lr", false, 0, inf, true, false, ""},
@@ -52,7 +52,7 @@ const numeric_rule numeric_rules[] = {
     {"optimizer.adamw.weight_decay", false, 0, inf, false, false, ""},
     {"optimizer.grad_clip", false, 0, inf, false, false, "0 = off"},
     {"optimizer.warmup_steps", true, 0, inf, false, false, ""},
-    {"train.batch_size", true, 1, inf, false, false, ""},
+    {"train.batch_size", true, 1, 1048576, false, false, ""},
     {"train.epochs", true, 1, inf, false, false, ""},
     {"train.steps", true, 1, inf, false, false, ""},
     {"train.seed", true, 0, inf, false, false, ""},
@@ -61,7 +61,7 @@ const numeric_rule numeric_rules[] = {
     {"train.eval_batches", true, 1, inf, false, false, ""},
     {"train.sample_tokens", true, 0, 10000, false, false, ""},
     {"parallel.stages", true, 1, 64, false, false, ""},
-    {"parallel.micro_batches", true, 1, inf, false, false, "a divisor of train.batch_size / parallel.replicas"},
+    {"parallel.micro_batches", true, 1, 1048576, false, false, "a divisor of train.batch_size / parallel.replicas"},
     {"parallel.replicas", true, 1, 64, false, false, "data-parallel copies of the pipeline"},
     {"parallel.chunks", true, 2, 16, false, false, "model chunks per stage; interleaved only"},
 };

@@ -6,7 +6,7 @@
 //
 // Every problem throws troupe::input_error whose message names the origin (file), the
 // field path, the value and what is allowed, e.g.
-//   job.json: train.batch_size: invalid value -1: expected an integer >= 1
+//   job.json: train.batch_size: invalid value -1: expected an integer in [1, 1048576]
 #include <string>
 
 #include "runtime/check.hpp"

@@ -18,6 +18,15 @@ std::shared_ptr<const training_data> load_training_data(const proto::JobSpec& sp
     d->kind = model_kind::mlp;
     d->train_images = load_fashion_mnist(spec.data().path(), true);
     d->test_images = load_fashion_mnist(spec.data().path(), false);
+    const int64_t pixels = int64_t(d->train_images.rows) * d->train_images.cols;
+    if (pixels != int64_t(spec.model().mlp().widths(0)) || d->test_images.rows * d->test_images.cols != pixels)
+      throw input_error("data.path: images in '" + spec.data().path() + "' have " + std::to_string(pixels) +
+                        " pixels (train) and " + std::to_string(d->test_images.rows * d->test_images.cols) +
+                        " (test), but model.mlp.widths[0] is " + std::to_string(spec.model().mlp().widths(0)));
+    if (int64_t(spec.train().batch_size()) > d->train_images.labels.numel())
+      throw input_error("train.batch_size " + std::to_string(spec.train().batch_size()) + " is larger than the " +
+                        std::to_string(d->train_images.labels.numel()) + " training images in '" +
+                        spec.data().path() + "'");
   }
   return d;
 }
