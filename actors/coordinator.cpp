@@ -53,8 +53,19 @@ caf::behavior coordinator(caf::stateful_actor<coordinator_state>* self, proto::J
           s.done.deliver(caf::make_error(caf::sec::runtime_error, e.what()));
           return;
         }
-        s.dev = self->spawn<caf::detached>(device, s.spec, s.total_steps, caf::actor_cast<caf::actor>(self));
-        s.feeder = self->spawn(data_feeder, s.spec, s.data);
+        s.dev = self->spawn<caf::detached + caf::monitored>(device, s.spec, s.total_steps,
+                                                             caf::actor_cast<caf::actor>(self));
+        s.feeder = self->spawn<caf::monitored>(data_feeder, s.spec, s.data);
+        // A child that stops before the job ends fails the job: never a silent hang.
+        self->set_down_handler([=](caf::down_msg& dm) {
+          auto& s = self->state;
+          if (!s.done.pending()) return;
+          std::string who = dm.source == s.dev.address() ? "device" : "data_feeder";
+          s.done.deliver(caf::make_error(caf::sec::runtime_error, who + " stopped: " + self->system().render(dm.reason)));
+          self->send_exit(s.feeder, caf::exit_reason::user_shutdown);
+          self->send_exit(s.dev, caf::exit_reason::user_shutdown);
+          self->quit();
+        });
         self->send(s.feeder, start_atom::value, s.dev, s.total_steps, s.opts.prefetch);
       },
       [=](const step_report& r) {

@@ -39,9 +39,11 @@ pipeline_outcome run_pipeline_training(caf::actor_system& sys, const proto::JobS
 
   // stages[r][s]: stage s of replica r. Stage s of every replica shares one group.
   std::vector<std::vector<caf::actor>> stages(static_cast<size_t>(R));
+  std::vector<std::shared_ptr<communicator>> groups;  // one member of each stage's group
   std::vector<caf::actor> all;
   for (int s = 0; s < p; ++s) {
     auto group = make_group("inproc", R);
+    groups.push_back(group[0]);
     std::vector<std::pair<size_t, size_t>> mine;
     for (int c = 0; c < v; ++c) mine.push_back(ranges[size_t(c * p + s)]);
     for (int r = 0; r < R; ++r) {
@@ -60,7 +62,7 @@ pipeline_outcome run_pipeline_training(caf::actor_system& sys, const proto::JobS
       cfg.lr_at = [opt = spec.optimizer(), total](int64_t step) { return learning_rate(opt, step, total); };
       if (opts.trace) cfg.track = opts.trace->track("replica " + std::to_string(r) + " stage " + std::to_string(s));
       cfg.compute = std::make_shared<stage_model>(spec, make_model(), mine, init, batches, m, r);
-      if (opts.wrap_compute) cfg.compute = opts.wrap_compute(s, cfg.compute);
+      if (opts.wrap_compute) cfg.compute = opts.wrap_compute(s, r, cfg.compute);
       cfg.source = [](int64_t, int) { return tensor{}; };  // the first chunk reads its data itself
       stages[size_t(r)].push_back(sys.spawn<caf::detached>(stage, cfg));
       all.push_back(stages[size_t(r)].back());
@@ -173,6 +175,10 @@ pipeline_outcome run_pipeline_training(caf::actor_system& sys, const proto::JobS
               for (size_t k = 0; k < ps.size(); ++k) out.params.emplace(out.layout[s][k], ps[k].clone());
             },
             on_error);
+  // Survivors blocked in an all-reduce with a dead replica get an error now, not at the
+  // end of their deadline.
+  if (!failure.empty())
+    for (auto& g : groups) g->abort("the job failed: " + failure);
   for (auto& st : all) self->send_exit(st, caf::exit_reason::user_shutdown);
   if (!failure.empty()) throw std::runtime_error("pipeline failed: " + failure);
   return out;

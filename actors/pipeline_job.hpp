@@ -25,7 +25,7 @@ struct pipeline_options {
   int chunks = 2;  // for the interleaved schedule
   int threads_per_stage = 1;
   // Optional: wraps each stage's compute (fault injection in tests and experiments).
-  std::function<std::shared_ptr<stage_compute>(int stage, std::shared_ptr<stage_compute>)> wrap_compute;
+  std::function<std::shared_ptr<stage_compute>(int stage, int replica, std::shared_ptr<stage_compute>)> wrap_compute;
   // Optional: every stage records its spans here, one track per stage actor.
   std::shared_ptr<trace_recorder> trace;
   // Optional: builds the model in code (the C++ API for layer lists a job spec cannot

@@ -7,6 +7,8 @@ namespace troupe {
 pipeline_measurement run_emulated_pipeline(caf::actor_system& sys, std::shared_ptr<const pipeline_schedule> schedule,
                                            int p, int m, std::chrono::microseconds t_fwd,
                                            std::chrono::microseconds t_bwd, int steps) {
+  if (steps < 1 || p < 1 || m < 1)
+    throw input_error("run_emulated_pipeline: needs at least one step, stage and micro-batch");
   std::vector<caf::actor> stages;
   auto compute = std::make_shared<emulated_compute>(t_fwd, t_bwd, schedule->chunks());
   tensor token = tensor::zeros({1});
@@ -28,13 +30,19 @@ pipeline_measurement run_emulated_pipeline(caf::actor_system& sys, std::shared_p
   for (int step = 0; step < steps; ++step) {
     for (auto& st : stages) self->send(st, step_atom::value, int64_t(step));
     double start = 1e300, end = 0, busy = 0;
-    for (int got = 0; got < p; ++got)
+    std::string failure;
+    for (int got = 0; got < p && failure.empty(); ++got)
       self->receive([&](const stage_report& r) {
+        if (!r.error.empty()) failure = r.error;
         start = std::min(start, r.start_s);
         end = std::max(end, r.end_s);
         busy += r.busy_s;
         out.peak_stash[size_t(r.stage)] = std::max(out.peak_stash[size_t(r.stage)], r.peak_stash);
       });
+    if (!failure.empty()) {
+      for (auto& st : stages) self->send_exit(st, caf::exit_reason::user_shutdown);
+      throw std::runtime_error(failure);
+    }
     double makespan = end - start;
     per_step.push_back({1.0 - busy / (double(p) * makespan), makespan});
   }

@@ -127,7 +127,17 @@ caf::behavior stage(caf::stateful_actor<stage_state>* self, stage_config cfg) {
       [=](step_atom, int64_t step) {
         auto& s = self->state;
         s.step = step;
-        s.order = s.cfg.schedule->order(s.cfg.stage, s.cfg.stages, s.cfg.micro_batches);
+        try {
+          s.order = s.cfg.schedule->order(s.cfg.stage, s.cfg.stages, s.cfg.micro_batches);
+        } catch (const std::exception& e) {
+          s.report = stage_report{};
+          s.report.stage = s.cfg.stage;
+          s.report.replica = s.cfg.replica;
+          s.report.step = step;
+          s.report.error = "stage " + std::to_string(s.cfg.stage) + ": schedule: " + e.what();
+          self->send(s.reporter, s.report);
+          return;
+        }
         s.next = 0;
         s.stash = 0;
         s.report = stage_report{};

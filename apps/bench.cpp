@@ -52,33 +52,39 @@ bench_row measure(const std::string& job_path, int threads, int timed_steps) {
   row.steps = timed_steps;
   row.unit = data->kind == model_kind::gpt ? "tokens/s" : "samples/s";
   // A thread of its own, as the device actor has: OpenMP's thread count is per thread.
+  std::string failure;
   std::thread worker([&] {
-    set_compute_threads(threads);
-    batch_source source(spec, data);
-    trainer t(spec, timed_steps + 3);
-    std::vector<double> times;
-    std::vector<float> losses;
-    int64_t per_step = 0;
-    for (int s = 0; s < timed_steps + 3; ++s) {
-      batch b = source.next();
-      per_step = data->kind == model_kind::gpt ? b.x.numel() : b.x.dim(0);
-      auto t0 = std::chrono::steady_clock::now();
-      step_result r = t.train_step(b.x, b.y);
-      double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      if (s >= 3) times.push_back(dt);
-      losses.push_back(r.loss);
+    try {
+      set_compute_threads(threads);
+      batch_source source(spec, data);
+      trainer t(spec, timed_steps + 3);
+      std::vector<double> times;
+      std::vector<float> losses;
+      int64_t per_step = 0;
+      for (int s = 0; s < timed_steps + 3; ++s) {
+        batch b = source.next();
+        per_step = data->kind == model_kind::gpt ? b.x.numel() : b.x.dim(0);
+        auto t0 = std::chrono::steady_clock::now();
+        step_result r = t.train_step(b.x, b.y);
+        double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        if (s >= 3) times.push_back(dt);
+        losses.push_back(r.loss);
+      }
+      std::sort(times.begin(), times.end());
+      row.median_step_s = times[times.size() / 2];
+      row.per_s = double(per_step) / row.median_step_s;
+      row.first_loss = losses.front();
+      row.last_loss = losses.back();
+      bool finite = std::all_of(losses.begin(), losses.end(), [](float l) { return std::isfinite(l); });
+      float tail = 0;
+      for (size_t i = losses.size() - 3; i < losses.size(); ++i) tail += losses[i] / 3;
+      row.ok = finite && tail < losses.front();
+    } catch (const std::exception& e) {  // an exception must not leave the thread
+      failure = e.what();
     }
-    std::sort(times.begin(), times.end());
-    row.median_step_s = times[times.size() / 2];
-    row.per_s = double(per_step) / row.median_step_s;
-    row.first_loss = losses.front();
-    row.last_loss = losses.back();
-    bool finite = std::all_of(losses.begin(), losses.end(), [](float l) { return std::isfinite(l); });
-    float tail = 0;
-    for (size_t i = losses.size() - 3; i < losses.size(); ++i) tail += losses[i] / 3;
-    row.ok = finite && tail < losses.front();
   });
   worker.join();
+  if (!failure.empty()) throw std::runtime_error(failure);
   return row;
 }
 
@@ -86,8 +92,8 @@ bench_row measure(const std::string& job_path, int threads, int timed_steps) {
 // through tests/reference/torch_*.py; -1 when it could not run.
 double torch_throughput(bool gpt, int torch_threads, int blas_threads, int steps) {
   // OPENBLAS_NUM_THREADS must be set before torch is imported, hence the environment.
-  std::string cmd = "OPENBLAS_NUM_THREADS=" + std::to_string(blas_threads) + " OMP_NUM_THREADS=" +
-                    std::to_string(torch_threads) + " /usr/bin/python3 tests/reference/" +
+  std::string cmd = "OPENBLAS_NUM_THREADS=" + std::to_string(blas_threads) +
+                    " OMP_NUM_THREADS=" + std::to_string(torch_threads) + " /usr/bin/python3 tests/reference/" +
                     (gpt ? "torch_fortunes_gpt.py --eval 0" : "torch_fmnist_mlp.py") + " --threads " +
                     std::to_string(torch_threads) + " --steps " + std::to_string(steps) + " 2>&1";
   FILE* p = popen(cmd.c_str(), "r");
@@ -165,9 +171,10 @@ int bench_main(const std::vector<std::string>& args) {
   }
   std::string machine = machine_name();
   std::printf("troupe bench train on %s, %d hardware threads\n", machine.c_str(), hardware_threads());
-  std::printf("throughput from the median step time after 3 warm-up steps; %d round%s, configurations\n"
-              "interleaved within a round; the table shows the median round (min-max)\n\n",
-              rounds, rounds == 1 ? "" : "s");
+  std::printf(
+      "throughput from the median step time after 3 warm-up steps; %d round%s, configurations\n"
+      "interleaved within a round; the table shows the median round (min-max)\n\n",
+      rounds, rounds == 1 ? "" : "s");
   std::printf("%-14s %-26s %6s %12s %-10s %19s %6s\n", "job", "setting", "steps", "throughput", "", "(min-max)",
               "check");
   std::vector<config_row> all;
@@ -233,8 +240,10 @@ int bench_main(const std::vector<std::string>& args) {
     all.insert(all.end(), rows.begin(), rows.end());
   }
   auto json_dir = std::filesystem::path(json_path).parent_path();
-  if (!json_dir.empty()) std::filesystem::create_directories(json_dir);
+  std::error_code ec;
+  if (!json_dir.empty()) std::filesystem::create_directories(json_dir, ec);
   std::ofstream f(json_path);
+  if (!f) std::fprintf(stderr, "troupe bench: cannot write '%s'\n", json_path.c_str());
   if (f) {
     f << "{\"machine\":\"" << machine << "\",\"hardware_threads\":" << hardware_threads() << ",\"rounds\":" << rounds
       << ",\"rows\":[";

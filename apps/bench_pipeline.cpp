@@ -95,8 +95,9 @@ int bench_pipeline_main(const std::vector<std::string>& args) {
   }
   json += "]}\n";
   auto dir = std::filesystem::path(json_path).parent_path();
-  if (!dir.empty()) std::filesystem::create_directories(dir);
-  std::ofstream(json_path) << json;
+  std::error_code ec;
+  if (!dir.empty()) std::filesystem::create_directories(dir, ec);
+  if (!(std::ofstream(json_path) << json)) std::fprintf(stderr, "troupe bench pipeline: cannot write '%s'\n", json_path.c_str());
   std::printf("\njson: %s\n", json_path.c_str());
   if (!all_ok) std::fprintf(stderr, "troupe bench pipeline: a bubble or stash count is off its formula\n");
   return all_ok ? 0 : 1;

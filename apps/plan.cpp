@@ -1,7 +1,7 @@
 #include "apps/plan.hpp"
 
 #include <cstdio>
-#include <set>
+#include <set>  // distinct parameter names per stage
 #include <sstream>
 
 #include "policies/pipeline_schedule.hpp"
@@ -9,19 +9,6 @@
 #include "runtime/stage_model.hpp"
 
 namespace troupe {
-
-namespace {
-
-// Bytes of the distinct storages a stash keeps alive.
-double stash_bytes(const stash& st) {
-  std::set<const storage*> seen;
-  double bytes = 0;
-  for (const tensor& t : st.saved)
-    if (t.defined() && seen.insert(t.storage_ptr()).second) bytes += double(t.storage_ptr()->bytes());
-  return bytes;
-}
-
-}  // namespace
 
 std::vector<stage_plan> plan_job(const proto::JobSpec& spec) {
   const auto& par = spec.parallel();
@@ -51,7 +38,7 @@ std::vector<stage_plan> plan_job(const proto::JobSpec& spec) {
       double chunk_bytes = 0;
       for (size_t i = first; i < last; ++i) {
         sp.layers.push_back(full->layers[i]->name());
-        chunk_bytes += stash_bytes(acts.stashes[i]);
+        chunk_bytes += saved_bytes(acts.stashes[i]);
         param_table t;
         full->layers[i]->declare(t);
         for (const auto& e : t.entries())

@@ -1,6 +1,7 @@
 #include "runtime/model.hpp"
 
 #include <cstdio>
+#include <set>
 
 namespace troupe {
 
@@ -66,6 +67,27 @@ tensor backward(const model& m, const arena& params, arena& grads, const tensor&
     g = m.layers[i]->backward(params, grads, g, acts.stashes[i - first],
                               i == 0 ? input_grad::not_needed : input_grad::needed);
   return g;
+}
+
+namespace {
+void count_saved(const stash& st, std::set<std::pair<const void*, size_t>>& seen, double& bytes) {
+  for (const tensor& t : st.saved)
+    if (t.defined() && seen.insert({t.raw(), t.bytes()}).second) bytes += double(t.bytes());
+}
+}  // namespace
+
+double saved_bytes(const stash& st) {
+  std::set<std::pair<const void*, size_t>> seen;
+  double bytes = 0;
+  count_saved(st, seen, bytes);
+  return bytes;
+}
+
+double saved_bytes(const activations& acts) {
+  std::set<std::pair<const void*, size_t>> seen;
+  double bytes = 0;
+  for (const auto& st : acts.stashes) count_saved(st, seen, bytes);
+  return bytes;
 }
 
 tensor infer(const model& m, const arena& params, const tensor& x, const tensor& targets) {

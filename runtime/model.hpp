@@ -34,6 +34,11 @@ tensor forward(const model& m, const arena& params, const tensor& x, const tenso
 tensor backward(const model& m, const arena& params, arena& grads, const tensor& dy, const activations& acts,
                 size_t first = 0, size_t last = size_t(-1));
 
+// Bytes a stash keeps alive for backward: each saved view's own elements, a view counted
+// once however many layers keep it (a view of a whole batch counts only its rows).
+double saved_bytes(const stash& st);
+double saved_bytes(const activations& acts);
+
 // Forward without keeping anything: logits (targets undefined) or the mean loss.
 tensor infer(const model& m, const arena& params, const tensor& x, const tensor& targets = {});
 

@@ -70,12 +70,8 @@ tensor stage_model::forward(int chunk, int64_t step, int micro, const tensor& x)
   if (last == model_->layers.size()) targets = data_->micro_batch(step, replica_, micro).y;
   activations& acts = stash_[{micro, chunk}];
   tensor out = troupe::forward(*model_, params_, input, targets, acts, first, last);
-  // Measured stash: the distinct storages this micro-batch keeps alive for backward.
-  std::set<const storage*> seen;
-  double bytes = 0;
-  for (const auto& st : acts.stashes)
-    for (const tensor& t : st.saved)
-      if (t.defined() && seen.insert(t.storage_ptr()).second) bytes += double(t.storage_ptr()->bytes());
+  // Measured stash: what this micro-batch keeps alive for backward.
+  double bytes = saved_bytes(acts);
   stash_bytes_[{micro, chunk}] = bytes;
   stash_total_ += bytes;
   peak_stash_bytes_ = std::max(peak_stash_bytes_, stash_total_);

@@ -31,6 +31,9 @@ class communicator {
   virtual void send(int peer, uint64_t tag, const void* data, size_t count, dtype type) = 0;
   // Receives exactly `count` elements of `type` from `peer` with `tag` into `data`.
   virtual void recv(int peer, uint64_t tag, void* data, size_t count, dtype type) = 0;
+  // Fails every waiting and later receive of the whole group with `why` (a member died:
+  // the survivors must not wait out their deadline).
+  virtual void abort(const std::string& why) = 0;
   std::chrono::milliseconds deadline{30000};
 };
 

@@ -54,7 +54,7 @@ std::vector<std::string> step_lines(const std::string& path) {
 
 }  // namespace
 
-TEST_CASE("messages: tensor_batch, step_report and eval_report round-trip through CAF serialization") {
+TEST_CASE("messages: every message type round-trips through CAF serialization") {
   test_config cfg;
   caf::actor_system sys{cfg};
   tensor_batch in{7, 2, 41, random_tensor({3, 5}, 1), tensor::zeros({3}, dtype::i32)};
@@ -89,6 +89,36 @@ TEST_CASE("messages: tensor_batch, step_report and eval_report round-trip throug
   CHECK(ev2.accuracy == 0.875);
   CHECK(ev2.count == 10000);
   CHECK(!undefined2.defined());
+
+  // The pipeline's messages.
+  std::vector<char> buf2;
+  caf::binary_serializer sink2{sys, buf2};
+  pipe_msg pm{pipe_msg::gradient, 9, 3, 5, 2, random_tensor({2, 3}, 4)};
+  stage_report sr;
+  sr.stage = 1, sr.replica = 2, sr.step = 7, sr.ops = 16, sr.peak_stash = 3, sr.busy_s = 0.5, sr.loss_sum = 1.25;
+  sr.grad_norm = 0.75, sr.peak_stash_bytes = 4096, sr.error = "stage 1 failed";
+  REQUIRE(!sink2(pm, sr));
+  pipe_msg pm2;
+  stage_report sr2;
+  caf::binary_deserializer source2{sys, buf2};
+  REQUIRE(!source2(pm2, sr2));
+  CHECK(pm2.kind == pipe_msg::gradient);
+  CHECK(pm2.step == 9);
+  CHECK(pm2.micro == 3);
+  CHECK(pm2.vstage == 5);
+  CHECK(pm2.version == 2);
+  REQUIRE(pm2.t.shape() == pm.t.shape());
+  for (int64_t i = 0; i < 6; ++i) CHECK(pm2.t.f32()[i] == pm.t.f32()[i]);
+  CHECK(sr2.stage == 1);
+  CHECK(sr2.replica == 2);
+  CHECK(sr2.step == 7);
+  CHECK(sr2.ops == 16);
+  CHECK(sr2.peak_stash == 3);
+  CHECK(sr2.busy_s == 0.5);
+  CHECK(sr2.loss_sum == 1.25);
+  CHECK(sr2.grad_norm == 0.75);
+  CHECK(sr2.peak_stash_bytes == 4096);
+  CHECK(sr2.error == "stage 1 failed");
 
   // A frame cut short is an error, not a crash.
   std::vector<char> cut(buf.begin(), buf.begin() + long(buf.size() / 2));

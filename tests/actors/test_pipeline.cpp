@@ -3,6 +3,7 @@
 // fp32 sums may differ (micro-batch gradient accumulation, per-stage norms).
 #include <doctest/doctest.h>
 
+#include <chrono>
 #include <cmath>
 #include <fstream>
 #include <map>
@@ -148,7 +149,7 @@ TEST_CASE("pipeline: a stage that throws stops the job with an error naming the 
   pipeline_options o;
   o.stages = 3;
   o.micro_batches = 4;
-  o.wrap_compute = [](int stage, std::shared_ptr<stage_compute> c) -> std::shared_ptr<stage_compute> {
+  o.wrap_compute = [](int stage, int, std::shared_ptr<stage_compute> c) -> std::shared_ptr<stage_compute> {
     return stage == 1 ? std::make_shared<failing_compute>(c) : c;
   };
   try {
@@ -208,4 +209,26 @@ TEST_CASE("pipeline: the measured activation stash follows the schedule (1F1B ho
   // the counts: GPipe 4,4 and 1F1B 2,1.
   CHECK(gpipe.peak_stash_mb[0] / ofob.peak_stash_mb[0] == doctest::Approx(2.0));
   CHECK(gpipe.peak_stash_mb[1] / ofob.peak_stash_mb[1] == doctest::Approx(4.0));
+}
+
+TEST_CASE("pipeline: one replica failing stops the others at once, not after the all-reduce deadline") {
+  proto::JobSpec spec = pipeline_test_job();
+  test_config cfg;
+  caf::actor_system sys{cfg};
+  pipeline_options o;
+  o.stages = 1;
+  o.replicas = 2;
+  o.micro_batches = 4;
+  o.wrap_compute = [](int, int replica, std::shared_ptr<stage_compute> c) -> std::shared_ptr<stage_compute> {
+    return replica == 1 ? std::make_shared<failing_compute>(c) : c;
+  };
+  auto t0 = std::chrono::steady_clock::now();
+  try {
+    run_pipeline_training(sys, spec, o, 5);
+    FAIL("expected the job to fail");
+  } catch (const std::runtime_error& e) {
+    CHECK(std::string(e.what()).find("at step 2: injected failure") != std::string::npos);
+  }
+  double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  CHECK(waited < 10.0);  // the all-reduce deadline is 30 s
 }

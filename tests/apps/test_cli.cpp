@@ -114,14 +114,17 @@ TEST_CASE("cli: troupe plan prints every stage with its layers and memory") {
 }
 
 TEST_CASE("cli: troupe bench actors and bench pipeline check their own results") {
+  std::remove("/tmp/troupe_cli_bench_actors.json");
   auto r = run("bench actors --round-trips 200 --json /tmp/troupe_cli_bench_actors.json");
-  CHECK(r.output.find("raw CAF RT/s") != std::string::npos);
+  // Replies must come back intact and uncopied (exit 0); the speed ratio is timing and is
+  // only reported ("slow" on a loaded machine), never asserted here.
+  CHECK(r.code == 0);
+  CHECK(r.output.find("FAIL") == std::string::npos);
   CHECK(r.output.find("1048576 B") != std::string::npos);
-  // The ratio is timing and may dip on a loaded machine; a wrong reply would say FAIL on
-  // every row, so only the format and the JSON are asserted here.
   std::ifstream f("/tmp/troupe_cli_bench_actors.json");
   std::string json((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
   CHECK(json.find("\"bytes\":1048576") != std::string::npos);
+  CHECK(json.find("\"replies_ok\":false") == std::string::npos);
   r = run("bench actors --round-trips 3");
   CHECK(r.code == 2);
   r = run("bench pipeline --fwd-ms 0");

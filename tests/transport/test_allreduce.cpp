@@ -81,3 +81,20 @@ TEST_CASE("transport: an unknown name lists the known ones") {
     CHECK(std::string(e.what()) == "unknown transport 'carrier-pigeon' (known: inproc)");
   }
 }
+
+TEST_CASE("transport: abort wakes every waiting rank with the reason") {
+  auto group = make_group("inproc", 2);
+  std::string error;
+  std::thread waiter([&] {
+    float x = 0;
+    try {
+      group[0]->recv(1, 7, &x, 1, dtype::f32);
+    } catch (const transport_error& e) {
+      error = e.what();
+    }
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  group[1]->abort("replica 1 died");
+  waiter.join();
+  CHECK(error.find("replica 1 died") != std::string::npos);
+}

@@ -15,14 +15,35 @@ void inproc_world::put(int from, int to, uint64_t tag, std::vector<uint8_t> byte
   box.cv.notify_all();
 }
 
+void inproc_world::abort(const std::string& why) {
+  {
+    std::lock_guard<std::mutex> lock(abort_mu_);
+    aborted_ = why.empty() ? "aborted" : why;
+  }
+  for (auto& box : boxes_) {
+    std::lock_guard<std::mutex> lock(box.mu);  // a waiter between its check and its wait must see it
+    box.cv.notify_all();
+  }
+}
+
 std::vector<uint8_t> inproc_world::take(int from, int to, uint64_t tag, std::chrono::milliseconds deadline) {
   mailbox& box = boxes_.at(size_t(to));
   std::unique_lock<std::mutex> lock(box.mu);
   auto key = std::make_pair(from, tag);
+  std::string why;
+  auto aborted = [&] {
+    std::lock_guard<std::mutex> a(abort_mu_);
+    why = aborted_;
+    return !why.empty();
+  };
   bool arrived = box.cv.wait_for(lock, deadline, [&] {
+    if (aborted()) return true;
     auto it = box.queued.find(key);
     return it != box.queued.end() && !it->second.empty();
   });
+  if (!why.empty())
+    throw transport_error("inproc: rank " + std::to_string(to) + " stopped waiting for rank " + std::to_string(from) +
+                          ": " + why);
   if (!arrived)
     throw transport_error("inproc: rank " + std::to_string(to) + " waited " + std::to_string(deadline.count()) +
                           " ms for tag " + std::to_string(tag) + " from rank " + std::to_string(from));

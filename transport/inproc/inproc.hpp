@@ -16,6 +16,7 @@ class inproc_world {
   int size() const { return size_; }
   void put(int from, int to, uint64_t tag, std::vector<uint8_t> bytes);
   std::vector<uint8_t> take(int from, int to, uint64_t tag, std::chrono::milliseconds deadline);
+  void abort(const std::string& why);
 
  private:
   struct mailbox {
@@ -25,6 +26,8 @@ class inproc_world {
   };
   int size_;
   std::vector<mailbox> boxes_;
+  std::mutex abort_mu_;
+  std::string aborted_;  // non-empty once the group is aborted
 };
 
 class inproc_communicator : public communicator {
@@ -34,6 +37,7 @@ class inproc_communicator : public communicator {
   int size() const override { return world_->size(); }
   void send(int peer, uint64_t tag, const void* data, size_t count, dtype type) override;
   void recv(int peer, uint64_t tag, void* data, size_t count, dtype type) override;
+  void abort(const std::string& why) override { world_->abort(why); }
 
  private:
   std::shared_ptr<inproc_world> world_;
