@@ -97,8 +97,15 @@ typename Inspector::result_type inspect(Inspector& f, tensor& x) {
       return caf::error{};
     }
     if (type > uint8_t(dtype::u8)) return caf::make_error(caf::sec::invalid_argument, "tensor: unknown dtype");
-    for (int64_t d : shape)
+    // A frame from outside: refuse shapes that are negative or whose size overflows
+    // (at most 2^40 elements, 4 TiB of f32) instead of aborting in the allocator.
+    unsigned __int128 n = 1;
+    for (int64_t d : shape) {
       if (d < 0) return caf::make_error(caf::sec::invalid_argument, "tensor: negative dimension");
+      n *= uint64_t(d);
+      if (n > (unsigned __int128)1 << 40)
+        return caf::make_error(caf::sec::invalid_argument, "tensor: more than 2^40 elements");
+    }
     x = tensor::empty(shape, dtype(type));
     return x.bytes() ? f.apply_raw(x.bytes(), x.raw()) : caf::error{};
   } else {  // to_string: shape and dtype only

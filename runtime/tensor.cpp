@@ -77,7 +77,10 @@ int64_t numel_of(const shape_t& shape) {
 
 std::string shape_str(const shape_t& shape) {
   std::string s = "(";
-  for (size_t i = 0; i < shape.size(); ++i) s += (i ? "," : "") + std::to_string(shape[i]);
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (i) s += ',';  // (const char* + string trips GCC 12's -Wrestrict false positive)
+    s += std::to_string(shape[i]);
+  }
   return s + ")";
 }
 
@@ -147,7 +150,7 @@ tensor tensor::slice_rows(int64_t begin, int64_t end) const {
 }
 
 tensor tensor::clone() const {
-  tensor c = zeros(shape_, dtype_, dev());
+  tensor c = empty(shape_, dtype_, dev());  // every element is written below
   c.copy_from(*this);
   return c;
 }

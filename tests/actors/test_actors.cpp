@@ -120,6 +120,17 @@ TEST_CASE("messages: every message type round-trips through CAF serialization") 
   CHECK(sr2.peak_stash_bytes == 4096);
   CHECK(sr2.error == "stage 1 failed");
 
+  // A shape whose size overflows is refused, not allocated.
+  std::vector<char> huge;
+  caf::binary_serializer huge_sink{sys, huge};
+  uint8_t defined = 1, type = 0;
+  shape_t shape{int64_t(1) << 31, int64_t(1) << 31, 4};
+  REQUIRE(!huge_sink(caf::meta::type_name("tensor"), defined, type, shape));
+  caf::binary_deserializer huge_source{sys, huge};
+  tensor refused;
+  CHECK(huge_source(refused));
+  CHECK(!refused.defined());
+
   // A frame cut short is an error, not a crash.
   std::vector<char> cut(buf.begin(), buf.begin() + long(buf.size() / 2));
   caf::binary_deserializer short_source{sys, cut};
