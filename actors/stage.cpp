@@ -78,7 +78,8 @@ void advance(caf::stateful_actor<stage_state>* self) {
     }
     double t1 = now_s();
     if (s.cfg.trace) {
-      std::string name = std::string(fwd ? "F" : "B") + std::to_string(op.micro);
+      std::string name(1, fwd ? 'F' : 'B');
+      name += std::to_string(op.micro);
       if (s.chunks > 1) name += "." + std::to_string(op.chunk);
       s.cfg.trace->record({s.cfg.track, std::move(name), fwd ? "forward" : "backward", s.step, t0, t1});
     }

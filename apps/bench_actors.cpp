@@ -127,7 +127,8 @@ int bench_actors_main(const std::vector<std::string>& args) {
     std::string payload = std::to_string(elements * 4) + " B";
     std::printf("%12s %16.0f %16.0f %7.2fx %6s\n", payload.c_str(), ours[2], raw[2], ratio,
                 !ok ? "FAIL" : ratio >= 0.7 ? "ok" : "slow");
-    json += (elements == 1 ? "" : ",") + std::string("{\"bytes\":") + std::to_string(elements * 4) +
+    if (elements != 1) json += ',';
+    json += std::string("{\"bytes\":") + std::to_string(elements * 4) +
             ",\"tensor_rt_per_s\":" + std::to_string(ours[2]) + ",\"raw_rt_per_s\":" + std::to_string(raw[2]) +
             ",\"ratio\":" + std::to_string(ratio) + ",\"replies_ok\":" + (ok ? "true" : "false") +
             ",\"ratio_at_least_0_7\":" + (pass ? "true" : "false") + "}";
