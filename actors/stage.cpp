@@ -80,7 +80,7 @@ void advance(caf::stateful_actor<stage_state>* self) {
     if (s.cfg.trace) {
       std::string name(1, fwd ? 'F' : 'B');
       name += std::to_string(op.micro);
-      if (s.chunks > 1) name += "." + std::to_string(op.chunk);
+      if (s.chunks > 1) name += '.', name += std::to_string(op.chunk);
       s.cfg.trace->record({s.cfg.track, std::move(name), fwd ? "forward" : "backward", s.step, t0, t1});
     }
     s.report.busy_s += t1 - t0;
