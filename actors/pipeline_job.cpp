@@ -98,6 +98,7 @@ pipeline_outcome run_pipeline_training(caf::actor_system& sys, const proto::JobS
   for (int64_t step = 0; step < steps && failure.empty(); ++step) {
     auto t0 = std::chrono::steady_clock::now();
     for (auto& st : all) self->send(st, step_atom::value, step);
+    if (step + 1 < steps) batches->prepare(step + 1);  // while the stages compute
     double loss_sum = 0, self_norm = -1;
     std::vector<double> busy(n_actors, 0.0);  // index replica * stages + stage
     for (size_t got = 0; got < n_actors && failure.empty(); ++got)

@@ -16,9 +16,30 @@ step_batches::step_batches(const proto::JobSpec& spec, std::shared_ptr<const tra
                       ") times the replicas (" + std::to_string(replicas) + ")");
 }
 
+void step_batches::prepare(int64_t step) {
+  std::lock_guard<std::mutex> gen(gen_mu_);
+  for (;;) {
+    int64_t next;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (made_ > step) return;
+      next = made_;
+    }
+    batch b = source_.next();  // outside mu_: readers of made steps do not wait for this
+    std::lock_guard<std::mutex> lock(mu_);
+    kept_[next] = std::move(b);
+    made_ = next + 1;
+  }
+}
+
 batch step_batches::micro_batch(int64_t step, int replica, int micro) {
+  bool ready;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ready = made_ > step;
+  }
+  if (!ready) prepare(step);
   std::lock_guard<std::mutex> lock(mu_);
-  while (made_ <= step) kept_[made_++] = source_.next();
   // Two steps back is as far as any stage can lag behind the newest request.
   while (!kept_.empty() && kept_.begin()->first + 2 < step) kept_.erase(kept_.begin());
   auto it = kept_.find(step);

@@ -27,9 +27,13 @@ class step_batches {
                int replicas = 1);
   // Rows of micro-batch `micro` of replica `replica`'s share of step `step`.
   batch micro_batch(int64_t step, int replica, int micro);
+  // Makes the batches up to `step` now (the driver calls it for the next step while the
+  // stages compute, so no stage waits for batch assembly).
+  void prepare(int64_t step);
 
  private:
-  std::mutex mu_;
+  std::mutex gen_mu_;  // held while a batch is made (batch_source is not thread-safe)
+  std::mutex mu_;      // guards made_ and kept_
   batch_source source_;
   int micro_batches_, replicas_;
   int64_t made_ = 0;  // steps generated so far
