@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdio>
 
+#include "kernels/cpu/optim.hpp"  // sum_of_squares
 #include "runtime/threads.hpp"
 #include "transport/communicator.hpp"
 
@@ -143,13 +144,9 @@ pipeline_outcome run_pipeline_training(caf::actor_system& sys, const proto::JobS
             [&](const caf::down_msg& d) { failure = "a stage stopped: " + sys.render(d.reason); });
       if (!failure.empty()) break;
       for (const tensor& t : totals)
-        for (int64_t i = 0; i < t.numel(); ++i) sum_sq += double(t.f32()[i]) * double(t.f32()[i]);
+        if (t.defined()) sum_sq += kernels::sum_of_squares(t.f32(), t.numel());
       norm = std::sqrt(sum_sq);
-      float scale = 1.0f;
-      if (max_norm > 0) {
-        double coef = double(max_norm) / (norm + 1e-6);
-        if (coef < 1.0) scale = float(coef);
-      }
+      float scale = clip_coefficient(norm, max_norm);
       for (auto& st : all) self->send(st, apply_atom::value, shared, totals, scale, lr);
       for (size_t got = 0; got < n_actors && failure.empty(); ++got)
         self->receive([](int32_t) {}, [&](caf::error& e) { on_error(e); },

@@ -5,6 +5,7 @@
 #include <cstdio>
 
 #include "kernels/cpu/optim.hpp"  // scale_inplace: the 1/replicas of the gradient average
+#include "runtime/optimizer.hpp"  // clip_coefficient
 #include "runtime/threads.hpp"
 #include "transport/collectives.hpp"
 
@@ -35,9 +36,7 @@ void finish_step_alone(caf::stateful_actor<stage_state>* self) {
     return;
   }
   double norm = std::sqrt(s.cfg.compute->grad_sum_squares({}));
-  float scale = 1.0f;
-  if (s.cfg.max_norm > 0 && double(s.cfg.max_norm) / (norm + 1e-6) < 1.0)
-    scale = float(double(s.cfg.max_norm) / (norm + 1e-6));
+  float scale = clip_coefficient(norm, s.cfg.max_norm);
   double t0 = now_s();
   s.cfg.compute->apply_update({}, {}, scale, s.cfg.lr_at(s.step));
   if (s.cfg.trace) s.cfg.trace->record({s.cfg.track, "opt", "optimizer", s.step, t0, now_s()});

@@ -70,13 +70,17 @@ float learning_rate(const proto::OptimizerSpec& spec, int64_t step, int64_t tota
   return float(lr);
 }
 
+float clip_coefficient(double norm, float max_norm) {
+  if (max_norm <= 0) return 1.0f;
+  double coef = double(max_norm) / (norm + 1e-6);
+  return coef < 1.0 ? float(coef) : 1.0f;
+}
+
 float clip_grad_norm(arena& grads, float max_norm) {
   tensor& g = grads.flat();
   double norm = std::sqrt(kernels::sum_of_squares(g.f32(), g.numel()));
-  if (max_norm > 0) {
-    double coef = double(max_norm) / (norm + 1e-6);
-    if (coef < 1.0) kernels::scale_inplace(g.f32(), float(coef), g.numel());
-  }
+  float coef = clip_coefficient(norm, max_norm);
+  if (coef < 1.0f) kernels::scale_inplace(g.f32(), coef, g.numel());
   return float(norm);
 }
 

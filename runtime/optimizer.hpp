@@ -27,6 +27,10 @@ std::unique_ptr<optimizer> make_optimizer(const proto::OptimizerSpec& spec, cons
 float learning_rate(const proto::OptimizerSpec& spec, int64_t step, int64_t total);
 float base_learning_rate(const proto::OptimizerSpec& spec);
 
+// PyTorch's clip_grad_norm_ factor for a gradient of global norm `norm`: max_norm /
+// (norm + 1e-6) when that is below 1, else 1 (and 1 when max_norm <= 0: clipping off).
+float clip_coefficient(double norm, float max_norm);
+
 // Scales the gradients so that their global L2 norm is at most max_norm (PyTorch's
 // clip_grad_norm_ rule); returns the norm before clipping. max_norm <= 0: only measures.
 float clip_grad_norm(arena& grads, float max_norm);
