@@ -6,11 +6,12 @@ namespace troupe {
 
 pipeline_measurement run_emulated_pipeline(caf::actor_system& sys, std::shared_ptr<const pipeline_schedule> schedule,
                                            int p, int m, std::chrono::microseconds t_fwd,
-                                           std::chrono::microseconds t_bwd, int steps) {
+                                           std::chrono::microseconds t_bwd, std::chrono::microseconds t_wgt,
+                                           int steps) {
   if (steps < 1 || p < 1 || m < 1)
     throw input_error("run_emulated_pipeline: needs at least one step, stage and micro-batch");
   std::vector<caf::actor> stages;
-  auto compute = std::make_shared<emulated_compute>(t_fwd, t_bwd, schedule->chunks());
+  auto compute = std::make_shared<emulated_compute>(t_fwd, t_bwd, t_wgt, schedule->chunks());
   tensor token = tensor::zeros({1});
   for (int s = 0; s < p; ++s) {
     stage_config cfg;

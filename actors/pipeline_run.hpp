@@ -16,6 +16,7 @@ struct pipeline_measurement {
 
 pipeline_measurement run_emulated_pipeline(caf::actor_system& sys, std::shared_ptr<const pipeline_schedule> schedule,
                                            int stages, int micro_batches, std::chrono::microseconds t_fwd,
-                                           std::chrono::microseconds t_bwd, int steps);
+                                           std::chrono::microseconds t_bwd, std::chrono::microseconds t_wgt,
+                                           int steps);
 
 }  // namespace troupe

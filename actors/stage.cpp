@@ -43,16 +43,22 @@ void finish_step_alone(caf::stateful_actor<stage_state>* self) {
   s.report.grad_norm = norm;
 }
 
+const char* pass_name(pass_kind k) {
+  return k == pass_kind::forward ? "forward" : k == pass_kind::backward ? "backward" : "weight-gradient";
+}
+
 // Runs ops of the current step's order while their inputs are at hand.
 void advance(caf::stateful_actor<stage_state>* self) {
   auto& s = self->state;
   const int p = s.cfg.stages, V = p * s.chunks, m = s.cfg.micro_batches;
+  const bool split = s.cfg.schedule->splits_backward();
   while (s.next < s.order.size()) {
     const pipeline_op& op = s.order[s.next];
     const int vs = op.chunk * p + s.cfg.stage;
-    const bool fwd = op.kind == pass_kind::forward;
     tensor input;
-    if (fwd && vs == 0) {
+    if (op.kind == pass_kind::weight) {
+      // Needs nothing from outside: its own backward ran earlier in the order.
+    } else if (op.kind == pass_kind::forward && vs == 0) {
       input = s.cfg.source(s.step, op.micro);
     } else {
       auto it = s.inbox.find({s.step, int(op.kind), op.micro, op.chunk});
@@ -63,11 +69,16 @@ void advance(caf::stateful_actor<stage_state>* self) {
     double t0 = now_s();
     tensor out;
     try {  // exceptions never cross the actor boundary: the reporter gets what failed
-      out = fwd ? s.cfg.compute->forward(op.chunk, s.step, op.micro, input)
-                : s.cfg.compute->backward(op.chunk, s.step, op.micro, input);
+      auto& c = *s.cfg.compute;
+      if (op.kind == pass_kind::forward)
+        out = c.forward(op.chunk, s.step, op.micro, input);
+      else if (op.kind == pass_kind::weight)
+        c.backward_weight(op.chunk, s.step, op.micro);
+      else
+        out = split ? c.backward_input(op.chunk, s.step, op.micro, input) : c.backward(op.chunk, s.step, op.micro, input);
     } catch (const std::exception& e) {
-      s.report.error = "stage " + std::to_string(s.cfg.stage) + " failed in the " + (fwd ? "forward" : "backward") +
-                       " of micro-batch " + std::to_string(op.micro) + " (chunk " + std::to_string(op.chunk) +
+      s.report.error = "stage " + std::to_string(s.cfg.stage) + " failed in the " + pass_name(op.kind) +
+                       " pass of micro-batch " + std::to_string(op.micro) + " (chunk " + std::to_string(op.chunk) +
                        ") at step " + std::to_string(s.step) + ": " + e.what();
       self->send(s.reporter, s.report);
       s.order.clear();
@@ -77,16 +88,16 @@ void advance(caf::stateful_actor<stage_state>* self) {
     }
     double t1 = now_s();
     if (s.cfg.trace) {
-      std::string name(1, fwd ? 'F' : 'B');
+      std::string name(1, "FBW"[int(op.kind)]);
       name += std::to_string(op.micro);
       if (s.chunks > 1) name += '.', name += std::to_string(op.chunk);
-      s.cfg.trace->record({s.cfg.track, std::move(name), fwd ? "forward" : "backward", s.step, t0, t1});
+      s.cfg.trace->record({s.cfg.track, std::move(name), pass_name(op.kind), s.step, t0, t1});
     }
     s.report.busy_s += t1 - t0;
     s.report.end_s = t1;
     ++s.report.ops;
     ++s.next;
-    if (fwd) {
+    if (op.kind == pass_kind::forward) {
       s.report.peak_stash = std::max(s.report.peak_stash, ++s.stash);
       if (vs + 1 < V) {
         self->send(s.peers[size_t((vs + 1) % p)],
@@ -99,11 +110,13 @@ void advance(caf::stateful_actor<stage_state>* self) {
         scale.f32()[0] = 1.0f / float(m);
         s.inbox[{s.step, int(pass_kind::backward), op.micro, op.chunk}] = std::move(scale);
       }
-    } else {
-      --s.stash;
+    } else if (op.kind == pass_kind::backward) {
+      if (!split) --s.stash;
       if (vs > 0)
         self->send(s.peers[size_t((vs - 1) % p)],
                    pipe_msg{pipe_msg::gradient, s.step, op.micro, vs - 1, 0, std::move(out)});
+    } else {
+      --s.stash;  // the weight pass frees what the split backward kept
     }
   }
   if (s.report.ops > 0 && s.next == s.order.size()) {

@@ -1,5 +1,6 @@
 // troupe bench pipeline: stage actors with emulated compute (sleeping for the configured
-// forward and backward times) run each schedule for p in {2,3,4} stages and m in
+// forward, input-gradient and weight-gradient times; a schedule that does not split
+// backward sleeps for both parts at once) run each schedule for p in {2,3,4} stages and m in
 // {p,2p,4p,8p} micro-batches. Prints the measured bubble next to the schedule's formula
 // and the peak stash of every stage next to its formula; fails (exit 1) if a bubble is
 // more than 0.02 off for m >= 2p or a stash count differs.
@@ -19,19 +20,19 @@
 namespace troupe {
 
 int bench_pipeline_main(const std::vector<std::string>& args) {
-  double fwd_ms = 4, bwd_ms = 8;
+  double fwd_ms = 4, bwd_ms = 4, wgt_ms = 4;
   int steps = 3;
   std::string json_path = "runs/bench_pipeline.json";
   for (size_t i = 0; i < args.size(); ++i) {
     bool has_value = i + 1 < args.size();
-    if ((args[i] == "--fwd-ms" || args[i] == "--bwd-ms") && has_value) {
+    if ((args[i] == "--fwd-ms" || args[i] == "--bwd-ms" || args[i] == "--wgt-ms") && has_value) {
       double v = std::atof(args[i + 1].c_str());
       if (!(v >= 0.1 && v <= 1000)) {
         std::fprintf(stderr, "troupe bench pipeline: %s expects milliseconds in [0.1, 1000], got '%s'\n",
                      args[i].c_str(), args[i + 1].c_str());
         return 2;
       }
-      (args[i] == "--fwd-ms" ? fwd_ms : bwd_ms) = v;
+      (args[i] == "--fwd-ms" ? fwd_ms : args[i] == "--bwd-ms" ? bwd_ms : wgt_ms) = v;
       ++i;
     } else if (args[i] == "--steps" && has_value) {
       steps = std::atoi(args[++i].c_str());
@@ -44,7 +45,7 @@ int bench_pipeline_main(const std::vector<std::string>& args) {
     } else {
       std::fprintf(stderr,
                    "troupe bench pipeline: unknown argument '%s' (usage: troupe bench pipeline [--fwd-ms F] "
-                   "[--bwd-ms B] [--steps N] [--json FILE])\n",
+                   "[--bwd-ms B] [--wgt-ms W] [--steps N] [--json FILE])\n",
                    args[i].c_str());
       return 2;
     }
@@ -53,20 +54,21 @@ int bench_pipeline_main(const std::vector<std::string>& args) {
   register_message_types(cfg);
   caf::actor_system sys{cfg};
   auto us = [](double ms) { return std::chrono::microseconds(int64_t(ms * 1000)); };
-  std::printf("troupe bench pipeline: emulated stages, forward %.2f ms, backward %.2f ms per stage and "
-              "micro-batch; median of %d step%s\n\n",
-              fwd_ms, bwd_ms, steps, steps == 1 ? "" : "s");
+  std::printf("troupe bench pipeline: emulated stages, per stage and micro-batch: forward %.2f ms, backward "
+              "%.2f ms input gradient + %.2f ms weight gradient; median of %d step%s\n\n",
+              fwd_ms, bwd_ms, wgt_ms, steps, steps == 1 ? "" : "s");
   std::printf("%-12s %2s %3s %9s %9s %7s  %-16s %-16s %s\n", "schedule", "p", "m", "bubble", "formula", "diff",
               "peak stash", "formula", "check");
   bool all_ok = true;
-  std::string json = "{\"fwd_ms\":" + std::to_string(fwd_ms) + ",\"bwd_ms\":" + std::to_string(bwd_ms) + ",\"rows\":[";
+  std::string json = "{\"fwd_ms\":" + std::to_string(fwd_ms) + ",\"bwd_ms\":" + std::to_string(bwd_ms) +
+                     ",\"wgt_ms\":" + std::to_string(wgt_ms) + ",\"rows\":[";
   bool first_row = true;
   for (const std::string& name : pipeline_schedule_names()) {
     std::shared_ptr<const pipeline_schedule> sched = make_pipeline_schedule(name);
     for (int p = 2; p <= 4; ++p)
       for (int m : {p, 2 * p, 4 * p, 8 * p}) {
-        pipeline_measurement r = run_emulated_pipeline(sys, sched, p, m, us(fwd_ms), us(bwd_ms), steps);
-        double formula = sched->bubble_formula(p, m, fwd_ms, bwd_ms);
+        pipeline_measurement r = run_emulated_pipeline(sys, sched, p, m, us(fwd_ms), us(bwd_ms), us(wgt_ms), steps);
+        double formula = sched->bubble_formula(p, m, {fwd_ms, bwd_ms, wgt_ms});
         std::string stash, stash_formula;
         bool stash_ok = true;
         for (int s = 0; s < p; ++s) {

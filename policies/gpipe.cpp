@@ -11,7 +11,7 @@ std::vector<pipeline_op> gpipe_schedule::order(int, int, int m) const {
   return ops;
 }
 
-double gpipe_schedule::bubble_formula(int p, int m, double, double) const { return double(p - 1) / double(m + p - 1); }
+double gpipe_schedule::bubble_formula(int p, int m, const pipeline_timing&) const { return double(p - 1) / double(m + p - 1); }
 
 int gpipe_schedule::peak_stash_formula(int, int, int m) const { return m; }
 

@@ -31,7 +31,7 @@ std::vector<pipeline_op> interleaved_1f1b_schedule::order(int s, int p, int m) c
   return ops;
 }
 
-double interleaved_1f1b_schedule::bubble_formula(int p, int m, double, double) const {
+double interleaved_1f1b_schedule::bubble_formula(int p, int m, const pipeline_timing&) const {
   return double(p - 1) / double(v_ * m + p - 1);
 }
 

@@ -19,7 +19,7 @@ std::vector<pipeline_op> one_f_one_b_schedule::order(int s, int p, int m) const 
   return ops;
 }
 
-double one_f_one_b_schedule::bubble_formula(int p, int m, double, double) const {
+double one_f_one_b_schedule::bubble_formula(int p, int m, const pipeline_timing&) const {
   return double(p - 1) / double(m + p - 1);
 }
 

@@ -13,7 +13,10 @@
 
 namespace troupe {
 
-enum class pass_kind : uint8_t { forward, backward };
+// backward: the whole backward of a micro-batch, or only its input-gradient part when
+// the schedule splits backward (splits_backward()); weight: the weight-gradient part,
+// which only such schedules emit, after the same micro-batch's backward.
+enum class pass_kind : uint8_t { forward, backward, weight };
 
 struct pipeline_op {
   pass_kind kind = pass_kind::forward;
@@ -22,23 +25,33 @@ struct pipeline_op {
   bool operator==(const pipeline_op&) const = default;
 };
 
+// Times of one micro-batch's passes through a whole stage (all its chunks). A schedule
+// that does not split backward runs t_bwd + t_wgt as one backward.
+struct pipeline_timing {
+  double t_fwd = 1.0;  // forward
+  double t_bwd = 1.0;  // input-gradient part of backward
+  double t_wgt = 1.0;  // weight-gradient part of backward
+};
+
 class pipeline_schedule {
  public:
   virtual ~pipeline_schedule() = default;
   virtual std::string name() const = 0;
   // Model chunks (virtual stages) per stage.
   virtual int chunks() const { return 1; }
+  // Whether orders split each backward into backward (input gradient) and weight ops.
+  virtual bool splits_backward() const { return false; }
   // The order of work on `stage` (0-based) of `stages` for one step of `micro_batches`.
   // Throws input_error when the schedule cannot serve this shape.
   virtual std::vector<pipeline_op> order(int stage, int stages, int micro_batches) const = 0;
-  // The schedule's analysis: idle fraction of total stage time when every forward of a
-  // whole stage takes t_fwd and every backward t_bwd.
-  virtual double bubble_formula(int stages, int micro_batches, double t_fwd, double t_bwd) const = 0;
-  // The most micro-batch activations (in chunk units) `stage` holds at once.
+  // The schedule's analysis: idle fraction of total stage time for passes timed `t`.
+  virtual double bubble_formula(int stages, int micro_batches, const pipeline_timing& t) const = 0;
+  // The most micro-batch activations (in chunk units) `stage` holds at once: from a
+  // forward until the backward (or the weight op, where backward is split) that frees it.
   virtual int peak_stash_formula(int stage, int stages, int micro_batches) const = 0;
 };
 
-// "gpipe", "1f1b", "interleaved" (v = chunks, 2 by default). Unknown names are an
+// "gpipe", "1f1b", "interleaved" (v = chunks, 2 by default), "zb-h1". Unknown names are an
 // input_error naming the known ones.
 std::unique_ptr<pipeline_schedule> make_pipeline_schedule(const std::string& name, int chunks = 2);
 std::vector<std::string> pipeline_schedule_names();

@@ -8,7 +8,7 @@ class gpipe_schedule : public pipeline_schedule {
  public:
   std::string name() const override { return "gpipe"; }
   std::vector<pipeline_op> order(int stage, int stages, int micro_batches) const override;
-  double bubble_formula(int stages, int micro_batches, double t_fwd, double t_bwd) const override;
+  double bubble_formula(int stages, int micro_batches, const pipeline_timing& t) const override;
   int peak_stash_formula(int stage, int stages, int micro_batches) const override;
 };
 
@@ -16,7 +16,7 @@ class one_f_one_b_schedule : public pipeline_schedule {
  public:
   std::string name() const override { return "1f1b"; }
   std::vector<pipeline_op> order(int stage, int stages, int micro_batches) const override;
-  double bubble_formula(int stages, int micro_batches, double t_fwd, double t_bwd) const override;
+  double bubble_formula(int stages, int micro_batches, const pipeline_timing& t) const override;
   int peak_stash_formula(int stage, int stages, int micro_batches) const override;
 };
 
@@ -26,11 +26,20 @@ class interleaved_1f1b_schedule : public pipeline_schedule {
   std::string name() const override { return "interleaved"; }
   int chunks() const override { return v_; }
   std::vector<pipeline_op> order(int stage, int stages, int micro_batches) const override;
-  double bubble_formula(int stages, int micro_batches, double t_fwd, double t_bwd) const override;
+  double bubble_formula(int stages, int micro_batches, const pipeline_timing& t) const override;
   int peak_stash_formula(int stage, int stages, int micro_batches) const override;
 
  private:
   int v_;
+};
+
+class zero_bubble_h1_schedule : public pipeline_schedule {
+ public:
+  std::string name() const override { return "zb-h1"; }
+  bool splits_backward() const override { return true; }
+  std::vector<pipeline_op> order(int stage, int stages, int micro_batches) const override;
+  double bubble_formula(int stages, int micro_batches, const pipeline_timing& t) const override;
+  int peak_stash_formula(int stage, int stages, int micro_batches) const override;
 };
 
 }  // namespace troupe

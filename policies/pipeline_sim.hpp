@@ -9,11 +9,6 @@
 
 namespace troupe {
 
-struct pipeline_timing {
-  double t_fwd = 1.0;  // forward of one micro-batch through a whole stage (all chunks)
-  double t_bwd = 2.0;  // backward of the same
-};
-
 struct pipeline_sim_result {
   double makespan = 0;
   double bubble = 0;            // 1 - busy / (stages * makespan)

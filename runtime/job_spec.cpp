@@ -75,7 +75,7 @@ const choice_rule choice_rules[] = {
     {"model.mlp.activation", {"relu", "gelu"}},
     {"data.dataset", {"fashion_mnist", "fortunes"}},
     {"optimizer.lr_schedule", {"constant", "cosine"}},
-    {"parallel.schedule", {"gpipe", "1f1b", "interleaved"}},
+    {"parallel.schedule", {"gpipe", "1f1b", "interleaved", "zb-h1"}},
 };
 
 constexpr std::string_view name_rule = "a non-empty name of letters, digits, '.', '_' and '-' (it names runs/<name>/)";

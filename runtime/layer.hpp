@@ -3,6 +3,7 @@
 // cuts into pipeline stages. Layers own no tensors: parameters and gradients live in
 // arenas passed in, and what forward saves for backward goes into a per-micro-batch
 // stash the caller owns, so one layer object can serve many micro-batches in flight.
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -21,6 +22,25 @@ struct stash {
   std::vector<tensor> saved;
 };
 
+// Weight-gradient work a backward pass leaves for later. Zero-bubble pipeline schedules
+// run a micro-batch's backward in two parts: the input gradient first (the previous stage
+// waits for it), the weight gradients when the stage would otherwise idle. A layer given
+// one of these computes its input gradient and adds closures for its weight-gradient
+// GEMMs; the closures hold the tensors they read, so the caller may drop the stash.
+class deferred_weight_grads {
+ public:
+  void add(std::function<void()> work) { work_.push_back(std::move(work)); }
+  // Runs the work in the order it was added, then forgets it.
+  void run() {
+    for (auto& w : work_) w();
+    work_.clear();
+  }
+  bool empty() const { return work_.empty(); }
+
+ private:
+  std::vector<std::function<void()>> work_;
+};
+
 class layer {
  public:
   virtual ~layer() = default;
@@ -35,8 +55,10 @@ class layer {
   // dy: gradient of the loss w.r.t. this layer's output (a loss layer gets the scale of
   // its loss, shape (1)). Returns the gradient w.r.t. the input (undefined for layers
   // whose input is not differentiable, e.g. token ids, or when `want` is not_needed);
-  // parameter gradients are added.
-  virtual tensor backward(const arena& params, arena& grads, const tensor& dy, const stash& st, input_grad want) const = 0;
+  // parameter gradients are added, now, or when `defer` runs if it is given (a layer
+  // may still add small ones, such as LayerNorm's, now).
+  virtual tensor backward(const arena& params, arena& grads, const tensor& dy, const stash& st, input_grad want,
+                          deferred_weight_grads* defer = nullptr) const = 0;
   // Forward floating-point operations per sample, for cost estimates and throughput.
   virtual double forward_flops_per_sample() const = 0;
 };

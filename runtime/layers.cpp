@@ -17,6 +17,19 @@ namespace k = kernels;
 
 namespace {
 
+// Gradients of out = inp · w^T + b: dinp (if wanted) now; dw and db (if any) now, or
+// later through `defer`, whose closure keeps dout and inp alive. Split or not, every
+// element is the same sum in the same order.
+void linear_grads(float* dinp, float* dw, float* db, const tensor& dout, const tensor& inp, const float* w, int N,
+                  int C, int OC, deferred_weight_grads* defer) {
+  if (!defer) {
+    k::linear_backward(dinp, dw, db, dout.f32(), inp.f32(), w, N, C, OC);
+    return;
+  }
+  if (dinp) k::linear_backward(dinp, nullptr, nullptr, dout.f32(), inp.f32(), w, N, C, OC);
+  defer->add([=] { k::linear_backward(nullptr, dw, db, dout.f32(), inp.f32(), w, N, C, OC); });
+}
+
 void fill_uniform(tensor t, rng& r, double bound) {
   float* p = t.f32();
   for (int64_t i = 0; i < t.numel(); ++i) p[i] = float((2.0 * r.uniform() - 1.0) * bound);
@@ -71,11 +84,12 @@ tensor linear_layer::forward(const arena& params, const tensor& x, const tensor&
   return y;
 }
 
-tensor linear_layer::backward(const arena& params, arena& grads, const tensor& dy, const stash& st, input_grad want) const {
+tensor linear_layer::backward(const arena& params, arena& grads, const tensor& dy, const stash& st, input_grad want,
+                              deferred_weight_grads* defer) const {
   const tensor& x = st.saved.at(0);
   tensor dx = want == input_grad::needed ? tensor::empty(x.shape()) : tensor{};
-  k::linear_backward(dx.defined() ? dx.f32() : nullptr, grads.ptr(w_), grads.ptr(b_), dy.f32(), x.f32(),
-                     params.ptr(w_), rows_of(x), in_, out_);
+  linear_grads(dx.defined() ? dx.f32() : nullptr, grads.ptr(w_), grads.ptr(b_), dy, x, params.ptr(w_), rows_of(x),
+               in_, out_, defer);
   return dx;
 }
 
@@ -91,7 +105,8 @@ tensor activation_layer::forward(const arena&, const tensor& x, const tensor&, s
   return y;
 }
 
-tensor activation_layer::backward(const arena&, arena&, const tensor& dy, const stash& st, input_grad) const {
+tensor activation_layer::backward(const arena&, arena&, const tensor& dy, const stash& st, input_grad,
+                                  deferred_weight_grads*) const {
   const tensor& x = st.saved.at(0);
   tensor dx = tensor::empty(x.shape());
   if (kind_ == activation_kind::relu)
@@ -115,7 +130,8 @@ tensor softmax_ce_layer::forward(const arena&, const tensor& x, const tensor& ta
   return mean_loss(losses);
 }
 
-tensor softmax_ce_layer::backward(const arena&, arena&, const tensor& dy, const stash& st, input_grad) const {
+tensor softmax_ce_layer::backward(const arena&, arena&, const tensor& dy, const stash& st, input_grad,
+                                  deferred_weight_grads*) const {
   const tensor& probs = st.saved.at(0);
   const tensor& targets = st.saved.at(1);
   int N = int(probs.dim(0)), V = int(probs.dim(1));
@@ -149,7 +165,9 @@ tensor embedding_layer::forward(const arena& params, const tensor& x, const tens
   return y;
 }
 
-tensor embedding_layer::backward(const arena&, arena& grads, const tensor& dy, const stash& st, input_grad) const {
+// The scatter-add of the embedding gradient is cheap: it is never deferred.
+tensor embedding_layer::backward(const arena&, arena& grads, const tensor& dy, const stash& st, input_grad,
+                                 deferred_weight_grads*) const {
   const tensor& x = st.saved.at(0);
   k::embedding_backward(grads.ptr(wte_), grads.ptr(wpe_), dy.f32(), x.i32(), int(x.dim(0)), int(x.dim(1)),
                         d_.d_model);
@@ -224,31 +242,35 @@ tensor gpt_block_layer::forward(const arena& P, const tensor& x, const tensor&, 
   return y;
 }
 
-tensor gpt_block_layer::backward(const arena& P, arena& G, const tensor& dy, const stash& st, input_grad) const {
+tensor gpt_block_layer::backward(const arena& P, arena& G, const tensor& dy, const stash& st, input_grad,
+                                 deferred_weight_grads* defer) const {
   const auto& s = st.saved;
   const tensor& x = s.at(s_x);
   int B = int(x.dim(0)), T = int(x.dim(1)), C = d_.d_model, NH = d_.n_head, N = B * T;
   int64_t NC = int64_t(N) * C;
-  // The residual stream's gradient: dy, plus what flows back through each branch.
-  tensor dres = dy.clone();
+  // Each gradient a linear's weight gradient reads (its dout) is written once and never
+  // changed afterwards, so the weight gradients may run later. LayerNorm's parameter
+  // gradients come with its input gradient: they are cheap.
   tensor dfcg = tensor::empty({B, T, 4 * C}), dfch = tensor::empty({B, T, 4 * C});
-  k::linear_backward(dfcg.f32(), G.ptr(fc2_w_), G.ptr(fc2_b_), dy.f32(), s[s_fcg].f32(), P.ptr(fc2_w_), N, 4 * C, C);
+  linear_grads(dfcg.f32(), G.ptr(fc2_w_), G.ptr(fc2_b_), dy, s[s_fcg], P.ptr(fc2_w_), N, 4 * C, C, defer);
   k::gelu_backward(dfch.f32(), s[s_fch].f32(), dfcg.f32(), int64_t(N) * 4 * C);
   tensor dln = tensor::empty({B, T, C}), dbranch = tensor::empty({B, T, C});
-  k::linear_backward(dln.f32(), G.ptr(fc_w_), G.ptr(fc_b_), dfch.f32(), s[s_ln2].f32(), P.ptr(fc_w_), N, C, 4 * C);
+  linear_grads(dln.f32(), G.ptr(fc_w_), G.ptr(fc_b_), dfch, s[s_ln2], P.ptr(fc_w_), N, C, 4 * C, defer);
   k::layernorm_backward(dbranch.f32(), G.ptr(ln2_w_), G.ptr(ln2_b_), dln.f32(), s[s_res1].f32(), P.ptr(ln2_w_),
                         s[s_mean2].f32(), s[s_rstd2].f32(), N, C);
-  k::residual_backward(dres.f32(), dbranch.f32(), NC);
+  // The residual stream's gradient: dy, plus what flows back through each branch.
+  tensor dres = tensor::empty({B, T, C});
+  k::residual_forward(dres.f32(), dy.f32(), dbranch.f32(), NC);
   tensor datty = tensor::empty({B, T, C});
-  k::linear_backward(datty.f32(), G.ptr(proj_w_), G.ptr(proj_b_), dres.f32(), s[s_atty].f32(), P.ptr(proj_w_), N, C,
-                     C);
+  linear_grads(datty.f32(), G.ptr(proj_w_), G.ptr(proj_b_), dres, s[s_atty], P.ptr(proj_w_), N, C, C, defer);
   tensor dqkv = tensor::empty({B, T, 3 * C}), datt = tensor::empty({B, NH, T, T});
   k::attention_backward(dqkv.f32(), datt.f32(), datty.f32(), s[s_qkv].f32(), s[s_att].f32(), B, T, C, NH);
-  k::linear_backward(dln.f32(), G.ptr(qkv_w_), G.ptr(qkv_b_), dqkv.f32(), s[s_ln1].f32(), P.ptr(qkv_w_), N, C, 3 * C);
+  linear_grads(dln.f32(), G.ptr(qkv_w_), G.ptr(qkv_b_), dqkv, s[s_ln1], P.ptr(qkv_w_), N, C, 3 * C, defer);
   k::layernorm_backward(dbranch.f32(), G.ptr(ln1_w_), G.ptr(ln1_b_), dln.f32(), x.f32(), P.ptr(ln1_w_),
                         s[s_mean1].f32(), s[s_rstd1].f32(), N, C);
-  k::residual_backward(dres.f32(), dbranch.f32(), NC);
-  return dres;
+  tensor dx = tensor::empty({B, T, C});
+  k::residual_forward(dx.f32(), dres.f32(), dbranch.f32(), NC);
+  return dx;
 }
 
 // ---- GPT head -------------------------------------------------------------------------
@@ -281,14 +303,22 @@ tensor gpt_head_layer::forward(const arena& P, const tensor& x, const tensor& ta
   return mean_loss(losses);
 }
 
-tensor gpt_head_layer::backward(const arena& P, arena& G, const tensor& dy, const stash& st, input_grad) const {
+tensor gpt_head_layer::backward(const arena& P, arena& G, const tensor& dy, const stash& st, input_grad,
+                                deferred_weight_grads* defer) const {
   const auto& s = st.saved;
   const tensor& x = s.at(h_x);
   int B = int(x.dim(0)), T = int(x.dim(1)), C = d_.d_model, V = d_.vocab, N = B * T;
   tensor dlogits = tensor::empty({N, V});
   k::crossentropy_backward(dlogits.f32(), s[h_probs].f32(), s[h_targets].i32(), dy.f32()[0] / float(N), N, V);
   tensor dlnf = tensor::empty({B, T, C}), dx = tensor::empty({B, T, C});
-  k::head_backward(dlnf.f32(), G.ptr(wte_), dlogits.f32(), s[h_lnf].f32(), P.ptr(wte_), N, C, V);
+  if (defer) {
+    k::head_backward(dlnf.f32(), nullptr, dlogits.f32(), s[h_lnf].f32(), P.ptr(wte_), N, C, V);
+    defer->add([=, dwte = G.ptr(wte_), wte = P.ptr(wte_), lnf = s[h_lnf]] {
+      k::head_backward(nullptr, dwte, dlogits.f32(), lnf.f32(), wte, N, C, V);
+    });
+  } else {
+    k::head_backward(dlnf.f32(), G.ptr(wte_), dlogits.f32(), s[h_lnf].f32(), P.ptr(wte_), N, C, V);
+  }
   k::layernorm_backward(dx.f32(), G.ptr(lnf_w_), G.ptr(lnf_b_), dlnf.f32(), x.f32(), P.ptr(lnf_w_), s[h_mean].f32(),
                         s[h_rstd].f32(), N, C);
   return dx;

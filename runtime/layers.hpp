@@ -15,7 +15,8 @@ class linear_layer : public layer {
   void declare(param_table& table) override;
   void init(arena& params, rng& r) const override;
   tensor forward(const arena& params, const tensor& x, const tensor& targets, stash& st) const override;
-  tensor backward(const arena& params, arena& grads, const tensor& dy, const stash& st, input_grad want) const override;
+  tensor backward(const arena& params, arena& grads, const tensor& dy, const stash& st, input_grad want,
+                  deferred_weight_grads* defer = nullptr) const override;
   double forward_flops_per_sample() const override { return 2.0 * in_ * out_; }
 
  private:
@@ -31,7 +32,8 @@ class activation_layer : public layer {
   void declare(param_table&) override {}
   void init(arena&, rng&) const override {}
   tensor forward(const arena& params, const tensor& x, const tensor& targets, stash& st) const override;
-  tensor backward(const arena& params, arena& grads, const tensor& dy, const stash& st, input_grad want) const override;
+  tensor backward(const arena& params, arena& grads, const tensor& dy, const stash& st, input_grad want,
+                  deferred_weight_grads* defer = nullptr) const override;
   double forward_flops_per_sample() const override { return width_; }
 
  private:
@@ -48,7 +50,8 @@ class softmax_ce_layer : public layer {
   void declare(param_table&) override {}
   void init(arena&, rng&) const override {}
   tensor forward(const arena& params, const tensor& x, const tensor& targets, stash& st) const override;
-  tensor backward(const arena& params, arena& grads, const tensor& dy, const stash& st, input_grad want) const override;
+  tensor backward(const arena& params, arena& grads, const tensor& dy, const stash& st, input_grad want,
+                  deferred_weight_grads* defer = nullptr) const override;
   double forward_flops_per_sample() const override { return 4.0 * classes_; }
 
  private:
@@ -67,7 +70,8 @@ class embedding_layer : public layer {
   void declare(param_table& table) override;
   void init(arena& params, rng& r) const override;
   tensor forward(const arena& params, const tensor& x, const tensor& targets, stash& st) const override;
-  tensor backward(const arena& params, arena& grads, const tensor& dy, const stash& st, input_grad want) const override;
+  tensor backward(const arena& params, arena& grads, const tensor& dy, const stash& st, input_grad want,
+                  deferred_weight_grads* defer = nullptr) const override;
   double forward_flops_per_sample() const override { return double(d_.context) * d_.d_model; }
 
  private:
@@ -83,7 +87,8 @@ class gpt_block_layer : public layer {
   void declare(param_table& table) override;
   void init(arena& params, rng& r) const override;
   tensor forward(const arena& params, const tensor& x, const tensor& targets, stash& st) const override;
-  tensor backward(const arena& params, arena& grads, const tensor& dy, const stash& st, input_grad want) const override;
+  tensor backward(const arena& params, arena& grads, const tensor& dy, const stash& st, input_grad want,
+                  deferred_weight_grads* defer = nullptr) const override;
   double forward_flops_per_sample() const override;
 
  private:
@@ -101,7 +106,8 @@ class gpt_head_layer : public layer {
   void declare(param_table& table) override;
   void init(arena& params, rng& r) const override;
   tensor forward(const arena& params, const tensor& x, const tensor& targets, stash& st) const override;
-  tensor backward(const arena& params, arena& grads, const tensor& dy, const stash& st, input_grad want) const override;
+  tensor backward(const arena& params, arena& grads, const tensor& dy, const stash& st, input_grad want,
+                  deferred_weight_grads* defer = nullptr) const override;
   double forward_flops_per_sample() const override {
     return double(d_.context) * (2.0 * d_.d_model * d_.vocab + 8.0 * d_.d_model);
   }

@@ -31,8 +31,9 @@ struct activations {
 
 tensor forward(const model& m, const arena& params, const tensor& x, const tensor& targets, activations& acts,
                size_t first = 0, size_t last = size_t(-1));
+// With `defer`, the layers' weight-gradient GEMMs are left in it (see layer.hpp).
 tensor backward(const model& m, const arena& params, arena& grads, const tensor& dy, const activations& acts,
-                size_t first = 0, size_t last = size_t(-1));
+                size_t first = 0, size_t last = size_t(-1), deferred_weight_grads* defer = nullptr);
 
 // Bytes a stash keeps alive for backward: each saved view's own elements, a view counted
 // once however many layers keep it (a view of a whole batch counts only its rows).

@@ -16,8 +16,15 @@ tensor emulated_compute::forward(int, int64_t, int, const tensor& x) {
 }
 
 tensor emulated_compute::backward(int, int64_t, int, const tensor& dy) {
+  wait_until(std::chrono::steady_clock::now() + t_bwd_ + t_wgt_);
+  return dy;
+}
+
+tensor emulated_compute::backward_input(int, int64_t, int, const tensor& dy) {
   wait_until(std::chrono::steady_clock::now() + t_bwd_);
   return dy;
 }
+
+void emulated_compute::backward_weight(int, int64_t, int) { wait_until(std::chrono::steady_clock::now() + t_wgt_); }
 
 }  // namespace troupe

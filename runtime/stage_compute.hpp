@@ -21,6 +21,14 @@ class stage_compute {
   // loss scale, shape (1)). Returns the gradient w.r.t. its input (undefined for the
   // first virtual stage).
   virtual tensor backward(int chunk, int64_t step, int micro, const tensor& dy) = 0;
+  // Backward in two parts, for schedules that split it (zero-bubble): backward_input
+  // returns what backward returns but leaves the weight gradients for backward_weight,
+  // which a schedule calls later for the same chunk and micro-batch. Compute that cannot
+  // split does all of it in backward_input, and nothing in backward_weight.
+  virtual tensor backward_input(int chunk, int64_t step, int micro, const tensor& dy) {
+    return backward(chunk, step, micro, dy);
+  }
+  virtual void backward_weight(int chunk, int64_t step, int micro) { (void)chunk, (void)step, (void)micro; }
 
   // Between steps (compute that owns parameters overrides these; an emulation has none).
   virtual void begin_step() {}
@@ -43,17 +51,21 @@ class stage_compute {
 };
 
 // Stand-in compute for schedule experiments: sleeps for the configured time per pass
-// (a stage's whole forward or backward, divided over its chunks) and passes a one-element
-// tensor along. Sleeping, not spinning, so p stages emulate p devices on any core count.
+// (a stage's whole forward, input-gradient or weight-gradient pass, divided over its
+// chunks; a whole backward is the last two) and passes a one-element tensor along.
+// Sleeping, not spinning, so p stages emulate p devices on any core count.
 class emulated_compute : public stage_compute {
  public:
-  emulated_compute(std::chrono::microseconds t_fwd, std::chrono::microseconds t_bwd, int chunks)
-      : t_fwd_(t_fwd / chunks), t_bwd_(t_bwd / chunks) {}
+  emulated_compute(std::chrono::microseconds t_fwd, std::chrono::microseconds t_bwd, std::chrono::microseconds t_wgt,
+                   int chunks)
+      : t_fwd_(t_fwd / chunks), t_bwd_(t_bwd / chunks), t_wgt_(t_wgt / chunks) {}
   tensor forward(int chunk, int64_t step, int micro, const tensor& x) override;
   tensor backward(int chunk, int64_t step, int micro, const tensor& dy) override;
+  tensor backward_input(int chunk, int64_t step, int micro, const tensor& dy) override;
+  void backward_weight(int chunk, int64_t step, int micro) override;
 
  private:
-  std::chrono::microseconds t_fwd_, t_bwd_;
+  std::chrono::microseconds t_fwd_, t_bwd_, t_wgt_;
 };
 
 }  // namespace troupe

@@ -99,21 +99,49 @@ tensor stage_model::forward(int chunk, int64_t step, int micro, const tensor& x)
   return out;
 }
 
-tensor stage_model::backward(int chunk, int64_t, int micro, const tensor& dy) {
+tensor stage_model::run_backward(int chunk, int micro, const tensor& dy, deferred_weight_grads* defer) {
   auto [first, last] = ranges_.at(size_t(chunk));
   auto it = stash_.find({micro, chunk});
   TROUPE_CHECK(it != stash_.end(), "backward of micro-batch ", micro, " chunk ", chunk, " before its forward");
-  tensor dx = troupe::backward(*model_, params_, grads_, dy, it->second, first, last);
-  stash_.erase(it);
+  return troupe::backward(*model_, params_, grads_, dy, it->second, first, last, defer);
+}
+
+// The micro-batch's activations are no longer needed (the deferred weight gradients hold
+// what they read; until they run, the measurement keeps counting the whole stash).
+void stage_model::release_stash(int chunk, int micro) {
+  stash_.erase({micro, chunk});
   auto b = stash_bytes_.find({micro, chunk});
+  if (b == stash_bytes_.end()) return;
   stash_total_ -= b->second;
   stash_bytes_.erase(b);
+}
+
+tensor stage_model::backward(int chunk, int64_t, int micro, const tensor& dy) {
+  tensor dx = run_backward(chunk, micro, dy, nullptr);
+  release_stash(chunk, micro);
   return dx;
+}
+
+tensor stage_model::backward_input(int chunk, int64_t, int micro, const tensor& dy) {
+  deferred_weight_grads& later = deferred_[{micro, chunk}];
+  tensor dx = run_backward(chunk, micro, dy, &later);
+  stash_.erase({micro, chunk});  // what the weight gradients read, `later` holds
+  return dx;
+}
+
+void stage_model::backward_weight(int chunk, int64_t, int micro) {
+  auto it = deferred_.find({micro, chunk});
+  TROUPE_CHECK(it != deferred_.end(), "weight gradients of micro-batch ", micro, " chunk ", chunk,
+               " before its backward");
+  it->second.run();
+  deferred_.erase(it);
+  release_stash(chunk, micro);
 }
 
 void stage_model::begin_step() {
   grads_.zero();
   stash_.clear();
+  deferred_.clear();
   stash_bytes_.clear();
   stash_total_ = 0;
 }

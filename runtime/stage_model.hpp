@@ -53,6 +53,8 @@ class stage_model : public stage_compute {
 
   tensor forward(int chunk, int64_t step, int micro, const tensor& x) override;
   tensor backward(int chunk, int64_t step, int micro, const tensor& dy) override;
+  tensor backward_input(int chunk, int64_t step, int micro, const tensor& dy) override;
+  void backward_weight(int chunk, int64_t step, int micro) override;
 
   void begin_step() override;
   std::vector<std::string> param_names() const override;
@@ -74,8 +76,13 @@ class stage_model : public stage_compute {
   int replica_;
   bool last_ = false;  // holds the model's last layer (the loss)
   std::map<std::pair<int, int>, activations> stash_;  // (micro, chunk) -> what backward needs
+  // (micro, chunk) -> weight gradients a split backward left for backward_weight.
+  std::map<std::pair<int, int>, deferred_weight_grads> deferred_;
   std::map<std::pair<int, int>, double> stash_bytes_;  // the bytes each entry keeps alive
   double stash_total_ = 0, peak_stash_bytes_ = 0;
+
+  tensor run_backward(int chunk, int micro, const tensor& dy, deferred_weight_grads* defer);
+  void release_stash(int chunk, int micro);
 };
 
 }  // namespace troupe

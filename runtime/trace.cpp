@@ -76,7 +76,8 @@ void trace_recorder::write_timeline_svg(const std::string& path, const std::stri
   const double W = 960, L = 150, R = 20, T = 50, row = 30, H = T + row * double(tracks.size()) + 60;
   auto px = [&](double t) { return L + (t - t0) / (t1 - t0) * (W - L - R); };
   const std::map<std::string, const char*> colors{
-      {"forward", "#4e79a7"}, {"backward", "#f28e2b"}, {"allreduce", "#59a14f"}, {"optimizer", "#b07aa1"}};
+      {"forward", "#4e79a7"},   {"backward", "#f28e2b"},  {"weight-gradient", "#e15759"},
+      {"allreduce", "#59a14f"}, {"optimizer", "#b07aa1"}};
   std::ostringstream o;
   o << "<svg xmlns='http://www.w3.org/2000/svg' width='" << W << "' height='" << H
     << "' font-family='sans-serif' font-size='12'>\n<rect width='100%' height='100%' fill='white'/>\n"
@@ -100,10 +101,10 @@ void trace_recorder::write_timeline_svg(const std::string& path, const std::stri
   }
   double legend_y = T + row * double(tracks.size()) + 25;
   double x = L;
-  for (const char* cat : {"forward", "backward", "allreduce", "optimizer"}) {
+  for (const char* cat : {"forward", "backward", "weight-gradient", "allreduce", "optimizer"}) {
     o << "<rect x='" << x << "' y='" << legend_y - 10 << "' width='12' height='12' fill='" << colors.at(cat)
       << "'/><text x='" << x + 16 << "' y='" << legend_y << "'>" << cat << "</text>\n";
-    x += 110;
+    x += std::string(cat).size() > 10 ? 130 : 90;
   }
   char span[64];
   std::snprintf(span, sizeof span, "%.1f ms shown; grey = idle", (t1 - t0) * 1e3);

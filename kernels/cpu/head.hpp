@@ -14,7 +14,7 @@ void head_forward(float* logits,      // (N,V)
                   int N, int C, int V);
 
 void head_backward(float* dinp,            // (N,C)  =, or nullptr to skip
-                   float* dwte,            // (V,C)  +=
+                   float* dwte,            // (V,C)  +=, or nullptr to skip
                    const float* dlogits,   // (N,V)
                    const float* inp,       // (N,C)
                    const float* wte,       // (V,C)

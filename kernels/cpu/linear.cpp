@@ -57,7 +57,7 @@ void linear_backward(float* dinp, float* dweight, float* dbias, const float* dou
     // dweight (OC,C) += dout^T (OC,N) · inp (N,C), split over rows of OC; every element is
     // one sum over all N, so no partial sums cross threads.
     const share outs = thread_share(OC);
-    if (outs.size() > 0 && C > 0)
+    if (dweight && outs.size() > 0 && C > 0)
       cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, outs.size(), C, N, 1.0f,
                   dout + outs.begin, OC, inp, C, 1.0f, dweight + int64_t(outs.begin) * C, C);
     // dbias (OC) += column sums of dout, same split; each column is summed in row order

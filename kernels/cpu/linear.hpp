@@ -16,8 +16,10 @@ void linear_forward(float* out,           // (N,OC)
                     const float* bias,    // (OC), or nullptr for none
                     int N, int C, int OC);
 
+// Either part may be skipped: dinp = nullptr for the parameter gradients alone, dweight
+// = dbias = nullptr for the input gradient alone (zero-bubble schedules split them).
 void linear_backward(float* dinp,          // (N,C)   =, or nullptr to skip
-                     float* dweight,       // (OC,C)  +=
+                     float* dweight,       // (OC,C)  +=, or nullptr to skip
                      float* dbias,         // (OC)    +=, or nullptr for no bias
                      const float* dout,    // (N,OC)
                      const float* inp,     // (N,C)

@@ -157,7 +157,7 @@ TEST_CASE("pipeline: a stage that throws stops the job with an error naming the 
     FAIL("expected the job to fail");
   } catch (const std::runtime_error& e) {
     std::string what = e.what();
-    CHECK_MESSAGE(what.find("stage 1 failed in the forward of micro-batch 1 (chunk 0) at step 2: injected failure") !=
+    CHECK_MESSAGE(what.find("stage 1 failed in the forward pass of micro-batch 1 (chunk 0) at step 2: injected failure") !=
                       std::string::npos,
                   what);
   }

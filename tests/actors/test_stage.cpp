@@ -53,7 +53,7 @@ TEST_CASE("stage actors: each schedule runs every pass once per step, with the f
       CAPTURE(name);
       CAPTURE(p);
       auto r = run_emulated_pipeline(sys, sched, p, m, std::chrono::microseconds(300),
-                                     std::chrono::microseconds(600), 2);
+                                     std::chrono::microseconds(300), std::chrono::microseconds(300), 2);
       for (int s = 0; s < p; ++s) CHECK(r.peak_stash[size_t(s)] == sched->peak_stash_formula(s, p, m));
       // The bubble is timing, measured by `troupe bench pipeline`, not asserted here.
       CHECK(r.bubble >= 0.0);
