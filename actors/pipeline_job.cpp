@@ -152,8 +152,9 @@ pipeline_outcome run_pipeline_training(caf::actor_system& sys, const proto::JobS
         self->receive([](int32_t) {}, [&](caf::error& e) { on_error(e); },
                       [&](const caf::down_msg& d) { failure = "a stage stopped: " + sys.render(d.reason); });
     }
+    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (failure.empty()) out.step_s.push_back(dt);
     if (progress && failure.empty()) {
-      double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       int64_t samples = spec.train().batch_size();
       int64_t tokens = spec.model().has_gpt() ? samples * int64_t(spec.model().gpt().context()) : 0;
       // Busy fraction of each stage actor: compute time over the whole step's wall time.

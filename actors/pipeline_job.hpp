@@ -40,6 +40,7 @@ struct pipeline_outcome {
   std::vector<std::vector<std::string>> layout;   // stage -> names of the parameters it holds
                                                   // (the same in every replica)
   std::vector<double> peak_stash_mb;              // stage -> most activation MB held, measured
+  std::vector<double> step_s;                     // wall time of each step, start to optimizer done
 };
 
 // progress (optional) gets every step's loss, learning rate and gradient norm.

@@ -136,8 +136,9 @@ int bench_main(const std::vector<std::string>& args) {
   const char* usage = "usage: troupe bench train [--model mlp|gpt] [--steps N] [--rounds N] [--torch] [--json FILE]";
   if (!args.empty() && args[0] == "pipeline") return bench_pipeline_main({args.begin() + 1, args.end()});
   if (!args.empty() && args[0] == "actors") return bench_actors_main({args.begin() + 1, args.end()});
+  if (!args.empty() && args[0] == "parallel") return bench_parallel_main({args.begin() + 1, args.end()});
   if (args.empty() || args[0] != "train") {
-    std::fprintf(stderr, "troupe bench: expected 'train', 'pipeline' or 'actors' (%s)\n", usage);
+    std::fprintf(stderr, "troupe bench: expected 'train', 'pipeline', 'actors' or 'parallel' (%s)\n", usage);
     return 2;
   }
   std::string json_path = "runs/bench_train.json", only;

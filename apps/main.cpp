@@ -26,10 +26,12 @@ int usage(const char* why) {
                "  troupe bench train [--model mlp|gpt] [--steps N] [--rounds N] [--torch] [--json FILE]\n"
                "      samples/s (MLP) and tokens/s (GPT) of the example jobs at 1 and 2 threads;\n"
                "      --torch also runs PyTorch (/usr/bin/python3) on the same models\n"
-               "  troupe bench pipeline [--fwd-ms F] [--bwd-ms B] [--steps N] [--json FILE]\n"
+               "  troupe bench pipeline [--fwd-ms F] [--bwd-ms B] [--wgt-ms W] [--steps N] [--json FILE]\n"
                "      each pipeline schedule on emulated stages: measured bubble and stash vs formula\n"
                "  troupe bench actors [--round-trips N] [--json FILE]\n"
-               "      tensor-message round trips between two actors next to raw CAF messages\n");
+               "      tensor-message round trips between two actors next to raw CAF messages\n"
+               "  troupe bench parallel [--model mlp|gpt] [--steps N] [--rounds N] [--no-torch] [--json FILE]\n"
+               "      2 workers: replicas and pipeline stages against PyTorch DDP and a PyTorch pipeline\n");
   return 2;
 }
 

@@ -25,9 +25,10 @@ void step_batches::prepare(int64_t step) {
       if (made_ > step) return;
       next = made_;
     }
-    batch b = source_.next();  // outside mu_: readers of made steps do not wait for this
+    auto idx = std::make_shared<std::vector<int64_t>>();
+    source_.next_indices(*idx);  // outside mu_: readers of drawn steps do not wait for this
     std::lock_guard<std::mutex> lock(mu_);
-    kept_[next] = std::move(b);
+    kept_[next] = std::move(idx);
     made_ = next + 1;
   }
 }
@@ -39,15 +40,19 @@ batch step_batches::micro_batch(int64_t step, int replica, int micro) {
     ready = made_ > step;
   }
   if (!ready) prepare(step);
-  std::lock_guard<std::mutex> lock(mu_);
-  // Two steps back is as far as any stage can lag behind the newest request.
-  while (!kept_.empty() && kept_.begin()->first + 2 < step) kept_.erase(kept_.begin());
-  auto it = kept_.find(step);
-  TROUPE_CHECK(it != kept_.end(), "batch of step ", step, " requested after it was dropped");
-  const batch& b = it->second;
-  int64_t rows = b.x.dim(0) / (micro_batches_ * replicas_);
-  int64_t first = (int64_t(replica) * micro_batches_ + micro) * rows;
-  return batch{b.x.slice_rows(first, first + rows), b.y.slice_rows(first, first + rows)};
+  std::shared_ptr<const std::vector<int64_t>> idx;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    // Two steps back is as far as any stage can lag behind the newest request.
+    while (!kept_.empty() && kept_.begin()->first + 2 < step) kept_.erase(kept_.begin());
+    auto it = kept_.find(step);
+    TROUPE_CHECK(it != kept_.end(), "batch of step ", step, " requested after it was dropped");
+    idx = it->second;
+  }
+  const int64_t rows = int64_t(idx->size()) / (micro_batches_ * replicas_);
+  const int64_t first = (int64_t(replica) * micro_batches_ + micro) * rows;
+  std::vector<int64_t> mine(idx->begin() + first, idx->begin() + first + rows);
+  return source_.gather(mine);  // on the caller's thread, no lock held
 }
 
 std::vector<std::pair<size_t, size_t>> plan_virtual_stages(const model& m, int virtual_stages) {
@@ -87,8 +92,11 @@ stage_model::stage_model(const proto::JobSpec& spec, std::unique_ptr<model> net,
 tensor stage_model::forward(int chunk, int64_t step, int micro, const tensor& x) {
   auto [first, last] = ranges_.at(size_t(chunk));
   tensor input = x, targets;
-  if (first == 0) input = data_->micro_batch(step, replica_, micro).x;
-  if (last == model_->layers.size()) targets = data_->micro_batch(step, replica_, micro).y;
+  if (first == 0 || last == model_->layers.size()) {
+    batch b = data_->micro_batch(step, replica_, micro);
+    if (first == 0) input = b.x;
+    if (last == model_->layers.size()) targets = b.y;
+  }
   activations& acts = stash_[{micro, chunk}];
   tensor out = troupe::forward(*model_, params_, input, targets, acts, first, last);
   // Measured stash: what this micro-batch keeps alive for backward.

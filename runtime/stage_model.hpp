@@ -18,26 +18,28 @@
 
 namespace troupe {
 
-// The batches of a job's steps, made once in step order (the same sequence a single
-// trainer sees) and cut into micro-batches as views. Shared by the stages that read data
-// (the first for inputs, the last for targets); thread-safe.
+// The batches of a job's steps, drawn in step order (the same sequence a single trainer
+// sees) and cut into micro-batches. Shared by the stages that read data (the first for
+// inputs, the last for targets); thread-safe. Only the drawing of each step's example
+// indices is serial; every stage gathers its own micro-batch's rows on its own thread,
+// so replicas assemble their data in parallel and never wait on one another.
 class step_batches {
  public:
   step_batches(const proto::JobSpec& spec, std::shared_ptr<const training_data> data, int micro_batches,
                int replicas = 1);
   // Rows of micro-batch `micro` of replica `replica`'s share of step `step`.
   batch micro_batch(int64_t step, int replica, int micro);
-  // Makes the batches up to `step` now (the driver calls it for the next step while the
-  // stages compute, so no stage waits for batch assembly).
+  // Draws the indices of the steps up to `step` now (the driver calls it for the next
+  // step while the stages compute).
   void prepare(int64_t step);
 
  private:
-  std::mutex gen_mu_;  // held while a batch is made (batch_source is not thread-safe)
+  std::mutex gen_mu_;  // held while indices are drawn (the samplers are not thread-safe)
   std::mutex mu_;      // guards made_ and kept_
   batch_source source_;
   int micro_batches_, replicas_;
-  int64_t made_ = 0;  // steps generated so far
-  std::map<int64_t, batch> kept_;
+  int64_t made_ = 0;  // steps drawn so far
+  std::map<int64_t, std::shared_ptr<const std::vector<int64_t>>> kept_;  // step -> example indices
 };
 
 // Layer ranges [first, last) of the model, one per virtual stage, balanced by cost.

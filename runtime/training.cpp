@@ -46,13 +46,21 @@ batch_source::batch_source(const proto::JobSpec& spec, std::shared_ptr<const tra
 }
 
 batch batch_source::next() {
+  next_indices(idx_);
+  return gather(idx_);
+}
+
+void batch_source::next_indices(std::vector<int64_t>& idx) {
   int64_t B = spec_.train().batch_size();
-  if (windows_) {
-    windows_->next(B, idx_);
-    return make_token_batch(data_->corpus.train, idx_, int(spec_.model().gpt().context()));
-  }
-  images_->next(B, idx_);
-  return make_image_batch(data_->train_images, idx_);
+  if (windows_)
+    windows_->next(B, idx);
+  else
+    images_->next(B, idx);
+}
+
+batch batch_source::gather(const std::vector<int64_t>& idx) const {
+  if (windows_) return make_token_batch(data_->corpus.train, idx, int(spec_.model().gpt().context()));
+  return make_image_batch(data_->train_images, idx);
 }
 
 batch batch_source::eval_set() const {

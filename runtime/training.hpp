@@ -27,6 +27,11 @@ class batch_source {
   batch_source(const proto::JobSpec& spec, std::shared_ptr<const training_data> data);
   // The training batch of the next step.
   batch next();
+  // The same in two parts: which examples (image indices or window starts) the next step
+  // takes, and the batch of any of them. gather() only reads the data: any thread may
+  // call it while another draws indices.
+  void next_indices(std::vector<int64_t>& idx);
+  batch gather(const std::vector<int64_t>& idx) const;
   // The whole evaluation set: the test images, or eval_batches x batch_size validation
   // windows at fixed offsets.
   batch eval_set() const;

@@ -31,6 +31,10 @@ class communicator {
   virtual void send(int peer, uint64_t tag, const void* data, size_t count, dtype type) = 0;
   // Receives exactly `count` elements of `type` from `peer` with `tag` into `data`.
   virtual void recv(int peer, uint64_t tag, void* data, size_t count, dtype type) = 0;
+  // Like recv of f32 elements, but adds them into `data` (data[i] += incoming[i], in
+  // index order). The default receives into a scratch buffer first; a transport that
+  // holds the payload in memory adds straight from it.
+  virtual void recv_reduce_sum(int peer, uint64_t tag, float* data, size_t count);
   // Fails every waiting and later receive of the whole group with `why` (a member died:
   // the survivors must not wait out their deadline).
   virtual void abort(const std::string& why) = 0;

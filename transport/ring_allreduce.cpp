@@ -5,8 +5,6 @@
 // each rank overwriting its copy. Every rank sends 2(n-1)/n of the buffer in total (the
 // bandwidth optimum) in 2(n-1) latency steps; each chunk's sum is formed in one fixed
 // order, so every rank ends with identical bits.
-#include <vector>
-
 #include "transport/collectives.hpp"
 
 namespace troupe {
@@ -18,14 +16,10 @@ void ring_allreduce_sum(communicator& comm, float* data, size_t count, uint64_t 
   auto len = [&](int c) { return begin(c + 1) - begin(c); };
   auto mod = [n](int x) { return ((x % n) + n) % n; };
   const int next = mod(r + 1), prev = mod(r - 1);
-  std::vector<float> incoming(len(0) + 1);
   for (int k = 0; k < n - 1; ++k) {
     int send_c = mod(r - k), recv_c = mod(r - k - 1);
     comm.send(next, tag, data + begin(send_c), len(send_c), dtype::f32);
-    incoming.resize(len(recv_c));
-    comm.recv(prev, tag, incoming.data(), len(recv_c), dtype::f32);
-    float* dst = data + begin(recv_c);
-    for (size_t i = 0; i < len(recv_c); ++i) dst[i] += incoming[i];
+    comm.recv_reduce_sum(prev, tag, data + begin(recv_c), len(recv_c));
   }
   for (int k = 0; k < n - 1; ++k) {
     int send_c = mod(r + 1 - k), recv_c = mod(r - k);

@@ -6,11 +6,11 @@
 
 namespace troupe {
 
-void inproc_world::put(int from, int to, uint64_t tag, std::vector<uint8_t> bytes) {
+void inproc_world::put(int from, int to, uint64_t tag, inproc_payload payload) {
   mailbox& box = boxes_.at(size_t(to));
   {
     std::lock_guard<std::mutex> lock(box.mu);
-    box.queued[{from, tag}].push_back(std::move(bytes));
+    box.queued[{from, tag}].push_back(std::move(payload));
   }
   box.cv.notify_all();
 }
@@ -26,7 +26,7 @@ void inproc_world::abort(const std::string& why) {
   }
 }
 
-std::vector<uint8_t> inproc_world::take(int from, int to, uint64_t tag, std::chrono::milliseconds deadline) {
+inproc_payload inproc_world::take(int from, int to, uint64_t tag, std::chrono::milliseconds deadline) {
   mailbox& box = boxes_.at(size_t(to));
   std::unique_lock<std::mutex> lock(box.mu);
   auto key = std::make_pair(from, tag);
@@ -48,28 +48,40 @@ std::vector<uint8_t> inproc_world::take(int from, int to, uint64_t tag, std::chr
     throw transport_error("inproc: rank " + std::to_string(to) + " waited " + std::to_string(deadline.count()) +
                           " ms for tag " + std::to_string(tag) + " from rank " + std::to_string(from));
   auto& q = box.queued[key];
-  std::vector<uint8_t> bytes = std::move(q.front());
+  inproc_payload payload = std::move(q.front());
   q.pop_front();
   if (q.empty()) box.queued.erase(key);
-  return bytes;
+  return payload;
 }
 
 void inproc_communicator::send(int peer, uint64_t tag, const void* data, size_t count, dtype type) {
   TROUPE_CHECK(peer >= 0 && peer < size(), "send to rank ", peer, " of ", size());
-  size_t n = count * dtype_size(type);
-  std::vector<uint8_t> bytes(n);
-  if (n) std::memcpy(bytes.data(), data, n);
-  world_->put(rank_, peer, tag, std::move(bytes));
+  inproc_payload p;
+  p.size = count * dtype_size(type);
+  p.bytes.reset(new uint8_t[p.size ? p.size : 1]);
+  if (p.size) std::memcpy(p.bytes.get(), data, p.size);
+  world_->put(rank_, peer, tag, std::move(p));
+}
+
+inproc_payload inproc_communicator::take_checked(int peer, uint64_t tag, size_t bytes) {
+  TROUPE_CHECK(peer >= 0 && peer < size(), "recv from rank ", peer, " of ", size());
+  inproc_payload p = world_->take(peer, rank_, tag, deadline);
+  if (p.size != bytes)
+    throw transport_error("inproc: rank " + std::to_string(rank_) + " expected " + std::to_string(bytes) +
+                          " bytes from rank " + std::to_string(peer) + ", got " + std::to_string(p.size));
+  return p;
 }
 
 void inproc_communicator::recv(int peer, uint64_t tag, void* data, size_t count, dtype type) {
-  TROUPE_CHECK(peer >= 0 && peer < size(), "recv from rank ", peer, " of ", size());
-  std::vector<uint8_t> bytes = world_->take(peer, rank_, tag, deadline);
   size_t n = count * dtype_size(type);
-  if (bytes.size() != n)
-    throw transport_error("inproc: rank " + std::to_string(rank_) + " expected " + std::to_string(n) +
-                          " bytes from rank " + std::to_string(peer) + ", got " + std::to_string(bytes.size()));
-  if (n) std::memcpy(data, bytes.data(), n);
+  inproc_payload p = take_checked(peer, tag, n);
+  if (n) std::memcpy(data, p.bytes.get(), n);
+}
+
+void inproc_communicator::recv_reduce_sum(int peer, uint64_t tag, float* data, size_t count) {
+  inproc_payload p = take_checked(peer, tag, count * sizeof(float));
+  const float* in = reinterpret_cast<const float*>(p.bytes.get());  // new[] storage: aligned for float
+  for (size_t i = 0; i < count; ++i) data[i] += in[i];
 }
 
 }  // namespace troupe

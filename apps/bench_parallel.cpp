@@ -1,0 +1,265 @@
+// troupe bench parallel: two workers on this machine, ours against PyTorch 1.13's.
+// Ours: the example jobs as 1 replica x 1 thread (the baseline), 2 replicas x 1 thread,
+// and 2 pipeline stages x 1 thread (1F1B and ZB-H1), all through the stage actors.
+// PyTorch's: DistributedDataParallel (gloo, 2 processes x 1 thread) and a 2-process
+// GPipe-style pipeline exchanging activations with send/recv (tests/reference/). Each
+// setting's throughput is the median step time after 3 warm-up steps; settings are
+// interleaved within a round and the table shows the median round. The benchmark checks
+// its own answer: every loss of our runs must be finite and the loss must fall.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "actors/pipeline_job.hpp"
+#include "apps/bench.hpp"
+#include "runtime/job_spec.hpp"
+
+namespace troupe {
+
+namespace {
+
+struct setting {
+  std::string label;
+  bool torch = false;
+  std::string torch_cmd;  // for PyTorch settings: the script and its arguments
+  int stages = 1, replicas = 1, micro = 1;
+  std::string schedule = "1f1b";
+  int batch = 0;  // global batch
+  std::vector<double> per_s;
+  bool ok = true;
+  double median() const {
+    std::vector<double> v = per_s;
+    std::sort(v.begin(), v.end());
+    return v.empty() ? 0 : v[v.size() / 2];
+  }
+};
+
+double median_after_warmup(std::vector<double> t) {
+  if (t.size() > 3) t.erase(t.begin(), t.begin() + 3);
+  std::sort(t.begin(), t.end());
+  return t.empty() ? 0 : t[t.size() / 2];
+}
+
+// Our run of `job` in setting `s` for `steps` timed steps; samples/s or tokens/s.
+double run_ours(caf::actor_system& sys, const std::string& job, setting& s, int steps) {
+  proto::JobSpec spec = load_job_spec(job);
+  spec.mutable_train()->clear_epochs();
+  spec.mutable_train()->set_steps(uint32_t(steps + 3));
+  spec.mutable_train()->set_batch_size(uint32_t(s.batch));
+  spec.mutable_train()->set_threads(uint32_t(s.stages * s.replicas));
+  auto* par = spec.mutable_parallel();
+  par->set_stages(uint32_t(s.stages));
+  par->set_replicas(uint32_t(s.replicas));
+  par->set_micro_batches(uint32_t(s.micro));
+  par->set_schedule(s.schedule);
+  pipeline_options opts = pipeline_options::from(spec);
+  pipeline_outcome out = run_pipeline_training(sys, spec, opts, steps + 3);
+  const auto& l = out.losses;
+  bool finite = !l.empty() && std::all_of(l.begin(), l.end(), [](float x) { return std::isfinite(x); });
+  float tail = 0;
+  for (size_t i = l.size() >= 3 ? l.size() - 3 : 0; i < l.size(); ++i) tail += l[i] / 3;
+  s.ok = s.ok && finite && tail < l.front();
+  double step = median_after_warmup(out.step_s);
+  double per_step = double(s.batch) * (spec.model().has_gpt() ? double(spec.model().gpt().context()) : 1.0);
+  return step > 0 ? per_step / step : 0;
+}
+
+// A PyTorch reference script's throughput (its last line carries samples/s= or
+// tokens/s=); -1 when it could not run.
+double run_torch(const setting& s, bool gpt, int steps) {
+  std::string cmd = "/usr/bin/python3 tests/reference/" + s.torch_cmd + " --steps " + std::to_string(steps + 3) + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) return -1;
+  std::string out;
+  char buf[512];
+  while (fgets(buf, sizeof buf, p)) out += buf;
+  int rc = pclose(p);
+  const char* key = gpt ? "tokens/s=" : "samples/s=";
+  size_t at = out.rfind(key);
+  if (rc != 0 || at == std::string::npos) {
+    std::fprintf(stderr, "troupe bench parallel: PyTorch run failed: %s\n%s", cmd.c_str(), out.c_str());
+    return -1;
+  }
+  return std::atof(out.c_str() + at + std::strlen(key));
+}
+
+setting ours(std::string label, int stages, int replicas, int micro, std::string schedule, int batch) {
+  setting s;
+  s.label = std::move(label);
+  s.stages = stages, s.replicas = replicas, s.micro = micro, s.schedule = std::move(schedule), s.batch = batch;
+  return s;
+}
+
+setting torch(std::string label, std::string cmd) {
+  setting s;
+  s.label = std::move(label);
+  s.torch = true;
+  s.torch_cmd = std::move(cmd);
+  return s;
+}
+
+// "a / b = 1.23x (bar 1.5x: met)"
+void print_ratio(const char* what, double a, double b, double bar, bool* all_met, std::string& json) {
+  if (a <= 0 || b <= 0) {
+    std::printf("  %-58s n/a (a run failed)\n", what);
+    return;
+  }
+  double r = a / b;
+  std::printf("  %-58s %5.2fx  (bar %.1fx: %s)\n", what, r, bar, r >= bar ? "met" : "NOT met");
+  if (r < bar) *all_met = false;
+  char row[256];
+  std::snprintf(row, sizeof row, "%s{\"what\":\"%s\",\"ratio\":%.3f,\"bar\":%.2f}", json.empty() ? "" : ",", what, r,
+                bar);
+  json += row;
+}
+
+}  // namespace
+
+int bench_parallel_main(const std::vector<std::string>& args) {
+  const char* usage = "usage: troupe bench parallel [--model mlp|gpt] [--steps N] [--rounds N] [--no-torch] [--json FILE]";
+  std::string json_path = "runs/bench_parallel.json", only;
+  int steps = 0, rounds = 3;
+  bool with_torch = true;
+  for (size_t i = 0; i < args.size(); ++i) {
+    bool has_value = i + 1 < args.size();
+    if (args[i] == "--model" && has_value) {
+      only = args[++i];
+      if (only != "mlp" && only != "gpt") {
+        std::fprintf(stderr, "troupe bench parallel: --model expects 'mlp' or 'gpt', got '%s'\n", only.c_str());
+        return 2;
+      }
+    } else if (args[i] == "--no-torch") {
+      with_torch = false;
+    } else if (args[i] == "--json" && has_value) {
+      json_path = args[++i];
+    } else if ((args[i] == "--steps" || args[i] == "--rounds") && has_value) {
+      bool is_steps = args[i] == "--steps";
+      int v = std::atoi(args[++i].c_str());
+      if (v < (is_steps ? 3 : 1) || v > 100000) {
+        std::fprintf(stderr, "troupe bench parallel: %s expects an integer >= %d, got '%s'\n", args[i - 1].c_str(),
+                     is_steps ? 3 : 1, args[i].c_str());
+        return 2;
+      }
+      (is_steps ? steps : rounds) = v;
+    } else {
+      std::fprintf(stderr, "troupe bench parallel: unknown argument '%s' (%s)\n", args[i].c_str(), usage);
+      return 2;
+    }
+  }
+  caf::actor_system_config cfg;
+  register_message_types(cfg);
+  caf::actor_system sys{cfg};
+  std::printf("troupe bench parallel: 2 workers x 1 thread each, ours (stage actors, one process) and PyTorch 1.13's\n"
+              "(2 processes, gloo); median step after 3 warm-up steps; %d round%s, settings interleaved in a round;\n"
+              "the table shows the median round (min-max)\n\n",
+              rounds, rounds == 1 ? "" : "s");
+  bool all_ok = true, all_met = true;
+  std::string rows_json, ratios_json;
+  for (const bool gpt : {false, true}) {
+    if (!only.empty() && (only == "gpt") != gpt) continue;
+    const std::string job = gpt ? "apps/jobs/fortunes_gpt.json" : "apps/jobs/fmnist_mlp.json";
+    const int n = steps ? steps : (gpt ? 20 : 200);
+    const char* unit = gpt ? "tokens/s" : "samples/s";
+    std::vector<setting> rows;
+    if (!gpt) {
+      // 128 samples per worker, as the single-worker job has.
+      rows.push_back(ours("troupe 1 replica (baseline)", 1, 1, 1, "1f1b", 128));
+      rows.push_back(ours("troupe 2 replicas", 1, 2, 1, "1f1b", 256));
+      rows.push_back(ours("troupe 2 stages 1F1B, 4 micro", 2, 1, 4, "1f1b", 256));
+      if (with_torch) rows.push_back(torch("PyTorch DDP 2 processes", "torch_ddp.py --model mlp --world 2 --batch 256"));
+    } else {
+      rows.push_back(ours("troupe 1 replica (baseline)", 1, 1, 1, "1f1b", 16));
+      rows.push_back(ours("troupe 2 replicas", 1, 2, 1, "1f1b", 16));
+      rows.push_back(ours("troupe 2 stages 1F1B, 4 micro", 2, 1, 4, "1f1b", 16));
+      rows.push_back(ours("troupe 2 stages ZB-H1, 4 micro", 2, 1, 4, "zb-h1", 16));
+      rows.push_back(ours("troupe 2 stages 1F1B, 8 micro", 2, 1, 8, "1f1b", 16));
+      rows.push_back(ours("troupe 2 stages ZB-H1, 8 micro", 2, 1, 8, "zb-h1", 16));
+      if (with_torch) {
+        rows.push_back(torch("PyTorch DDP 2 processes", "torch_ddp.py --model gpt --world 2 --batch 16"));
+        rows.push_back(torch("PyTorch pipeline GPipe, 4 micro", "torch_pipeline.py --micro 4"));
+      }
+    }
+    for (int round = 0; round < rounds; ++round)
+      for (auto& r : rows) {
+        double v = -1;
+        if (r.torch) {
+          v = run_torch(r, gpt, n);
+        } else {
+          try {
+            v = run_ours(sys, job, r, n);
+          } catch (const std::exception& e) {
+            std::fprintf(stderr, "troupe bench parallel: %s: %s\n", r.label.c_str(), e.what());
+            r.ok = false;
+          }
+        }
+        if (v > 0) r.per_s.push_back(v);
+      }
+    std::printf("%-12s %-34s %6s %6s %12s %-10s %19s %6s\n", "model", "setting", "batch", "steps", "throughput", "",
+                "(min-max)", "check");
+    for (auto& r : rows) {
+      char spread[48] = "";
+      if (!r.per_s.empty()) {
+        auto [lo, hi] = std::minmax_element(r.per_s.begin(), r.per_s.end());
+        std::snprintf(spread, sizeof spread, "(%.0f-%.0f)", *lo, *hi);
+      }
+      std::string batch = r.torch ? "" : std::to_string(r.batch);
+      bool ok = r.torch ? !r.per_s.empty() : r.ok && !r.per_s.empty();
+      all_ok = all_ok && ok;
+      std::printf("%-12s %-34s %6s %6d %12.0f %-10s %19s %6s\n", gpt ? "GPT" : "MLP", r.label.c_str(), batch.c_str(), n,
+                  r.median(), unit, spread, r.torch ? (ok ? "" : "FAIL") : (ok ? "ok" : "FAIL"));
+      char row[400];
+      std::snprintf(row, sizeof row,
+                    "%s{\"model\":\"%s\",\"setting\":\"%s\",\"runner\":\"%s\",\"unit\":\"%s\",\"median\":%.1f,\"ok\":%s}",
+                    rows_json.empty() ? "" : ",", gpt ? "gpt" : "mlp", r.label.c_str(), r.torch ? "pytorch" : "troupe",
+                    unit, r.median(), ok ? "true" : "false");
+      rows_json += row;
+    }
+    auto find = [&](const char* label) {
+      for (auto& r : rows)
+        if (r.label == label) return r.median();
+      return 0.0;
+    };
+    double base = find("troupe 1 replica (baseline)"), reps = find("troupe 2 replicas");
+    // Our pipelines: the best of the schedules and micro-batch counts tried.
+    double pipe = 0;
+    for (auto& r : rows)
+      if (!r.torch && r.stages == 2) pipe = std::max(pipe, r.median());
+    double best = std::max(reps, pipe);
+    std::printf("\n");
+    if (!gpt) {
+      print_ratio("MLP: 2 replicas / 1 replica (same batch per replica)", reps, base, 1.7, &all_met, ratios_json);
+      if (with_torch)
+        print_ratio("MLP: our best 2-worker setting / PyTorch DDP", best, find("PyTorch DDP 2 processes"), 3.0, &all_met,
+                    ratios_json);
+    } else {
+      if (with_torch) {
+        print_ratio("GPT: our best 2-worker setting / PyTorch DDP", best, find("PyTorch DDP 2 processes"), 1.3, &all_met,
+                    ratios_json);
+        print_ratio("GPT: our best 2-stage pipeline / PyTorch 2-process pipeline", pipe,
+                    find("PyTorch pipeline GPipe, 4 micro"), 1.5, &all_met, ratios_json);
+      }
+      std::printf("  %-58s %5.2fx\n", "GPT: 2 replicas / 1 replica (same global batch)", base > 0 ? reps / base : 0);
+    }
+    std::printf("\n");
+    std::fflush(stdout);
+  }
+  auto dir = std::filesystem::path(json_path).parent_path();
+  std::error_code ec;
+  if (!dir.empty()) std::filesystem::create_directories(dir, ec);
+  if (!(std::ofstream(json_path) << "{\"rounds\":" << rounds << ",\"rows\":[" << rows_json << "],\"ratios\":["
+                                 << ratios_json << "]}\n"))
+    std::fprintf(stderr, "troupe bench parallel: cannot write '%s'\n", json_path.c_str());
+  std::printf("json: %s\n", json_path.c_str());
+  if (!all_met) std::printf("(a ratio below its bar is reported, not a failure: these machines are shared and noisy)\n");
+  if (!all_ok) std::fprintf(stderr, "troupe bench parallel: a run failed, or its loss was not finite or did not fall\n");
+  return all_ok ? 0 : 1;
+}
+
+}  // namespace troupe
