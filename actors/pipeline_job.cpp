@@ -61,7 +61,12 @@ pipeline_outcome run_pipeline_training(caf::actor_system& sys, const proto::JobS
       cfg.self_step = p == 1;
       cfg.max_norm = spec.optimizer().grad_clip();
       cfg.lr_at = [opt = spec.optimizer(), total](int64_t step) { return learning_rate(opt, step, total); };
-      if (opts.trace) cfg.track = opts.trace->track("replica " + std::to_string(r) + " stage " + std::to_string(s));
+      cfg.bucket_elems = opts.bucket_elems;
+      if (opts.trace) {
+        std::string name = "replica " + std::to_string(r) + " stage " + std::to_string(s);
+        cfg.track = opts.trace->track(name);
+        if (R > 1) cfg.comm_track = opts.trace->track(name + " comm");
+      }
       cfg.compute = std::make_shared<stage_model>(spec, make_model(), mine, init, batches, m, r);
       if (opts.wrap_compute) cfg.compute = opts.wrap_compute(s, r, cfg.compute);
       cfg.source = [](int64_t, int) { return tensor{}; };  // the first chunk reads its data itself

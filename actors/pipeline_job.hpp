@@ -24,6 +24,8 @@ struct pipeline_options {
   std::string schedule = "1f1b";
   int chunks = 2;  // for the interleaved schedule
   int threads_per_stage = 1;
+  // Gradient all-reduce bucket, in elements (0: one all-reduce after backward).
+  size_t bucket_elems = 65536;
   // Optional: wraps each stage's compute (fault injection in tests and experiments).
   std::function<std::shared_ptr<stage_compute>(int stage, int replica, std::shared_ptr<stage_compute>)> wrap_compute;
   // Optional: every stage records its spans here, one track per stage actor.

@@ -4,7 +4,6 @@
 #include <cmath>
 #include <cstdio>
 
-#include "kernels/cpu/optim.hpp"  // scale_inplace: the 1/replicas of the gradient average
 #include "runtime/optimizer.hpp"  // clip_coefficient
 #include "runtime/threads.hpp"
 #include "transport/collectives.hpp"
@@ -15,14 +14,40 @@ namespace {
 
 double now_s() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 
-// Averages the gradients over the replicas (ring all-reduce; one group per stage).
+bool has_replicas(const stage_state& s) { return s.cfg.replica_group && s.cfg.replica_group->size() > 1; }
+
+// Before a step's passes: gradients will be averaged over the replicas in buckets, each
+// started as the compute reports it final (one group per stage: the same stage of every
+// replica).
+void start_averaging(stage_state& s) {
+  if (!has_replicas(s)) return;
+  if (!s.buckets) {
+    tensor g = s.cfg.compute->flat_grads();
+    bucketed_allreduce::span_fn on_span;
+    if (s.cfg.trace)
+      on_span = [trace = s.cfg.trace, track = s.cfg.comm_track, step = &s.step](int bucket, size_t elems, double t0,
+                                                                                  double t1) {
+        trace->record({track, "AR" + std::to_string(bucket) + " " + std::to_string(elems * 4 / 1024) + "K",
+                       "allreduce", *step, t0, t1});
+      };
+    s.buckets = std::make_unique<bucketed_allreduce>(s.cfg.replica_group, g.f32(), size_t(g.numel()),
+                                                     s.cfg.bucket_elems ? s.cfg.bucket_elems : size_t(g.numel()),
+                                                     std::move(on_span));
+    if (s.cfg.bucket_elems) {
+      bucketed_allreduce* b = s.buckets.get();
+      s.cfg.compute->on_grads_ready([b](size_t begin, size_t end) { b->ready(begin, end); });
+    }
+  }
+  s.buckets->begin_step(uint64_t(s.step) << 32);
+}
+
+// After the passes: waits until every bucket is averaged (the wait shows on the stage's
+// track; the all-reduces themselves on its communication track).
 void average_over_replicas(stage_state& s) {
-  if (!s.cfg.replica_group || s.cfg.replica_group->size() == 1) return;
+  if (!has_replicas(s)) return;
   double t0 = now_s();
-  tensor g = s.cfg.compute->flat_grads();
-  ring_allreduce_sum(*s.cfg.replica_group, g.f32(), size_t(g.numel()), uint64_t(s.step) * 2);
-  kernels::scale_inplace(g.f32(), 1.0f / float(s.cfg.replica_group->size()), g.numel());
-  if (s.cfg.trace) s.cfg.trace->record({s.cfg.track, "all-reduce", "allreduce", s.step, t0, now_s()});
+  s.buckets->finish();
+  if (s.cfg.trace) s.cfg.trace->record({s.cfg.track, "sync", "allreduce", s.step, t0, now_s()});
 }
 
 // The whole model is here: average, clip and step without asking anyone.
@@ -161,6 +186,7 @@ caf::behavior stage(caf::stateful_actor<stage_state>* self, stage_config cfg) {
         // A detached actor keeps its thread: OpenMP's per-thread count set here holds.
         if (s.cfg.threads > 0) set_compute_threads(s.cfg.threads);
         s.cfg.compute->begin_step();
+        start_averaging(s);
         // Anything left from an older step can never be used.
         for (auto it = s.inbox.begin(); it != s.inbox.end();)
           it = std::get<0>(it->first) < step ? s.inbox.erase(it) : std::next(it);

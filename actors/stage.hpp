@@ -27,6 +27,7 @@
 #include "policies/pipeline_schedule.hpp"
 #include "runtime/stage_compute.hpp"
 #include "runtime/trace.hpp"
+#include "transport/bucketed_allreduce.hpp"
 #include "transport/communicator.hpp"
 
 namespace troupe {
@@ -43,9 +44,13 @@ struct stage_config {
   bool self_step = false;
   float max_norm = 0;
   std::function<float(int64_t)> lr_at;
-  // Optional: where the stage records its spans, on track `track`.
+  // Gradients are averaged over the replicas in buckets of about this many elements,
+  // each started as soon as backward has finished it (0: one all-reduce after backward).
+  size_t bucket_elems = 65536;
+  // Optional: where the stage records its spans, on track `track`; the all-reduces that
+  // overlap backward go on `comm_track`.
   std::shared_ptr<trace_recorder> trace;
-  int track = 0;
+  int track = 0, comm_track = 0;
   std::shared_ptr<const pipeline_schedule> schedule;
   std::shared_ptr<stage_compute> compute;
   // The input of virtual stage 0 for (step, micro): data, or a stand-in.
@@ -64,6 +69,7 @@ struct stage_state {
   std::map<std::tuple<int64_t, int, int, int>, tensor> inbox;
   stage_report report;
   int stash = 0;
+  std::unique_ptr<bucketed_allreduce> buckets;  // with replicas: averages while backward runs
   static inline const char* name = "stage";
 };
 

@@ -7,12 +7,14 @@ int param_table::add(const std::string& name, const shape_t& shape, weight_decay
   if (existing >= 0) {
     TROUPE_CHECK(entries_[size_t(existing)].shape == shape, "tied parameter '", name, "' declared as ",
                  shape_str(shape), " and ", shape_str(entries_[size_t(existing)].shape));
+    if (record_) record_->push_back(existing);
     return existing;
   }
   // Keep every parameter 16-float aligned (64 bytes) inside the arena.
   param_info p{name, shape, dtype::f32, total_, decay};
-  total_ += (p.numel() + 15) / 16 * 16;
+  total_ += p.padded_numel();
   entries_.push_back(std::move(p));
+  if (record_) record_->push_back(int(entries_.size() - 1));
   return int(entries_.size() - 1);
 }
 

@@ -18,6 +18,7 @@ struct param_info {
   int64_t offset = 0;  // in elements, from the arena's start
   weight_decay decay = weight_decay::apply;
   int64_t numel() const { return numel_of(shape); }
+  int64_t padded_numel() const { return (numel() + 15) / 16 * 16; }  // its room in the arena
 };
 
 class param_table {
@@ -26,6 +27,9 @@ class param_table {
   // (weight tying) if the shape matches, and is an error otherwise.
   int add(const std::string& name, const shape_t& shape, weight_decay decay);
   int find(const std::string& name) const;  // -1 if absent
+  // While set, add() also appends each index it returns (new or shared) to *out: how a
+  // caller learns which parameters one layer's declare() touches.
+  void record_into(std::vector<int>* out) { record_ = out; }
   const param_info& at(int i) const { return entries_.at(size_t(i)); }
   const std::vector<param_info>& entries() const { return entries_; }
   int64_t total_numel() const { return total_; }
@@ -33,6 +37,7 @@ class param_table {
  private:
   std::vector<param_info> entries_;
   int64_t total_ = 0;
+  std::vector<int>* record_ = nullptr;
 };
 
 // One flat f32 buffer laid out by a table; get(i) is a view, never a copy.

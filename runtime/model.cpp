@@ -58,14 +58,21 @@ tensor forward(const model& m, const arena& params, const tensor& x, const tenso
 }
 
 tensor backward(const model& m, const arena& params, arena& grads, const tensor& dy, const activations& acts,
-                size_t first, size_t last, deferred_weight_grads* defer) {
+                size_t first, size_t last, deferred_weight_grads* defer,
+                const std::function<void(size_t)>& after_layer) {
   last = std::min(last, m.layers.size());
   TROUPE_CHECK(acts.stashes.size() == last - first, "backward over ", last - first, " layers with ",
                acts.stashes.size(), " stashes");
   tensor g = dy;
-  for (size_t i = last; i-- > first;)
+  for (size_t i = last; i-- > first;) {
     g = m.layers[i]->backward(params, grads, g, acts.stashes[i - first],
                               i == 0 ? input_grad::not_needed : input_grad::needed, defer);
+    if (!after_layer) continue;
+    if (defer)
+      defer->add([after_layer, i] { after_layer(i); });
+    else
+      after_layer(i);
+  }
   return g;
 }
 

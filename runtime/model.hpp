@@ -32,8 +32,12 @@ struct activations {
 tensor forward(const model& m, const arena& params, const tensor& x, const tensor& targets, activations& acts,
                size_t first = 0, size_t last = size_t(-1));
 // With `defer`, the layers' weight-gradient GEMMs are left in it (see layer.hpp).
+// after_layer (optional) is called with each layer's index once that layer has added all
+// its parameter gradients: right after its backward, or, with `defer`, from the deferred
+// work, after the layer's own part of it.
 tensor backward(const model& m, const arena& params, arena& grads, const tensor& dy, const activations& acts,
-                size_t first = 0, size_t last = size_t(-1), deferred_weight_grads* defer = nullptr);
+                size_t first = 0, size_t last = size_t(-1), deferred_weight_grads* defer = nullptr,
+                const std::function<void(size_t)>& after_layer = {});
 
 // Bytes a stash keeps alive for backward: each saved view's own elements, a view counted
 // once however many layers keep it (a view of a whole batch counts only its rows).

@@ -4,6 +4,7 @@
 // nothing itself; it feeds these in the order its schedule gives.
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -40,6 +41,13 @@ class stage_compute {
   virtual std::vector<tensor> grads_of(const std::vector<std::string>& names) { (void)names; return {}; }
   // All gradients as one flat buffer (what replicas all-reduce); undefined if none.
   virtual tensor flat_grads() { return {}; }
+  // Called on the compute thread, during a step's last backward (or weight) passes, with
+  // ranges [begin, end) of flat_grads() whose values are final for the step, so averaging
+  // them can start while backward goes on. Every element is reported once per step, in
+  // the same order on every replica. Compute that never calls it is averaged whole at the
+  // end of its step.
+  using grads_ready_fn = std::function<void(size_t begin, size_t end)>;
+  virtual void on_grads_ready(grads_ready_fn fn) { (void)fn; }
   // The most bytes of activations this stage has held for backward at once, so far.
   virtual double peak_stash_bytes() const { return 0; }
   // Replaces the named gradients by `totals` (the sum over the stages sharing them),

@@ -1,5 +1,6 @@
 #include "runtime/stage_model.hpp"
 
+#include <algorithm>
 #include <set>
 
 #include "kernels/cpu/optim.hpp"
@@ -74,10 +75,19 @@ stage_model::stage_model(const proto::JobSpec& spec, std::unique_ptr<model> net,
       replica_(replica) {
   // This stage's own table: only the parameters of its layers (indices are re-assigned).
   model_->table = param_table{};
+  layer_params_.assign(model_->layers.size(), {});
   for (const auto& [first, last] : ranges_) {
-    for (size_t i = first; i < last; ++i) model_->layers[i]->declare(model_->table);
+    for (size_t i = first; i < last; ++i) {
+      model_->table.record_into(&layer_params_[i]);
+      model_->layers[i]->declare(model_->table);
+      model_->table.record_into(nullptr);
+    }
     last_ = last_ || last == model_->layers.size();
   }
+  touching_.assign(model_->table.entries().size(), 0);
+  for (const auto& used : layer_params_)
+    for (int p : used) ++touching_[size_t(p)];
+  backwards_done_.assign(ranges_.size(), 0);
   params_ = arena(model_->table);
   grads_ = arena(model_->table);
   const param_table& full = init.table();
@@ -111,7 +121,23 @@ tensor stage_model::run_backward(int chunk, int micro, const tensor& dy, deferre
   auto [first, last] = ranges_.at(size_t(chunk));
   auto it = stash_.find({micro, chunk});
   TROUPE_CHECK(it != stash_.end(), "backward of micro-batch ", micro, " chunk ", chunk, " before its forward");
-  return troupe::backward(*model_, params_, grads_, dy, it->second, first, last, defer);
+  // The chunk's last backward of the step finalises its layers' gradients one by one.
+  const bool last_pass = ++backwards_done_.at(size_t(chunk)) == micro_batches_;
+  std::function<void(size_t)> after;
+  if (last_pass && grads_ready_) after = [this](size_t layer) { layer_done(layer); };
+  return troupe::backward(*model_, params_, grads_, dy, it->second, first, last, defer, after);
+}
+
+// Parameters touched only by finished layers are final: report each (with its padding),
+// highest index first, the order backward reaches them.
+void stage_model::layer_done(size_t layer) {
+  std::vector<int> used = layer_params_.at(layer);
+  std::sort(used.rbegin(), used.rend());
+  for (int p : used) {
+    if (--left_[size_t(p)] != 0) continue;
+    const param_info& info = model_->table.at(p);
+    grads_ready_(size_t(info.offset), size_t(info.offset + info.padded_numel()));
+  }
 }
 
 // The micro-batch's activations are no longer needed (the deferred weight gradients hold
@@ -150,6 +176,8 @@ void stage_model::begin_step() {
   grads_.zero();
   stash_.clear();
   deferred_.clear();
+  left_ = touching_;
+  std::fill(backwards_done_.begin(), backwards_done_.end(), 0);
   stash_bytes_.clear();
   stash_total_ = 0;
 }

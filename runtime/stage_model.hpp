@@ -66,6 +66,7 @@ class stage_model : public stage_compute {
   void apply_update(const std::vector<std::string>& names, const std::vector<tensor>& totals, float clip_scale,
                     float lr) override;
   tensor flat_grads() override { return grads_.flat(); }
+  void on_grads_ready(grads_ready_fn fn) override { grads_ready_ = std::move(fn); }
   double peak_stash_bytes() const override { return peak_stash_bytes_; }
 
  private:
@@ -82,6 +83,14 @@ class stage_model : public stage_compute {
   std::map<std::pair<int, int>, deferred_weight_grads> deferred_;
   std::map<std::pair<int, int>, double> stash_bytes_;  // the bytes each entry keeps alive
   double stash_total_ = 0, peak_stash_bytes_ = 0;
+
+  // Gradient readiness: the parameters each layer touches, how many of this stage's layers
+  // touch each parameter, and per step the layers still to finish and the passes done.
+  grads_ready_fn grads_ready_;
+  std::vector<std::vector<int>> layer_params_;  // by model layer index
+  std::vector<int> touching_, left_;            // by parameter index
+  std::vector<int> backwards_done_;             // by chunk, this step
+  void layer_done(size_t layer);
 
   tensor run_backward(int chunk, int micro, const tensor& dy, deferred_weight_grads* defer);
   void release_stash(int chunk, int micro);

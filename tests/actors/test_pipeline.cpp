@@ -131,6 +131,7 @@ class failing_compute : public stage_compute {
   std::vector<tensor> params_of(const std::vector<std::string>& n) override { return inner_->params_of(n); }
   std::vector<tensor> grads_of(const std::vector<std::string>& n) override { return inner_->grads_of(n); }
   tensor flat_grads() override { return inner_->flat_grads(); }
+  void on_grads_ready(grads_ready_fn fn) override { inner_->on_grads_ready(std::move(fn)); }
   void apply_update(const std::vector<std::string>& names, const std::vector<tensor>& totals, float clip_scale,
                     float lr) override {
     inner_->apply_update(names, totals, clip_scale, lr);
@@ -174,15 +175,21 @@ TEST_CASE("pipeline: the trace has every pass, all-reduce and optimizer step on 
   o.trace = std::make_shared<trace_recorder>();
   run_pipeline_training(sys, spec, o, 3);
   auto spans = o.trace->spans();
-  CHECK(o.trace->track_names().size() == 4);
+  // A track per stage actor, and one per stage actor for its all-reduces.
+  CHECK(o.trace->track_names().size() == 8);
   std::map<std::string, int> per_category;
+  int syncs = 0, buckets = 0;
   for (const auto& s : spans) {
     ++per_category[s.category];
     CHECK(s.end_s >= s.start_s);
+    syncs += s.name == "sync";
+    buckets += s.name.rfind("AR", 0) == 0;
   }
   CHECK(per_category["forward"] == 3 * 4 * 2);  // steps x stage actors x micro-batches
   CHECK(per_category["backward"] == 3 * 4 * 2);
-  CHECK(per_category["allreduce"] == 3 * 4);
+  CHECK(syncs == 3 * 4);        // each stage actor waits for its buckets once per step
+  CHECK(buckets >= 3 * 4);      // at least one bucket each
+  CHECK(per_category["allreduce"] == syncs + buckets);
   CHECK(per_category["optimizer"] == 3 * 4);
   o.trace->write_chrome_trace("/tmp/troupe_test_trace.json");
   o.trace->write_timeline_svg("/tmp/troupe_test_timeline.svg", "test", 1, 2);

@@ -9,6 +9,7 @@
 
 #include "runtime/check.hpp"
 #include "runtime/rng.hpp"
+#include "transport/bucketed_allreduce.hpp"
 #include "transport/collectives.hpp"
 
 using namespace troupe;
@@ -140,4 +141,70 @@ TEST_CASE("ring all-reduce: a transport without its own reducing receive gets th
   size_t wrong = 0;
   for (size_t i = 0; i < count; ++i) wrong += std::abs(double(b[2][i]) - want[i]) > 1e-5 * (1 + std::abs(want[i]));
   CHECK(wrong == 0);
+}
+
+TEST_CASE("bucketed all-reduce: ranges reported last-first average into the closed form, in several buckets") {
+  const int n = 3;
+  const size_t count = 1000;
+  auto group = make_group("inproc", n);
+  // Integers: the sum is exact in any order; the average is the sum times fp32 1/3.
+  std::vector<std::vector<float>> data(n, std::vector<float>(count));
+  for (int r = 0; r < n; ++r)
+    for (size_t i = 0; i < count; ++i) data[size_t(r)][i] = float(int(i % 11) * (r + 1));
+  std::vector<size_t> buckets(n);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < n; ++r)
+    threads.emplace_back([&, r] {
+      bucketed_allreduce b(group[size_t(r)], data[size_t(r)].data(), count, 128);
+      for (int step = 0; step < 2; ++step) {
+        b.begin_step(uint64_t(step) << 32);
+        // Like a backward pass: from the end of the buffer, in uneven pieces.
+        size_t end = count;
+        for (size_t piece = 37; end > 0; piece = piece * 3 % 101 + 1) {
+          size_t begin = end > piece ? end - piece : 0;
+          b.ready(begin, end);
+          end = begin;
+        }
+        b.finish();
+        buckets[size_t(r)] = b.buckets_last_step();
+      }
+    });
+  for (auto& t : threads) t.join();
+  CHECK(buckets[0] >= 4);  // 1000 elements in buckets of 128 to 227 (a piece is at most 101)
+  CHECK(buckets[0] <= 8);
+  CHECK(buckets[0] == buckets[1]);
+  size_t wrong = 0;
+  for (int r = 0; r < n; ++r)
+    for (size_t i = 0; i < count; ++i) {
+      // Step 0 gives s = 6v * (1/3); step 1 averages equal values again: 3s * (1/3).
+      float s = float(int(i % 11) * 6) * (1.0f / 3.0f);
+      float want = (s + s + s) * (1.0f / 3.0f);
+      wrong += data[size_t(r)][i] != want;
+    }
+  CHECK(wrong == 0);
+}
+
+TEST_CASE("bucketed all-reduce: a step that reports nothing is averaged whole; one that reports part is an error") {
+  auto group = make_group("inproc", 2);
+  std::vector<std::vector<float>> data(2, std::vector<float>(10, 0.0f));
+  data[1].assign(10, 4.0f);
+  std::vector<std::string> errors(2);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < 2; ++r)
+    threads.emplace_back([&, r] {
+      bucketed_allreduce b(group[size_t(r)], data[size_t(r)].data(), 10, 4);
+      b.begin_step(0);
+      b.finish();  // nothing reported: one all-reduce of everything
+      b.begin_step(1ull << 32);
+      b.ready(5, 10);
+      try {
+        b.finish();
+      } catch (const std::logic_error& e) {
+        errors[size_t(r)] = e.what();
+      }
+    });
+  for (auto& t : threads) t.join();
+  CHECK(data[0] == std::vector<float>(10, 2.0f));
+  CHECK(data[1] == std::vector<float>(10, 2.0f));
+  CHECK(errors[0] == "bucketed all-reduce: the compute reported 5 of 10 gradient elements as final");
 }

@@ -1,0 +1,75 @@
+#pragma once
+// Gradient averaging that overlaps backward: the compute reports ranges of a flat buffer
+// as their values become final (last layers first, as backward runs); ranges are grouped
+// into buckets of about `bucket_elems` elements in the order they are reported, and a
+// communication thread averages each full bucket over the group (ring all-reduce, then
+// 1/size) while the compute thread goes on with earlier layers. finish() sends the last
+// partial bucket and waits for all of them.
+//
+// Every rank must report the same ranges in the same order (they run the same model and
+// schedule), so every rank forms the same buckets and their all-reduces pair up. A step
+// whose compute reports nothing is averaged whole in finish(), as without buckets.
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "transport/communicator.hpp"
+
+namespace troupe {
+
+class bucketed_allreduce {
+ public:
+  // A finished bucket: its ranges and when its all-reduce ran (steady clock seconds).
+  using span_fn = std::function<void(int bucket, size_t elements, double start_s, double end_s)>;
+
+  bucketed_allreduce(std::shared_ptr<communicator> group, float* data, size_t count, size_t bucket_elems,
+                     span_fn on_span = {});
+  ~bucketed_allreduce();
+  bucketed_allreduce(const bucketed_allreduce&) = delete;
+  bucketed_allreduce& operator=(const bucketed_allreduce&) = delete;
+
+  // Starts a step; `tag` keeps its all-reduces apart from other steps' (the step uses
+  // tags tag .. tag + 2 * ranges it all-reduces).
+  void begin_step(uint64_t tag);
+  // [begin, end) of the buffer holds its final values for this step.
+  void ready(size_t begin, size_t end);
+  // Sends what is left and waits until every bucket is averaged. Throws transport_error
+  // (or what the all-reduce threw) if any failed.
+  void finish();
+  size_t buckets_last_step() const { return buckets_last_step_; }
+
+ private:
+  using ranges = std::vector<std::pair<size_t, size_t>>;
+  void enqueue(ranges r);
+  void run();
+
+  std::shared_ptr<communicator> group_;
+  float* data_;
+  size_t count_, bucket_elems_;
+  span_fn on_span_;
+  // Owned by the calling (compute) thread.
+  ranges open_;
+  size_t open_elems_ = 0, covered_ = 0, buckets_last_step_ = 0;
+  int next_bucket_ = 0;
+  uint64_t next_tag_ = 0;
+  // Shared with the communication thread.
+  struct job {
+    int bucket = 0;
+    uint64_t tag = 0;  // range k uses tags tag + 2k and tag + 2k + 1
+    ranges parts;
+  };
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<job> queue_;
+  int done_ = 0;  // buckets finished this step
+  std::exception_ptr error_;
+  bool stop_ = false;
+  std::thread thread_;
+};
+
+}  // namespace troupe
