@@ -6,6 +6,14 @@
 
 namespace troupe {
 
+namespace {
+// The first task on a device's thread sets its OpenMP team (a per-thread setting).
+void use_threads(int threads) {
+  static thread_local int current = -1;
+  if (current != threads) current = threads, set_compute_threads(threads);
+}
+}  // namespace
+
 caf::behavior device(caf::stateful_actor<device_state>* self, proto::JobSpec spec, int64_t total_steps,
                      caf::actor coordinator) {
   auto& s = self->state;
@@ -35,6 +43,22 @@ caf::behavior device(caf::stateful_actor<device_state>* self, proto::JobSpec spe
       [=](generate_atom, const std::string& prompt, int32_t count, uint64_t seed) {
         set_compute_threads(self->state.threads);
         return self->state.replica->generate(prompt, count, seed);
+      },
+      [=](run_atom, const device_task& t) {
+        use_threads(self->state.threads);
+        if (t.work) (*t.work)();
+        return int32_t(0);
+      },
+  };
+}
+
+caf::behavior stage_device(caf::stateful_actor<device_state>* self, int threads) {
+  self->state.threads = threads;
+  return {
+      [=](run_atom, const device_task& t) {
+        use_threads(self->state.threads);
+        if (t.work) (*t.work)();
+        return int32_t(0);
       },
   };
 }

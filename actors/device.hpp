@@ -1,12 +1,16 @@
 #pragma once
-// device: owns a compute thread pool and, for now, the whole model as a single stage
-// (one trainer). Spawn it detached: it computes on its own thread.
+// device: owns a compute thread and its OpenMP team; every computation of the actors
+// placed on it runs there, one at a time. Spawn it detached. Two kinds:
+//  - device: the whole model as one trainer (the single-stage path), and stage work;
+//  - stage_device: stage work only; several stage actors may share one.
 //
 // Accepts: tensor_batch                             -> one training step; sends a
 //                                                      step_report to the coordinator and a
 //                                                      credit_atom back to the sender
 //          (eval_atom, tensor_batch)                -> replies eval_report
 //          (generate_atom, string prompt, int32 n, uint64 seed) -> replies string
+//          (run_atom, device_task)                  -> runs the task here, replies int32 0
+//                                                      (the task reports its own failures)
 #include <memory>
 
 #include "actors/messages.hpp"
@@ -24,5 +28,6 @@ struct device_state {
 
 caf::behavior device(caf::stateful_actor<device_state>* self, proto::JobSpec spec, int64_t total_steps,
                      caf::actor coordinator);
+caf::behavior stage_device(caf::stateful_actor<device_state>* self, int threads);
 
 }  // namespace troupe

@@ -7,6 +7,8 @@
 #include <caf/all.hpp>
 
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <string>
 #include <type_traits>
 
@@ -79,6 +81,22 @@ struct stage_report {
   double peak_stash_bytes = 0;  // measured: most activation bytes held for backward
   std::string error;       // non-empty: the stage failed; what failed, and why
 };
+
+// Work a stage hands to the device actor that owns the compute thread it runs on. It
+// stays inside its process (it carries code, not data): serializing one is an error.
+struct device_task {
+  std::shared_ptr<std::function<void()>> work;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, device_task&) {
+  if constexpr (std::is_base_of<caf::serializer, Inspector>::value ||
+                std::is_base_of<caf::deserializer, Inspector>::value) {
+    return caf::make_error(caf::sec::invalid_argument, "device_task: work for a device in this process, not serializable");
+  } else {
+    return f(caf::meta::type_name("device_task"));
+  }
+}
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, tensor& x) {

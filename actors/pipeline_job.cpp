@@ -5,7 +5,9 @@
 #include <cmath>
 #include <cstdio>
 
+#include "actors/device.hpp"
 #include "kernels/cpu/optim.hpp"  // sum_of_squares
+#include "runtime/partition.hpp"
 #include "runtime/threads.hpp"
 #include "transport/communicator.hpp"
 
@@ -18,8 +20,9 @@ pipeline_options pipeline_options::from(const proto::JobSpec& spec) {
   o.micro_batches = int(spec.parallel().micro_batches());
   o.schedule = spec.parallel().schedule();
   o.chunks = spec.parallel().has_chunks() ? int(spec.parallel().chunks()) : 2;
+  o.devices = int(spec.parallel().devices());
   int threads = spec.train().threads() ? int(spec.train().threads()) : hardware_threads();
-  o.threads_per_stage = std::max(1, threads / (o.stages * o.replicas));
+  o.threads_per_device = std::max(1, threads / (o.devices ? o.devices : o.stages * o.replicas));
   return o;
 }
 
@@ -38,7 +41,12 @@ pipeline_outcome run_pipeline_training(caf::actor_system& sys, const proto::JobS
   init_params(*full, init, spec.train().seed());
   auto ranges = plan_virtual_stages(*full, p * v);
 
-  // stages[r][s]: stage s of replica r. Stage s of every replica shares one group.
+  // The device actors (threads), then stages[r][s]: stage s of replica r, on device
+  // device_of(s, r). Stage s of every replica shares one group.
+  check_placement(p, R, opts.devices);
+  std::vector<caf::actor> devices;
+  for (int d = 0; d < (opts.devices ? opts.devices : p * R); ++d)
+    devices.push_back(sys.spawn<caf::detached>(stage_device, opts.threads_per_device));
   std::vector<std::vector<caf::actor>> stages(static_cast<size_t>(R));
   std::vector<std::shared_ptr<communicator>> groups;  // one member of each stage's group
   std::vector<caf::actor> all;
@@ -53,7 +61,7 @@ pipeline_outcome run_pipeline_training(caf::actor_system& sys, const proto::JobS
       cfg.stages = p;
       cfg.replica = r;
       cfg.micro_batches = m;
-      cfg.threads = opts.threads_per_stage;
+      cfg.device = devices[size_t(device_of(s, r, p, R, opts.devices))];
       cfg.schedule = schedule;
       cfg.replica_group = R > 1 ? group[size_t(r)] : nullptr;
       cfg.trace = opts.trace;
@@ -70,7 +78,7 @@ pipeline_outcome run_pipeline_training(caf::actor_system& sys, const proto::JobS
       cfg.compute = std::make_shared<stage_model>(spec, make_model(), mine, init, batches, m, r);
       if (opts.wrap_compute) cfg.compute = opts.wrap_compute(s, r, cfg.compute);
       cfg.source = [](int64_t, int) { return tensor{}; };  // the first chunk reads its data itself
-      stages[size_t(r)].push_back(sys.spawn<caf::detached>(stage, cfg));
+      stages[size_t(r)].push_back(sys.spawn(stage, cfg));
       all.push_back(stages[size_t(r)].back());
     }
   }
@@ -184,6 +192,7 @@ pipeline_outcome run_pipeline_training(caf::actor_system& sys, const proto::JobS
   if (!failure.empty())
     for (auto& g : groups) g->abort("the job failed: " + failure);
   for (auto& st : all) self->send_exit(st, caf::exit_reason::user_shutdown);
+  for (auto& d : devices) self->send_exit(d, caf::exit_reason::user_shutdown);
   if (!failure.empty()) throw std::runtime_error("pipeline failed: " + failure);
   return out;
 }

@@ -23,7 +23,10 @@ struct pipeline_options {
   int micro_batches = 4;  // per replica
   std::string schedule = "1f1b";
   int chunks = 2;  // for the interleaved schedule
-  int threads_per_stage = 1;
+  // Device actors the stage actors run on (0: one per stage actor; see device_of in
+  // runtime/partition.hpp), each with this many compute threads.
+  int devices = 0;
+  int threads_per_device = 1;
   // Gradient all-reduce bucket, in elements (0: one all-reduce after backward).
   size_t bucket_elems = 65536;
   // Optional: wraps each stage's compute (fault injection in tests and experiments).

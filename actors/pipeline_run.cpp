@@ -1,5 +1,7 @@
 #include "actors/pipeline_run.hpp"
 
+#include "actors/device.hpp"
+
 #include <algorithm>
 
 namespace troupe {
@@ -10,7 +12,7 @@ pipeline_measurement run_emulated_pipeline(caf::actor_system& sys, std::shared_p
                                            int steps) {
   if (steps < 1 || p < 1 || m < 1)
     throw input_error("run_emulated_pipeline: needs at least one step, stage and micro-batch");
-  std::vector<caf::actor> stages;
+  std::vector<caf::actor> stages, devices;
   auto compute = std::make_shared<emulated_compute>(t_fwd, t_bwd, t_wgt, schedule->chunks());
   tensor token = tensor::zeros({1});
   for (int s = 0; s < p; ++s) {
@@ -21,7 +23,9 @@ pipeline_measurement run_emulated_pipeline(caf::actor_system& sys, std::shared_p
     cfg.schedule = schedule;
     cfg.compute = compute;  // stateless: the stages may share it
     cfg.source = [token](int64_t, int) { return token; };
-    stages.push_back(sys.spawn<caf::detached>(stage, cfg));
+    devices.push_back(sys.spawn<caf::detached>(stage_device, 1));  // one emulated device per stage
+    cfg.device = devices.back();
+    stages.push_back(sys.spawn(stage, cfg));
   }
   caf::scoped_actor self{sys};
   for (auto& st : stages) self->send(st, peers_atom::value, stages, caf::actor_cast<caf::actor>(self));
@@ -42,12 +46,14 @@ pipeline_measurement run_emulated_pipeline(caf::actor_system& sys, std::shared_p
       });
     if (!failure.empty()) {
       for (auto& st : stages) self->send_exit(st, caf::exit_reason::user_shutdown);
+      for (auto& d : devices) self->send_exit(d, caf::exit_reason::user_shutdown);
       throw std::runtime_error(failure);
     }
     double makespan = end - start;
     per_step.push_back({1.0 - busy / (double(p) * makespan), makespan});
   }
   for (auto& st : stages) self->send_exit(st, caf::exit_reason::user_shutdown);
+  for (auto& d : devices) self->send_exit(d, caf::exit_reason::user_shutdown);
   std::sort(per_step.begin(), per_step.end());
   out.bubble = per_step[per_step.size() / 2].first;
   out.makespan_s = per_step[per_step.size() / 2].second;

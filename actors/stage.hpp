@@ -1,9 +1,11 @@
 #pragma once
 // stage: one pipeline stage, holding one or more model chunks (virtual stages). For each
-// step it runs its schedule's order of forward and backward passes, each as soon as its
-// input has arrived; inputs that arrive early wait in an inbox, so the schedule (a
-// policy) alone decides how many micro-batches are in flight. Spawn it detached: the
-// compute runs on the stage's own thread.
+// step it runs its schedule's order of forward, backward (and, for zero-bubble schedules,
+// weight-gradient) passes, each as soon as its input has arrived; inputs that arrive
+// early wait in an inbox, so the schedule (a policy) alone decides how many micro-batches
+// are in flight. The stage decides and moves messages; every computation runs on its
+// device actor's thread (cfg.device), one at a time, so several stages may share one
+// device. Event-based: spawn it on the actor system's scheduler.
 //
 // Accepts: (peers_atom, vector<actor> stages, actor reporter)  the stage actors, by index
 //          (step_atom, int64 step)                              run one step's order
@@ -17,7 +19,8 @@
 //                                           -> int32 0 when the optimizer step is done
 //          (params_atom, vector<string> names) -> vector<tensor> views of those parameters
 // Sends:   pipe_msg to the stage of the next (activations) or previous (gradients)
-//          virtual stage; stage_report to the reporter when its order is done.
+//          virtual stage; stage_report to the reporter when its order is done;
+//          (run_atom, device_task) requests to its device.
 #include <functional>
 #include <map>
 #include <memory>
@@ -34,8 +37,8 @@ namespace troupe {
 
 struct stage_config {
   int stage = 0, stages = 1, micro_batches = 1;
-  int threads = 0;  // compute threads of this stage's thread (0: leave as is)
   int replica = 0;
+  caf::actor device;  // where this stage's compute runs (a stage_device or device actor)
   // The same stage in every replica (rank = replica); null with one replica.
   std::shared_ptr<communicator> replica_group;
   // A stage that holds the whole model (one stage, any replicas) finishes its step alone:
@@ -69,7 +72,9 @@ struct stage_state {
   std::map<std::tuple<int64_t, int, int, int>, tensor> inbox;
   stage_report report;
   int stash = 0;
-  std::unique_ptr<bucketed_allreduce> buckets;  // with replicas: averages while backward runs
+  bool computing = false;  // a task is on the device; the next op waits for its result
+  // With replicas: averages while backward runs. Shared with tasks on the device.
+  std::shared_ptr<bucketed_allreduce> buckets;
   static inline const char* name = "stage";
 };
 

@@ -1,5 +1,7 @@
 #include "runtime/job_spec.hpp"
 
+#include "runtime/partition.hpp"
+
 #include <google/protobuf/struct.pb.h>      // google::protobuf::Value: the JSON tree, before the schema
 #include <google/protobuf/util/json_util.h>  // JsonStringToMessage
 
@@ -64,6 +66,7 @@ const numeric_rule numeric_rules[] = {
     {"parallel.micro_batches", true, 1, 1048576, false, false, "a divisor of train.batch_size / parallel.replicas"},
     {"parallel.replicas", true, 1, 64, false, false, "data-parallel copies of the pipeline"},
     {"parallel.chunks", true, 2, 16, false, false, "model chunks per stage; interleaved only"},
+    {"parallel.devices", true, 0, 4096, false, false, "0 = one per stage actor; else a multiple of parallel.replicas"},
 };
 
 struct choice_rule {
@@ -497,6 +500,14 @@ void check_values(const proto::JobSpec& s, const checker& c) {
   const proto::ParallelSpec& par = s.parallel();
   c.number("parallel.stages", par.stages());
   c.number("parallel.replicas", par.replicas());
+  if (par.has_devices()) {
+    c.number("parallel.devices", par.devices());
+    try {
+      check_placement(int(par.stages()), int(par.replicas()), int(par.devices()));
+    } catch (const input_error& e) {
+      c.fail("parallel.devices", std::string(e.what()).substr(std::string("parallel.devices: ").size()));
+    }
+  }
   c.number("parallel.micro_batches", par.micro_batches());
   c.choice("parallel.schedule", par.schedule());
   if (par.has_chunks()) c.number("parallel.chunks", par.chunks());

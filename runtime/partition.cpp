@@ -37,4 +37,17 @@ std::vector<size_t> partition_balanced(const std::vector<double>& costs, int par
   return bounds;
 }
 
+int device_of(int stage, int replica, int stages, int replicas, int devices) {
+  if (devices <= 0) return replica * stages + stage;
+  const int per = devices / replicas;
+  return replica * per + stage % per;
+}
+
+void check_placement(int, int replicas, int devices) {
+  if (devices > 0 && devices % replicas != 0)
+    throw input_error("parallel.devices: invalid value " + std::to_string(devices) +
+                      ": expected 0 (one device per stage actor) or a multiple of parallel.replicas (" +
+                      std::to_string(replicas) + "), so that replicas never share a device");
+}
+
 }  // namespace troupe

@@ -24,11 +24,13 @@ bucketed_allreduce::~bucketed_allreduce() {
   thread_.join();
 }
 
-void bucketed_allreduce::begin_step(uint64_t tag) {
+void bucketed_allreduce::begin_step(int64_t step, uint64_t tag) {
+  step_ = step;
   next_tag_ = tag;
   open_.clear();
   open_elems_ = covered_ = 0;
   next_bucket_ = 0;
+  flushed_ = false;
   std::lock_guard<std::mutex> lock(mu_);
   done_ = 0;
   error_ = nullptr;
@@ -46,7 +48,7 @@ void bucketed_allreduce::ready(size_t begin, size_t end) {
   else
     open_.push_back({begin, end});
   open_elems_ += end - begin;
-  if (open_elems_ >= bucket_elems_) {
+  if (open_elems_ >= bucket_elems_ || covered_ >= count_) {
     enqueue(std::move(open_));
     open_.clear();
     open_elems_ = 0;
@@ -54,7 +56,7 @@ void bucketed_allreduce::ready(size_t begin, size_t end) {
 }
 
 void bucketed_allreduce::enqueue(ranges r) {
-  job j{next_bucket_++, next_tag_, std::move(r)};
+  job j{next_bucket_++, step_, next_tag_, std::move(r)};
   next_tag_ += 2 * j.parts.size();
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -63,17 +65,17 @@ void bucketed_allreduce::enqueue(ranges r) {
   cv_.notify_all();
 }
 
+void bucketed_allreduce::flush() {
+  if (flushed_) return;
+  flushed_ = true;
+  if (covered_ == 0) enqueue({{0, count_}});  // the compute reported nothing: the whole buffer at once
+}
+
 void bucketed_allreduce::finish() {
-  if (covered_ == 0) {
-    enqueue({{0, count_}});  // the compute reported nothing: the whole buffer at once
-  } else {
-    if (covered_ != count_)
-      throw std::logic_error("bucketed all-reduce: the compute reported " + std::to_string(covered_) + " of " +
-                             std::to_string(count_) + " gradient elements as final");
-    if (!open_.empty()) enqueue(std::move(open_));
-  }
-  open_.clear();
-  open_elems_ = 0;
+  flush();
+  if (covered_ != 0 && covered_ != count_)
+    throw std::logic_error("bucketed all-reduce: the compute reported " + std::to_string(covered_) + " of " +
+                           std::to_string(count_) + " gradient elements as final");
   std::unique_lock<std::mutex> lock(mu_);
   cv_.wait(lock, [&] { return done_ == next_bucket_ || error_; });
   buckets_last_step_ = size_t(next_bucket_);
@@ -113,7 +115,7 @@ void bucketed_allreduce::run() {
       cv_.notify_all();
       continue;
     }
-    if (on_span_) on_span_(j.bucket, elems, t0, now_s());
+    if (on_span_) on_span_(j.bucket, j.step, elems, t0, now_s());
     {
       std::lock_guard<std::mutex> lock(mu_);
       ++done_;

@@ -25,7 +25,7 @@ namespace troupe {
 class bucketed_allreduce {
  public:
   // A finished bucket: its ranges and when its all-reduce ran (steady clock seconds).
-  using span_fn = std::function<void(int bucket, size_t elements, double start_s, double end_s)>;
+  using span_fn = std::function<void(int bucket, int64_t step, size_t elements, double start_s, double end_s)>;
 
   bucketed_allreduce(std::shared_ptr<communicator> group, float* data, size_t count, size_t bucket_elems,
                      span_fn on_span = {});
@@ -35,11 +35,16 @@ class bucketed_allreduce {
 
   // Starts a step; `tag` keeps its all-reduces apart from other steps' (the step uses
   // tags tag .. tag + 2 * ranges it all-reduces).
-  void begin_step(uint64_t tag);
-  // [begin, end) of the buffer holds its final values for this step.
+  void begin_step(int64_t step, uint64_t tag);
+  // [begin, end) of the buffer holds its final values for this step. The call that
+  // completes the buffer also sends the last, partial bucket.
   void ready(size_t begin, size_t end);
-  // Sends what is left and waits until every bucket is averaged. Throws transport_error
-  // (or what the all-reduce threw) if any failed.
+  // The step's compute is done: if it reported nothing, sends the whole buffer as one
+  // bucket. Never waits, so a thread shared by several members can call it for each of
+  // them before any of them waits (finish() calls it if nobody did).
+  void flush();
+  // Waits until every bucket is averaged. Throws transport_error (or what the all-reduce
+  // threw) if any failed, and logic_error if the compute reported only part of the buffer.
   void finish();
   size_t buckets_last_step() const { return buckets_last_step_; }
 
@@ -55,11 +60,14 @@ class bucketed_allreduce {
   // Owned by the calling (compute) thread.
   ranges open_;
   size_t open_elems_ = 0, covered_ = 0, buckets_last_step_ = 0;
+  bool flushed_ = false;
   int next_bucket_ = 0;
   uint64_t next_tag_ = 0;
+  int64_t step_ = 0;
   // Shared with the communication thread.
   struct job {
     int bucket = 0;
+    int64_t step = 0;
     uint64_t tag = 0;  // range k uses tags tag + 2k and tag + 2k + 1
     ranges parts;
   };

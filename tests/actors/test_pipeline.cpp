@@ -95,6 +95,31 @@ TEST_CASE("pipeline: every schedule on 1, 2 and 4 stages x 1 and 2 replicas matc
     }
 }
 
+TEST_CASE("pipeline: stages that share device actors (threads) train the same as stages on their own") {
+  proto::JobSpec spec = pipeline_test_job();
+  test_config cfg;
+  caf::actor_system sys{cfg};
+  pipeline_options o;
+  o.stages = 4;
+  o.replicas = 1;
+  o.micro_batches = 4;
+  o.schedule = "1f1b";
+  pipeline_outcome own = run_pipeline_training(sys, spec, o, 6);
+  o.devices = 1;  // all four stages take turns on one thread
+  pipeline_outcome one = run_pipeline_training(sys, spec, o, 6);
+  CHECK(one.losses == own.losses);  // the same passes in the same order per stage: same bits
+  o.stages = 2;
+  o.replicas = 2;
+  o.devices = 2;  // one device per replica, shared by its two stages
+  pipeline_outcome per_replica = run_pipeline_training(sys, spec, o, 6);
+  o.devices = 0;
+  pipeline_outcome each = run_pipeline_training(sys, spec, o, 6);
+  CHECK(per_replica.losses == each.losses);
+  for (const auto& [name, t] : each.params) CHECK_MESSAGE(rel_error(per_replica.params.at(name), t) == 0.0, name);
+  o.devices = 3;  // replicas would share one
+  CHECK_THROWS_AS(run_pipeline_training(sys, spec, o, 1), input_error);
+}
+
 TEST_CASE("pipeline: a batch that does not split into the micro-batches is a clear error") {
   proto::JobSpec spec = pipeline_test_job();
   test_config cfg;

@@ -4,6 +4,7 @@
 
 #include <mutex>
 
+#include "actors/device.hpp"
 #include "actors/pipeline_run.hpp"
 
 using namespace troupe;
@@ -70,16 +71,19 @@ TEST_CASE("stage actors: passes follow the schedule's order on each stage, and l
   std::vector<std::shared_ptr<recording_compute>> computes;
   std::vector<caf::actor> stages;
   tensor token = tensor::zeros({1});
+  // Every stage on one device: the device's single thread runs all their passes.
+  caf::actor dev = sys.spawn<caf::detached>(stage_device, 1);
   for (int s = 0; s < p; ++s) {
     computes.push_back(std::make_shared<recording_compute>());
     stage_config c;
+    c.device = dev;
     c.stage = s;
     c.stages = p;
     c.micro_batches = m;
     c.schedule = sched;
     c.compute = computes.back();
     c.source = [token](int64_t, int) { return token; };
-    stages.push_back(sys.spawn<caf::detached>(stage, c));
+    stages.push_back(sys.spawn(stage, c));
   }
   caf::scoped_actor self{sys};
   for (auto& st : stages) self->send(st, peers_atom::value, stages, caf::actor_cast<caf::actor>(self));
@@ -93,6 +97,7 @@ TEST_CASE("stage actors: passes follow the schedule's order on each stage, and l
       });
   }
   for (auto& st : stages) self->send_exit(st, caf::exit_reason::user_shutdown);
+  self->send_exit(dev, caf::exit_reason::user_shutdown);
   for (int s = 0; s < p; ++s) {
     auto want = sched->order(s, p, m);
     auto& ev = computes[size_t(s)]->events;

@@ -339,6 +339,9 @@ TEST_CASE("job spec: the parallel section has defaults and clear errors") {
       {R"({"stages": 0})", "parallel.stages: invalid value 0"},
       {R"({"stages": 4, "micro_batches": 4, "schedule": "interleaved", "chunks": 2})",
        "the model has 4 layers, too few for 8"},
+      {R"({"stages": 2, "replicas": 2, "devices": 3})",
+       "job.json: parallel.devices: invalid value 3: expected 0 (one device per stage actor) or a multiple of "
+       "parallel.replicas (2), so that replicas never share a device"},
   };
   for (const auto& [parallel, want] : bad) {
     CAPTURE(parallel);

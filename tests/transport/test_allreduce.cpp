@@ -157,7 +157,7 @@ TEST_CASE("bucketed all-reduce: ranges reported last-first average into the clos
     threads.emplace_back([&, r] {
       bucketed_allreduce b(group[size_t(r)], data[size_t(r)].data(), count, 128);
       for (int step = 0; step < 2; ++step) {
-        b.begin_step(uint64_t(step) << 32);
+        b.begin_step(step, uint64_t(step) << 32);
         // Like a backward pass: from the end of the buffer, in uneven pieces.
         size_t end = count;
         for (size_t piece = 37; end > 0; piece = piece * 3 % 101 + 1) {
@@ -193,9 +193,9 @@ TEST_CASE("bucketed all-reduce: a step that reports nothing is averaged whole; o
   for (int r = 0; r < 2; ++r)
     threads.emplace_back([&, r] {
       bucketed_allreduce b(group[size_t(r)], data[size_t(r)].data(), 10, 4);
-      b.begin_step(0);
+      b.begin_step(0, 0);
       b.finish();  // nothing reported: one all-reduce of everything
-      b.begin_step(1ull << 32);
+      b.begin_step(1, 1ull << 32);
       b.ready(5, 10);
       try {
         b.finish();
