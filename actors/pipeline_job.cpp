@@ -78,7 +78,7 @@ pipeline_outcome run_pipeline_training(caf::actor_system& sys, const proto::JobS
       cfg.compute = std::make_shared<stage_model>(spec, make_model(), mine, init, batches, m, r);
       if (opts.wrap_compute) cfg.compute = opts.wrap_compute(s, r, cfg.compute);
       cfg.source = [](int64_t, int) { return tensor{}; };  // the first chunk reads its data itself
-      stages[size_t(r)].push_back(sys.spawn(stage, cfg));
+      stages[size_t(r)].push_back(sys.spawn<caf::detached>(stage, cfg));
       all.push_back(stages[size_t(r)].back());
     }
   }

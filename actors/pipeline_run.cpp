@@ -25,7 +25,7 @@ pipeline_measurement run_emulated_pipeline(caf::actor_system& sys, std::shared_p
     cfg.source = [token](int64_t, int) { return token; };
     devices.push_back(sys.spawn<caf::detached>(stage_device, 1));  // one emulated device per stage
     cfg.device = devices.back();
-    stages.push_back(sys.spawn(stage, cfg));
+    stages.push_back(sys.spawn<caf::detached>(stage, cfg));
   }
   caf::scoped_actor self{sys};
   for (auto& st : stages) self->send(st, peers_atom::value, stages, caf::actor_cast<caf::actor>(self));

@@ -92,8 +92,7 @@ int train(const std::vector<std::string>& args) {
     std::vector<troupe::stage_plan> plan;
     if (spec.parallel().stages() > 1 || spec.parallel().replicas() > 1) {
       plan = troupe::plan_job(spec);
-      std::printf("%s        %d compute thread%s over %d stage actors\n", troupe::format_plan(spec, plan).c_str(),
-                  nthreads, nthreads == 1 ? "" : "s", int(spec.parallel().stages() * spec.parallel().replicas()));
+      std::printf("%s", troupe::format_plan(spec, plan).c_str());
     }
     else
       std::printf("        %d compute thread%s, data feeder -> device (1 stage, 1 replica)\n", nthreads,

@@ -1,11 +1,14 @@
 #include "apps/plan.hpp"
 
+#include <algorithm>
 #include <cstdio>
 #include <set>  // distinct parameter names per stage
 #include <sstream>
 
 #include "policies/pipeline_schedule.hpp"
 #include "runtime/job_spec.hpp"
+#include "runtime/partition.hpp"
+#include "runtime/threads.hpp"
 #include "runtime/stage_model.hpp"
 
 namespace troupe {
@@ -69,18 +72,28 @@ std::string format_plan(const proto::JobSpec& spec, const std::vector<stage_plan
                 int(spec.train().batch_size() / (par.micro_batches() * par.replicas())));
   os << line;
   if (par.replicas() > 1) os << "      (every replica holds the same stages; memory below is per stage actor)\n";
-  std::snprintf(line, sizeof line, "%-5s %-34s %10s %9s %9s %9s %6s %11s %11s\n", "stage", "layers", "params",
-                "param MB", "grad MB", "optim MB", "stash", "MB/micro", "peak act MB");
+  std::snprintf(line, sizeof line, "%-5s %-34s %10s %-8s %9s %9s %9s %6s %11s %11s\n", "stage", "layers", "params",
+                "device", "param MB", "grad MB", "optim MB", "stash", "MB/micro", "peak act MB");
   os << line;
+  const int p = int(par.stages()), R = int(par.replicas()), D = int(par.devices());
   for (const auto& sp : plan) {
     std::string layers;
     for (size_t i = 0; i < sp.layers.size(); ++i) layers += (i ? "," : "") + sp.layers[i];
     if (layers.size() > 34) layers = layers.substr(0, 31) + "...";
-    std::snprintf(line, sizeof line, "%-5d %-34s %10lld %9.2f %9.2f %9.2f %6d %11.2f %11.2f\n", sp.stage,
-                  layers.c_str(), (long long)sp.params, sp.param_mb, sp.grad_mb, sp.optimizer_mb, sp.peak_stash,
-                  sp.stash_mb_per_micro, sp.peak_activation_mb);
+    std::string devices;  // the device of this stage in each replica
+    for (int r = 0; r < R; ++r) devices += (r ? "," : "") + std::to_string(device_of(sp.stage, r, p, R, D));
+    if (devices.size() > 8) devices = devices.substr(0, 5) + "...";
+    std::snprintf(line, sizeof line, "%-5d %-34s %10lld %-8s %9.2f %9.2f %9.2f %6d %11.2f %11.2f\n", sp.stage,
+                  layers.c_str(), (long long)sp.params, devices.c_str(), sp.param_mb, sp.grad_mb, sp.optimizer_mb,
+                  sp.peak_stash, sp.stash_mb_per_micro, sp.peak_activation_mb);
     os << line;
   }
+  const int devices = D ? D : p * R;
+  const int threads = spec.train().threads() ? int(spec.train().threads()) : hardware_threads();
+  std::snprintf(line, sizeof line, "        %d device actor%s (device column: one per replica) x %d compute thread%s each\n",
+                devices, devices == 1 ? "" : "s", std::max(1, threads / devices),
+                std::max(1, threads / devices) == 1 ? "" : "s");
+  os << line;
   return os.str();
 }
 
