@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <set>
 
 #include "runtime/optimizer.hpp"  // clip_coefficient
 
@@ -76,6 +77,8 @@ void start_averaging(stage_state& s) {
 // What tasks on the device may touch of a stage's configuration: copies, so a task never
 // reads the stage's state (the stage may be gone by the time a task runs).
 struct task_view {
+  int stage = 0;
+  std::vector<caf::actor> peers;  // the stage actors of this replica, by stage
   std::shared_ptr<stage_compute> compute;
   std::shared_ptr<bucketed_allreduce> buckets;
   std::shared_ptr<trace_recorder> trace;
@@ -86,7 +89,9 @@ struct task_view {
   }
 };
 
-task_view view_of(const stage_state& s) { return {s.cfg.compute, s.buckets, s.cfg.trace, s.cfg.track, s.step}; }
+task_view view_of(const stage_state& s) {
+  return {s.cfg.stage, s.peers, s.cfg.compute, s.buckets, s.cfg.trace, s.cfg.track, s.step};
+}
 
 void finish_averaging(const task_view& v) {
   if (!v.buckets) return;
@@ -95,145 +100,204 @@ void finish_averaging(const task_view& v) {
   v.record("sync", "allreduce", t0);
 }
 
-void advance(stage_actor self);
-
-// The step's order is done: a stage that holds the whole model averages, clips and
-// steps by itself (one task), then reports.
-void finish_step(stage_actor self) {
-  auto& s = self->state;
-  s.report.peak_stash_bytes = s.cfg.compute->peak_stash_bytes();
-  if (!s.cfg.self_step) {
-    self->send(s.reporter, s.report);
-    return;
-  }
-  auto out = std::make_shared<std::pair<double, std::string>>(-1.0, std::string{});  // norm, error
-  const task_view v = view_of(s);
-  const float max_norm = s.cfg.max_norm, lr = s.cfg.lr_at(s.step);
-  on_device(
-      self,
-      [=] {
-        try {
-          finish_averaging(v);
-          double norm = std::sqrt(v.compute->grad_sum_squares({}));
-          double t0 = now_s();
-          v.compute->apply_update({}, {}, clip_coefficient(norm, max_norm), lr);
-          v.record("opt", "optimizer", t0);
-          out->first = norm;
-        } catch (const std::exception& e) {
-          out->second = e.what();
-        }
-      },
-      [=](const std::string& device_error) {
-        auto& s = self->state;
-        std::string error = device_error.empty() ? out->second : device_error;
-        if (!error.empty()) return fail_step(self, where(s) + ": " + error);
-        s.report.grad_norm = out->first;
-        self->send(s.reporter, s.report);
-      });
-}
-
-// One pass's outcome, written on the device, read on the stage after the reply.
-struct pass_result {
-  tensor out;
-  double t0 = 0, t1 = 0;
-  std::string error;
+// Where an op's output goes: the (kind, micro, chunk) key of the op that consumes it and
+// the stage that runs that op. The last virtual stage's forward feeds its own backward
+// (with the loss scale); a weight pass feeds nobody.
+struct route {
+  bool any = false;
+  int stage = 0;
+  std::tuple<int, int, int> key;  // (kind, micro, chunk) on that stage
 };
 
-// The pass finished on the device: account for it, send its output on, go on.
-void pass_done(stage_actor self, const pipeline_op& op, const pass_result& r) {
-  auto& s = self->state;
+route route_of(const stage_state& s, const pipeline_op& op) {
   const int p = s.cfg.stages, V = p * s.chunks, vs = op.chunk * p + s.cfg.stage;
+  if (op.kind == pass_kind::forward) {
+    if (vs + 1 < V) return {true, (vs + 1) % p, {int(pass_kind::forward), op.micro, (vs + 1) / p}};
+    return {true, s.cfg.stage, {int(pass_kind::backward), op.micro, op.chunk}};
+  }
+  if (op.kind == pass_kind::backward && vs > 0)
+    return {true, (vs - 1) % p, {int(pass_kind::backward), op.micro, (vs - 1) / p}};
+  return {};
+}
+
+// Consecutive ops of a stage's order that one device task runs back to back: each one's
+// input was at hand when the task was made, or an earlier op of the task produces it on
+// this stage. One task instead of one per op: on a short step (the MLP's is ~2.5 ms) the
+// round trips to the device are otherwise a tenth of it.
+struct pass_batch {
+  struct item {
+    pipeline_op op;
+    tensor input;              // at hand (inbox or data source); undefined if none or local
+    bool local_input = false;  // produced by an earlier op of this batch
+    route to;
+    tensor out;
+    double t0 = 0, t1 = 0;
+  };
+  std::vector<item> items;
+  bool begin = false;   // zero the gradients first (the step's first task)
+  bool last = false;    // ends the step's order: send the remaining gradient buckets
+  bool finish = false;  // and, holding the whole model, average, clip and step
+  float max_norm = 0, lr = 0, loss_scale = 1;
+  // Written on the device:
+  size_t done = 0;  // items completed
+  bool op_failed = false;  // error is from item `done` (else from begin or finish)
+  std::string error;
+  double norm = -1;
+  std::map<std::tuple<int, int, int>, tensor> left;  // local outputs no item consumed
+};
+
+void run_batch(pass_batch& b, const task_view& v, bool split) {
+  std::map<std::tuple<int, int, int>, tensor> local;
+  try {
+    if (b.begin) v.compute->begin_step();
+    for (auto& it : b.items) {
+      const pipeline_op& op = it.op;
+      tensor input = it.input;
+      if (it.local_input) {
+        auto f = local.find({int(op.kind), op.micro, op.chunk});
+        input = std::move(f->second);
+        local.erase(f);
+      }
+      it.t0 = now_s();
+      b.op_failed = true;
+      if (op.kind == pass_kind::forward)
+        it.out = v.compute->forward(op.chunk, v.step, op.micro, input);
+      else if (op.kind == pass_kind::weight)
+        v.compute->backward_weight(op.chunk, v.step, op.micro);
+      else
+        it.out = split ? v.compute->backward_input(op.chunk, v.step, op.micro, input)
+                       : v.compute->backward(op.chunk, v.step, op.micro, input);
+      it.t1 = now_s();
+      b.op_failed = false;
+      if (it.to.any && it.to.stage != v.stage) {
+        // Another stage waits for this: send it now, not when the whole batch is done.
+        const int vs = std::get<2>(it.to.key) * int(v.peers.size()) + it.to.stage;
+        auto kind = std::get<0>(it.to.key) == int(pass_kind::forward) ? pipe_msg::activation : pipe_msg::gradient;
+        caf::anon_send(v.peers[size_t(it.to.stage)], pipe_msg{kind, v.step, op.micro, vs, 0, it.out});
+      } else if (it.to.any) {
+        if (std::get<0>(it.to.key) == int(pass_kind::backward) && op.kind == pass_kind::forward) {
+          tensor scale = tensor::empty({1});  // the last virtual stage: d(step mean)/d(this loss)
+          scale.f32()[0] = b.loss_scale;
+          local[it.to.key] = std::move(scale);
+        } else {
+          local[it.to.key] = it.out;
+        }
+      }
+      ++b.done;
+    }
+    if (b.last && v.buckets) v.buckets->flush();
+    if (b.finish) {
+      finish_averaging(v);
+      double norm = std::sqrt(v.compute->grad_sum_squares({}));
+      double t0 = now_s();
+      v.compute->apply_update({}, {}, clip_coefficient(norm, b.max_norm), b.lr);
+      v.record("opt", "optimizer", t0);
+      b.norm = norm;
+    }
+  } catch (const std::exception& e) {
+    b.error = e.what();
+  }
+  b.left = std::move(local);
+}
+
+void advance(stage_actor self);
+
+// The batch is back from the device (which sent outputs for other stages as they were
+// made): account for each op, keep local outputs no op of the batch used, report or go on.
+void batch_done(stage_actor self, pass_batch& b) {
+  auto& s = self->state;
   const bool split = s.cfg.schedule->splits_backward();
   s.computing = false;
-  if (!r.error.empty())
-    return fail_step(self, "stage " + std::to_string(s.cfg.stage) + " failed in the " + pass_name(op.kind) +
-                               " pass of micro-batch " + std::to_string(op.micro) + " (chunk " +
-                               std::to_string(op.chunk) + ") at step " + std::to_string(s.step) + ": " + r.error);
-  if (s.cfg.trace) {
-    std::string name(1, "FBW"[int(op.kind)]);
-    name += std::to_string(op.micro);
-    if (s.chunks > 1) name += '.', name += std::to_string(op.chunk);
-    s.cfg.trace->record({s.cfg.track, std::move(name), pass_name(op.kind), s.step, r.t0, r.t1});
-  }
-  s.report.busy_s += r.t1 - r.t0;
-  s.report.end_s = r.t1;
-  ++s.report.ops;
-  ++s.next;
-  if (op.kind == pass_kind::forward) {
-    s.report.peak_stash = std::max(s.report.peak_stash, ++s.stash);
-    if (vs + 1 < V) {
-      self->send(s.peers[size_t((vs + 1) % p)], pipe_msg{pipe_msg::activation, s.step, op.micro, vs + 1, 0, r.out});
-    } else {
-      // The last virtual stage: `out` is the loss; its backward starts from the loss
-      // scale of one micro-batch of a step's mean.
-      s.report.loss_sum += r.out.numel() ? double(r.out.f32()[0]) : 0.0;
-      tensor scale = tensor::empty({1});
-      scale.f32()[0] = 1.0f / float(s.cfg.micro_batches);
-      s.inbox[{s.step, int(pass_kind::backward), op.micro, op.chunk}] = std::move(scale);
+  for (size_t i = 0; i < b.done; ++i) {
+    const auto& it = b.items[i];
+    const pipeline_op& op = it.op;
+    if (s.cfg.trace) {
+      std::string name(1, "FBW"[int(op.kind)]);
+      name += std::to_string(op.micro);
+      if (s.chunks > 1) name += '.', name += std::to_string(op.chunk);
+      s.cfg.trace->record({s.cfg.track, std::move(name), pass_name(op.kind), s.step, it.t0, it.t1});
     }
-  } else if (op.kind == pass_kind::backward) {
-    if (!split) --s.stash;
-    if (vs > 0)
-      self->send(s.peers[size_t((vs - 1) % p)], pipe_msg{pipe_msg::gradient, s.step, op.micro, vs - 1, 0, r.out});
-  } else {
-    --s.stash;  // the weight pass frees what the split backward kept
+    s.report.busy_s += it.t1 - it.t0;
+    s.report.end_s = it.t1;
+    ++s.report.ops;
+    ++s.next;
+    if (op.kind == pass_kind::forward) {
+      s.report.peak_stash = std::max(s.report.peak_stash, ++s.stash);
+      if (it.to.stage == s.cfg.stage && std::get<0>(it.to.key) == int(pass_kind::backward))
+        s.report.loss_sum += it.out.numel() ? double(it.out.f32()[0]) : 0.0;  // the loss
+    } else if (op.kind == pass_kind::backward) {
+      if (!split) --s.stash;
+    } else {
+      --s.stash;  // the weight pass frees what the split backward kept
+    }
+  }
+  if (!b.error.empty()) {
+    if (b.op_failed) {
+      const pipeline_op& op = b.items[b.done].op;
+      return fail_step(self, "stage " + std::to_string(s.cfg.stage) + " failed in the " + pass_name(op.kind) +
+                                 " pass of micro-batch " + std::to_string(op.micro) + " (chunk " +
+                                 std::to_string(op.chunk) + ") at step " + std::to_string(s.step) + ": " + b.error);
+    }
+    return fail_step(self, where(s) + ": " + b.error);
+  }
+  for (auto& [key, t] : b.left) s.inbox[{s.step, std::get<0>(key), std::get<1>(key), std::get<2>(key)}] = std::move(t);
+  if (s.next == s.order.size()) {
+    s.report.peak_stash_bytes = s.cfg.compute->peak_stash_bytes();
+    if (b.finish) s.report.grad_norm = b.norm;
+    self->send(s.reporter, s.report);
+    s.report.ops = 0;  // reported once
+    return;
   }
   advance(self);
 }
 
-// Hands the next op of the current step's order to the device once its input is at
-// hand; one op at a time (the device's reply brings the stage back here).
+// Hands the device every next op of the step's order it can run without waiting for
+// another stage, in one task; the reply brings the stage back here.
 void advance(stage_actor self) {
   auto& s = self->state;
-  if (s.computing) return;
-  if (s.next == s.order.size()) {
-    if (s.report.ops > 0) {
-      // Everything this step's passes did not send yet goes now, without waiting: the
-      // device may be shared with stages whose buckets the replicas wait for.
-      if (s.buckets) s.buckets->flush();
-      finish_step(self);
-      s.report.ops = 0;  // reported once
+  if (s.computing || s.next == s.order.size()) return;
+  auto b = std::make_shared<pass_batch>();
+  std::set<std::tuple<int, int, int>> produced;  // local outputs of the batch so far
+  for (size_t i = s.next; i < s.order.size(); ++i) {
+    pass_batch::item it;
+    it.op = s.order[i];
+    const pipeline_op& op = it.op;
+    const int vs = op.chunk * s.cfg.stages + s.cfg.stage;
+    const std::tuple<int, int, int> need{int(op.kind), op.micro, op.chunk};
+    if (op.kind == pass_kind::weight) {
+      // Needs nothing from outside: its own backward ran earlier in the order.
+    } else if (op.kind == pass_kind::forward && vs == 0) {
+      it.input = s.cfg.source(s.step, op.micro);
+    } else if (auto f = s.inbox.find({s.step, int(op.kind), op.micro, op.chunk}); f != s.inbox.end()) {
+      it.input = std::move(f->second);
+      s.inbox.erase(f);
+    } else if (produced.erase(need)) {
+      it.local_input = true;
+    } else {
+      break;  // waits for another stage
     }
-    return;
+    it.to = route_of(s, op);
+    if (it.to.any && it.to.stage == s.cfg.stage) produced.insert(it.to.key);
+    b->items.push_back(std::move(it));
   }
-  const pipeline_op op = s.order[s.next];
-  const int vs = op.chunk * s.cfg.stages + s.cfg.stage;
-  tensor input;
-  if (op.kind == pass_kind::weight) {
-    // Needs nothing from outside: its own backward ran earlier in the order.
-  } else if (op.kind == pass_kind::forward && vs == 0) {
-    input = s.cfg.source(s.step, op.micro);
-  } else {
-    auto it = s.inbox.find({s.step, int(op.kind), op.micro, op.chunk});
-    if (it == s.inbox.end()) return;  // wait for the message
-    input = std::move(it->second);
-    s.inbox.erase(it);
-  }
+  if (b->items.empty()) return;  // wait for a message
+  b->begin = s.next == 0;
+  b->last = s.next + b->items.size() == s.order.size();
+  b->finish = b->last && s.cfg.self_step;
+  b->max_norm = s.cfg.max_norm;
+  b->lr = b->finish ? s.cfg.lr_at(s.step) : 0.0f;
+  b->loss_scale = 1.0f / float(s.cfg.micro_batches);
   s.computing = true;
-  auto r = std::make_shared<pass_result>();
-  auto compute = s.cfg.compute;
+  task_view v = view_of(s);
   const bool split = s.cfg.schedule->splits_backward();
-  const int64_t step = s.step;
   on_device(
-      self,
-      [=] {
-        r->t0 = now_s();
-        try {  // exceptions never cross the actor boundary: the reporter gets what failed
-          if (op.kind == pass_kind::forward)
-            r->out = compute->forward(op.chunk, step, op.micro, input);
-          else if (op.kind == pass_kind::weight)
-            compute->backward_weight(op.chunk, step, op.micro);
-          else
-            r->out = split ? compute->backward_input(op.chunk, step, op.micro, input)
-                           : compute->backward(op.chunk, step, op.micro, input);
-        } catch (const std::exception& e) {
-          r->error = e.what();
-        }
-        r->t1 = now_s();
-      },
+      self, [=] { run_batch(*b, v, split); },
       [=](const std::string& device_error) {
-        if (!device_error.empty()) r->error = device_error;
-        pass_done(self, op, *r);
+        if (!device_error.empty()) {
+          self->state.computing = false;
+          return fail_step(self, where(self->state) + ": " + device_error);
+        }
+        batch_done(self, *b);
       });
 }
 
@@ -268,25 +332,7 @@ caf::behavior stage(caf::stateful_actor<stage_state>* self, stage_config cfg) {
         for (auto it = s.inbox.begin(); it != s.inbox.end();)
           it = std::get<0>(it->first) < step ? s.inbox.erase(it) : std::next(it);
         start_averaging(s);
-        // Zeroing the gradients is compute: the device does it, then the passes start.
-        s.computing = true;
-        auto compute = s.cfg.compute;
-        auto error = std::make_shared<std::string>();
-        on_device(
-            self,
-            [=] {
-              try {
-                compute->begin_step();
-              } catch (const std::exception& e) {
-                *error = e.what();
-              }
-            },
-            [=](const std::string& device_error) {
-              self->state.computing = false;
-              std::string what = device_error.empty() ? *error : device_error;
-              if (!what.empty()) return fail_step(self, where(self->state) + ": " + what);
-              advance(self);
-            });
+        advance(self);  // the first task also zeroes the gradients
       },
       [=](names_atom) { return self->state.cfg.compute->param_names(); },
       [=](grads_atom, const std::vector<std::string>& shared) {
