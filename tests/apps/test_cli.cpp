@@ -132,6 +132,29 @@ TEST_CASE("cli: troupe bench actors and bench pipeline check their own results")
   CHECK(r.output.find("--fwd-ms expects milliseconds") != std::string::npos);
 }
 
+TEST_CASE("cli: troupe bench parallel runs our 2-worker settings, checks their losses and writes its JSON") {
+  std::remove("/tmp/troupe_cli_bench_parallel.json");
+  // Without PyTorch (tests must not need it): ours only; the ratios against it are skipped.
+  auto r = run("bench parallel --model mlp --steps 5 --rounds 1 --no-torch --json /tmp/troupe_cli_bench_parallel.json");
+  CHECK(r.code == 0);
+  CHECK(r.output.find("troupe 2 replicas") != std::string::npos);
+  CHECK(r.output.find("troupe 2 stages 1F1B, 4 micro") != std::string::npos);
+  CHECK(r.output.find("FAIL") == std::string::npos);
+  CHECK(r.output.find("PyTorch DDP") == std::string::npos);
+  std::ifstream f("/tmp/troupe_cli_bench_parallel.json");
+  std::string json((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  CHECK(json.find("\"what\":\"MLP: 2 replicas / 1 replica (same batch per replica)\"") != std::string::npos);
+  CHECK(json.find("\"ok\":false") == std::string::npos);
+  r = run("bench parallel --rounds 0");
+  CHECK(r.code == 2);
+  CHECK(r.output.find("--rounds expects") != std::string::npos);
+  r = run("bench parallel --model cnn");
+  CHECK(r.code == 2);
+  r = run("bench pipeline --wgt-ms 5000");
+  CHECK(r.code == 2);
+  CHECK(r.output.find("--wgt-ms expects milliseconds") != std::string::npos);
+}
+
 TEST_CASE("examples: custom_pipeline builds its model in code and trains it as 3 stages x 2 replicas") {
   std::string cmd = std::string(TROUPE_EXAMPLE_CUSTOM_PIPELINE) + " 150 2>&1";
   FILE* p = popen(cmd.c_str(), "r");
