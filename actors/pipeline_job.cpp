@@ -1,12 +1,9 @@
 #include "actors/pipeline_job.hpp"
 
 #include <algorithm>
-#include <chrono>
-#include <cmath>
-#include <cstdio>
 
 #include "actors/device.hpp"
-#include "kernels/cpu/optim.hpp"  // sum_of_squares
+#include "actors/pipeline_coordinator.hpp"
 #include "runtime/partition.hpp"
 #include "runtime/threads.hpp"
 #include "transport/communicator.hpp"
@@ -82,119 +79,29 @@ pipeline_outcome run_pipeline_training(caf::actor_system& sys, const proto::JobS
       all.push_back(stages[size_t(r)].back());
     }
   }
-  caf::scoped_actor self{sys};
-  for (int r = 0; r < R; ++r)
-    for (auto& st : stages[size_t(r)]) {
-      self->send(st, peers_atom::value, stages[size_t(r)], caf::actor_cast<caf::actor>(self));
-      self->monitor(st);
-    }
-
-  pipeline_outcome out;
-  out.peak_stash_mb.assign(size_t(p), 0.0);
+  pipeline_graph graph;
+  graph.stages = stages;
+  graph.devices = devices;
+  graph.groups = groups;
+  graph.batches = batches;
+  graph.micro_batches = m;
+  graph.steps = steps;
+  graph.total_steps = total;
+  graph.spec = &spec;
+  graph.progress = progress;
+  graph.out = std::make_shared<pipeline_outcome>();
+  auto out = graph.out;
+  caf::actor coordinator = sys.spawn<caf::detached>(pipeline_coordinator, std::move(graph));
   std::string failure;
-  auto on_error = [&](const caf::error& e) { failure = sys.render(e); };
-  // Which stages hold which parameters; names held by more than one are shared.
-  std::map<std::string, int> holders;
-  for (auto& st : stages[0])
-    self->request(st, caf::infinite, names_atom::value)
-        .receive(
-            [&](const std::vector<std::string>& names) {
-              out.layout.push_back(names);
-              for (const auto& n : names) ++holders[n];
-            },
-            on_error);
-  std::vector<std::string> shared;
-  for (const auto& [name, count] : holders)
-    if (count > 1) shared.push_back(name);
-
-  const float max_norm = spec.optimizer().grad_clip();
-  const size_t n_actors = all.size();
-  for (int64_t step = 0; step < steps && failure.empty(); ++step) {
-    auto t0 = std::chrono::steady_clock::now();
-    for (auto& st : all) self->send(st, step_atom::value, step);
-    if (step + 1 < steps) batches->prepare(step + 1);  // while the stages compute
-    double loss_sum = 0, self_norm = -1;
-    std::vector<double> busy(n_actors, 0.0);  // index replica * stages + stage
-    for (size_t got = 0; got < n_actors && failure.empty(); ++got)
-      self->receive(
-          [&](const stage_report& r) {
-            loss_sum += r.loss_sum;
-            busy[size_t(r.replica * p + r.stage)] = r.busy_s;
-            auto& peak = out.peak_stash_mb[size_t(r.stage)];
-            peak = std::max(peak, r.peak_stash_bytes / (1024.0 * 1024.0));
-            if (r.grad_norm >= 0) self_norm = r.grad_norm;
-            if (!r.error.empty()) failure = r.error;
-          },
-          [&](const caf::down_msg& d) { failure = "a stage stopped: " + sys.render(d.reason); });
-    if (!failure.empty()) break;
-    out.losses.push_back(float(loss_sum / (double(m) * R)));
-    double norm = self_norm;
-    float lr = learning_rate(spec.optimizer(), step, total);
-    if (p > 1) {
-      // All stages at once: each averages its gradients with its replicas (they wait for
-      // one another), then reports. Replicas then hold identical gradients; replica 0's
-      // give the shared sums and the norm over all distinct parameters.
-      for (auto& st : all) self->send(st, grads_atom::value, shared);
-      double sum_sq = 0;
-      std::vector<tensor> totals(shared.size());
-      for (size_t got = 0; got < n_actors && failure.empty(); ++got)
-        self->receive(
-            [&](int32_t replica, int32_t, double partial, const std::vector<tensor>& grads) {
-              if (replica != 0) return;
-              sum_sq += partial;
-              for (size_t k = 0; k < shared.size(); ++k) {
-                if (!grads[k].defined()) continue;
-                if (!totals[k].defined()) {
-                  totals[k] = grads[k].clone();
-                  continue;
-                }
-                float* t = totals[k].f32();
-                const float* g = grads[k].f32();
-                for (int64_t i = 0; i < totals[k].numel(); ++i) t[i] += g[i];
-              }
-            },
-            [&](caf::error& e) { on_error(e); },
-            [&](const caf::down_msg& d) { failure = "a stage stopped: " + sys.render(d.reason); });
-      if (!failure.empty()) break;
-      for (const tensor& t : totals)
-        if (t.defined()) sum_sq += kernels::sum_of_squares(t.f32(), t.numel());
-      norm = std::sqrt(sum_sq);
-      float scale = clip_coefficient(norm, max_norm);
-      for (auto& st : all) self->send(st, apply_atom::value, shared, totals, scale, lr);
-      for (size_t got = 0; got < n_actors && failure.empty(); ++got)
-        self->receive([](int32_t) {}, [&](caf::error& e) { on_error(e); },
-                      [&](const caf::down_msg& d) { failure = "a stage stopped: " + sys.render(d.reason); });
-    }
-    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (failure.empty()) out.step_s.push_back(dt);
-    if (progress && failure.empty()) {
-      int64_t samples = spec.train().batch_size();
-      int64_t tokens = spec.model().has_gpt() ? samples * int64_t(spec.model().gpt().context()) : 0;
-      // Busy fraction of each stage actor: compute time over the whole step's wall time.
-      std::string extra = "\"busy\":[";
-      for (size_t i = 0; i < busy.size(); ++i) {
-        char b[24];
-        std::snprintf(b, sizeof b, "%s%.3f", i ? "," : "", dt > 0 ? busy[i] / dt : 0.0);
-        extra += b;
-      }
-      progress->step(step, out.losses.back(), lr, float(norm), samples, tokens, dt, extra + "]");
-    }
-  }
-  for (size_t s = 0; s < stages[0].size() && failure.empty(); ++s)
-    self->request(stages[0][s], caf::infinite, params_atom::value, out.layout[s])
-        .receive(
-            [&](const std::vector<tensor>& ps) {
-              for (size_t k = 0; k < ps.size(); ++k) out.params.emplace(out.layout[s][k], ps[k].clone());
-            },
-            on_error);
-  // Survivors blocked in an all-reduce with a dead replica get an error now, not at the
-  // end of their deadline.
-  if (!failure.empty())
-    for (auto& g : groups) g->abort("the job failed: " + failure);
+  caf::scoped_actor self{sys};
+  self->request(coordinator, caf::infinite, run_atom::value)
+      .receive([](int32_t) {}, [&](caf::error& e) { failure = sys.render(e); });
+  // Done or failed, the graph goes away (a failing coordinator has already stopped it).
   for (auto& st : all) self->send_exit(st, caf::exit_reason::user_shutdown);
   for (auto& d : devices) self->send_exit(d, caf::exit_reason::user_shutdown);
-  if (!failure.empty()) throw std::runtime_error("pipeline failed: " + failure);
-  return out;
+  self->send_exit(coordinator, caf::exit_reason::user_shutdown);
+  if (!failure.empty()) throw std::runtime_error(failure);
+  return *out;
 }
 
 }  // namespace troupe

@@ -1,11 +1,13 @@
 #pragma once
 // Trains a job as pipelines of stage actors in one process: the model's layers cut into
 // stages x chunks, the schedule ordering each stage's work, `replicas` copies of the
-// pipeline each on its share of the batch. After every step: each stage's gradients
-// averaged over the replicas (ring all-reduce among the replicas' copies of that stage),
-// the gradients of parameters several stages hold (the tied embedding and head) summed
-// between them, one global gradient norm for clipping, and each stage's optimizer step.
-// The same job in one stage and one replica gives the same losses.
+// pipeline each on its share of the batch, every stage's passes on a device actor (the
+// threads). run_pipeline_training builds that graph and hands it to a
+// pipeline_coordinator actor, which drives the steps: after the passes, each stage's
+// gradients are averaged over the replicas (bucketed ring all-reduce, overlapping
+// backward), the gradients of parameters several stages hold (the tied embedding and
+// head) summed between them, one global gradient norm taken for clipping, and each
+// stage's optimizer step. The same job in one stage and one replica gives the same losses.
 #include <functional>
 #include <map>
 #include <string>

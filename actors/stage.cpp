@@ -201,6 +201,7 @@ void run_batch(pass_batch& b, const task_view& v, bool split) {
 }
 
 void advance(stage_actor self);
+void begin_step(stage_actor self, int64_t step);
 
 // The batch is back from the device (which sent outputs for other stages as they were
 // made): account for each op, keep local outputs no op of the batch used, report or go on.
@@ -246,6 +247,12 @@ void batch_done(stage_actor self, pass_batch& b) {
     if (b.finish) s.report.grad_norm = b.norm;
     self->send(s.reporter, s.report);
     s.report.ops = 0;  // reported once
+    s.in_step = false;
+    if (!s.queued_steps.empty()) {
+      int64_t next = s.queued_steps.front();
+      s.queued_steps.pop_front();
+      begin_step(self, next);
+    }
     return;
   }
   advance(self);
@@ -301,6 +308,29 @@ void advance(stage_actor self) {
       });
 }
 
+void begin_step(stage_actor self, int64_t step) {
+  auto& s = self->state;
+  s.in_step = true;
+  s.step = step;
+  s.report = stage_report{};
+  s.report.stage = s.cfg.stage;
+  s.report.replica = s.cfg.replica;
+  s.report.step = step;
+  try {
+    s.order = s.cfg.schedule->order(s.cfg.stage, s.cfg.stages, s.cfg.micro_batches);
+  } catch (const std::exception& e) {
+    return fail_step(self, "stage " + std::to_string(s.cfg.stage) + ": schedule: " + e.what());
+  }
+  s.next = 0;
+  s.stash = 0;
+  s.report.start_s = s.report.end_s = now_s();
+  // Anything left from an older step can never be used.
+  for (auto it = s.inbox.begin(); it != s.inbox.end();)
+    it = std::get<0>(it->first) < step ? s.inbox.erase(it) : std::next(it);
+  start_averaging(s);
+  advance(self);  // the first task also zeroes the gradients
+}
+
 }  // namespace
 
 caf::behavior stage(caf::stateful_actor<stage_state>* self, stage_config cfg) {
@@ -313,26 +343,10 @@ caf::behavior stage(caf::stateful_actor<stage_state>* self, stage_config cfg) {
       },
       [=](step_atom, int64_t step) {
         auto& s = self->state;
-        s.step = step;
-        s.report = stage_report{};
-        s.report.stage = s.cfg.stage;
-        s.report.replica = s.cfg.replica;
-        s.report.step = step;
-        try {
-          s.order = s.cfg.schedule->order(s.cfg.stage, s.cfg.stages, s.cfg.micro_batches);
-        } catch (const std::exception& e) {
-          s.report.error = "stage " + std::to_string(s.cfg.stage) + ": schedule: " + e.what();
-          self->send(s.reporter, s.report);
-          return;
-        }
-        s.next = 0;
-        s.stash = 0;
-        s.report.start_s = s.report.end_s = now_s();
-        // Anything left from an older step can never be used.
-        for (auto it = s.inbox.begin(); it != s.inbox.end();)
-          it = std::get<0>(it->first) < step ? s.inbox.erase(it) : std::next(it);
-        start_averaging(s);
-        advance(self);  // the first task also zeroes the gradients
+        if (s.in_step)
+          s.queued_steps.push_back(step);  // sent ahead: starts when this one is done
+        else
+          begin_step(self, step);
       },
       [=](names_atom) { return self->state.cfg.compute->param_names(); },
       [=](grads_atom, const std::vector<std::string>& shared) {

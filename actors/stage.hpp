@@ -10,7 +10,8 @@
 // cores); a detached actor sleeps until its next message.
 //
 // Accepts: (peers_atom, vector<actor> stages, actor reporter)  the stage actors, by index
-//          (step_atom, int64 step)                              run one step's order
+//          (step_atom, int64 step)                              run one step's order (a step
+//                                                               sent during another waits)
 //          pipe_msg                                             an activation or gradient
 //          (names_atom)                     -> vector<string>   its parameters' names
 //          (grads_atom, vector<string> shared) -> (int32 replica, int32 stage, double sum of
@@ -23,6 +24,7 @@
 // Sends:   pipe_msg to the stage of the next (activations) or previous (gradients)
 //          virtual stage; stage_report to the reporter when its order is done;
 //          (run_atom, device_task) requests to its device.
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -75,6 +77,8 @@ struct stage_state {
   stage_report report;
   int stash = 0;
   bool computing = false;  // a task is on the device; the next op waits for its result
+  bool in_step = false;    // between a step's start and its report
+  std::deque<int64_t> queued_steps;  // steps sent ahead (a whole-model stage runs them back to back)
   // With replicas: averages while backward runs. Shared with tasks on the device.
   std::shared_ptr<bucketed_allreduce> buckets;
   static inline const char* name = "stage";

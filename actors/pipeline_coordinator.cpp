@@ -1,0 +1,212 @@
+#include "actors/pipeline_coordinator.hpp"
+
+#include <chrono>
+#include <cmath>
+#include <algorithm>
+#include <cstdio>
+#include <map>
+
+#include "kernels/cpu/optim.hpp"     // sum_of_squares
+#include "kernels/cpu/residual.hpp"  // residual_backward: a += b, for the shared gradients' sums
+#include "runtime/optimizer.hpp"
+
+namespace troupe {
+
+namespace {
+
+using coordinator_actor = caf::stateful_actor<pipeline_coordinator_state>*;
+
+double now_s() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+
+// Stops everything and tells the caller what failed. Survivors blocked in an all-reduce
+// with a dead replica get an error now, not at the end of their deadline.
+void fail(coordinator_actor self, const std::string& what) {
+  auto& s = self->state;
+  if (!s.failure.empty()) return;  // the first failure is the one to report
+  s.failure = what;
+  for (auto& g : s.g.groups) g->abort("the job failed: " + what);
+  for (auto& st : s.all) self->send_exit(st, caf::exit_reason::user_shutdown);
+  for (auto& d : s.g.devices) self->send_exit(d, caf::exit_reason::user_shutdown);
+  if (s.done.pending()) s.done.deliver(caf::make_error(caf::sec::runtime_error, "pipeline failed: " + what));
+  self->quit();
+}
+
+void start_step(coordinator_actor self);
+void end_step(coordinator_actor self, double norm, float lr);
+void sync_gradients(coordinator_actor self);
+
+// Every stage has reported the current step: account for it and go on.
+void on_reports(coordinator_actor self) {
+  auto& s = self->state;
+  auto it = s.reports.find(s.step);
+  if (it == s.reports.end() || it->second.size() < s.all.size()) return;
+  const int p = int(s.g.stages[0].size()), R = int(s.g.stages.size());
+  for (const stage_report& r : it->second) {
+    s.loss_sum += r.loss_sum;
+    s.busy[size_t(r.replica * p + r.stage)] = r.busy_s;
+    auto& peak = s.g.out->peak_stash_mb[size_t(r.stage)];
+    peak = std::max(peak, r.peak_stash_bytes / (1024.0 * 1024.0));
+    if (r.grad_norm >= 0) s.self_norm = r.grad_norm;
+  }
+  s.reports.erase(it);
+  s.g.out->losses.push_back(float(s.loss_sum / (double(s.g.micro_batches) * R)));
+  if (p > 1)
+    sync_gradients(self);
+  else  // each stage took its optimizer step itself
+    end_step(self, s.self_norm, learning_rate(s.g.spec->optimizer(), s.step, s.g.total_steps));
+}
+
+// The last phase: every parameter (replica 0's copy) into the outcome.
+void collect_params(coordinator_actor self) {
+  auto& s = self->state;
+  auto& out = *s.g.out;
+  s.waiting = s.g.stages[0].size();
+  for (size_t st = 0; st < s.g.stages[0].size(); ++st)
+    self->request(s.g.stages[0][st], caf::infinite, params_atom::value, out.layout[st])
+        .then(
+            [=](const std::vector<tensor>& ps) {
+              auto& s = self->state;
+              for (size_t k = 0; k < ps.size(); ++k) s.g.out->params.emplace(s.g.out->layout[st][k], ps[k].clone());
+              if (--s.waiting == 0) {
+                s.done.deliver(int32_t(0));
+                self->quit();
+              }
+            },
+            [=](caf::error& e) { fail(self, self->system().render(e)); });
+}
+
+// The step is over (optimizer steps done everywhere): record it, go on.
+void end_step(coordinator_actor self, double norm, float lr) {
+  auto& s = self->state;
+  auto& out = *s.g.out;
+  const double dt = now_s() - s.t0;
+  out.step_s.push_back(dt);
+  if (s.g.progress) {
+    const auto& spec = *s.g.spec;
+    int64_t samples = spec.train().batch_size();
+    int64_t tokens = spec.model().has_gpt() ? samples * int64_t(spec.model().gpt().context()) : 0;
+    // Busy fraction of each stage actor: compute time over the whole step's wall time.
+    std::string extra = "\"busy\":[";
+    for (size_t i = 0; i < s.busy.size(); ++i) {
+      char b[24];
+      std::snprintf(b, sizeof b, "%s%.3f", i ? "," : "", dt > 0 ? s.busy[i] / dt : 0.0);
+      extra += b;
+    }
+    s.g.progress->step(s.step, out.losses.back(), lr, float(norm), samples, tokens, dt, extra + "]");
+  }
+  if (s.step + 1 < s.g.steps)
+    start_step(self);
+  else
+    collect_params(self);
+}
+
+// The model spans several stages: each averages its gradients with its replicas and
+// answers with its share of the norm and its shared gradients; replicas then hold equal
+// gradients, so replica 0's give the sums. Then one clip for all and every optimizer step.
+void sync_gradients(coordinator_actor self) {
+  auto& s = self->state;
+  s.sum_sq = 0;
+  s.totals.assign(s.shared.size(), tensor{});
+  s.waiting = s.all.size();
+  for (auto& st : s.all)
+    self->request(st, caf::infinite, grads_atom::value, s.shared)
+        .then(
+            [=](int32_t replica, int32_t, double partial, const std::vector<tensor>& grads) {
+              auto& s = self->state;
+              if (replica == 0) {
+                s.sum_sq += partial;
+                for (size_t k = 0; k < s.shared.size(); ++k) {
+                  if (!grads[k].defined()) continue;
+                  if (!s.totals[k].defined())
+                    s.totals[k] = grads[k].clone();
+                  else
+                    kernels::residual_backward(s.totals[k].f32(), grads[k].f32(), s.totals[k].numel());
+                }
+              }
+              if (--s.waiting > 0) return;
+              for (const tensor& t : s.totals)
+                if (t.defined()) s.sum_sq += kernels::sum_of_squares(t.f32(), t.numel());
+              const double norm = std::sqrt(s.sum_sq);
+              const float scale = clip_coefficient(norm, s.g.spec->optimizer().grad_clip());
+              const float lr = learning_rate(s.g.spec->optimizer(), s.step, s.g.total_steps);
+              s.waiting = s.all.size();
+              for (auto& st : s.all)
+                self->request(st, caf::infinite, apply_atom::value, s.shared, s.totals, scale, lr)
+                    .then(
+                        [=](int32_t) {
+                          if (--self->state.waiting == 0) end_step(self, norm, lr);
+                        },
+                        [=](caf::error& e) { fail(self, self->system().render(e)); });
+            },
+            [=](caf::error& e) { fail(self, self->system().render(e)); });
+}
+
+void start_step(coordinator_actor self) {
+  auto& s = self->state;
+  ++s.step;
+  s.t0 = now_s();
+  s.loss_sum = 0;
+  s.self_norm = -1;
+  s.busy.assign(s.all.size(), 0.0);
+  // Stages that step by themselves get the next step ahead too.
+  const int64_t through = s.g.stages[0].size() == 1 ? std::min(s.step + 1, s.g.steps - 1) : s.step;
+  for (; s.sent < through; ++s.sent)
+    for (auto& st : s.all) self->send(st, step_atom::value, s.sent + 1);
+  if (s.step + 1 < s.g.steps) s.g.batches->prepare(s.step + 1);  // draw while the stages compute
+  on_reports(self);  // some may be in already
+}
+
+}  // namespace
+
+caf::behavior pipeline_coordinator(caf::stateful_actor<pipeline_coordinator_state>* self, pipeline_graph g) {
+  auto& s = self->state;
+  s.g = std::move(g);
+  for (auto& replica : s.g.stages)
+    for (auto& st : replica) s.all.push_back(st);
+  for (auto& replica : s.g.stages)
+    for (auto& st : replica) {
+      self->send(st, peers_atom::value, replica, caf::actor_cast<caf::actor>(self));
+      self->monitor(st);
+    }
+  for (auto& d : s.g.devices) self->monitor(d);
+  self->set_down_handler([=](const caf::down_msg& d) {
+    fail(self, "a stage or device actor stopped: " + self->system().render(d.reason));
+  });
+  const int p = int(s.g.stages[0].size());
+  s.g.out->peak_stash_mb.assign(size_t(p), 0.0);
+  return {
+      [=](run_atom) {
+        auto& s = self->state;
+        s.done = self->make_response_promise();
+        // Which stages hold which parameters; names held by more than one are shared.
+        auto holders = std::make_shared<std::map<std::string, int>>();
+        s.g.out->layout.assign(size_t(p), {});
+        s.waiting = size_t(p);
+        for (int st = 0; st < p; ++st)
+          self->request(s.g.stages[0][size_t(st)], caf::infinite, names_atom::value)
+              .then(
+                  [=](const std::vector<std::string>& names) {
+                    auto& s = self->state;
+                    s.g.out->layout[size_t(st)] = names;
+                    for (const auto& n : names) ++(*holders)[n];
+                    if (--s.waiting > 0) return;
+                    for (const auto& [name, count] : *holders)
+                      if (count > 1) s.shared.push_back(name);
+                    if (s.g.steps > 0)
+                      start_step(self);
+                    else
+                      collect_params(self);
+                  },
+                  [=](caf::error& e) { fail(self, self->system().render(e)); });
+        return s.done;
+      },
+      [=](const stage_report& r) {
+        auto& s = self->state;
+        if (!r.error.empty()) return fail(self, r.error);
+        s.reports[r.step].push_back(r);
+        on_reports(self);
+      },
+  };
+}
+
+}  // namespace troupe
