@@ -172,6 +172,19 @@ caf::behavior pipeline_coordinator(caf::stateful_actor<pipeline_coordinator_stat
   self->set_down_handler([=](const caf::down_msg& d) {
     fail(self, "a stage or device actor stopped: " + self->system().render(d.reason));
   });
+  // A handler that throws (the progress log's disk, the data's indices) fails the job like
+  // any other failure: the caller gets the error, the graph is stopped.
+  self->set_exception_handler([=](caf::scheduled_actor*, std::exception_ptr& e) -> caf::error {
+    std::string what = "unknown exception";
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& x) {
+      what = x.what();
+    } catch (...) {
+    }
+    fail(self, "the coordinator failed: " + what);
+    return caf::make_error(caf::sec::runtime_error, what);
+  });
   const int p = int(s.g.stages[0].size());
   s.g.out->peak_stash_mb.assign(size_t(p), 0.0);
   return {

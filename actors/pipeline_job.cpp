@@ -95,7 +95,13 @@ pipeline_outcome run_pipeline_training(caf::actor_system& sys, const proto::JobS
   std::string failure;
   caf::scoped_actor self{sys};
   self->request(coordinator, caf::infinite, run_atom::value)
-      .receive([](int32_t) {}, [&](caf::error& e) { failure = sys.render(e); });
+      .receive([](int32_t) {},
+               [&](caf::error& e) {
+                 // The coordinator's own words where it gave them, CAF's rendering otherwise.
+                 const caf::message& why = e.context();
+                 failure = why.size() == 1 && why.match_element<std::string>(0) ? why.get_as<std::string>(0)
+                                                                                 : sys.render(e);
+               });
   // Done or failed, the graph goes away (a failing coordinator has already stopped it).
   for (auto& st : all) self->send_exit(st, caf::exit_reason::user_shutdown);
   for (auto& d : devices) self->send_exit(d, caf::exit_reason::user_shutdown);

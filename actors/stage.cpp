@@ -336,6 +336,24 @@ void begin_step(stage_actor self, int64_t step) {
 caf::behavior stage(caf::stateful_actor<stage_state>* self, stage_config cfg) {
   self->state.cfg = std::move(cfg);
   self->state.chunks = self->state.cfg.schedule->chunks();
+  // An exception in a handler (outside the passes, which catch their own) ends the stage;
+  // its reporter hears what failed, and so does everyone monitoring it.
+  self->set_exception_handler([=](caf::scheduled_actor*, std::exception_ptr& e) -> caf::error {
+    std::string what = "unknown exception";
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& x) {
+      what = x.what();
+    } catch (...) {
+    }
+    auto& s = self->state;
+    what = "stage " + std::to_string(s.cfg.stage) + " of replica " + std::to_string(s.cfg.replica) + ": " + what;
+    if (s.reporter) {
+      s.report.error = what;
+      self->send(s.reporter, s.report);
+    }
+    return caf::make_error(caf::sec::runtime_error, what);
+  });
   return {
       [=](peers_atom, const std::vector<caf::actor>& peers, const caf::actor& reporter) {
         self->state.peers = peers;

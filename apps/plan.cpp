@@ -81,7 +81,10 @@ std::string format_plan(const proto::JobSpec& spec, const std::vector<stage_plan
     for (size_t i = 0; i < sp.layers.size(); ++i) layers += (i ? "," : "") + sp.layers[i];
     if (layers.size() > 34) layers = layers.substr(0, 31) + "...";
     std::string devices;  // the device of this stage in each replica
-    for (int r = 0; r < R; ++r) devices += (r ? "," : "") + std::to_string(device_of(sp.stage, r, p, R, D));
+    for (int r = 0; r < R; ++r) {  // appended piecewise: `const char* + string` trips GCC 12's -Wrestrict
+      if (r) devices += ',';
+      devices += std::to_string(device_of(sp.stage, r, p, R, D));
+    }
     if (devices.size() > 8) devices = devices.substr(0, 5) + "...";
     std::snprintf(line, sizeof line, "%-5d %-34s %10lld %-8s %9.2f %9.2f %9.2f %6d %11.2f %11.2f\n", sp.stage,
                   layers.c_str(), (long long)sp.params, devices.c_str(), sp.param_mb, sp.grad_mb, sp.optimizer_mb,

@@ -88,6 +88,7 @@ stage_model::stage_model(const proto::JobSpec& spec, std::unique_ptr<model> net,
   for (const auto& used : layer_params_)
     for (int p : used) ++touching_[size_t(p)];
   backwards_done_.assign(ranges_.size(), 0);
+  weights_done_.assign(ranges_.size(), 0);
   params_ = arena(model_->table);
   grads_ = arena(model_->table);
   const param_table& full = init.table();
@@ -124,7 +125,10 @@ tensor stage_model::run_backward(int chunk, int micro, const tensor& dy, deferre
   // The chunk's last backward of the step finalises its layers' gradients one by one.
   const bool last_pass = ++backwards_done_.at(size_t(chunk)) == micro_batches_;
   std::function<void(size_t)> after;
-  if (last_pass && grads_ready_) after = [this](size_t layer) { layer_done(layer); };
+  if (last_pass && grads_ready_) {
+    after = [this](size_t layer) { layer_done(layer); };
+    if (defer) reporting_weights_.insert({micro, chunk});
+  }
   return troupe::backward(*model_, params_, grads_, dy, it->second, first, last, defer, after);
 }
 
@@ -167,6 +171,12 @@ void stage_model::backward_weight(int chunk, int64_t, int micro) {
   auto it = deferred_.find({micro, chunk});
   TROUPE_CHECK(it != deferred_.end(), "weight gradients of micro-batch ", micro, " chunk ", chunk,
                " before its backward");
+  // The last backward's weight pass reports the chunk's gradients final: it must also be
+  // the chunk's last weight pass, or averaging would start while others still add.
+  const bool last = ++weights_done_.at(size_t(chunk)) == micro_batches_;
+  TROUPE_CHECK(!reporting_weights_.count({micro, chunk}) || last, "weight pass of micro-batch ", micro, " chunk ",
+               chunk, " is not the chunk's last but follows its last backward: schedules must run a chunk's "
+               "weight passes in the order of its backward passes");
   it->second.run();
   deferred_.erase(it);
   release_stash(chunk, micro);
@@ -178,6 +188,8 @@ void stage_model::begin_step() {
   deferred_.clear();
   left_ = touching_;
   std::fill(backwards_done_.begin(), backwards_done_.end(), 0);
+  std::fill(weights_done_.begin(), weights_done_.end(), 0);
+  reporting_weights_.clear();
   stash_bytes_.clear();
   stash_total_ = 0;
 }

@@ -7,6 +7,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -89,7 +90,10 @@ class stage_model : public stage_compute {
   grads_ready_fn grads_ready_;
   std::vector<std::vector<int>> layer_params_;  // by model layer index
   std::vector<int> touching_, left_;            // by parameter index
-  std::vector<int> backwards_done_;             // by chunk, this step
+  std::vector<int> backwards_done_, weights_done_;  // by chunk, this step
+  // Split backward: the (micro, chunk) whose deferred weight pass carries the readiness
+  // reports; it must be the chunk's last weight pass.
+  std::set<std::pair<int, int>> reporting_weights_;
   void layer_done(size_t layer);
 
   tensor run_backward(int chunk, int micro, const tensor& dy, deferred_weight_grads* defer);

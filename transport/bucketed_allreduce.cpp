@@ -31,7 +31,10 @@ void bucketed_allreduce::begin_step(int64_t step, uint64_t tag) {
   open_elems_ = covered_ = 0;
   next_bucket_ = 0;
   flushed_ = false;
-  std::lock_guard<std::mutex> lock(mu_);
+  std::unique_lock<std::mutex> lock(mu_);
+  // Whatever a failed step left queued must not count for this one.
+  queue_.clear();
+  cv_.wait(lock, [&] { return !running_; });
   done_ = 0;
   error_ = nullptr;
 }
@@ -73,9 +76,12 @@ void bucketed_allreduce::flush() {
 
 void bucketed_allreduce::finish() {
   flush();
-  if (covered_ != 0 && covered_ != count_)
+  if (covered_ != 0 && covered_ != count_) {
+    std::lock_guard<std::mutex> lock(mu_);
+    queue_.clear();  // what was sent would pair with nothing sensible
     throw std::logic_error("bucketed all-reduce: the compute reported " + std::to_string(covered_) + " of " +
                            std::to_string(count_) + " gradient elements as final");
+  }
   std::unique_lock<std::mutex> lock(mu_);
   cv_.wait(lock, [&] { return done_ == next_bucket_ || error_; });
   buckets_last_step_ = size_t(next_bucket_);
@@ -95,10 +101,11 @@ void bucketed_allreduce::run() {
     {
       std::unique_lock<std::mutex> lock(mu_);
       cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
-      if (queue_.empty()) return;  // stopping
+      if (stop_) return;  // queued buckets are dropped: nobody waits for them any more
       j = std::move(queue_.front());
       queue_.pop_front();
       if (error_) continue;  // a failed step: nothing more to pair up with
+      running_ = true;
     }
     double t0 = now_s();
     size_t elems = 0;
@@ -112,6 +119,7 @@ void bucketed_allreduce::run() {
     } catch (...) {
       std::lock_guard<std::mutex> lock(mu_);
       error_ = std::current_exception();
+      running_ = false;
       cv_.notify_all();
       continue;
     }
@@ -119,6 +127,7 @@ void bucketed_allreduce::run() {
     {
       std::lock_guard<std::mutex> lock(mu_);
       ++done_;
+      running_ = false;
     }
     cv_.notify_all();
   }

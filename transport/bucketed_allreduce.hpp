@@ -77,6 +77,7 @@ class bucketed_allreduce {
   int done_ = 0;  // buckets finished this step
   std::exception_ptr error_;
   bool stop_ = false;
+  bool running_ = false;  // a bucket's all-reduce is under way
   std::thread thread_;
 };
 

@@ -189,6 +189,35 @@ TEST_CASE("pipeline: a stage that throws stops the job with an error naming the 
   }
 }
 
+TEST_CASE("pipeline: a stage actor that dies outside a pass fails the job with the reason, never hangs") {
+  // param_names() runs in the stage actor's own handler: its exception kills the actor.
+  struct nameless : failing_compute {
+    using failing_compute::failing_compute;
+    std::vector<std::string> param_names() const override { throw std::runtime_error("no names today"); }
+  };
+  proto::JobSpec spec = pipeline_test_job();
+  test_config cfg;
+  caf::actor_system sys{cfg};
+  pipeline_options o;
+  o.stages = 2;
+  o.replicas = 2;
+  o.micro_batches = 2;
+  o.wrap_compute = [](int stage, int replica, std::shared_ptr<stage_compute> c) -> std::shared_ptr<stage_compute> {
+    return stage == 1 && replica == 0 ? std::make_shared<nameless>(c) : c;
+  };
+  auto t0 = std::chrono::steady_clock::now();
+  try {
+    run_pipeline_training(sys, spec, o, 3);
+    FAIL("expected the job to fail");
+  } catch (const std::runtime_error& e) {
+    std::string what = e.what();
+    MESSAGE(what);
+    CHECK(what.find("pipeline failed") != std::string::npos);
+    CHECK(what.find("stage 1 of replica 0: no names today") != std::string::npos);
+  }
+  CHECK(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() < 10.0);
+}
+
 TEST_CASE("pipeline: the trace has every pass, all-reduce and optimizer step on one track per stage actor") {
   proto::JobSpec spec = pipeline_test_job();
   test_config cfg;
