@@ -8,6 +8,7 @@
 
 #include "kernels/cpu/optim.hpp"     // sum_of_squares
 #include "kernels/cpu/residual.hpp"  // residual_backward: a += b, for the shared gradients' sums
+#include "runtime/check.hpp"  // exception_text
 #include "runtime/optimizer.hpp"
 
 namespace troupe {
@@ -175,13 +176,7 @@ caf::behavior pipeline_coordinator(caf::stateful_actor<pipeline_coordinator_stat
   // A handler that throws (the progress log's disk, the data's indices) fails the job like
   // any other failure: the caller gets the error, the graph is stopped.
   self->set_exception_handler([=](caf::scheduled_actor*, std::exception_ptr& e) -> caf::error {
-    std::string what = "unknown exception";
-    try {
-      std::rethrow_exception(e);
-    } catch (const std::exception& x) {
-      what = x.what();
-    } catch (...) {
-    }
+    std::string what = exception_text(e);
     fail(self, "the coordinator failed: " + what);
     return caf::make_error(caf::sec::runtime_error, what);
   });

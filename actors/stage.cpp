@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <set>
 
+#include "runtime/check.hpp"      // exception_text
 #include "runtime/optimizer.hpp"  // clip_coefficient
 
 namespace troupe {
@@ -339,13 +340,7 @@ caf::behavior stage(caf::stateful_actor<stage_state>* self, stage_config cfg) {
   // An exception in a handler (outside the passes, which catch their own) ends the stage;
   // its reporter hears what failed, and so does everyone monitoring it.
   self->set_exception_handler([=](caf::scheduled_actor*, std::exception_ptr& e) -> caf::error {
-    std::string what = "unknown exception";
-    try {
-      std::rethrow_exception(e);
-    } catch (const std::exception& x) {
-      what = x.what();
-    } catch (...) {
-    }
+    std::string what = exception_text(e);
     auto& s = self->state;
     what = "stage " + std::to_string(s.cfg.stage) + " of replica " + std::to_string(s.cfg.replica) + ": " + what;
     if (s.reporter) {

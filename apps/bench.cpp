@@ -132,6 +132,37 @@ struct config_row {
 
 }  // namespace
 
+bool bench_flags::parse(const std::vector<std::string>& args, const std::string& command,
+                        const std::string& torch_flag, const std::string& usage) {
+  for (size_t i = 0; i < args.size(); ++i) {
+    bool has_value = i + 1 < args.size();
+    if (args[i] == "--model" && has_value) {
+      only = args[++i];
+      if (only != "mlp" && only != "gpt") {
+        std::fprintf(stderr, "%s: --model expects 'mlp' or 'gpt', got '%s'\n", command.c_str(), only.c_str());
+        return false;
+      }
+    } else if (args[i] == torch_flag) {
+      torch = torch_flag == "--torch";
+    } else if (args[i] == "--json" && has_value) {
+      json_path = args[++i];
+    } else if ((args[i] == "--steps" || args[i] == "--rounds") && has_value) {
+      bool is_steps = args[i] == "--steps";
+      int v = std::atoi(args[++i].c_str());
+      if (v < (is_steps ? 3 : 1) || v > 100000) {
+        std::fprintf(stderr, "%s: %s expects an integer >= %d, got '%s'\n", command.c_str(), args[i - 1].c_str(),
+                     is_steps ? 3 : 1, args[i].c_str());
+        return false;
+      }
+      (is_steps ? steps : rounds) = v;
+    } else {
+      std::fprintf(stderr, "%s: unknown argument '%s' (%s)\n", command.c_str(), args[i].c_str(), usage.c_str());
+      return false;
+    }
+  }
+  return true;
+}
+
 int bench_main(const std::vector<std::string>& args) {
   const char* usage = "usage: troupe bench train [--model mlp|gpt] [--steps N] [--rounds N] [--torch] [--json FILE]";
   if (!args.empty() && args[0] == "pipeline") return bench_pipeline_main({args.begin() + 1, args.end()});
@@ -141,35 +172,13 @@ int bench_main(const std::vector<std::string>& args) {
     std::fprintf(stderr, "troupe bench: expected 'train', 'pipeline', 'actors' or 'parallel' (%s)\n", usage);
     return 2;
   }
-  std::string json_path = "runs/bench_train.json", only;
-  int steps = 0, rounds = 1;
-  bool with_torch = false;
-  for (size_t i = 1; i < args.size(); ++i) {
-    bool has_value = i + 1 < args.size();
-    if (args[i] == "--model" && has_value) {
-      only = args[++i];
-      if (only != "mlp" && only != "gpt") {
-        std::fprintf(stderr, "troupe bench: --model expects 'mlp' or 'gpt', got '%s'\n", only.c_str());
-        return 2;
-      }
-    } else if (args[i] == "--torch") {
-      with_torch = true;
-    } else if (args[i] == "--json" && has_value) {
-      json_path = args[++i];
-    } else if ((args[i] == "--steps" || args[i] == "--rounds") && has_value) {
-      bool is_steps = args[i] == "--steps";
-      int v = std::atoi(args[++i].c_str());
-      if (v < (is_steps ? 3 : 1) || v > 100000) {
-        std::fprintf(stderr, "troupe bench: %s expects an integer >= %d, got '%s'\n", args[i - 1].c_str(),
-                     is_steps ? 3 : 1, args[i].c_str());
-        return 2;
-      }
-      (is_steps ? steps : rounds) = v;
-    } else {
-      std::fprintf(stderr, "troupe bench: unknown argument '%s' (%s)\n", args[i].c_str(), usage);
-      return 2;
-    }
-  }
+  bench_flags flags;
+  flags.json_path = "runs/bench_train.json";
+  if (!flags.parse({args.begin() + 1, args.end()}, "troupe bench", "--torch", usage)) return 2;
+  const std::string& json_path = flags.json_path;
+  const std::string& only = flags.only;
+  const int steps = flags.steps, rounds = flags.rounds;
+  const bool with_torch = flags.torch;
   std::string machine = machine_name();
   std::printf("troupe bench train on %s, %d hardware threads\n", machine.c_str(), hardware_threads());
   std::printf(

@@ -133,35 +133,15 @@ void print_ratio(const char* what, const std::vector<double>& a, const std::vect
 
 int bench_parallel_main(const std::vector<std::string>& args) {
   const char* usage = "usage: troupe bench parallel [--model mlp|gpt] [--steps N] [--rounds N] [--no-torch] [--json FILE]";
-  std::string json_path = "runs/bench_parallel.json", only;
-  int steps = 0, rounds = 3;
-  bool with_torch = true;
-  for (size_t i = 0; i < args.size(); ++i) {
-    bool has_value = i + 1 < args.size();
-    if (args[i] == "--model" && has_value) {
-      only = args[++i];
-      if (only != "mlp" && only != "gpt") {
-        std::fprintf(stderr, "troupe bench parallel: --model expects 'mlp' or 'gpt', got '%s'\n", only.c_str());
-        return 2;
-      }
-    } else if (args[i] == "--no-torch") {
-      with_torch = false;
-    } else if (args[i] == "--json" && has_value) {
-      json_path = args[++i];
-    } else if ((args[i] == "--steps" || args[i] == "--rounds") && has_value) {
-      bool is_steps = args[i] == "--steps";
-      int v = std::atoi(args[++i].c_str());
-      if (v < (is_steps ? 3 : 1) || v > 100000) {
-        std::fprintf(stderr, "troupe bench parallel: %s expects an integer >= %d, got '%s'\n", args[i - 1].c_str(),
-                     is_steps ? 3 : 1, args[i].c_str());
-        return 2;
-      }
-      (is_steps ? steps : rounds) = v;
-    } else {
-      std::fprintf(stderr, "troupe bench parallel: unknown argument '%s' (%s)\n", args[i].c_str(), usage);
-      return 2;
-    }
-  }
+  bench_flags flags;
+  flags.json_path = "runs/bench_parallel.json";
+  flags.rounds = 3;
+  flags.torch = true;
+  if (!flags.parse(args, "troupe bench parallel", "--no-torch", usage)) return 2;
+  const std::string& json_path = flags.json_path;
+  const std::string& only = flags.only;
+  const int steps = flags.steps, rounds = flags.rounds;
+  const bool with_torch = flags.torch;
   caf::actor_system_config cfg;
   register_message_types(cfg);
   caf::actor_system sys{cfg};

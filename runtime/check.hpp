@@ -2,6 +2,7 @@
 // Invariant checks (abort with file:line and the values involved) and the error type
 // for bad input from outside (job specs, data files, flags), which callers turn into a
 // clear message and a non-zero exit.
+#include <exception>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -13,6 +14,10 @@ class input_error : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
 };
+
+// The message of a caught exception (what() of a std::exception, else "unknown
+// exception"): for handlers that get an exception_ptr.
+std::string exception_text(std::exception_ptr e);
 
 [[noreturn]] void check_failed(const char* file, int line, const char* cond, const std::string& detail);
 
