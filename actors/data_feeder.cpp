@@ -31,4 +31,23 @@ caf::behavior data_feeder(caf::stateful_actor<data_feeder_state>* self, proto::J
   };
 }
 
+caf::behavior pipeline_feeder(caf::stateful_actor<pipeline_feeder_state>* self, std::shared_ptr<step_batches> batches,
+                              std::vector<std::vector<caf::actor>> readers) {
+  self->state.batches = std::move(batches);
+  self->state.readers = std::move(readers);
+  return {
+      [=](step_atom, int64_t step) {
+        auto& s = self->state;
+        // Steps are drawn in order: the sampler's sequence is the single trainer's.
+        for (; s.next_step <= step; ++s.next_step) {
+          auto shares = s.batches->next_step();
+          for (size_t r = 0; r < shares.size(); ++r)
+            for (size_t m = 0; m < shares[r].size(); ++m)
+              for (const caf::actor& reader : s.readers.at(r))
+                self->send(reader, data_msg{s.next_step, int32_t(m), s.next_step, shares[r][m]});
+        }
+      },
+  };
+}
+
 }  // namespace troupe

@@ -8,8 +8,10 @@
 //          (eval_atom)                  -> replies tensor_batch (step -1): the eval set
 // Sends:   tensor_batch to the device.
 #include <memory>
+#include <vector>
 
 #include "actors/messages.hpp"
+#include "runtime/stage_model.hpp"  // step_batches
 #include "runtime/training.hpp"
 
 namespace troupe {
@@ -24,5 +26,21 @@ struct data_feeder_state {
 
 caf::behavior data_feeder(caf::stateful_actor<data_feeder_state>* self, proto::JobSpec spec,
                           std::shared_ptr<const training_data> data);
+
+// The data feeder of a pipeline job: draws each step's examples (in step order, when the
+// coordinator asks, so it runs at most as far ahead as the coordinator lets it) and
+// sends every stage that reads data its micro-batches' shares as data_msg.
+//
+// Accepts: (step_atom, int64 step)  -> draws step `step` (steps come in order) and sends
+//          data_msg{step, micro} to readers[replica] (each actor once per micro-batch).
+struct pipeline_feeder_state {
+  std::shared_ptr<step_batches> batches;
+  std::vector<std::vector<caf::actor>> readers;  // [replica]: the stage actors that read data
+  int64_t next_step = 0;
+  static inline const char* name = "data_feeder";
+};
+
+caf::behavior pipeline_feeder(caf::stateful_actor<pipeline_feeder_state>* self, std::shared_ptr<step_batches> batches,
+                              std::vector<std::vector<caf::actor>> readers);
 
 }  // namespace troupe

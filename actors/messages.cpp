@@ -8,6 +8,7 @@ void register_message_types(caf::actor_system_config& cfg) {
   cfg.add_message_type<step_report>("step_report");
   cfg.add_message_type<eval_report>("eval_report");
   cfg.add_message_type<pipe_msg>("pipe_msg");
+  cfg.add_message_type<data_msg>("data_msg");
   cfg.add_message_type<stage_report>("stage_report");
   cfg.add_message_type<device_task>("device_task");
   cfg.add_message_type<std::vector<caf::actor>>("std::vector<caf::actor>");

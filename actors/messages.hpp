@@ -54,6 +54,16 @@ struct eval_report {
   int64_t count = 0;      // samples evaluated
 };
 
+// The examples of one micro-batch, from the data feeder to a stage that reads data (the
+// first virtual stage for inputs, the last for targets): which examples (i32 indices),
+// not their bytes; the stage's device gathers the rows.
+struct data_msg {
+  int64_t step = 0;
+  int32_t micro = 0;
+  int64_t version = 0;  // parameter version the data is meant for (the step, while synchronous)
+  tensor examples;
+};
+
 // An activation (forward) or a gradient (backward) on its way to a virtual stage.
 struct pipe_msg {
   enum kind_t : uint8_t { activation = 0, gradient = 1 };
@@ -146,6 +156,11 @@ typename Inspector::result_type inspect(Inspector& f, step_report& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, eval_report& x) {
   return f(caf::meta::type_name("eval_report"), x.loss, x.accuracy, x.count);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, data_msg& x) {
+  return f(caf::meta::type_name("data_msg"), x.step, x.micro, x.version, x.examples);
 }
 
 template <class Inspector>

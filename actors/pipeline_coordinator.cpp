@@ -28,6 +28,7 @@ void fail(coordinator_actor self, const std::string& what) {
   for (auto& g : s.g.groups) g->abort("the job failed: " + what);
   for (auto& st : s.all) self->send_exit(st, caf::exit_reason::user_shutdown);
   for (auto& d : s.g.devices) self->send_exit(d, caf::exit_reason::user_shutdown);
+  self->send_exit(s.g.feeder, caf::exit_reason::user_shutdown);
   if (s.done.pending()) s.done.deliver(caf::make_error(caf::sec::runtime_error, "pipeline failed: " + what));
   self->quit();
 }
@@ -151,9 +152,10 @@ void start_step(coordinator_actor self) {
   s.busy.assign(s.all.size(), 0.0);
   // Stages that step by themselves get the next step ahead too.
   const int64_t through = s.g.stages[0].size() == 1 ? std::min(s.step + 1, s.g.steps - 1) : s.step;
+  // The feeder draws one step beyond what the stages have, while they compute.
+  for (; s.drawn < std::min(through + 1, s.g.steps - 1); ++s.drawn) self->send(s.g.feeder, step_atom::value, s.drawn + 1);
   for (; s.sent < through; ++s.sent)
     for (auto& st : s.all) self->send(st, step_atom::value, s.sent + 1);
-  if (s.step + 1 < s.g.steps) s.g.batches->prepare(s.step + 1);  // draw while the stages compute
   on_reports(self);  // some may be in already
 }
 
@@ -170,8 +172,9 @@ caf::behavior pipeline_coordinator(caf::stateful_actor<pipeline_coordinator_stat
       self->monitor(st);
     }
   for (auto& d : s.g.devices) self->monitor(d);
+  self->monitor(s.g.feeder);
   self->set_down_handler([=](const caf::down_msg& d) {
-    fail(self, "a stage or device actor stopped: " + self->system().render(d.reason));
+    fail(self, "a stage, device or feeder actor stopped: " + self->system().render(d.reason));
   });
   // A handler that throws (the progress log's disk, the data's indices) fails the job like
   // any other failure: the caller gets the error, the graph is stopped.

@@ -29,7 +29,7 @@ struct pipeline_graph {
   std::vector<std::vector<caf::actor>> stages;  // [replica][stage]
   std::vector<caf::actor> devices;
   std::vector<std::shared_ptr<communicator>> groups;  // one member of each stage's replica group
-  std::shared_ptr<step_batches> batches;
+  caf::actor feeder;  // pipeline_feeder: draws each step's examples when asked
   int micro_batches = 1;
   int64_t steps = 0, total_steps = 0;  // steps to run; the schedule's length (learning rate)
   const proto::JobSpec* spec = nullptr;
@@ -47,6 +47,7 @@ struct pipeline_coordinator_state {
   double t0 = 0, loss_sum = 0, self_norm = -1, sum_sq = 0;
   size_t waiting = 0;  // replies still due in the current phase
   int64_t sent = -1;   // the last step sent to the stages
+  int64_t drawn = -1;  // the last step asked of the feeder
   std::map<int64_t, std::vector<stage_report>> reports;  // by step, as they arrive
   std::vector<double> busy;
   std::vector<tensor> totals;

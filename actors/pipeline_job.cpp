@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "actors/data_feeder.hpp"
 #include "actors/device.hpp"
 #include "actors/pipeline_coordinator.hpp"
 #include "runtime/partition.hpp"
@@ -74,16 +75,22 @@ pipeline_outcome run_pipeline_training(caf::actor_system& sys, const proto::JobS
       }
       cfg.compute = std::make_shared<stage_model>(spec, make_model(), mine, init, batches, m, r);
       if (opts.wrap_compute) cfg.compute = opts.wrap_compute(s, r, cfg.compute);
-      cfg.source = [](int64_t, int) { return tensor{}; };  // the first chunk reads its data itself
+      cfg.fed = true;  // the data feeder sends the examples; the device gathers the rows
       stages[size_t(r)].push_back(sys.spawn<caf::detached>(stage, cfg));
       all.push_back(stages[size_t(r)].back());
     }
+  }
+  // The data feeder: to the first stage (inputs) and the last (targets) of each replica.
+  std::vector<std::vector<caf::actor>> readers;
+  for (int r = 0; r < R; ++r) {
+    readers.push_back({stages[size_t(r)].front()});
+    if (p > 1) readers.back().push_back(stages[size_t(r)].back());
   }
   pipeline_graph graph;
   graph.stages = stages;
   graph.devices = devices;
   graph.groups = groups;
-  graph.batches = batches;
+  graph.feeder = sys.spawn<caf::detached>(pipeline_feeder, batches, readers);
   graph.micro_batches = m;
   graph.steps = steps;
   graph.total_steps = total;
@@ -91,6 +98,7 @@ pipeline_outcome run_pipeline_training(caf::actor_system& sys, const proto::JobS
   graph.progress = progress;
   graph.out = std::make_shared<pipeline_outcome>();
   auto out = graph.out;
+  caf::actor graph_feeder = graph.feeder;
   caf::actor coordinator = sys.spawn<caf::detached>(pipeline_coordinator, std::move(graph));
   std::string failure;
   caf::scoped_actor self{sys};
@@ -105,6 +113,7 @@ pipeline_outcome run_pipeline_training(caf::actor_system& sys, const proto::JobS
   // Done or failed, the graph goes away (a failing coordinator has already stopped it).
   for (auto& st : all) self->send_exit(st, caf::exit_reason::user_shutdown);
   for (auto& d : devices) self->send_exit(d, caf::exit_reason::user_shutdown);
+  self->send_exit(graph_feeder, caf::exit_reason::user_shutdown);
   self->send_exit(coordinator, caf::exit_reason::user_shutdown);
   if (!failure.empty()) throw std::runtime_error(failure);
   return *out;

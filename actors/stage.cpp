@@ -129,6 +129,7 @@ struct pass_batch {
   struct item {
     pipeline_op op;
     tensor input;              // at hand (inbox or data source); undefined if none or local
+    tensor examples;           // the micro-batch's examples, for a forward that reads data
     bool local_input = false;  // produced by an earlier op of this batch
     route to;
     tensor out;
@@ -161,6 +162,7 @@ void run_batch(pass_batch& b, const task_view& v, bool split) {
       }
       it.t0 = now_s();
       b.op_failed = true;
+      if (it.examples.defined()) v.compute->feed(v.step, op.micro, it.examples);
       if (op.kind == pass_kind::forward)
         it.out = v.compute->forward(op.chunk, v.step, op.micro, input);
       else if (op.kind == pass_kind::weight)
@@ -272,10 +274,15 @@ void advance(stage_actor self) {
     const pipeline_op& op = it.op;
     const int vs = op.chunk * s.cfg.stages + s.cfg.stage;
     const std::tuple<int, int, int> need{int(op.kind), op.micro, op.chunk};
+    if (s.cfg.fed && op.kind == pass_kind::forward && (vs == 0 || vs == s.chunks * s.cfg.stages - 1)) {
+      auto d = s.data.find({s.step, op.micro});
+      if (d == s.data.end()) break;  // waits for the feeder
+      it.examples = d->second;
+    }
     if (op.kind == pass_kind::weight) {
       // Needs nothing from outside: its own backward ran earlier in the order.
     } else if (op.kind == pass_kind::forward && vs == 0) {
-      it.input = s.cfg.source(s.step, op.micro);
+      if (!s.cfg.fed) it.input = s.cfg.source(s.step, op.micro);
     } else if (auto f = s.inbox.find({s.step, int(op.kind), op.micro, op.chunk}); f != s.inbox.end()) {
       it.input = std::move(f->second);
       s.inbox.erase(f);
@@ -328,6 +335,7 @@ void begin_step(stage_actor self, int64_t step) {
   // Anything left from an older step can never be used.
   for (auto it = s.inbox.begin(); it != s.inbox.end();)
     it = std::get<0>(it->first) < step ? s.inbox.erase(it) : std::next(it);
+  for (auto it = s.data.begin(); it != s.data.end();) it = it->first.first < step ? s.data.erase(it) : std::next(it);
   start_averaging(s);
   advance(self);  // the first task also zeroes the gradients
 }
@@ -419,6 +427,12 @@ caf::behavior stage(caf::stateful_actor<stage_state>* self, stage_config cfg) {
         return rp;
       },
       [=](params_atom, const std::vector<std::string>& names) { return self->state.cfg.compute->params_of(names); },
+      [=](data_msg& msg) {
+        auto& s = self->state;
+        if (msg.step < s.step) return;  // a step already done (cannot happen while synchronous)
+        s.data[{msg.step, msg.micro}] = std::move(msg.examples);
+        if (msg.step == s.step) advance(self);
+      },
       [=](pipe_msg& msg) {
         auto& s = self->state;
         const int p = s.cfg.stages;

@@ -13,6 +13,7 @@
 //          (step_atom, int64 step)                              run one step's order (a step
 //                                                               sent during another waits)
 //          pipe_msg                                             an activation or gradient
+//          data_msg                                             a micro-batch's examples
 //          (names_atom)                     -> vector<string>   its parameters' names
 //          (grads_atom, vector<string> shared) -> (int32 replica, int32 stage, double sum of
 //                                              squares of the other gradients, vector<tensor>
@@ -60,7 +61,10 @@ struct stage_config {
   int track = 0, comm_track = 0;
   std::shared_ptr<const pipeline_schedule> schedule;
   std::shared_ptr<stage_compute> compute;
-  // The input of virtual stage 0 for (step, micro): data, or a stand-in.
+  // fed: the data feeder sends this stage's micro-batch examples (data_msg), and the first
+  // and last virtual stage's forwards wait for them; else `source` gives the input of
+  // virtual stage 0 for (step, micro) (a stand-in, for emulated compute).
+  bool fed = false;
   std::function<tensor(int64_t step, int micro)> source;
 };
 
@@ -74,6 +78,7 @@ struct stage_state {
   size_t next = 0;
   // (step, kind, micro, chunk) -> the tensor that op needs.
   std::map<std::tuple<int64_t, int, int, int>, tensor> inbox;
+  std::map<std::pair<int64_t, int>, tensor> data;  // (step, micro) -> examples from the feeder
   stage_report report;
   int stash = 0;
   bool computing = false;  // a task is on the device; the next op waits for its result

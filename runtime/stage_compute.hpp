@@ -15,6 +15,10 @@ namespace troupe {
 class stage_compute {
  public:
   virtual ~stage_compute() = default;
+  // The examples of micro-batch `micro` (i32 indices from the data feeder), given before
+  // the forward of the first and of the last virtual stage: compute that reads data
+  // gathers them (inputs for the first, targets for the last). Stand-ins ignore them.
+  virtual void feed(int64_t step, int micro, const tensor& examples) { (void)step, (void)micro, (void)examples; }
   // x: the chunk's input (data for virtual stage 0). Returns its output: the activation
   // for the next virtual stage, or the micro-batch's loss (shape (1)) for the last.
   virtual tensor forward(int chunk, int64_t step, int micro, const tensor& x) = 0;

@@ -1,6 +1,7 @@
 #include "runtime/stage_model.hpp"
 
 #include <algorithm>
+#include <climits>
 #include <set>
 
 #include "kernels/cpu/optim.hpp"
@@ -17,43 +18,26 @@ step_batches::step_batches(const proto::JobSpec& spec, std::shared_ptr<const tra
                       ") times the replicas (" + std::to_string(replicas) + ")");
 }
 
-void step_batches::prepare(int64_t step) {
-  std::lock_guard<std::mutex> gen(gen_mu_);
-  for (;;) {
-    int64_t next;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (made_ > step) return;
-      next = made_;
+std::vector<std::vector<tensor>> step_batches::next_step() {
+  source_.next_indices(idx_);
+  const int64_t rows = int64_t(idx_.size()) / (micro_batches_ * replicas_);
+  std::vector<std::vector<tensor>> shares(static_cast<size_t>(replicas_));
+  for (int r = 0; r < replicas_; ++r)
+    for (int m = 0; m < micro_batches_; ++m) {
+      tensor t = tensor::empty({rows}, dtype::i32);
+      const int64_t first = (int64_t(r) * micro_batches_ + m) * rows;
+      for (int64_t i = 0; i < rows; ++i) {
+        TROUPE_CHECK(idx_[size_t(first + i)] <= INT32_MAX, "example index ", idx_[size_t(first + i)], " beyond i32");
+        t.i32()[i] = int32_t(idx_[size_t(first + i)]);
+      }
+      shares[size_t(r)].push_back(std::move(t));
     }
-    auto idx = std::make_shared<std::vector<int64_t>>();
-    source_.next_indices(*idx);  // outside mu_: readers of drawn steps do not wait for this
-    std::lock_guard<std::mutex> lock(mu_);
-    kept_[next] = std::move(idx);
-    made_ = next + 1;
-  }
+  return shares;
 }
 
-batch step_batches::micro_batch(int64_t step, int replica, int micro) {
-  bool ready;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    ready = made_ > step;
-  }
-  if (!ready) prepare(step);
-  std::shared_ptr<const std::vector<int64_t>> idx;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    // Two steps back is as far as any stage can lag behind the newest request.
-    while (!kept_.empty() && kept_.begin()->first + 2 < step) kept_.erase(kept_.begin());
-    auto it = kept_.find(step);
-    TROUPE_CHECK(it != kept_.end(), "batch of step ", step, " requested after it was dropped");
-    idx = it->second;
-  }
-  const int64_t rows = int64_t(idx->size()) / (micro_batches_ * replicas_);
-  const int64_t first = (int64_t(replica) * micro_batches_ + micro) * rows;
-  std::vector<int64_t> mine(idx->begin() + first, idx->begin() + first + rows);
-  return source_.gather(mine);  // on the caller's thread, no lock held
+batch step_batches::gather(const tensor& examples) const {
+  std::vector<int64_t> idx(examples.i32(), examples.i32() + examples.numel());
+  return source_.gather(idx);
 }
 
 std::vector<std::pair<size_t, size_t>> plan_virtual_stages(const model& m, int virtual_stages) {
@@ -100,11 +84,15 @@ stage_model::stage_model(const proto::JobSpec& spec, std::unique_ptr<model> net,
   optimizer_ = make_optimizer(spec.optimizer(), model_->table);
 }
 
+void stage_model::feed(int64_t, int micro, const tensor& examples) { fed_[micro] = examples; }
+
 tensor stage_model::forward(int chunk, int64_t step, int micro, const tensor& x) {
   auto [first, last] = ranges_.at(size_t(chunk));
   tensor input = x, targets;
   if (first == 0 || last == model_->layers.size()) {
-    batch b = data_->micro_batch(step, replica_, micro);
+    auto f = fed_.find(micro);
+    TROUPE_CHECK(f != fed_.end(), "step ", step, ": no examples fed for micro-batch ", micro);
+    batch b = data_->gather(f->second);
     if (first == 0) input = b.x;
     if (last == model_->layers.size()) targets = b.y;
   }
@@ -186,6 +174,7 @@ void stage_model::begin_step() {
   grads_.zero();
   stash_.clear();
   deferred_.clear();
+  fed_.clear();
   left_ = touching_;
   std::fill(backwards_done_.begin(), backwards_done_.end(), 0);
   std::fill(weights_done_.begin(), weights_done_.end(), 0);

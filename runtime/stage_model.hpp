@@ -6,7 +6,6 @@
 // and its gradients are summed between them before the optimizer step.
 #include <map>
 #include <memory>
-#include <mutex>
 #include <set>
 #include <string>
 #include <utility>
@@ -19,28 +18,24 @@
 
 namespace troupe {
 
-// The batches of a job's steps, drawn in step order (the same sequence a single trainer
-// sees) and cut into micro-batches. Shared by the stages that read data (the first for
-// inputs, the last for targets); thread-safe. Only the drawing of each step's example
-// indices is serial; every stage gathers its own micro-batch's rows on its own thread,
-// so replicas assemble their data in parallel and never wait on one another.
+// The examples of a job's steps, drawn in step order (the same sequence a single trainer
+// sees) and cut into micro-batch shares, and the rows of any share. The data feeder draws
+// (not thread-safe); the stages that read data (the first for inputs, the last for
+// targets) gather their micro-batch's rows on their own device (gather is thread-safe), so
+// replicas assemble their data in parallel and never wait on one another.
 class step_batches {
  public:
   step_batches(const proto::JobSpec& spec, std::shared_ptr<const training_data> data, int micro_batches,
                int replicas = 1);
-  // Rows of micro-batch `micro` of replica `replica`'s share of step `step`.
-  batch micro_batch(int64_t step, int replica, int micro);
-  // Draws the indices of the steps up to `step` now (the driver calls it for the next
-  // step while the stages compute).
-  void prepare(int64_t step);
+  // The next step's examples (image indices or window starts, i32), by [replica][micro].
+  std::vector<std::vector<tensor>> next_step();
+  // The rows (inputs and targets) of one share.
+  batch gather(const tensor& examples) const;
 
  private:
-  std::mutex gen_mu_;  // held while indices are drawn (the samplers are not thread-safe)
-  std::mutex mu_;      // guards made_ and kept_
   batch_source source_;
   int micro_batches_, replicas_;
-  int64_t made_ = 0;  // steps drawn so far
-  std::map<int64_t, std::shared_ptr<const std::vector<int64_t>>> kept_;  // step -> example indices
+  std::vector<int64_t> idx_;
 };
 
 // Layer ranges [first, last) of the model, one per virtual stage, balanced by cost.
@@ -54,6 +49,7 @@ class stage_model : public stage_compute {
   stage_model(const proto::JobSpec& spec, std::unique_ptr<model> net, std::vector<std::pair<size_t, size_t>> chunk_ranges,
               const arena& init, std::shared_ptr<step_batches> data, int micro_batches, int replica = 0);
 
+  void feed(int64_t step, int micro, const tensor& examples) override;
   tensor forward(int chunk, int64_t step, int micro, const tensor& x) override;
   tensor backward(int chunk, int64_t step, int micro, const tensor& dy) override;
   tensor backward_input(int chunk, int64_t step, int micro, const tensor& dy) override;
@@ -76,6 +72,7 @@ class stage_model : public stage_compute {
   arena params_, grads_;
   std::unique_ptr<optimizer> optimizer_;
   std::shared_ptr<step_batches> data_;
+  std::map<int, tensor> fed_;  // micro -> its examples, this step
   int micro_batches_;
   int replica_;
   bool last_ = false;  // holds the model's last layer (the loss)

@@ -141,6 +141,7 @@ namespace {
 class failing_compute : public stage_compute {
  public:
   explicit failing_compute(std::shared_ptr<stage_compute> inner) : inner_(std::move(inner)) {}
+  void feed(int64_t step, int micro, const tensor& examples) override { inner_->feed(step, micro, examples); }
   tensor forward(int chunk, int64_t step, int micro, const tensor& x) override {
     if (step == 2 && micro == 1) throw std::runtime_error("injected failure");
     return inner_->forward(chunk, step, micro, x);
