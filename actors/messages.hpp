@@ -71,7 +71,7 @@ struct pipe_msg {
   int64_t step = 0;
   int32_t micro = 0;
   int32_t vstage = 0;   // the receiving virtual stage (chunk * stages + stage)
-  int64_t version = 0;  // parameter version the sender computed with
+  int64_t version = 0;  // parameter version the sender computed with (synchronous: the step)
   tensor t;
 };
 

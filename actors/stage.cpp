@@ -176,7 +176,8 @@ void run_batch(pass_batch& b, const task_view& v, bool split) {
         // Another stage waits for this: send it now, not when the whole batch is done.
         const int vs = std::get<2>(it.to.key) * int(v.peers.size()) + it.to.stage;
         auto kind = std::get<0>(it.to.key) == int(pass_kind::forward) ? pipe_msg::activation : pipe_msg::gradient;
-        caf::anon_send(v.peers[size_t(it.to.stage)], pipe_msg{kind, v.step, op.micro, vs, 0, it.out});
+        // Synchronous training: the parameters of step k are version k on every stage.
+        caf::anon_send(v.peers[size_t(it.to.stage)], pipe_msg{kind, v.step, op.micro, vs, v.step, it.out});
       } else if (it.to.any) {
         if (std::get<0>(it.to.key) == int(pass_kind::backward) && op.kind == pass_kind::forward) {
           tensor scale = tensor::empty({1});  // the last virtual stage: d(step mean)/d(this loss)
@@ -436,9 +437,9 @@ caf::behavior stage(caf::stateful_actor<stage_state>* self, stage_config cfg) {
       [=](pipe_msg& msg) {
         auto& s = self->state;
         const int p = s.cfg.stages;
-        if (msg.step < s.step || msg.vstage % p != s.cfg.stage) {
-          std::fprintf(stderr, "stage %d: dropped a message for step %lld, virtual stage %d\n", s.cfg.stage,
-                       (long long)msg.step, msg.vstage);
+        if (msg.step < s.step || msg.vstage % p != s.cfg.stage || msg.version != msg.step) {
+          std::fprintf(stderr, "stage %d: dropped a message for step %lld, virtual stage %d, parameter version %lld\n",
+                       s.cfg.stage, (long long)msg.step, msg.vstage, (long long)msg.version);
           return;
         }
         pass_kind kind = msg.kind == pipe_msg::activation ? pass_kind::forward : pass_kind::backward;
