@@ -91,7 +91,11 @@ tensor stage_model::forward(int chunk, int64_t step, int micro, const tensor& x)
   tensor input = x, targets;
   if (first == 0 || last == model_->layers.size()) {
     auto f = fed_.find(micro);
-    TROUPE_CHECK(f != fed_.end(), "step ", step, ": no examples fed for micro-batch ", micro);
+    // Reachable from user code (a stage_compute wrapper that does not pass feed() on):
+    // an error the stage reports, not an abort.
+    if (f == fed_.end())
+      throw std::logic_error("no examples fed for micro-batch " + std::to_string(micro) + " of step " +
+                             std::to_string(step) + " (a stage_compute that wraps another must forward feed())");
     batch b = data_->gather(f->second);
     if (first == 0) input = b.x;
     if (last == model_->layers.size()) targets = b.y;
