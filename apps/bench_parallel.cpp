@@ -84,9 +84,12 @@ double run_torch(const setting& s, bool gpt, int steps) {
   while (fgets(buf, sizeof buf, p)) out += buf;
   int rc = pclose(p);
   const char* key = gpt ? "tokens/s=" : "samples/s=";
-  size_t at = out.rfind(key);
-  if (rc != 0 || at == std::string::npos) {
-    std::fprintf(stderr, "troupe bench parallel: PyTorch run failed: %s\n%s", cmd.c_str(), out.c_str());
+  size_t at = out.rfind(key), loss_at = out.rfind("last_loss=");
+  // A baseline that trained into NaN is no baseline: its throughput is not used.
+  const double loss = loss_at == std::string::npos ? NAN : std::atof(out.c_str() + loss_at + 10);
+  if (rc != 0 || at == std::string::npos || !std::isfinite(loss)) {
+    std::fprintf(stderr, "troupe bench parallel: PyTorch run failed (or its loss is not finite): %s\n%s",
+                 cmd.c_str(), out.c_str());
     return -1;
   }
   return std::atof(out.c_str() + at + std::strlen(key));

@@ -68,6 +68,8 @@ stage_model::stage_model(const proto::JobSpec& spec, std::unique_ptr<model> net,
     }
     last_ = last_ || last == model_->layers.size();
   }
+  // layer_done() walks a layer's parameters highest index first, the order backward reaches them.
+  for (auto& used : layer_params_) std::sort(used.rbegin(), used.rend());
   touching_.assign(model_->table.entries().size(), 0);
   for (const auto& used : layer_params_)
     for (int p : used) ++touching_[size_t(p)];
@@ -127,9 +129,7 @@ tensor stage_model::run_backward(int chunk, int micro, const tensor& dy, deferre
 // Parameters touched only by finished layers are final: report each (with its padding),
 // highest index first, the order backward reaches them.
 void stage_model::layer_done(size_t layer) {
-  std::vector<int> used = layer_params_.at(layer);
-  std::sort(used.rbegin(), used.rend());
-  for (int p : used) {
+  for (int p : layer_params_.at(layer)) {
     if (--left_[size_t(p)] != 0) continue;
     const param_info& info = model_->table.at(p);
     grads_ready_(size_t(info.offset), size_t(info.offset + info.padded_numel()));
