@@ -31,7 +31,9 @@ int usage(const char* why) {
                "  troupe bench actors [--round-trips N] [--json FILE]\n"
                "      tensor-message round trips between two actors next to raw CAF messages\n"
                "  troupe bench parallel [--model mlp|gpt] [--steps N] [--rounds N] [--no-torch] [--json FILE]\n"
-               "      2 workers: replicas and pipeline stages against PyTorch DDP and a PyTorch pipeline\n");
+               "      2 workers: replicas and pipeline stages against PyTorch DDP and a PyTorch pipeline\n"
+               "  troupe bench allreduce [--ranks N[,N...]] [--max-bytes B] [--json FILE]\n"
+               "      ring all-reduce over ranks as threads, zero-copy inproc against copying sends\n");
   return 2;
 }
 

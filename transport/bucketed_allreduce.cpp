@@ -83,7 +83,18 @@ void bucketed_allreduce::finish() {
                            std::to_string(count_) + " gradient elements as final");
   }
   std::unique_lock<std::mutex> lock(mu_);
-  cv_.wait(lock, [&] { return done_ == next_bucket_ || error_; });
+  // Buckets still queued are run on this thread, which would only wait otherwise: the
+  // last bucket then costs no hand-over to the communication thread and back.
+  for (;;) {
+    cv_.wait(lock, [&] { return done_ == next_bucket_ || error_ || (!queue_.empty() && !running_); });
+    if (done_ == next_bucket_ || error_) break;
+    job j = std::move(queue_.front());
+    queue_.pop_front();
+    running_ = true;
+    lock.unlock();
+    run_job(j);
+    lock.lock();
+  }
   buckets_last_step_ = size_t(next_bucket_);
   if (error_) {
     // Buckets behind the failed one are dropped: the step is lost anyway.
@@ -94,42 +105,44 @@ void bucketed_allreduce::finish() {
   }
 }
 
+void bucketed_allreduce::run_job(const job& j) {
+  double t0 = now_s();
+  size_t elems = 0;
+  try {
+    for (size_t k = 0; k < j.parts.size(); ++k) {
+      auto [b, e] = j.parts[k];
+      ring_allreduce_mean(*group_, data_ + b, e - b, j.tag + 2 * k);
+      elems += e - b;
+    }
+  } catch (...) {
+    std::lock_guard<std::mutex> lock(mu_);
+    error_ = std::current_exception();
+    running_ = false;
+    cv_.notify_all();
+    return;
+  }
+  if (on_span_) on_span_(j.bucket, j.step, elems, t0, now_s());
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++done_;
+    running_ = false;
+  }
+  cv_.notify_all();
+}
+
 void bucketed_allreduce::run() {
-  const float inv = 1.0f / float(group_->size());
   for (;;) {
     job j;
     {
       std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+      cv_.wait(lock, [&] { return stop_ || (!queue_.empty() && !running_); });
       if (stop_) return;  // queued buckets are dropped: nobody waits for them any more
       j = std::move(queue_.front());
       queue_.pop_front();
       if (error_) continue;  // a failed step: nothing more to pair up with
       running_ = true;
     }
-    double t0 = now_s();
-    size_t elems = 0;
-    try {
-      for (size_t k = 0; k < j.parts.size(); ++k) {
-        auto [b, e] = j.parts[k];
-        ring_allreduce_sum(*group_, data_ + b, e - b, j.tag + 2 * k);
-        for (size_t i = b; i < e; ++i) data_[i] *= inv;
-        elems += e - b;
-      }
-    } catch (...) {
-      std::lock_guard<std::mutex> lock(mu_);
-      error_ = std::current_exception();
-      running_ = false;
-      cv_.notify_all();
-      continue;
-    }
-    if (on_span_) on_span_(j.bucket, j.step, elems, t0, now_s());
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      ++done_;
-      running_ = false;
-    }
-    cv_.notify_all();
+    run_job(j);
   }
 }
 

@@ -4,7 +4,8 @@
 // into buckets of about `bucket_elems` elements in the order they are reported, and a
 // communication thread averages each full bucket over the group (ring all-reduce, then
 // 1/size) while the compute thread goes on with earlier layers. finish() sends the last
-// partial bucket and waits for all of them.
+// partial bucket and waits for all of them, running what is still queued itself (buckets
+// run one at a time, in order, on whichever of the two threads takes them).
 //
 // Every rank must report the same ranges in the same order (they run the same model and
 // schedule), so every rank forms the same buckets and their all-reduces pair up. A step
@@ -50,8 +51,10 @@ class bucketed_allreduce {
 
  private:
   using ranges = std::vector<std::pair<size_t, size_t>>;
+  struct job;
   void enqueue(ranges r);
   void run();
+  void run_job(const job& j);
 
   std::shared_ptr<communicator> group_;
   float* data_;

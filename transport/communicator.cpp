@@ -5,6 +5,34 @@
 
 namespace troupe {
 
+send_handle& send_handle::operator=(send_handle&& o) noexcept {
+  if (this != &o) {
+    this->~send_handle();
+    wait_ = std::move(o.wait_);
+    o.wait_ = nullptr;
+  }
+  return *this;
+}
+
+send_handle::~send_handle() {
+  try {
+    wait();
+  } catch (...) {  // the caller is unwinding from the failure that caused this one
+  }
+}
+
+void send_handle::wait() {
+  if (!wait_) return;
+  std::function<void()> w = std::move(wait_);
+  wait_ = nullptr;
+  w();
+}
+
+send_handle communicator::send_async(int peer, uint64_t tag, const void* data, size_t count, dtype type) {
+  send(peer, tag, data, count, type);
+  return {};
+}
+
 void communicator::recv_reduce_sum(int peer, uint64_t tag, float* data, size_t count) {
   std::unique_ptr<float[]> incoming(new float[count ? count : 1]);  // uninitialised: recv writes it all
   recv(peer, tag, incoming.get(), count, dtype::f32);

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -21,6 +22,26 @@ class transport_error : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// A send in flight: the transport may still read the sender's buffer until wait() returns.
+// Destroying an unwaited handle waits (and swallows the error: the caller is already
+// unwinding from another one), so the buffer can never be freed under a reader.
+class send_handle {
+ public:
+  send_handle() = default;  // nothing in flight
+  explicit send_handle(std::function<void()> wait) : wait_(std::move(wait)) {}
+  send_handle(send_handle&& o) noexcept : wait_(std::move(o.wait_)) { o.wait_ = nullptr; }
+  send_handle& operator=(send_handle&& o) noexcept;
+  send_handle(const send_handle&) = delete;
+  send_handle& operator=(const send_handle&) = delete;
+  ~send_handle();
+  // Returns once the buffer may be reused; throws transport_error if the transport
+  // cannot hand the data over.
+  void wait();
+
+ private:
+  std::function<void()> wait_;
+};
+
 class communicator {
  public:
   virtual ~communicator() = default;
@@ -29,6 +50,10 @@ class communicator {
   // Sends `count` elements of `type` at `data` to `peer`; returns once the data is handed
   // over (the caller may reuse the buffer).
   virtual void send(int peer, uint64_t tag, const void* data, size_t count, dtype type) = 0;
+  // Like send, but the transport may read `data` after the call returns, until the
+  // handle's wait(): where ranks share memory (inproc) the receiver reads the sender's
+  // buffer itself, and no copy of the data is made. The default sends a copy at once.
+  virtual send_handle send_async(int peer, uint64_t tag, const void* data, size_t count, dtype type);
   // Receives exactly `count` elements of `type` from `peer` with `tag` into `data`.
   virtual void recv(int peer, uint64_t tag, void* data, size_t count, dtype type) = 0;
   // Like recv of f32 elements, but adds them into `data` (data[i] += incoming[i], in

@@ -1,10 +1,39 @@
 #include "transport/inproc/inproc.hpp"
 
+#include <algorithm>
 #include <cstring>
 
 #include "runtime/check.hpp"
 
 namespace troupe {
+
+void inproc_loan::give_back() {
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    returned = true;
+  }
+  cv.notify_all();
+}
+
+inproc_payload& inproc_payload::operator=(inproc_payload&& o) noexcept {
+  if (this != &o) {
+    if (loan) loan->give_back();
+    bytes = std::move(o.bytes);
+    lent = o.lent;
+    loan = std::move(o.loan);
+    size = o.size;
+  }
+  return *this;
+}
+
+inproc_payload::~inproc_payload() {
+  if (loan) loan->give_back();
+}
+
+std::string inproc_world::abort_reason() {
+  std::lock_guard<std::mutex> a(abort_mu_);
+  return aborted_;
+}
 
 void inproc_world::put(int from, int to, uint64_t tag, inproc_payload payload) {
   mailbox& box = boxes_.at(size_t(to));
@@ -32,8 +61,7 @@ inproc_payload inproc_world::take(int from, int to, uint64_t tag, std::chrono::m
   auto key = std::make_pair(from, tag);
   std::string why;
   auto aborted = [&] {
-    std::lock_guard<std::mutex> a(abort_mu_);
-    why = aborted_;
+    why = abort_reason();
     return !why.empty();
   };
   bool arrived = box.cv.wait_for(lock, deadline, [&] {
@@ -54,6 +82,31 @@ inproc_payload inproc_world::take(int from, int to, uint64_t tag, std::chrono::m
   return payload;
 }
 
+void inproc_world::reclaim(int from, int to, const std::shared_ptr<inproc_loan>& loan) {
+  {
+    std::lock_guard<std::mutex> lock(loan->mu);
+    if (loan->returned) return;
+  }
+  {
+    mailbox& box = boxes_.at(size_t(to));
+    std::lock_guard<std::mutex> lock(box.mu);
+    for (auto& [key, q] : box.queued) {
+      if (key.first != from) continue;
+      for (auto& p : q)
+        if (p.loan == loan) {  // not taken yet: the receiver gets a copy instead
+          p.bytes.reset(new uint8_t[p.size ? p.size : 1]);
+          if (p.size) std::memcpy(p.bytes.get(), p.lent, p.size);
+          p.lent = nullptr;
+          p.loan.reset();
+          return;
+        }
+    }
+  }
+  // The receiver has taken it and is reading it now.
+  std::unique_lock<std::mutex> lock(loan->mu);
+  loan->cv.wait(lock, [&] { return loan->returned; });
+}
+
 void inproc_communicator::send(int peer, uint64_t tag, const void* data, size_t count, dtype type) {
   TROUPE_CHECK(peer >= 0 && peer < size(), "send to rank ", peer, " of ", size());
   inproc_payload p;
@@ -61,6 +114,20 @@ void inproc_communicator::send(int peer, uint64_t tag, const void* data, size_t 
   p.bytes.reset(new uint8_t[p.size ? p.size : 1]);
   if (p.size) std::memcpy(p.bytes.get(), data, p.size);
   world_->put(rank_, peer, tag, std::move(p));
+}
+
+send_handle inproc_communicator::send_async(int peer, uint64_t tag, const void* data, size_t count, dtype type) {
+  // Below this a copy costs less than the receiver's hand-back the sender waits for.
+  constexpr size_t copy_below_bytes = 64 << 10;
+  if (count * dtype_size(type) < copy_below_bytes) return communicator::send_async(peer, tag, data, count, type);
+  TROUPE_CHECK(peer >= 0 && peer < size(), "send to rank ", peer, " of ", size());
+  inproc_payload p;
+  p.size = count * dtype_size(type);
+  p.lent = static_cast<const uint8_t*>(data);
+  p.loan = std::make_shared<inproc_loan>();
+  auto loan = p.loan;
+  world_->put(rank_, peer, tag, std::move(p));
+  return send_handle([world = world_, loan, from = rank_, peer] { world->reclaim(from, peer, loan); });
 }
 
 inproc_payload inproc_communicator::take_checked(int peer, uint64_t tag, size_t bytes) {
@@ -75,12 +142,13 @@ inproc_payload inproc_communicator::take_checked(int peer, uint64_t tag, size_t 
 void inproc_communicator::recv(int peer, uint64_t tag, void* data, size_t count, dtype type) {
   size_t n = count * dtype_size(type);
   inproc_payload p = take_checked(peer, tag, n);
-  if (n) std::memcpy(data, p.bytes.get(), n);
+  if (n) std::memcpy(data, p.data(), n);
 }
 
 void inproc_communicator::recv_reduce_sum(int peer, uint64_t tag, float* data, size_t count) {
   inproc_payload p = take_checked(peer, tag, count * sizeof(float));
-  const float* in = reinterpret_cast<const float*>(p.bytes.get());  // new[] storage: aligned for float
+  // new[] storage, or the sender's f32 buffer: aligned for float
+  const float* in = reinterpret_cast<const float*>(p.data());
   for (size_t i = 0; i < count; ++i) data[i] += in[i];
 }
 

@@ -1,7 +1,10 @@
 #pragma once
-// inproc: ranks are threads of one process; a send copies the elements once into the
+// inproc: ranks are threads of one process. A send copies the elements once into the
 // receiver's mailbox (keyed by sender and tag) and a receive waits on it, then copies
-// (or, for a reducing receive, adds) straight out of that one payload.
+// (or, for a reducing receive, adds) straight out of that one payload. send_async copies
+// nothing when the receiver is there in time: the mailbox gets a pointer to the sender's
+// own buffer, the receiver reads (or adds) straight from it and hands it back, and the
+// sender's wait() returns then; a loan still untaken at wait() is turned into a copy.
 #include <condition_variable>
 #include <deque>
 #include <map>
@@ -12,10 +15,27 @@
 
 namespace troupe {
 
-// A message's bytes, allocated without zero-filling (the sender overwrites them all).
+// A sender's buffer lent to its receiver until `returned`.
+struct inproc_loan {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool returned = false;
+  void give_back();
+};
+
+// A message's bytes: its own copy (allocated without zero-filling: the sender overwrites
+// them all), or the sender's buffer on loan, given back when the payload is dropped
+// (read, or thrown away by an abort or a cancelled send).
 struct inproc_payload {
   std::unique_ptr<uint8_t[]> bytes;
+  const uint8_t* lent = nullptr;
+  std::shared_ptr<inproc_loan> loan;
   size_t size = 0;
+  const uint8_t* data() const { return lent ? lent : bytes.get(); }
+  inproc_payload() = default;
+  inproc_payload(inproc_payload&&) = default;
+  inproc_payload& operator=(inproc_payload&& o) noexcept;
+  ~inproc_payload();
 };
 
 class inproc_world {
@@ -24,6 +44,11 @@ class inproc_world {
   int size() const { return size_; }
   void put(int from, int to, uint64_t tag, inproc_payload payload);
   inproc_payload take(int from, int to, uint64_t tag, std::chrono::milliseconds deadline);
+  // The sender wants its buffer back. A loan the receiver has not taken yet becomes a copy
+  // in the mailbox at once (the sender never waits for a receiver that is late or gone:
+  // that receiver's own deadline or the group's abort fails it, as for a plain send); one
+  // the receiver has taken is being read, and is waited for.
+  void reclaim(int from, int to, const std::shared_ptr<inproc_loan>& loan);
   void abort(const std::string& why);
 
  private:
@@ -32,6 +57,7 @@ class inproc_world {
     std::condition_variable cv;
     std::map<std::pair<int, uint64_t>, std::deque<inproc_payload>> queued;  // (from, tag)
   };
+  std::string abort_reason();
   int size_;
   std::vector<mailbox> boxes_;
   std::mutex abort_mu_;
@@ -44,6 +70,7 @@ class inproc_communicator : public communicator {
   int rank() const override { return rank_; }
   int size() const override { return world_->size(); }
   void send(int peer, uint64_t tag, const void* data, size_t count, dtype type) override;
+  send_handle send_async(int peer, uint64_t tag, const void* data, size_t count, dtype type) override;
   void recv(int peer, uint64_t tag, void* data, size_t count, dtype type) override;
   void recv_reduce_sum(int peer, uint64_t tag, float* data, size_t count) override;
   void abort(const std::string& why) override { world_->abort(why); }
