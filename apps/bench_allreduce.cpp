@@ -1,4 +1,5 @@
-// troupe bench allreduce: the ring all-reduce (transport/) over ranks as threads, one
+// troupe bench allreduce: the all-reduce (transport/: halving-doubling up to 64 KiB, the
+// ring above) over ranks as threads, one
 // table row per message size, in the columns of nccl-tests: size, count, type, redop,
 // time(us), algbw and busbw (GB/s, GB = 1e9; busbw = algbw x 2(n-1)/n) and #wrong. Each
 // transport is measured next to a baseline in the same run: "inproc" (zero-copy
@@ -55,16 +56,16 @@ result measure(const std::string& variant, int n, size_t count, int iters) {
     for (int round = 0; round < 4; ++round) {  // round 0 warms up
       sync.arrive_and_wait();
       auto t0 = std::chrono::steady_clock::now();
-      for (int i = 0; i < iters; ++i) ring_allreduce_sum(*comms[size_t(r)], d.data(), count, tag + 2 * uint64_t(i));
+      for (int i = 0; i < iters; ++i) allreduce_sum(*comms[size_t(r)], d.data(), count, tag + kTagsPerCollective * uint64_t(i));
       double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       if (round > 0) took[size_t(r)].push_back(dt / iters);
       sync.arrive_and_wait();
-      if (r == 0) tag += 2 * uint64_t(iters);
+      if (r == 0) tag += kTagsPerCollective * uint64_t(iters);
     }
     // Integers, so every sum is exact whatever the order.
     for (size_t i = 0; i < count; ++i) d[i] = float((r + 1) * int(1 + i % 7));
     sync.arrive_and_wait();
-    ring_allreduce_sum(*comms[size_t(r)], d.data(), count, tag);
+    allreduce_sum(*comms[size_t(r)], d.data(), count, tag);
   };
   std::vector<std::thread> threads;
   for (int r = 1; r < n; ++r) threads.emplace_back(rank_main, r);
@@ -90,7 +91,7 @@ result measure(const std::string& variant, int n, size_t count, int iters) {
 int bench_allreduce_main(const std::vector<std::string>& args) {
   const char* usage = "usage: troupe bench allreduce [--ranks N[,N...]] [--max-bytes B] [--json FILE]";
   std::vector<int> ranks{2, 4};
-  size_t max_bytes = size_t(16) << 20;
+  size_t max_bytes = size_t(64) << 20;
   std::string json_path = "runs/bench_allreduce.json";
   for (size_t i = 0; i < args.size(); ++i) {
     if (args[i] == "--ranks" && i + 1 < args.size()) {
@@ -124,9 +125,9 @@ int bench_allreduce_main(const std::vector<std::string>& args) {
       return 2;
     }
   }
-  std::printf("troupe bench allreduce: ring all-reduce (sum, float) over ranks as threads of one process; time is\n"
-              "the slowest rank's mean per all-reduce, median of 3 rounds; inproc-copy is the same ring over\n"
-              "copying sends (the baseline); busbw = algbw x 2(n-1)/n\n");
+  std::printf("troupe bench allreduce: all-reduce (sum, float; halving-doubling up to 64 KiB, ring above) over\n"
+              "ranks as threads of one process; time is the slowest rank's mean per all-reduce, median of 3\n"
+              "rounds; inproc-copy is the same algorithm over copying sends (the baseline); busbw = algbw x 2(n-1)/n\n");
   bool all_ok = true;
   std::string json = "{\"rows\":[";
   bool first = true;

@@ -308,8 +308,10 @@ int bench_parallel_main(const std::vector<std::string>& args) {
                     3.0, &all_met, ratios_json);
       // Not bars: where the ceiling stands. Below 3x, no setting computing with these
       // kernels could have met the bar above in that round.
-      print_ratio("MLP: ceiling (linear kernels only) / PyTorch DDP", rounds_of("ceiling: linear kernels only, 2 threads"),
-                  rounds_of("PyTorch DDP 2 processes"), 0.0, &all_met, ratios_json);
+      if (with_torch)
+        print_ratio("MLP: ceiling (linear kernels only) / PyTorch DDP",
+                    rounds_of("ceiling: linear kernels only, 2 threads"), rounds_of("PyTorch DDP 2 processes"), 0.0,
+                    &all_met, ratios_json);
       print_ratio("MLP: our best 2-worker setting / ceiling", two_workers,
                   rounds_of("ceiling: linear kernels only, 2 threads"), 0.0, &all_met, ratios_json);
     } else {

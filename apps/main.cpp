@@ -33,7 +33,7 @@ int usage(const char* why) {
                "  troupe bench parallel [--model mlp|gpt] [--steps N] [--rounds N] [--no-torch] [--json FILE]\n"
                "      2 workers: replicas and pipeline stages against PyTorch DDP and a PyTorch pipeline\n"
                "  troupe bench allreduce [--ranks N[,N...]] [--max-bytes B] [--json FILE]\n"
-               "      ring all-reduce over ranks as threads, zero-copy inproc against copying sends\n");
+               "      all-reduce over ranks as threads, zero-copy inproc against copying sends\n");
   return 2;
 }
 
