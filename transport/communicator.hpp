@@ -2,7 +2,8 @@
 // Moving tensors between ranks of a group: tagged point-to-point sends and receives, with
 // a deadline, so a dead or stuck peer surfaces as an error and never as a hang.
 // Collectives (collectives.hpp) are written once over these. Implementations are chosen
-// by name: "inproc" (ranks are threads of one process).
+// by name: "inproc" (ranks are threads of one process), "tcp" (transport/tcp/; make_group
+// links threads of this process over loopback, make_tcp_communicator joins processes).
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -67,7 +68,7 @@ class communicator {
 };
 
 // A group of `size` ranks, each handed to one thread. Throws input_error for an unknown
-// transport name: "unknown transport 'X' (known: inproc)".
+// transport name: "unknown transport 'X' (known: inproc, tcp)".
 std::vector<std::shared_ptr<communicator>> make_group(const std::string& transport, int size);
 
 }  // namespace troupe

@@ -1,5 +1,5 @@
-// Conformance of every collective over every transport the process can make by name,
-// ranks as threads: world sizes 1..8 x counts 0, 1, odd and large against closed forms;
+// Conformance of every collective over every transport the process can make by name
+// (inproc; tcp over loopback), ranks as threads: world sizes 1..8 x counts 0, 1, odd and large against closed forms;
 // the same bits on every rank; a rank that never joins fails the others within the
 // deadline, never a hang.
 #include <doctest/doctest.h>
@@ -17,6 +17,7 @@ using namespace troupe;
 namespace {
 
 const size_t kCounts[] = {0, 1, 7, 100003};
+const char* const kTransports[] = {"inproc", "tcp"};
 
 // Runs fn(rank, comm) on n threads, one per rank of a fresh group of `transport`.
 void on_ranks(const std::string& transport, int n,
@@ -39,14 +40,16 @@ TEST_CASE("collectives: every all-reduce algorithm, sizes 1..8 x counts, matches
   const std::pair<const char*, allreduce_fn> algorithms[] = {{"ring", ring_allreduce_sum},
                                                              {"halving-doubling", halving_doubling_allreduce_sum},
                                                              {"by size", allreduce_sum}};
+  for (const char* transport : kTransports)
   for (auto [name, fn] : algorithms)
     for (int n = 1; n <= 8; ++n)
       for (size_t count : kCounts) {
+        CAPTURE(transport);
         CAPTURE(name);
         CAPTURE(n);
         CAPTURE(count);
         std::vector<size_t> wrong(static_cast<size_t>(n), 0);
-        on_ranks("inproc", n, [&](int r, communicator& c) {
+        on_ranks(transport, n, [&](int r, communicator& c) {
           std::vector<float> d(count);
           for (size_t i = 0; i < count; ++i) d[i] = value(r, i);
           fn(c, d.data(), count, 100);
@@ -78,12 +81,14 @@ TEST_CASE("collectives: halving-doubling gives every rank the same bits on non-i
 }
 
 TEST_CASE("collectives: reduce-scatter leaves each rank the sum of its own chunk") {
+  for (const char* transport : kTransports)
   for (int n = 1; n <= 8; ++n)
     for (size_t count : kCounts) {
+      CAPTURE(transport);
       CAPTURE(n);
       CAPTURE(count);
       std::vector<size_t> wrong(static_cast<size_t>(n), 0);
-      on_ranks("inproc", n, [&](int r, communicator& c) {
+      on_ranks(transport, n, [&](int r, communicator& c) {
         std::vector<float> d(count);
         for (size_t i = 0; i < count; ++i) d[i] = value(r, i);
         reduce_scatter_sum(c, d.data(), count, 8);
@@ -95,12 +100,14 @@ TEST_CASE("collectives: reduce-scatter leaves each rank the sum of its own chunk
 }
 
 TEST_CASE("collectives: all-gather gives every rank every rank's chunk, f32 and i32") {
+  for (const char* transport : kTransports)
   for (int n = 1; n <= 8; ++n)
     for (size_t count : kCounts) {
+      CAPTURE(transport);
       CAPTURE(n);
       CAPTURE(count);
       std::vector<size_t> wrong(static_cast<size_t>(n), 0);
-      on_ranks("inproc", n, [&](int r, communicator& c) {
+      on_ranks(transport, n, [&](int r, communicator& c) {
         // Each chunk holds its owner's values; the rest is garbage the gather overwrites.
         std::vector<float> f(count, -1.0f);
         std::vector<int32_t> k(count, -1);
@@ -115,13 +122,15 @@ TEST_CASE("collectives: all-gather gives every rank every rank's chunk, f32 and 
 }
 
 TEST_CASE("collectives: broadcast from every root reaches every rank; a root outside the group is an error") {
+  for (const char* transport : kTransports)
   for (int n = 1; n <= 8; ++n)
     for (int root = 0; root < n; ++root) {
+      CAPTURE(transport);
       CAPTURE(n);
       CAPTURE(root);
       const size_t count = n % 2 ? 7 : 100003;
       std::vector<size_t> wrong(static_cast<size_t>(n), 0);
-      on_ranks("inproc", n, [&](int r, communicator& c) {
+      on_ranks(transport, n, [&](int r, communicator& c) {
         std::vector<float> d(count, r == root ? 0.0f : -1.0f);
         if (r == root)
           for (size_t i = 0; i < count; ++i) d[i] = float(i % 1000) + 0.25f;
@@ -137,11 +146,13 @@ TEST_CASE("collectives: broadcast from every root reaches every rank; a root out
 }
 
 TEST_CASE("collectives: no rank leaves a barrier before the last one entered it") {
+  for (const char* transport : kTransports)
   for (int n = 1; n <= 8; ++n) {
+    CAPTURE(transport);
     CAPTURE(n);
     std::atomic<int> entered{0};
     std::vector<size_t> early(static_cast<size_t>(n), 0);  // leaving before everyone entered
-    on_ranks("inproc", n, [&](int r, communicator& c) {
+    on_ranks(transport, n, [&](int r, communicator& c) {
       for (int round = 0; round < 3; ++round) {
         if (r == n - 1) std::this_thread::sleep_for(std::chrono::milliseconds(20));  // the straggler
         entered.fetch_add(1);
@@ -165,10 +176,12 @@ TEST_CASE("collectives: a rank that never joins fails every other rank within th
       {"broadcast", [](communicator& c, std::vector<float>& d) { broadcast(c, d.data(), d.size(), dtype::f32, 3, 0); }},
       {"barrier", [](communicator& c, std::vector<float>&) { barrier(c, 0); }},
   };
+  for (const char* transport : kTransports)
   for (const auto& [name, fn] : collectives) {
+    CAPTURE(transport);
     CAPTURE(name);
     const int n = 4;
-    auto group = make_group("inproc", n);
+    auto group = make_group(transport, n);
     std::vector<std::string> errors(static_cast<size_t>(n));
     auto t0 = std::chrono::steady_clock::now();
     std::vector<std::thread> threads;

@@ -1,0 +1,173 @@
+// The tcp transport against peers that misbehave: a connection with a wrong hello is
+// refused and the rank keeps waiting for the right one; a bad frame closes its link with
+// a logged error, and a receive from that rank fails at once with the reason (not at its
+// deadline); a peer's abort reaches every rank it is linked to.
+#include <doctest/doctest.h>
+
+#include <utility>  // before Boost 1.74's asio (std::exchange under C++20)
+#include <boost/asio.hpp>
+#include <chrono>
+#include <thread>
+
+#include "transport/collectives.hpp"
+#include "transport/frame.hpp"
+#include "transport/tcp/tcp.hpp"
+
+using namespace troupe;
+namespace asio = boost::asio;
+using asio::ip::tcp;
+
+namespace {
+
+// A raw client that speaks frames by hand, dialling the rank published under `key`.
+struct fake_peer {
+  asio::io_context io;
+  tcp::socket socket{io};
+  explicit fake_peer(memory_rendezvous& store, const std::string& key) {
+    const std::string where = store.get(key, std::chrono::milliseconds(5000));
+    const size_t space = where.find(' ');
+    socket.connect(tcp::endpoint(asio::ip::make_address(where.substr(0, space)),
+                                 uint16_t(std::stoi(where.substr(space + 1)))));
+  }
+  void send_header(frame_header h) {
+    uint8_t hdr[kFrameHeaderBytes];
+    encode_header(h, hdr);
+    asio::write(socket, asio::buffer(hdr));
+  }
+  void hello(int rank, uint64_t group, int world) {
+    frame_header h;
+    h.kind = frame_kind::hello;
+    h.src = uint32_t(rank);
+    h.tag = group;
+    h.count = uint64_t(world);
+    h.payload_crc = crc32c(nullptr, 0);
+    send_header(h);
+  }
+};
+
+}  // namespace
+
+TEST_CASE("tcp: a hello for another group is refused, and the rank still admits the right peer") {
+  memory_rendezvous store;
+  tcp_options opt;
+  opt.group = 77;
+  opt.connect_deadline = std::chrono::milliseconds(5000);
+  std::shared_ptr<communicator> rank0;
+  std::thread joiner([&] { rank0 = make_tcp_communicator(0, 2, store, opt); });
+  {
+    fake_peer stranger(store, "tcp/77/0");
+    stranger.hello(1, 78, 2);  // wrong group: refused, logged
+    fake_peer peer(store, "tcp/77/0");
+    peer.hello(1, 77, 2);
+    joiner.join();
+    REQUIRE(rank0);
+    // The admitted peer's data frame arrives.
+    float x = 2.5f;
+    frame_header h;
+    h.src = 1;
+    h.tag = 5;
+    h.count = 1;
+    h.payload_crc = crc32c(&x, sizeof x);
+    uint8_t hdr[kFrameHeaderBytes];
+    encode_header(h, hdr);
+    asio::write(peer.socket, asio::buffer(hdr));
+    asio::write(peer.socket, asio::buffer(&x, sizeof x));
+    float got = 0;
+    rank0->recv(1, 5, &got, 1, dtype::f32);
+    CHECK(got == 2.5f);
+  }
+}
+
+TEST_CASE("tcp: a frame with a bad checksum closes the link, and receiving from that rank fails at once") {
+  memory_rendezvous store;
+  tcp_options opt;
+  opt.group = 91;
+  std::shared_ptr<communicator> rank0;
+  std::thread joiner([&] { rank0 = make_tcp_communicator(0, 2, store, opt); });
+  fake_peer peer(store, "tcp/91/0");
+  peer.hello(1, 91, 2);
+  joiner.join();
+  REQUIRE(rank0);
+  rank0->deadline = std::chrono::milliseconds(20000);
+  float x[4] = {1, 2, 3, 4};
+  frame_header h;
+  h.src = 1;
+  h.tag = 3;
+  h.count = 4;
+  h.payload_crc = crc32c(x, sizeof x) ^ 1u;  // corrupted
+  uint8_t hdr[kFrameHeaderBytes];
+  encode_header(h, hdr);
+  asio::write(peer.socket, asio::buffer(hdr));
+  asio::write(peer.socket, asio::buffer(x, sizeof x));
+  auto t0 = std::chrono::steady_clock::now();
+  float got[4];
+  std::string error;
+  try {
+    rank0->recv(1, 3, got, 4, dtype::f32);
+  } catch (const transport_error& e) {
+    error = e.what();
+  }
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(5));
+  CHECK(error.find("bad frame") != std::string::npos);
+  CHECK(error.find("payload checksum") != std::string::npos);
+  // Sending to it fails too, with the same reason.
+  CHECK_THROWS_AS(rank0->send(1, 4, x, 4, dtype::f32), transport_error);
+}
+
+TEST_CASE("tcp: garbage instead of a frame closes the link with a clear reason") {
+  memory_rendezvous store;
+  tcp_options opt;
+  opt.group = 92;
+  std::shared_ptr<communicator> rank0;
+  std::thread joiner([&] { rank0 = make_tcp_communicator(0, 2, store, opt); });
+  fake_peer peer(store, "tcp/92/0");
+  peer.hello(1, 92, 2);
+  joiner.join();
+  REQUIRE(rank0);
+  const char junk[] = "GET / HTTP/1.1\r\nHost: troupe\r\n\r\n........";
+  asio::write(peer.socket, asio::buffer(junk, kFrameHeaderBytes));
+  float got = 0;
+  std::string error;
+  try {
+    rank0->recv(1, 0, &got, 1, dtype::f32);
+  } catch (const transport_error& e) {
+    error = e.what();
+  }
+  CHECK(error.find("bad magic") != std::string::npos);
+}
+
+TEST_CASE("tcp: a rank's abort fails the waits of the others at once, with its reason") {
+  auto group = make_group("tcp", 3);
+  for (auto& c : group) c->deadline = std::chrono::milliseconds(20000);
+  std::vector<std::string> errors(2);
+  std::vector<std::thread> waiters;
+  for (int r = 0; r < 2; ++r)
+    waiters.emplace_back([&, r] {
+      float x = 0;
+      try {
+        group[size_t(r)]->recv(2, 1, &x, 1, dtype::f32);
+      } catch (const transport_error& e) {
+        errors[size_t(r)] = e.what();
+      }
+    });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  auto t0 = std::chrono::steady_clock::now();
+  group[2]->abort("replica 2 died");
+  for (auto& t : waiters) t.join();
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(5));
+  for (const auto& e : errors) CHECK(e.find("replica 2 died") != std::string::npos);
+}
+
+TEST_CASE("tcp: a rank that is not there at the connect deadline is named in the error") {
+  memory_rendezvous store;
+  tcp_options opt;
+  opt.group = 93;
+  opt.connect_deadline = std::chrono::milliseconds(300);
+  std::string error;
+  try {
+    make_tcp_communicator(0, 3, store, opt);
+  } catch (const transport_error& e) {
+    error = e.what();
+  }
+  CHECK(error.find("waited 300 ms for rank(s) 1, 2 to connect") != std::string::npos);
+}

@@ -1,0 +1,380 @@
+#include "transport/tcp/tcp.hpp"
+
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+
+#include <array>
+#include <utility>  // before Boost 1.74's asio, which uses std::exchange without it under C++20
+#include <boost/asio.hpp>
+#include <cmath>
+#include <condition_variable>
+#include <cstdio>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "runtime/check.hpp"
+#include "transport/frame.hpp"
+
+namespace troupe {
+
+namespace {
+
+namespace asio = boost::asio;
+using asio::ip::tcp;
+
+// The tag of a bye frame: an orderly close, or the sender's abort of the whole group.
+constexpr uint64_t kByeShutdown = 0, kByeAbort = 1;
+
+struct message {
+  std::unique_ptr<uint8_t[]> bytes;
+  size_t size = 0;
+};
+
+double ms_left(std::chrono::steady_clock::time_point until) {
+  return std::chrono::duration<double, std::milli>(until - std::chrono::steady_clock::now()).count();
+}
+
+// Bounds a blocking read on `fd` (the hello of a fresh connection); 0 lifts the bound.
+void set_read_timeout(int fd, double ms) {
+  timeval tv{};
+  if (ms > 0) {
+    tv.tv_sec = time_t(ms / 1000);
+    tv.tv_usec = suseconds_t(std::fmod(ms, 1000.0) * 1000);
+    if (tv.tv_sec == 0 && tv.tv_usec == 0) tv.tv_usec = 1;
+  }
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+}
+
+class tcp_communicator : public communicator {
+ public:
+  tcp_communicator(int rank, int size, rendezvous& store, const tcp_options& options)
+      : rank_(rank), size_(size), opt_(options), links_(static_cast<size_t>(size)) {
+    if (size < 1 || rank < 0 || rank >= size)
+      throw input_error("tcp: rank " + std::to_string(rank) + " of a group of " + std::to_string(size));
+    for (auto& l : links_) l = std::make_unique<link>();
+    connect_all(store);
+    for (int p = 0; p < size_; ++p)
+      if (p != rank_) links_[size_t(p)]->reader = std::thread([this, p] { read_loop(p); });
+  }
+
+  ~tcp_communicator() override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stopping_ = true;
+    }
+    for (int p = 0; p < size_; ++p) {
+      if (p == rank_) continue;
+      say_bye(p, kByeShutdown, "shutdown");
+      boost::system::error_code ec;
+      if (auto& s = links_[size_t(p)]->socket) s->shutdown(tcp::socket::shutdown_both, ec);
+    }
+    for (auto& l : links_)
+      if (l->reader.joinable()) l->reader.join();
+  }
+
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+
+  void send(int peer, uint64_t tag, const void* data, size_t count, dtype type) override {
+    check_peer(peer, "send to");
+    const size_t bytes = count * dtype_size(type);
+    if (peer == rank_) {  // to itself: straight into its own mailbox
+      message m;
+      m.bytes.reset(new uint8_t[bytes ? bytes : 1]);
+      if (bytes) std::memcpy(m.bytes.get(), data, bytes);
+      m.size = bytes;
+      deliver(peer, tag, std::move(m));
+      return;
+    }
+    frame_header h;
+    h.kind = frame_kind::data;
+    h.src = uint32_t(rank_);
+    h.type = type;
+    h.tag = tag;
+    h.count = count;
+    h.payload_crc = crc32c(data, bytes);
+    write_frame(peer, h, data);
+  }
+
+  void recv(int peer, uint64_t tag, void* data, size_t count, dtype type) override {
+    const size_t bytes = count * dtype_size(type);
+    message m = take(peer, tag, bytes);
+    if (bytes) std::memcpy(data, m.bytes.get(), bytes);
+  }
+
+  void recv_reduce_sum(int peer, uint64_t tag, float* data, size_t count) override {
+    message m = take(peer, tag, count * sizeof(float));
+    const float* in = reinterpret_cast<const float*>(m.bytes.get());  // new[] storage: aligned for float
+    for (size_t i = 0; i < count; ++i) data[i] += in[i];
+  }
+
+  void abort(const std::string& why) override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (aborted_.empty()) aborted_ = why.empty() ? "aborted" : why;
+    }
+    cv_.notify_all();
+    for (int p = 0; p < size_; ++p)
+      if (p != rank_) say_bye(p, kByeAbort, why);
+  }
+
+ private:
+  struct link {
+    std::unique_ptr<tcp::socket> socket;
+    std::mutex write_mu;
+    std::thread reader;
+    std::string closed;  // guarded by the communicator's mu_: why the link is down
+  };
+
+  std::string key_of(int r) const { return "tcp/" + std::to_string(opt_.group) + "/" + std::to_string(r); }
+
+  void check_peer(int peer, const char* what) const {
+    TROUPE_CHECK(peer >= 0 && peer < size_, what, " rank ", peer, " of ", size_);
+  }
+
+  void log(const std::string& what) const { std::fprintf(stderr, "tcp: rank %d: %s\n", rank_, what.c_str()); }
+
+  // Publishes this rank's address, dials every lower rank (sending its hello), accepts
+  // every higher one (reading and checking its hello).
+  void connect_all(rendezvous& store) {
+    const auto until = std::chrono::steady_clock::now() + opt_.connect_deadline;
+    boost::system::error_code ec;
+    tcp::acceptor acceptor(io_);
+    const auto address = asio::ip::make_address(opt_.host, ec);
+    if (ec) throw input_error("tcp: host '" + opt_.host + "' is not an IP address: " + ec.message());
+    try {
+      acceptor.open(address.is_v6() ? tcp::v6() : tcp::v4());
+      acceptor.bind(tcp::endpoint(address, 0));
+      acceptor.listen();
+    } catch (const boost::system::system_error& e) {
+      throw transport_error("tcp: rank " + std::to_string(rank_) + " cannot listen on " + opt_.host + ": " + e.what());
+    }
+    store.set(key_of(rank_), opt_.host + " " + std::to_string(acceptor.local_endpoint().port()));
+    for (int p = 0; p < rank_; ++p) dial(p, store, until);
+    int missing = size_ - 1 - rank_;
+    while (missing > 0) {
+      const double left = ms_left(until);
+      pollfd pfd{acceptor.native_handle(), POLLIN, 0};
+      if (left <= 0 || ::poll(&pfd, 1, int(left) + 1) <= 0) {
+        std::string who;
+        for (int p = rank_ + 1; p < size_; ++p)
+          if (!links_[size_t(p)]->socket) {
+            if (!who.empty()) who += ", ";
+            who += std::to_string(p);
+          }
+        throw transport_error("tcp: rank " + std::to_string(rank_) + " waited " +
+                              std::to_string(opt_.connect_deadline.count()) + " ms for rank(s) " + who + " to connect");
+      }
+      auto s = std::make_unique<tcp::socket>(io_);
+      acceptor.accept(*s, ec);
+      if (ec) continue;
+      std::string peer_name = "?";
+      if (auto ep = s->remote_endpoint(ec); !ec) peer_name = ep.address().to_string() + ":" + std::to_string(ep.port());
+      try {
+        set_read_timeout(s->native_handle(), std::max(1.0, ms_left(until)));
+        uint8_t hdr[kFrameHeaderBytes];
+        asio::read(*s, asio::buffer(hdr));
+        set_read_timeout(s->native_handle(), 0);
+        frame_header h = decode_header(hdr, sizeof hdr, {uint32_t(size_), opt_.max_message_bytes});
+        if (h.kind != frame_kind::hello) throw frame_error("frame: the first frame is not a hello");
+        if (h.tag != opt_.group)
+          throw frame_error("hello for group " + std::to_string(h.tag) + " (this is group " +
+                            std::to_string(opt_.group) + ")");
+        const int p = int(h.src);
+        if (p <= rank_) throw frame_error("hello from rank " + std::to_string(p) + ", which this rank dials itself");
+        if (links_[size_t(p)]->socket) throw frame_error("a second hello from rank " + std::to_string(p));
+        s->set_option(tcp::no_delay(true));
+        links_[size_t(p)]->socket = std::move(s);
+        --missing;
+      } catch (const std::exception& e) {  // frame_error, or the read failed or timed out
+        log("refused a connection from " + peer_name + ": " + e.what());
+      }
+    }
+  }
+
+  void dial(int p, rendezvous& store, std::chrono::steady_clock::time_point until) {
+    const std::string where = store.get(key_of(p), std::chrono::milliseconds(std::max<int64_t>(1, int64_t(ms_left(until)))));
+    const size_t space = where.find(' ');
+    boost::system::error_code ec;
+    const auto address = asio::ip::make_address(where.substr(0, space), ec);
+    if (space == std::string::npos || ec)
+      throw transport_error("tcp: rank " + std::to_string(p) + " published '" + where + "', not 'ADDRESS PORT'");
+    const tcp::endpoint ep(address, uint16_t(std::stoi(where.substr(space + 1))));
+    auto s = std::make_unique<tcp::socket>(io_);
+    for (auto pause = std::chrono::milliseconds(1);; pause = std::min(pause * 2, std::chrono::milliseconds(100))) {
+      s->connect(ep, ec);
+      if (!ec) break;
+      s = std::make_unique<tcp::socket>(io_);
+      if (ms_left(until) <= 0)
+        throw transport_error("tcp: rank " + std::to_string(rank_) + " cannot connect to rank " + std::to_string(p) +
+                              " at " + where + ": " + ec.message());
+      std::this_thread::sleep_for(pause);
+    }
+    s->set_option(tcp::no_delay(true));
+    frame_header h;
+    h.kind = frame_kind::hello;
+    h.src = uint32_t(rank_);
+    h.tag = opt_.group;
+    h.count = uint64_t(size_);
+    h.payload_crc = crc32c(nullptr, 0);
+    uint8_t hdr[kFrameHeaderBytes];
+    encode_header(h, hdr);
+    asio::write(*s, asio::buffer(hdr), ec);
+    if (ec) throw transport_error("tcp: rank " + std::to_string(rank_) + " cannot greet rank " + std::to_string(p) + ": " + ec.message());
+    links_[size_t(p)]->socket = std::move(s);
+  }
+
+  void write_frame(int peer, const frame_header& h, const void* payload) {
+    link& l = *links_[size_t(peer)];
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!l.closed.empty())
+        throw transport_error("tcp: rank " + std::to_string(rank_) + " cannot send to rank " + std::to_string(peer) +
+                              ": " + l.closed);
+    }
+    uint8_t hdr[kFrameHeaderBytes];
+    encode_header(h, hdr);
+    boost::system::error_code ec;
+    {
+      std::lock_guard<std::mutex> lock(l.write_mu);
+      const std::array<asio::const_buffer, 2> parts{asio::buffer(hdr), asio::buffer(payload, h.payload_bytes())};
+      asio::write(*l.socket, parts, ec);
+    }
+    if (ec) {
+      const std::string why = "the link to rank " + std::to_string(peer) + " broke: " + ec.message();
+      close_link(peer, why);
+      throw transport_error("tcp: rank " + std::to_string(rank_) + ": " + why);
+    }
+  }
+
+  void say_bye(int peer, uint64_t kind, const std::string& why) {
+    link& l = *links_[size_t(peer)];
+    if (!l.socket) return;
+    frame_header h;
+    h.kind = frame_kind::bye;
+    h.src = uint32_t(rank_);
+    h.type = dtype::u8;
+    h.tag = kind;
+    h.count = why.size();
+    h.payload_crc = crc32c(why.data(), why.size());
+    uint8_t hdr[kFrameHeaderBytes];
+    encode_header(h, hdr);
+    boost::system::error_code ec;  // best effort: the link may be gone already
+    std::lock_guard<std::mutex> lock(l.write_mu);
+    const std::array<asio::const_buffer, 2> parts{asio::buffer(hdr), asio::buffer(why.data(), why.size())};
+    asio::write(*l.socket, parts, ec);
+  }
+
+  void read_loop(int peer) {
+    tcp::socket& s = *links_[size_t(peer)]->socket;
+    const frame_limits limits{uint32_t(size_), opt_.max_message_bytes};
+    try {
+      for (;;) {
+        uint8_t hdr[kFrameHeaderBytes];
+        asio::read(s, asio::buffer(hdr));
+        frame_header h = decode_header(hdr, sizeof hdr, limits);
+        if (int(h.src) != peer)
+          throw frame_error("frame: src rank " + std::to_string(h.src) + " on the link of rank " + std::to_string(peer));
+        if (h.kind == frame_kind::hello) throw frame_error("frame: a second hello");
+        message m;
+        m.size = h.payload_bytes();
+        m.bytes.reset(new uint8_t[m.size ? m.size : 1]);
+        asio::read(s, asio::buffer(m.bytes.get(), m.size));
+        check_payload(h, m.bytes.get());
+        if (h.kind == frame_kind::bye) {
+          const std::string why(reinterpret_cast<const char*>(m.bytes.get()), m.size);
+          if (h.tag == kByeAbort) {
+            std::lock_guard<std::mutex> lock(mu_);
+            if (aborted_.empty()) aborted_ = "rank " + std::to_string(peer) + " aborted: " + why;
+          }
+          close_link(peer, "rank " + std::to_string(peer) + " closed the link (" + why + ")");
+          return;
+        }
+        deliver(peer, h.tag, std::move(m));
+      }
+    } catch (const frame_error& e) {
+      log("closing the link to rank " + std::to_string(peer) + ": " + e.what());
+      close_link(peer, std::string("it sent a bad frame: ") + e.what());
+      boost::system::error_code ec;
+      s.shutdown(tcp::socket::shutdown_both, ec);
+    } catch (const boost::system::system_error& e) {
+      bool stopping;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        stopping = stopping_;
+      }
+      close_link(peer, stopping ? "this rank shut down"
+                                : "the link to rank " + std::to_string(peer) + " broke: " + e.code().message());
+    }
+  }
+
+  void deliver(int peer, uint64_t tag, message m) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      queued_[{peer, tag}].push_back(std::move(m));
+    }
+    cv_.notify_all();
+  }
+
+  void close_link(int peer, const std::string& why) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto& closed = links_[size_t(peer)]->closed;
+      if (closed.empty()) closed = why;
+    }
+    cv_.notify_all();
+  }
+
+  // The next message from `peer` with `tag`; what arrived before a link closed is still
+  // delivered.
+  message take(int peer, uint64_t tag, size_t bytes) {
+    check_peer(peer, "recv from");
+    std::unique_lock<std::mutex> lock(mu_);
+    const auto key = std::make_pair(peer, tag);
+    auto ready = [&] {
+      auto it = queued_.find(key);
+      return it != queued_.end() && !it->second.empty();
+    };
+    const std::string& closed = links_[size_t(peer)]->closed;
+    cv_.wait_for(lock, deadline, [&] { return ready() || !aborted_.empty() || !closed.empty(); });
+    if (!ready()) {
+      const std::string me = "tcp: rank " + std::to_string(rank_);
+      if (!aborted_.empty())
+        throw transport_error(me + " stopped waiting for rank " + std::to_string(peer) + ": " + aborted_);
+      if (!closed.empty()) throw transport_error(me + " cannot receive from rank " + std::to_string(peer) + ": " + closed);
+      throw transport_error(me + " waited " + std::to_string(deadline.count()) + " ms for tag " + std::to_string(tag) +
+                            " from rank " + std::to_string(peer));
+    }
+    auto it = queued_.find(key);
+    message m = std::move(it->second.front());
+    it->second.pop_front();
+    if (it->second.empty()) queued_.erase(it);
+    if (m.size != bytes)
+      throw transport_error("tcp: rank " + std::to_string(rank_) + " expected " + std::to_string(bytes) +
+                            " bytes from rank " + std::to_string(peer) + ", got " + std::to_string(m.size));
+    return m;
+  }
+
+  int rank_, size_;
+  tcp_options opt_;
+  asio::io_context io_;
+  std::vector<std::unique_ptr<link>> links_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::map<std::pair<int, uint64_t>, std::deque<message>> queued_;
+  std::string aborted_;
+  bool stopping_ = false;
+};
+
+}  // namespace
+
+std::shared_ptr<communicator> make_tcp_communicator(int rank, int size, rendezvous& store, const tcp_options& options) {
+  return std::make_shared<tcp_communicator>(rank, size, store, options);
+}
+
+}  // namespace troupe

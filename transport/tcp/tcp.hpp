@@ -1,0 +1,33 @@
+#pragma once
+// tcp: ranks reach each other over TCP (Boost.Asio), as processes on one or many hosts or
+// as threads of one process. Every pair of ranks shares one connection, dialled by the
+// higher rank, whose first frame (hello) names its rank, the group's id and the world size;
+// a connection whose hello is wrong is closed and logged, and the rank waits on for the
+// right one. Each link has a reader thread that decodes frames (transport/frame.hpp) into
+// a mailbox keyed by (sender, tag), as inproc's; a send writes one frame on the caller's
+// thread. A bad frame closes that link with a logged error; a receive from a rank whose
+// link is closed (bad frame, reset, the peer's bye or abort) fails at once with the reason,
+// not at its deadline.
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "transport/communicator.hpp"
+#include "transport/rendezvous.hpp"
+
+namespace troupe {
+
+struct tcp_options {
+  std::string host = "127.0.0.1";  // the address this rank listens on and publishes
+  uint64_t group = 0;               // keeps links of different groups (jobs) apart
+  std::chrono::milliseconds connect_deadline{30000};
+  uint64_t max_message_bytes = uint64_t(1) << 32;  // larger frames are refused
+};
+
+// Joins the group as `rank` of `size`: publishes this rank's address in `store`, dials the
+// lower ranks, accepts the higher ones. Returns once every link is up; transport_error if
+// that takes longer than the connect deadline (naming the ranks still missing).
+std::shared_ptr<communicator> make_tcp_communicator(int rank, int size, rendezvous& store, const tcp_options& options);
+
+}  // namespace troupe
