@@ -1,17 +1,22 @@
-// troupe bench allreduce: the all-reduce (transport/: halving-doubling up to 64 KiB, the
-// ring above) over ranks as threads, one
-// table row per message size, in the columns of nccl-tests: size, count, type, redop,
-// time(us), algbw and busbw (GB/s, GB = 1e9; busbw = algbw x 2(n-1)/n) and #wrong. Each
-// transport is measured next to a baseline in the same run: "inproc" (zero-copy
-// send_async: a rank adds straight from its peer's buffer) against "inproc-copy" (the same
-// ring over plain sends, each of which copies into the receiver's mailbox). Every row
-// checks its answer: after the timed loop one more all-reduce of integer data must match
+// troupe bench allreduce: the all-reduce of transport/ (halving-doubling up to 64 KiB, the
+// ring above), one table row per transport and message size, in the columns of
+// nccl-tests: size, count, type, redop, time(us), algbw and busbw (GB/s, GB = 1e9; busbw =
+// algbw x 2(n-1)/n) and #wrong. Rows, measured in the same run:
+//   inproc       ranks are threads; zero-copy send_async (a rank adds from its peer's buffer)
+//   inproc-copy  the same over copying sends: the baseline the zero-copy path must beat
+//   tcp          ranks are processes (this binary started again as workers), loopback TCP
+// The first line is the ceiling: single-thread memcpy bandwidth of this machine. Every row
+// checks its answer: after the timed loops one more all-reduce of integer data must match
 // the closed form on every rank; a wrong element fails the run.
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <algorithm>
-#include <barrier>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -20,6 +25,9 @@
 
 #include "apps/bench.hpp"
 #include "transport/collectives.hpp"
+#include "transport/tcp/tcp.hpp"
+
+extern char** environ;
 
 namespace troupe {
 
@@ -42,119 +50,250 @@ struct result {
   size_t wrong = 0;
 };
 
-// `iters` all-reduces of `count` floats on `n` ranks, 3 rounds; then one checked run.
-result measure(const std::string& variant, int n, size_t count, int iters) {
-  auto group = make_group("inproc", n);
-  std::vector<std::shared_ptr<communicator>> comms;
-  for (auto& c : group) comms.push_back(variant == "inproc-copy" ? std::make_shared<copying>(c) : c);
-  std::vector<std::vector<float>> data(size_t(n), std::vector<float>(count, 0.0f));
-  std::vector<std::vector<double>> took(static_cast<size_t>(n));
-  std::barrier sync(n);
+std::vector<size_t> sizes_up_to(size_t max_bytes) {
+  std::vector<size_t> v;
+  for (size_t b = 4096; b <= max_bytes; b *= 4) v.push_back(b);
+  return v;
+}
+
+// One rank's part of the whole table for one transport: for each size, 3 timed rounds of
+// all-reduces (after one warm-up round), then the checked one. Every rank returns the same
+// results (times and wrong counts are summed over the group).
+std::vector<result> run_rank(communicator& c, const std::vector<size_t>& sizes) {
+  const int n = c.size(), r = c.rank();
   uint64_t tag = 0;
-  auto rank_main = [&](int r) {
-    auto& d = data[size_t(r)];
-    for (int round = 0; round < 4; ++round) {  // round 0 warms up
-      sync.arrive_and_wait();
+  auto next_tag = [&] { return (tag += kTagsPerCollective); };
+  std::vector<result> out;
+  for (size_t bytes : sizes) {
+    const size_t count = bytes / 4;
+    const int iters = int(std::clamp<size_t>((size_t(64) << 20) / bytes, 5, 200));
+    std::vector<float> d(count, 0.0f);
+    std::vector<double> slowest;
+    for (int round = 0; round < 4; ++round) {
+      barrier(c, next_tag());
       auto t0 = std::chrono::steady_clock::now();
-      for (int i = 0; i < iters; ++i) allreduce_sum(*comms[size_t(r)], d.data(), count, tag + kTagsPerCollective * uint64_t(i));
-      double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      if (round > 0) took[size_t(r)].push_back(dt / iters);
-      sync.arrive_and_wait();
-      if (r == 0) tag += kTagsPerCollective * uint64_t(iters);
+      for (int i = 0; i < iters; ++i) allreduce_sum(c, d.data(), count, next_tag());
+      const double mine = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / iters;
+      std::vector<float> each(static_cast<size_t>(n), 0.0f);  // every rank's time, in its slot
+      each[size_t(r)] = float(mine * 1e6);
+      allreduce_sum(c, each.data(), each.size(), next_tag());
+      if (round > 0) slowest.push_back(*std::max_element(each.begin(), each.end()));
     }
+    std::sort(slowest.begin(), slowest.end());
     // Integers, so every sum is exact whatever the order.
     for (size_t i = 0; i < count; ++i) d[i] = float((r + 1) * int(1 + i % 7));
-    sync.arrive_and_wait();
-    allreduce_sum(*comms[size_t(r)], d.data(), count, tag);
-  };
-  std::vector<std::thread> threads;
-  for (int r = 1; r < n; ++r) threads.emplace_back(rank_main, r);
-  rank_main(0);
-  for (auto& t : threads) t.join();
-  result res;
-  std::vector<double> slowest;
-  for (size_t k = 0; k < took[0].size(); ++k) {
-    double m = 0;
-    for (int r = 0; r < n; ++r) m = std::max(m, took[size_t(r)][k]);
-    slowest.push_back(m);
+    allreduce_sum(c, d.data(), count, next_tag());
+    const float ranks_sum = float(n * (n + 1) / 2);
+    float wrong = 0;
+    for (size_t i = 0; i < count; ++i) wrong += d[i] != ranks_sum * float(1 + i % 7);
+    allreduce_sum(c, &wrong, 1, next_tag());
+    out.push_back({slowest[slowest.size() / 2], size_t(wrong)});
   }
-  std::sort(slowest.begin(), slowest.end());
-  res.us = slowest[slowest.size() / 2] * 1e6;
-  const float ranks_sum = float(n * (n + 1) / 2);
+  return out;
+}
+
+std::vector<result> on_threads(const std::string& variant, int n, const std::vector<size_t>& sizes) {
+  auto group = make_group("inproc", n);
+  std::vector<std::vector<result>> results(static_cast<size_t>(n));
+  std::vector<std::thread> threads;
   for (int r = 0; r < n; ++r)
-    for (size_t i = 0; i < count; ++i) res.wrong += data[size_t(r)][i] != ranks_sum * float(1 + i % 7);
-  return res;
+    threads.emplace_back([&, r] {
+      std::shared_ptr<communicator> c = group[size_t(r)];
+      if (variant == "inproc-copy") c = std::make_shared<copying>(c);
+      results[size_t(r)] = run_rank(*c, sizes);
+    });
+  for (auto& t : threads) t.join();
+  return results[0];
+}
+
+// Ranks 1..n-1 as worker processes of this binary, rank 0 here; they meet through a file
+// rendezvous in a fresh directory.
+std::vector<result> on_processes(int n, size_t max_bytes) {
+  char dir_template[] = "/tmp/troupe-bench-XXXXXX";
+  if (!::mkdtemp(dir_template)) throw std::runtime_error("cannot make a rendezvous directory in /tmp");
+  const std::string dir = dir_template;
+  const uint64_t group = (uint64_t(::getpid()) << 8) + uint64_t(n);
+  std::vector<pid_t> workers;
+  for (int r = 1; r < n; ++r) {
+    std::vector<std::string> args = {"troupe", "bench", "allreduce", "--worker", std::to_string(r),
+                                     "--world", std::to_string(n), "--rendezvous", dir,
+                                     "--group", std::to_string(group), "--max-bytes", std::to_string(max_bytes)};
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    pid_t pid = 0;
+    if (posix_spawn(&pid, "/proc/self/exe", nullptr, nullptr, argv.data(), environ) != 0)
+      throw std::runtime_error("cannot start a worker process");
+    workers.push_back(pid);
+  }
+  std::vector<result> out;
+  std::string error;
+  try {
+    file_rendezvous store(dir);
+    tcp_options opt;
+    opt.group = group;
+    auto c = make_tcp_communicator(0, n, store, opt);
+    out = run_rank(*c, sizes_up_to(max_bytes));
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  for (pid_t pid : workers) {
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+      if (!error.empty()) error += "; ";
+      error += "worker process " + std::to_string(pid) + " failed";
+    }
+  }
+  std::error_code ec;
+  std::filesystem::remove_all(dir, ec);
+  if (!error.empty()) throw std::runtime_error(error);
+  return out;
+}
+
+// Single-thread memcpy of 64 MiB, median of 5: the ceiling a copy between ranks can reach.
+double memcpy_gbps() {
+  const size_t bytes = size_t(64) << 20;
+  std::vector<char> a(bytes, 1), b(bytes, 0);
+  std::vector<double> t;
+  for (int i = 0; i < 5; ++i) {
+    auto t0 = std::chrono::steady_clock::now();
+    std::memcpy(b.data(), a.data(), bytes);
+    t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    a[size_t(i)] = b[bytes - 1 - size_t(i)];  // keeps the copies from being optimized away
+  }
+  std::sort(t.begin(), t.end());
+  return double(bytes) / t[2] / 1e9;
+}
+
+int worker_main(int rank, int world, const std::string& dir, uint64_t group, size_t max_bytes) {
+  try {
+    file_rendezvous store(dir);
+    tcp_options opt;
+    opt.group = group;
+    auto c = make_tcp_communicator(rank, world, store, opt);
+    run_rank(*c, sizes_up_to(max_bytes));
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "troupe bench allreduce: worker %d: %s\n", rank, e.what());
+    return 1;
+  }
+}
+
+bool parse_number(const std::string& text, long long lo, long long hi, long long& out) {
+  char* end = nullptr;
+  out = std::strtoll(text.c_str(), &end, 10);
+  return !text.empty() && !*end && out >= lo && out <= hi;
 }
 
 }  // namespace
 
 int bench_allreduce_main(const std::vector<std::string>& args) {
-  const char* usage = "usage: troupe bench allreduce [--ranks N[,N...]] [--max-bytes B] [--json FILE]";
+  const char* usage =
+      "usage: troupe bench allreduce [--ranks N[,N...]] [--max-bytes B] [--transports inproc,inproc-copy,tcp] "
+      "[--json FILE]";
   std::vector<int> ranks{2, 4};
+  std::vector<std::string> transports{"inproc", "inproc-copy", "tcp"};
   size_t max_bytes = size_t(64) << 20;
   std::string json_path = "runs/bench_allreduce.json";
+  long long worker = -1, world = 0, group = 0;
+  std::string rendezvous_dir;
+  auto bad = [&](const std::string& flag, const std::string& expects, const std::string& got) {
+    std::fprintf(stderr, "troupe bench allreduce: %s expects %s, got '%s'\n", flag.c_str(), expects.c_str(),
+                 got.c_str());
+    return 2;
+  };
   for (size_t i = 0; i < args.size(); ++i) {
-    if (args[i] == "--ranks" && i + 1 < args.size()) {
+    const std::string& a = args[i];
+    const bool has_value = i + 1 < args.size();
+    long long v = 0;
+    if (a == "--ranks" && has_value) {
       ranks.clear();
-      const std::string& list = args[++i];
+      const std::string list = args[++i];
       for (size_t at = 0; at <= list.size();) {
         size_t comma = std::min(list.find(',', at), list.size());
-        const std::string one = list.substr(at, comma - at);
-        char* end = nullptr;
-        long v = std::strtol(one.c_str(), &end, 10);
-        if (one.empty() || *end || v < 1 || v > 64) {
-          std::fprintf(stderr, "troupe bench allreduce: --ranks expects numbers 1..64 separated by commas, got '%s'\n",
-                       list.c_str());
-          return 2;
-        }
+        if (!parse_number(list.substr(at, comma - at), 1, 64, v))
+          return bad(a, "numbers 1..64 separated by commas", list);
         ranks.push_back(int(v));
         at = comma + 1;
       }
-    } else if (args[i] == "--max-bytes" && i + 1 < args.size()) {
-      char* end = nullptr;
-      long long v = std::strtoll(args[++i].c_str(), &end, 10);
-      if (*end || v < 4 || v > (1LL << 30)) {
-        std::fprintf(stderr, "troupe bench allreduce: --max-bytes expects 4..1073741824, got '%s'\n", args[i].c_str());
-        return 2;
+    } else if (a == "--transports" && has_value) {
+      transports.clear();
+      const std::string list = args[++i];
+      for (size_t at = 0; at <= list.size();) {
+        size_t comma = std::min(list.find(',', at), list.size());
+        std::string t = list.substr(at, comma - at);
+        if (t != "inproc" && t != "inproc-copy" && t != "tcp") return bad(a, "inproc, inproc-copy or tcp", t);
+        transports.push_back(t);
+        at = comma + 1;
       }
+    } else if (a == "--max-bytes" && has_value) {
+      if (!parse_number(args[++i], 4096, 1LL << 30, v)) return bad(a, "4096..1073741824", args[i]);
       max_bytes = size_t(v);
-    } else if (args[i] == "--json" && i + 1 < args.size()) {
+    } else if (a == "--json" && has_value) {
       json_path = args[++i];
+    } else if (a == "--worker" && has_value && parse_number(args[i + 1], 1, 63, worker)) {  // internal
+      ++i;
+    } else if (a == "--world" && has_value && parse_number(args[i + 1], 2, 64, world)) {
+      ++i;
+    } else if (a == "--group" && has_value && parse_number(args[i + 1], 0, (1LL << 62), group)) {
+      ++i;
+    } else if (a == "--rendezvous" && has_value) {
+      rendezvous_dir = args[++i];
     } else {
-      std::fprintf(stderr, "troupe bench allreduce: unknown argument '%s' (%s)\n", args[i].c_str(), usage);
+      std::fprintf(stderr, "troupe bench allreduce: unknown or incomplete argument '%s' (%s)\n", a.c_str(), usage);
       return 2;
     }
   }
-  std::printf("troupe bench allreduce: all-reduce (sum, float; halving-doubling up to 64 KiB, ring above) over\n"
-              "ranks as threads of one process; time is the slowest rank's mean per all-reduce, median of 3\n"
-              "rounds; inproc-copy is the same algorithm over copying sends (the baseline); busbw = algbw x 2(n-1)/n\n");
+  if (worker > 0) return worker_main(int(worker), int(world), rendezvous_dir, uint64_t(group), max_bytes);
+
+  const double ceiling = memcpy_gbps();
+  std::printf("troupe bench allreduce: all-reduce (sum, float; halving-doubling up to 64 KiB, ring above); time is\n"
+              "the slowest rank's mean per all-reduce, median of 3 rounds; busbw = algbw x 2(n-1)/n.\n"
+              "inproc: ranks are threads, zero-copy; inproc-copy: the same over copying sends (baseline);\n"
+              "tcp: ranks are processes on loopback.\n"
+              "ceiling: single-thread memcpy of 64 MiB on this machine: %.2f GB/s\n",
+              ceiling);
   bool all_ok = true;
-  std::string json = "{\"rows\":[";
+  char head[256];
+  std::snprintf(head, sizeof head, "%12s %12s %6s %6s  %-12s %-9s %12s %8s %8s %7s\n", "size", "count", "type", "redop",
+                "transport", "ranks as", "time(us)", "algbw", "busbw", "#wrong");
+  std::string json = "{\"memcpy_gbps\":" + std::to_string(ceiling) + ",\"rows\":[";
   bool first = true;
+  const auto sizes = sizes_up_to(max_bytes);
   for (int n : ranks) {
-    std::printf("\n# ranks %d\n%12s %12s %6s %6s  %-12s %10s %8s %8s %7s   %-12s %10s %8s %8s %7s %7s\n", n, "size",
-                "count", "type", "redop", "transport", "time(us)", "algbw", "busbw", "#wrong", "baseline", "time(us)",
-                "algbw", "busbw", "#wrong", "speedup");
-    for (size_t bytes = 4096; bytes <= max_bytes; bytes *= 4) {
-      const size_t count = bytes / 4;
-      const int iters = int(std::clamp<size_t>((size_t(64) << 20) / bytes, 5, 200));
-      result a = measure("inproc", n, count, iters), b = measure("inproc-copy", n, count, iters);
-      auto algbw = [&](double us) { return us > 0 ? double(bytes) / (us * 1e-6) / 1e9 : 0.0; };
-      const double factor = n > 1 ? 2.0 * (n - 1) / n : 0.0;
-      std::printf("%12zu %12zu %6s %6s  %-12s %10.1f %8.2f %8.2f %7zu   %-12s %10.1f %8.2f %8.2f %7zu %6.2fx\n", bytes,
-                  count, "float", "sum", "inproc", a.us, algbw(a.us), algbw(a.us) * factor, a.wrong, "inproc-copy",
-                  b.us, algbw(b.us), algbw(b.us) * factor, b.wrong, a.us > 0 ? b.us / a.us : 0.0);
-      all_ok = all_ok && a.wrong == 0 && b.wrong == 0;
-      char row[512];
-      std::snprintf(row, sizeof row,
-                    "%s{\"ranks\":%d,\"size\":%zu,\"count\":%zu,\"type\":\"float\",\"redop\":\"sum\","
-                    "\"inproc\":{\"time_us\":%.2f,\"algbw\":%.3f,\"busbw\":%.3f,\"wrong\":%zu},"
-                    "\"inproc_copy\":{\"time_us\":%.2f,\"algbw\":%.3f,\"busbw\":%.3f,\"wrong\":%zu}}",
-                    first ? "" : ",", n, bytes, count, a.us, algbw(a.us), algbw(a.us) * factor, a.wrong, b.us,
-                    algbw(b.us), algbw(b.us) * factor, b.wrong);
-      json += row;
-      first = false;
+    std::vector<std::pair<std::string, std::vector<result>>> by_transport;
+    for (const auto& t : transports) {
+      if (t == "tcp" && n == 1) continue;  // one process has no link to measure
+      try {
+        by_transport.push_back({t, t == "tcp" ? on_processes(n, max_bytes) : on_threads(t, n, sizes)});
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "troupe bench allreduce: %s with %d ranks: %s\n", t.c_str(), n, e.what());
+        all_ok = false;
+      }
     }
+    if (by_transport.empty()) {
+      std::printf("\n# ranks %d: no transport finished (errors above)\n", n);
+      continue;
+    }
+    std::printf("\n# ranks %d\n%s", n, head);
+    for (size_t k = 0; k < sizes.size(); ++k)
+      for (const auto& [t, res] : by_transport) {
+        const size_t bytes = sizes[k];
+        const result& x = res[k];
+        const double algbw = x.us > 0 ? double(bytes) / (x.us * 1e-6) / 1e9 : 0.0;
+        const double busbw = algbw * (n > 1 ? 2.0 * (n - 1) / n : 0.0);
+        std::printf("%12zu %12zu %6s %6s  %-12s %-9s %12.1f %8.2f %8.2f %7zu\n", bytes, bytes / 4, "float", "sum",
+                    t.c_str(), t == "tcp" ? "processes" : "threads", x.us, algbw, busbw, x.wrong);
+        all_ok = all_ok && x.wrong == 0;
+        char row[320];
+        std::snprintf(row, sizeof row,
+                      "%s{\"ranks\":%d,\"transport\":\"%s\",\"size\":%zu,\"count\":%zu,\"type\":\"float\","
+                      "\"redop\":\"sum\",\"time_us\":%.2f,\"algbw\":%.3f,\"busbw\":%.3f,\"wrong\":%zu}",
+                      first ? "" : ",", n, t.c_str(), bytes, bytes / 4, x.us, algbw, busbw, x.wrong);
+        json += row;
+        first = false;
+      }
   }
   json += "]}\n";
   auto dir = std::filesystem::path(json_path).parent_path();
@@ -163,7 +302,7 @@ int bench_allreduce_main(const std::vector<std::string>& args) {
   if (!(std::ofstream(json_path) << json))
     std::fprintf(stderr, "troupe bench allreduce: cannot write '%s'\n", json_path.c_str());
   std::printf("\njson: %s\n", json_path.c_str());
-  if (!all_ok) std::fprintf(stderr, "troupe bench allreduce: an all-reduce gave a wrong element\n");
+  if (!all_ok) std::fprintf(stderr, "troupe bench allreduce: a run failed or an all-reduce gave a wrong element\n");
   return all_ok ? 0 : 1;
 }
 

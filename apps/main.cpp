@@ -32,8 +32,8 @@ int usage(const char* why) {
                "      tensor-message round trips between two actors next to raw CAF messages\n"
                "  troupe bench parallel [--model mlp|gpt] [--steps N] [--rounds N] [--no-torch] [--json FILE]\n"
                "      2 workers: replicas and pipeline stages against PyTorch DDP and a PyTorch pipeline\n"
-               "  troupe bench allreduce [--ranks N[,N...]] [--max-bytes B] [--json FILE]\n"
-               "      all-reduce over ranks as threads, zero-copy inproc against copying sends\n");
+               "  troupe bench allreduce [--ranks N[,N...]] [--max-bytes B] [--transports LIST] [--json FILE]\n"
+               "      all-reduce per transport (inproc threads, its copying baseline, tcp processes), nccl-tests columns\n");
   return 2;
 }
 
