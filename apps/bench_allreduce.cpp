@@ -5,6 +5,11 @@
 //   inproc       ranks are threads; zero-copy send_async (a rank adds from its peer's buffer)
 //   inproc-copy  the same over copying sends: the baseline the zero-copy path must beat
 //   tcp          ranks are processes (this binary started again as workers), loopback TCP
+//   openmpi      baseline: MPI_Allreduce of Debian's Open MPI (tests/reference/mpi_allreduce.c,
+//                built beside this binary), processes, its shared-memory path
+//   gloo         baseline: PyTorch 1.13's gloo all_reduce (tests/reference/gloo_allreduce.py)
+// The baselines use the same sizes, rounds and check; one that is not installed is skipped
+// with a note. Below the table, the bars: ours against Open MPI and Gloo.
 // The first line is the ceiling: single-thread memcpy bandwidth of this machine. Every row
 // checks its answer: after the timed loops one more all-reduce of integer data must match
 // the closed form on every rank; a wrong element fails the run.
@@ -19,8 +24,10 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "apps/bench.hpp"
@@ -151,6 +158,34 @@ std::vector<result> on_processes(int n, size_t max_bytes) {
   return out;
 }
 
+// A baseline program's table ("size B time_us T wrong W" per line), for every size; throws
+// with its output if it failed or missed a size.
+std::vector<result> run_baseline(const std::string& cmd, const std::vector<size_t>& sizes) {
+  FILE* p = ::popen((cmd + " 2>&1").c_str(), "r");
+  if (!p) throw std::runtime_error("cannot run: " + cmd);
+  std::string out;
+  char buf[512];
+  std::map<size_t, result> got;
+  while (std::fgets(buf, sizeof buf, p)) {
+    out += buf;
+    unsigned long long b = 0, w = 0;
+    double us = 0;
+    if (std::sscanf(buf, "size %llu time_us %lf wrong %llu", &b, &us, &w) == 3) got[size_t(b)] = {us, size_t(w)};
+  }
+  const int rc = ::pclose(p);
+  std::vector<result> res;
+  for (size_t b : sizes) {
+    if (!got.count(b) || rc != 0) throw std::runtime_error("'" + cmd + "' failed:\n" + out);
+    res.push_back(got[b]);
+  }
+  return res;
+}
+
+std::filesystem::path beside_this_binary(const std::string& name) {
+  std::error_code ec;
+  return std::filesystem::read_symlink("/proc/self/exe", ec).parent_path() / name;
+}
+
 // Single-thread memcpy of 64 MiB, median of 5: the ceiling a copy between ranks can reach.
 double memcpy_gbps() {
   const size_t bytes = size_t(64) << 20;
@@ -193,7 +228,7 @@ int bench_allreduce_main(const std::vector<std::string>& args) {
       "usage: troupe bench allreduce [--ranks N[,N...]] [--max-bytes B] [--transports inproc,inproc-copy,tcp] "
       "[--json FILE]";
   std::vector<int> ranks{2, 4};
-  std::vector<std::string> transports{"inproc", "inproc-copy", "tcp"};
+  std::vector<std::string> transports{"inproc", "inproc-copy", "tcp", "openmpi", "gloo"};
   size_t max_bytes = size_t(64) << 20;
   std::string json_path = "runs/bench_allreduce.json";
   long long worker = -1, world = 0, group = 0;
@@ -223,7 +258,8 @@ int bench_allreduce_main(const std::vector<std::string>& args) {
       for (size_t at = 0; at <= list.size();) {
         size_t comma = std::min(list.find(',', at), list.size());
         std::string t = list.substr(at, comma - at);
-        if (t != "inproc" && t != "inproc-copy" && t != "tcp") return bad(a, "inproc, inproc-copy or tcp", t);
+        if (t != "inproc" && t != "inproc-copy" && t != "tcp" && t != "openmpi" && t != "gloo")
+          return bad(a, "inproc, inproc-copy, tcp, openmpi or gloo", t);
         transports.push_back(t);
         at = comma + 1;
       }
@@ -261,11 +297,36 @@ int bench_allreduce_main(const std::vector<std::string>& args) {
   std::string json = "{\"memcpy_gbps\":" + std::to_string(ceiling) + ",\"rows\":[";
   bool first = true;
   const auto sizes = sizes_up_to(max_bytes);
+  std::map<std::tuple<int, size_t, std::string>, double> measured;  // (ranks, bytes, transport) -> us
   for (int n : ranks) {
     std::vector<std::pair<std::string, std::vector<result>>> by_transport;
     for (const auto& t : transports) {
-      if (t == "tcp" && n == 1) continue;  // one process has no link to measure
+      if ((t == "tcp" || t == "openmpi" || t == "gloo") && n == 1) continue;  // one process has no link
       try {
+        if (t == "openmpi") {
+          const auto bin = beside_this_binary("mpi_allreduce");
+          if (!std::filesystem::exists(bin) || std::system("command -v mpirun >/dev/null 2>&1") != 0) {
+            std::printf("(openmpi skipped: no mpirun or no %s; scripts/setup.sh installs Open MPI)\n", bin.c_str());
+            continue;
+          }
+          const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+          const std::string root = ::geteuid() == 0 ? "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 " : "";
+          by_transport.push_back({t, run_baseline(root + "mpirun -np " + std::to_string(n) + " --bind-to none " +
+                                                      (unsigned(n) > cores ? "--oversubscribe " : "") + bin.string() +
+                                                      " " + std::to_string(max_bytes),
+                                                  sizes)});
+          continue;
+        }
+        if (t == "gloo") {
+          if (std::system("/usr/bin/python3 -c 'import torch' >/dev/null 2>&1") != 0) {
+            std::printf("(gloo skipped: /usr/bin/python3 cannot import torch; apt install python3-torch)\n");
+            continue;
+          }
+          by_transport.push_back({t, run_baseline("/usr/bin/python3 tests/reference/gloo_allreduce.py --world " +
+                                                      std::to_string(n) + " --max-bytes " + std::to_string(max_bytes),
+                                                  sizes)});
+          continue;
+        }
         by_transport.push_back({t, t == "tcp" ? on_processes(n, max_bytes) : on_threads(t, n, sizes)});
       } catch (const std::exception& e) {
         std::fprintf(stderr, "troupe bench allreduce: %s with %d ranks: %s\n", t.c_str(), n, e.what());
@@ -284,8 +345,9 @@ int bench_allreduce_main(const std::vector<std::string>& args) {
         const double algbw = x.us > 0 ? double(bytes) / (x.us * 1e-6) / 1e9 : 0.0;
         const double busbw = algbw * (n > 1 ? 2.0 * (n - 1) / n : 0.0);
         std::printf("%12zu %12zu %6s %6s  %-12s %-9s %12.1f %8.2f %8.2f %7zu\n", bytes, bytes / 4, "float", "sum",
-                    t.c_str(), t == "tcp" ? "processes" : "threads", x.us, algbw, busbw, x.wrong);
+                    t.c_str(), t.rfind("inproc", 0) == 0 ? "threads" : "processes", x.us, algbw, busbw, x.wrong);
         all_ok = all_ok && x.wrong == 0;
+        measured[std::make_tuple(n, bytes, t)] = x.us;
         char row[320];
         std::snprintf(row, sizeof row,
                       "%s{\"ranks\":%d,\"transport\":\"%s\",\"size\":%zu,\"count\":%zu,\"type\":\"float\","
@@ -295,7 +357,36 @@ int bench_allreduce_main(const std::vector<std::string>& args) {
         first = false;
       }
   }
-  json += "]}\n";
+  json += "]";
+  // The bars, from the rows above (processes against processes: tcp is ours for now).
+  std::printf("\n");
+  std::string bars;
+  auto bar = [&](const char* what, int n, size_t bytes, const std::string& ours, const std::string& theirs,
+                 bool latency, double need) {
+    double a = -1, b = -1;
+    for (const auto& [key, us] : measured)
+      if (key == std::make_tuple(n, bytes, ours)) a = us;
+      else if (key == std::make_tuple(n, bytes, theirs)) b = us;
+    if (a <= 0 || b <= 0) {
+      std::printf("  %-58s n/a (%s or %s not measured)\n", what, ours.c_str(), theirs.c_str());
+      return;
+    }
+    const double ratio = latency ? a / b : b / a;  // busbw ratio = inverse time ratio
+    const bool met = latency ? ratio <= need : ratio >= need;
+    std::printf("  %-58s %6.2fx  bar %s%.1fx: %s\n", what, ratio, latency ? "<=" : ">=", need, met ? "met" : "NOT met");
+    char row[256];
+    std::snprintf(row, sizeof row, "%s{\"what\":\"%s\",\"ratio\":%.3f,\"bar\":%.2f,\"met\":%s}",
+                  bars.empty() ? "" : ",", what, ratio, need, met ? "true" : "false");
+    bars += row;
+  };
+  for (const std::string ours : {"tcp", "inproc"}) {
+    const std::string tag = ours == "tcp" ? "tcp (processes)" : "inproc (threads)";
+    bar((tag + ": 2 ranks 16 MiB busbw / Open MPI").c_str(), 2, size_t(16) << 20, ours, "openmpi", false, 1.5);
+    bar((tag + ": 2 ranks 16 MiB busbw / Gloo").c_str(), 2, size_t(16) << 20, ours, "gloo", false, 5.0);
+    bar((tag + ": 2 ranks 4 KiB time / Open MPI").c_str(), 2, 4096, ours, "openmpi", true, 1.0);
+    bar((tag + ": 4 ranks 64 MiB busbw / Open MPI").c_str(), 4, size_t(64) << 20, ours, "openmpi", false, 2.0);
+  }
+  json += ",\"bars\":[" + bars + "]}\n";
   auto dir = std::filesystem::path(json_path).parent_path();
   std::error_code ec;
   if (!dir.empty()) std::filesystem::create_directories(dir, ec);
