@@ -19,6 +19,12 @@ struct coordinator_options {
   bool live_progress = true;  // rewrite one progress line in place (a terminal)
   bool quiet = false;         // no progress at all (tests)
   int32_t prefetch = 2;       // batches in flight from the feeder to the device
+  // One of several processes of the job (troupe launch): this is process `rank` of
+  // `world`; the processes meet through a file rendezvous in `rendezvous` and keep their
+  // links apart from other jobs' by `group`. Each runs replicas / world replicas.
+  int rank = 0, world = 1;
+  std::string rendezvous;
+  uint64_t group = 0;
   progress_display display() const {
     return quiet ? progress_display::quiet : live_progress ? progress_display::live_line : progress_display::log_lines;
   }

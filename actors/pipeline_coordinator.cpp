@@ -45,13 +45,15 @@ void on_reports(coordinator_actor self) {
   const int p = int(s.g.stages[0].size()), R = int(s.g.stages.size());
   for (const stage_report& r : it->second) {
     s.loss_sum += r.loss_sum;
-    s.busy[size_t(r.replica * p + r.stage)] = r.busy_s;
+    s.busy[size_t((r.replica - s.g.first_replica) * p + r.stage)] = r.busy_s;
     auto& peak = s.g.out->peak_stash_mb[size_t(r.stage)];
     peak = std::max(peak, r.peak_stash_bytes / (1024.0 * 1024.0));
     if (r.grad_norm >= 0) s.self_norm = r.grad_norm;
   }
   s.reports.erase(it);
-  s.g.out->losses.push_back(float(s.loss_sum / (double(s.g.micro_batches) * R)));
+  float loss = float(s.loss_sum / (double(s.g.micro_batches) * R));
+  if (s.g.global_loss) loss = s.g.global_loss(s.step, loss);  // a small all-reduce over the processes
+  s.g.out->losses.push_back(loss);
   if (p > 1)
     sync_gradients(self);
   else  // each stage took its optimizer step itself
@@ -104,7 +106,7 @@ void end_step(coordinator_actor self, double norm, float lr) {
 
 // The model spans several stages: each averages its gradients with its replicas and
 // answers with its share of the norm and its shared gradients; replicas then hold equal
-// gradients, so replica 0's give the sums. Then one clip for all and every optimizer step.
+// gradients, so this process's first replica's give the sums. Then one clip for all and every optimizer step.
 void sync_gradients(coordinator_actor self) {
   auto& s = self->state;
   s.sum_sq = 0;
@@ -115,7 +117,7 @@ void sync_gradients(coordinator_actor self) {
         .then(
             [=](int32_t replica, int32_t, double partial, const std::vector<tensor>& grads) {
               auto& s = self->state;
-              if (replica == 0) {
+              if (replica == s.g.first_replica) {
                 s.sum_sq += partial;
                 for (size_t k = 0; k < s.shared.size(); ++k) {
                   if (!grads[k].defined()) continue;

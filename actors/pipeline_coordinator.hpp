@@ -16,6 +16,7 @@
 // Accepts: (run_atom) -> int32 0 once every step ran and the parameters are collected
 //          into graph.out, or an error naming what failed.
 //          stage_report, and the stages' replies.
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -26,7 +27,8 @@
 namespace troupe {
 
 struct pipeline_graph {
-  std::vector<std::vector<caf::actor>> stages;  // [replica][stage]
+  std::vector<std::vector<caf::actor>> stages;  // [replica][stage], this process's replicas
+  int first_replica = 0;                        // the replica stages[0] is
   std::vector<caf::actor> devices;
   std::vector<std::shared_ptr<communicator>> groups;  // one member of each stage's replica group
   caf::actor feeder;  // pipeline_feeder: draws each step's examples when asked
@@ -34,6 +36,9 @@ struct pipeline_graph {
   int64_t steps = 0, total_steps = 0;  // steps to run; the schedule's length (learning rate)
   const proto::JobSpec* spec = nullptr;
   progress_log* progress = nullptr;   // optional
+  // Optional (replicas in several processes): the step's loss over every replica, from the
+  // mean over this process's.
+  std::function<float(int64_t step, float local_loss)> global_loss;
   std::shared_ptr<pipeline_outcome> out;  // filled in as the job runs
 };
 

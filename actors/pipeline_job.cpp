@@ -28,6 +28,12 @@ pipeline_outcome run_pipeline_training(caf::actor_system& sys, const proto::JobS
                                        int64_t steps, progress_log* progress) {
   std::shared_ptr<const pipeline_schedule> schedule = make_pipeline_schedule(opts.schedule, opts.chunks);
   const int p = opts.stages, v = schedule->chunks(), m = opts.micro_batches, R = opts.replicas;
+  // This process's replicas: [f, f + L) of R.
+  const int f = opts.first_replica, L = opts.local_replicas ? opts.local_replicas : R;
+  if (f < 0 || L < 1 || f + L > R || (L < R && !opts.make_replica_group))
+    throw input_error("pipeline: replicas [" + std::to_string(f) + ", " + std::to_string(f + L) + ") of " +
+                      std::to_string(R) + " with" + (opts.make_replica_group ? "" : "out") +
+                      " a replica group spanning the processes");
   auto data = load_training_data(spec);
   auto batches = std::make_shared<step_batches>(spec, data, m, R);
   const int64_t total = troupe::total_steps(spec, *data);
@@ -42,26 +48,33 @@ pipeline_outcome run_pipeline_training(caf::actor_system& sys, const proto::JobS
   // The device actors (threads), then stages[r][s]: stage s of replica r, on device
   // device_of(s, r). Stage s of every replica shares one group.
   check_placement(p, R, opts.devices);
+  const int local_devices = opts.devices ? opts.devices / R * L : p * L;
   std::vector<caf::actor> devices;
-  for (int d = 0; d < (opts.devices ? opts.devices : p * R); ++d)
+  for (int d = 0; d < local_devices; ++d)
     devices.push_back(sys.spawn<caf::detached>(stage_device, opts.threads_per_device));
-  std::vector<std::vector<caf::actor>> stages(static_cast<size_t>(R));
+  std::vector<std::vector<caf::actor>> stages(static_cast<size_t>(L));  // the local replicas'
   std::vector<std::shared_ptr<communicator>> groups;  // one member of each stage's group
   std::vector<caf::actor> all;
   for (int s = 0; s < p; ++s) {
-    auto group = make_group("inproc", R);
-    groups.push_back(group[0]);
+    // Members f .. f+L-1 of stage s's group (all of it, in one process).
+    std::vector<std::shared_ptr<communicator>> group;
+    if (R > 1) group = opts.make_replica_group ? opts.make_replica_group(s) : make_group("inproc", R);
+    if (R > 1 && int(group.size()) != (opts.make_replica_group ? L : R))
+      throw std::logic_error("make_replica_group gave " + std::to_string(group.size()) + " members for " +
+                             std::to_string(L) + " local replicas");
+    auto member = [&](int r) { return group[size_t(opts.make_replica_group ? r - f : r)]; };
+    if (R > 1) groups.push_back(member(f));
     std::vector<std::pair<size_t, size_t>> mine;
     for (int c = 0; c < v; ++c) mine.push_back(ranges[size_t(c * p + s)]);
-    for (int r = 0; r < R; ++r) {
+    for (int r = f; r < f + L; ++r) {
       stage_config cfg;
       cfg.stage = s;
       cfg.stages = p;
       cfg.replica = r;
       cfg.micro_batches = m;
-      cfg.device = devices[size_t(device_of(s, r, p, R, opts.devices))];
+      cfg.device = devices[size_t(device_of(s, r - f, p, L, opts.devices ? local_devices : 0))];
       cfg.schedule = schedule;
-      cfg.replica_group = R > 1 ? group[size_t(r)] : nullptr;
+      cfg.replica_group = R > 1 ? member(r) : nullptr;
       cfg.trace = opts.trace;
       // Nothing to share with other stages: each replica's stage steps on its own.
       cfg.self_step = p == 1;
@@ -76,15 +89,16 @@ pipeline_outcome run_pipeline_training(caf::actor_system& sys, const proto::JobS
       cfg.compute = std::make_shared<stage_model>(spec, make_model(), mine, init, batches, m, r);
       if (opts.wrap_compute) cfg.compute = opts.wrap_compute(s, r, cfg.compute);
       cfg.fed = true;  // the data feeder sends the examples; the device gathers the rows
-      stages[size_t(r)].push_back(sys.spawn<caf::detached>(stage, cfg));
-      all.push_back(stages[size_t(r)].back());
+      stages[size_t(r - f)].push_back(sys.spawn<caf::detached>(stage, cfg));
+      all.push_back(stages[size_t(r - f)].back());
     }
   }
-  // The data feeder: to the first stage (inputs) and the last (targets) of each replica.
-  std::vector<std::vector<caf::actor>> readers;
-  for (int r = 0; r < R; ++r) {
-    readers.push_back({stages[size_t(r)].front()});
-    if (p > 1) readers.back().push_back(stages[size_t(r)].back());
+  // The data feeder: to the first stage (inputs) and the last (targets) of each local
+  // replica (it draws every replica's share, as one trainer would, and sends these).
+  std::vector<std::vector<caf::actor>> readers(static_cast<size_t>(R));
+  for (int r = f; r < f + L; ++r) {
+    readers[size_t(r)].push_back(stages[size_t(r - f)].front());
+    if (p > 1) readers[size_t(r)].push_back(stages[size_t(r - f)].back());
   }
   pipeline_graph graph;
   graph.stages = stages;
@@ -96,6 +110,8 @@ pipeline_outcome run_pipeline_training(caf::actor_system& sys, const proto::JobS
   graph.total_steps = total;
   graph.spec = &spec;
   graph.progress = progress;
+  graph.global_loss = opts.global_loss;
+  graph.first_replica = f;
   graph.out = std::make_shared<pipeline_outcome>();
   auto out = graph.out;
   caf::actor graph_feeder = graph.feeder;

@@ -38,6 +38,16 @@ struct pipeline_options {
   // Optional: builds the model in code (the C++ API for layer lists a job spec cannot
   // express); called once per stage actor and once for the plan. Default: the spec's.
   std::function<std::unique_ptr<model>()> make_model;
+  // Several processes (troupe launch): this one runs the replicas [first_replica,
+  // first_replica + local_replicas) of `replicas` (local_replicas 0: all of them, here).
+  // make_replica_group(s) returns this process's members of stage s's replica group,
+  // one per local replica in order: ranks first_replica.. of a group of `replicas` that
+  // spans the processes. global_loss(step, mean of the local replicas' losses) returns
+  // the step's mean over every replica (all processes call it for every step, in order).
+  int first_replica = 0;
+  int local_replicas = 0;
+  std::function<std::vector<std::shared_ptr<communicator>>(int stage)> make_replica_group;
+  std::function<float(int64_t step, float local_loss)> global_loss;
   static pipeline_options from(const proto::JobSpec& spec);
 };
 

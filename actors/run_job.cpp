@@ -3,11 +3,71 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <thread>
 
 #include "actors/pipeline_job.hpp"
 #include "runtime/threads.hpp"
+#include "transport/collectives.hpp"
+#include "transport/tcp/tcp.hpp"
 
 namespace troupe {
+
+namespace {
+
+// This process joins the job's other processes: a control group of `world` ranks (the
+// step losses are averaged over it), and replica groups per stage whose members are this
+// process's replicas. Returns the control group's member.
+std::shared_ptr<communicator> join_processes(const proto::JobSpec& spec, const coordinator_options& opts,
+                                             pipeline_options& popts) {
+  const int R = popts.replicas, L = R / opts.world, f = opts.rank * L;
+  auto store = std::make_shared<file_rendezvous>(opts.rendezvous);
+  tcp_options base;
+  base.group = opts.group;
+  std::shared_ptr<communicator> control = make_tcp_communicator(opts.rank, opts.world, *store, base);
+  popts.first_replica = f;
+  popts.local_replicas = L;
+  popts.make_replica_group = [store, base, R, L, f](int stage) {
+    tcp_options o = base;
+    o.group = base.group + 1 + uint64_t(stage);  // one group per stage
+    std::vector<std::shared_ptr<communicator>> members(static_cast<size_t>(L));
+    std::vector<std::exception_ptr> errors(static_cast<size_t>(L));
+    std::vector<std::thread> joining;  // a member returns once all its links are up
+    for (int k = 0; k < L; ++k)
+      joining.emplace_back([&, k] {
+        try {
+          members[size_t(k)] = make_tcp_communicator(f + k, R, *store, o);
+        } catch (...) {
+          errors[size_t(k)] = std::current_exception();
+        }
+      });
+    for (auto& t : joining) t.join();
+    for (auto& e : errors)
+      if (e) std::rethrow_exception(e);
+    return members;
+  };
+  popts.global_loss = [control, L, R](int64_t step, float local) {
+    float v = local * float(L);
+    allreduce_sum(*control, &v, 1, uint64_t(step) * kTagsPerCollective);
+    return v / float(R);
+  };
+  (void)spec;
+  return control;
+}
+
+}  // namespace
+
+job_outcome run_job_worker(caf::actor_system& sys, const proto::JobSpec& spec, const coordinator_options& opts,
+                           int64_t steps) {
+  pipeline_options popts = pipeline_options::from(spec);
+  std::shared_ptr<communicator> control = join_processes(spec, opts, popts);
+  auto t0 = std::chrono::steady_clock::now();
+  run_pipeline_training(sys, spec, popts, steps, nullptr);
+  job_outcome out;
+  out.steps = steps;
+  out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  out.eval.loss = -1;  // rank 0 evaluates
+  return out;
+}
 
 job_outcome run_job(const proto::JobSpec& spec, const coordinator_options& opts) {
   auto data = load_training_data(spec);  // bad data fails here, before any actor starts
@@ -20,13 +80,20 @@ job_outcome run_job(const proto::JobSpec& spec, const coordinator_options& opts)
   register_message_types(cfg);
   caf::actor_system sys{cfg};
   auto t0 = std::chrono::steady_clock::now();
+  if (opts.world > 1 && spec.parallel().replicas() % uint32_t(opts.world) != 0)
+    throw input_error("train: parallel.replicas " + std::to_string(spec.parallel().replicas()) +
+                      " cannot be split over " + std::to_string(opts.world) +
+                      " processes: expected a multiple of the process count");
+  if (opts.world > 1 && opts.rank != 0) return run_job_worker(sys, spec, opts, out.steps);
   if (spec.parallel().stages() > 1 || spec.parallel().replicas() > 1) {
     // Pipeline stages as actors; then the assembled model is evaluated here.
     progress_log progress(spec, out.steps, opts.display());
     pipeline_options popts = pipeline_options::from(spec);
+    std::shared_ptr<communicator> control;  // keeps the processes' links up for the run
+    if (opts.world > 1) control = join_processes(spec, opts, popts);
     popts.trace = std::make_shared<trace_recorder>();
     // Tracks in replica-major order, so the timeline reads top to bottom.
-    for (int r = 0; r < popts.replicas; ++r)
+    for (int r = popts.first_replica; r < popts.first_replica + (popts.local_replicas ? popts.local_replicas : popts.replicas); ++r)
       for (int s = 0; s < popts.stages; ++s) popts.trace->track("replica " + std::to_string(r) + " stage " + std::to_string(s));
     pipeline_outcome po = run_pipeline_training(sys, spec, popts, out.steps, &progress);
     out.peak_stash_mb = po.peak_stash_mb;

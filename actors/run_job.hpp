@@ -17,7 +17,12 @@ struct job_outcome {
   std::vector<double> peak_stash_mb;      // pipeline runs: measured activation peak per stage
 };
 
-// Throws input_error for bad data; returns the evaluation after the last step.
+// Throws input_error for bad data; returns the evaluation after the last step. With
+// opts.world > 1 this is one process of the job: rank 0 reports, evaluates and writes
+// the metrics, trace and pictures; the others train their replicas quietly.
 job_outcome run_job(const proto::JobSpec& spec, const coordinator_options& opts);
+// The part of a process other than rank 0 (run_job calls it).
+job_outcome run_job_worker(caf::actor_system& sys, const proto::JobSpec& spec, const coordinator_options& opts,
+                           int64_t steps);
 
 }  // namespace troupe

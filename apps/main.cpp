@@ -1,5 +1,7 @@
 // troupe: the command line. `troupe train JOB.json` runs a job through the actor system;
 // `troupe bench train` measures training throughput.
+#include <signal.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -9,6 +11,7 @@
 
 #include "actors/run_job.hpp"
 #include "apps/bench.hpp"
+#include "apps/launch.hpp"
 #include "apps/plan.hpp"
 #include "runtime/job_spec.hpp"
 #include "runtime/threads.hpp"
@@ -21,6 +24,8 @@ int usage(const char* why) {
                "usage:\n"
                "  troupe train JOB.json [--steps N] [--threads N] [--quiet]\n"
                "      run a training job (see docs/job-spec.md); flags override the spec\n"
+               "  troupe launch --nproc N JOB.json [--steps N] [--threads N] [--quiet]\n"
+               "      the job as N processes on this host (replicas split over them, tcp between them)\n"
                "  troupe plan JOB.json\n"
                "      print how the job is cut into pipeline stages and the memory each needs\n"
                "  troupe bench train [--model mlp|gpt] [--steps N] [--rounds N] [--torch] [--json FILE]\n"
@@ -49,14 +54,59 @@ bool parse_count(const char* flag, const char* text, uint32_t& out) {
   return true;
 }
 
+// This process's place in a multi-process job: flags (troupe launch passes them), else
+// the environment of a launcher: TROUPE_RANK / TROUPE_WORLD_SIZE, Slurm's SLURM_PROCID /
+// SLURM_NTASKS, Open MPI's OMPI_COMM_WORLD_RANK / OMPI_COMM_WORLD_SIZE; the rendezvous
+// directory from TROUPE_RENDEZVOUS and the job's group id from TROUPE_GROUP.
+bool place_from_env(troupe::coordinator_options& o, bool rank_set, bool world_set) {
+  auto env = [](const char* k) { return std::getenv(k); };
+  const char* pairs[][2] = {{"TROUPE_RANK", "TROUPE_WORLD_SIZE"},
+                            {"SLURM_PROCID", "SLURM_NTASKS"},
+                            {"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"}};
+  for (auto& [rk, wk] : pairs) {
+    if (!env(rk) || !env(wk)) continue;
+    uint32_t world = 0;
+    char* end = nullptr;
+    long rank = std::strtol(env(rk), &end, 10);
+    if (*end || rank < 0 || !parse_count(wk, env(wk), world) || rank >= long(world)) {
+      std::fprintf(stderr, "troupe: %s=%s and %s=%s do not name a rank of a world\n", rk, env(rk), wk, env(wk));
+      return false;
+    }
+    if (!rank_set) o.rank = int(rank);
+    if (!world_set) o.world = int(world);
+    break;
+  }
+  if (o.rendezvous.empty() && env("TROUPE_RENDEZVOUS")) o.rendezvous = env("TROUPE_RENDEZVOUS");
+  if (o.group == 0 && env("TROUPE_GROUP")) o.group = std::strtoull(env("TROUPE_GROUP"), nullptr, 10);
+  return true;
+}
+
 int train(const std::vector<std::string>& args) {
   std::string path;
   uint32_t steps = 0, threads = 0;
   bool quiet = false;
+  troupe::coordinator_options place;
+  bool rank_set = false, world_set = false;
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
     if ((a == "--steps" || a == "--threads") && i + 1 < args.size()) {
       if (!parse_count(a.c_str(), args[++i].c_str(), a == "--steps" ? steps : threads)) return 2;
+    } else if (a == "--rank" && i + 1 < args.size()) {
+      char* end = nullptr;
+      long r = std::strtol(args[++i].c_str(), &end, 10);
+      if (args[i].empty() || *end || r < 0 || r > 4095) {
+        std::fprintf(stderr, "troupe: --rank expects 0..4095, got '%s'\n", args[i].c_str());
+        return 2;
+      }
+      place.rank = int(r), rank_set = true;
+    } else if (a == "--world" && i + 1 < args.size()) {
+      uint32_t w = 0;
+      if (!parse_count("--world", args[++i].c_str(), w) || w > 4096) return 2;
+      place.world = int(w), world_set = true;
+    } else if (a == "--rendezvous" && i + 1 < args.size()) {
+      place.rendezvous = args[++i];
+    } else if (a == "--group" && i + 1 < args.size()) {
+      place.group = std::strtoull(args[++i].c_str(), nullptr, 10);
     } else if (a == "--quiet") {
       quiet = true;
     } else if (a.rfind("--", 0) == 0) {
@@ -68,6 +118,22 @@ int train(const std::vector<std::string>& args) {
     }
   }
   if (path.empty()) return usage("train needs a job file");
+  if (!place_from_env(place, rank_set, world_set)) return 2;
+  if (place.rank >= place.world) {
+    std::fprintf(stderr, "troupe: --rank %d is not below --world %d\n", place.rank, place.world);
+    return 2;
+  }
+  if (place.world > 1 && place.rendezvous.empty()) {
+    std::fprintf(stderr, "troupe: a job of %d processes needs a rendezvous directory all of them see "
+                         "(--rendezvous DIR or TROUPE_RENDEZVOUS); troupe launch makes one\n", place.world);
+    return 2;
+  }
+  const bool reporter = place.rank == 0;  // the other processes of a job train quietly
+  if (const char* launcher = std::getenv("TROUPE_LAUNCHER_PID")) {
+    // Started by troupe launch: die with it (and not outlive it if it is already gone).
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (std::to_string(::getppid()) != launcher) return 1;
+  }
   try {
     troupe::proto::JobSpec spec = troupe::load_job_spec(path);
     if (steps) {
@@ -87,10 +153,17 @@ int train(const std::vector<std::string>& args) {
       return 2;
     }
     int nthreads = spec.train().threads() ? int(spec.train().threads()) : troupe::hardware_threads();
-    troupe::coordinator_options opts;
-    opts.quiet = quiet;
+    troupe::coordinator_options opts = place;
+    opts.quiet = quiet || !reporter;
     opts.live_progress = isatty(STDOUT_FILENO);
+    if (!reporter) {
+      troupe::run_job(spec, opts);
+      return 0;
+    }
     std::printf("troupe: %s\n", troupe::describe(spec).c_str());
+    if (place.world > 1)
+      std::printf("        %d processes: each runs %u of the %u replicas; gradients and losses over tcp\n",
+                  place.world, spec.parallel().replicas() / uint32_t(place.world), spec.parallel().replicas());
     std::vector<troupe::stage_plan> plan;
     if (spec.parallel().stages() > 1 || spec.parallel().replicas() > 1) {
       plan = troupe::plan_job(spec);
@@ -130,6 +203,7 @@ int main(int argc, char** argv) {
   std::string cmd = argv[1];
   std::vector<std::string> args(argv + 2, argv + argc);
   if (cmd == "train") return train(args);
+  if (cmd == "launch") return troupe::launch_main(args);
   if (cmd == "bench") return troupe::bench_main(args);
   if (cmd == "plan") return troupe::plan_main(args);
   if (cmd == "-h" || cmd == "--help" || cmd == "help") return usage(nullptr), 0;

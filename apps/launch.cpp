@@ -1,0 +1,140 @@
+// troupe launch --nproc N JOB.json [train flags]: starts N processes of `troupe train` on
+// this host for one job (as torchrun does): each gets --rank, --world, a fresh rendezvous
+// directory and the job's group id; rank 0 prints and writes everything. If one process
+// fails, the others are stopped (SIGTERM, then SIGKILL after 5 s) and launch exits with
+// the failed one's status, naming it. The children die with the launcher.
+#include "apps/launch.hpp"
+
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+#include <thread>
+#include <vector>
+
+extern char** environ;
+
+namespace troupe {
+
+namespace {
+
+volatile sig_atomic_t interrupted = 0;
+void on_signal(int) { interrupted = 1; }
+
+void stop_all(const std::vector<pid_t>& pids, const std::vector<bool>& running) {
+  for (size_t k = 0; k < pids.size(); ++k)
+    if (running[k]) ::kill(pids[k], SIGTERM);
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  for (size_t k = 0; k < pids.size(); ++k) {
+    if (!running[k]) continue;
+    int status = 0;
+    while (::waitpid(pids[k], &status, WNOHANG) == 0) {
+      if (std::chrono::steady_clock::now() >= until) {
+        ::kill(pids[k], SIGKILL);
+        ::waitpid(pids[k], &status, 0);
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  }
+}
+
+}  // namespace
+
+int launch_main(const std::vector<std::string>& args) {
+  const char* usage = "usage: troupe launch --nproc N JOB.json [--steps N] [--threads N] [--quiet]";
+  int nproc = 0;
+  std::vector<std::string> passed;  // to every `troupe train`
+  for (size_t i = 0; i < args.size(); ++i) {
+    if (args[i] == "--nproc" && i + 1 < args.size()) {
+      char* end = nullptr;
+      long v = std::strtol(args[++i].c_str(), &end, 10);
+      if (args[i].empty() || *end || v < 1 || v > 256) {
+        std::fprintf(stderr, "troupe launch: --nproc expects 1..256, got '%s' (%s)\n", args[i].c_str(), usage);
+        return 2;
+      }
+      nproc = int(v);
+    } else if (args[i] == "--rank" || args[i] == "--world" || args[i] == "--rendezvous" || args[i] == "--group") {
+      std::fprintf(stderr, "troupe launch: %s is set by launch itself (%s)\n", args[i].c_str(), usage);
+      return 2;
+    } else {
+      passed.push_back(args[i]);
+    }
+  }
+  if (nproc == 0) {
+    std::fprintf(stderr, "troupe launch: --nproc N is required (%s)\n", usage);
+    return 2;
+  }
+  char dir_template[] = "/tmp/troupe-launch-XXXXXX";
+  if (!::mkdtemp(dir_template)) {
+    std::fprintf(stderr, "troupe launch: cannot make a rendezvous directory in /tmp\n");
+    return 1;
+  }
+  const std::string dir = dir_template;
+  const uint64_t group = (uint64_t(::getpid()) << 16) ^ uint64_t(std::chrono::steady_clock::now().time_since_epoch().count() & 0xFFFF);
+  struct sigaction sa {};
+  sa.sa_handler = on_signal;
+  ::sigaction(SIGINT, &sa, nullptr);
+  ::sigaction(SIGTERM, &sa, nullptr);
+  ::setenv("TROUPE_LAUNCHER_PID", std::to_string(::getpid()).c_str(), 1);
+  std::vector<pid_t> pids;
+  std::vector<bool> running;
+  for (int r = 0; r < nproc; ++r) {
+    std::vector<std::string> argv_s = {"troupe", "train"};
+    argv_s.insert(argv_s.end(), passed.begin(), passed.end());
+    for (std::string x : {std::string("--rank"), std::to_string(r), std::string("--world"), std::to_string(nproc),
+                          std::string("--rendezvous"), dir, std::string("--group"), std::to_string(group)})
+      argv_s.push_back(x);
+    std::vector<char*> argv;
+    for (auto& a : argv_s) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    pid_t pid = 0;
+    if (posix_spawn(&pid, "/proc/self/exe", nullptr, nullptr, argv.data(), environ) != 0) {
+      std::fprintf(stderr, "troupe launch: cannot start process %d\n", r);
+      stop_all(pids, running);
+      return 1;
+    }
+    pids.push_back(pid);
+    running.push_back(true);
+  }
+  int code = 0, left = nproc;
+  while (left > 0) {
+    if (interrupted) {
+      std::fprintf(stderr, "troupe launch: interrupted: stopping the %d processes\n", left);
+      stop_all(pids, running);
+      code = 130;
+      break;
+    }
+    int status = 0;
+    pid_t pid = ::waitpid(-1, &status, WNOHANG);
+    if (pid <= 0) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      continue;
+    }
+    size_t k = 0;
+    while (k < pids.size() && pids[k] != pid) ++k;
+    if (k == pids.size()) continue;
+    running[k] = false;
+    --left;
+    const int rc = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    if (rc != 0) {
+      std::fprintf(stderr, "troupe launch: process %zu (pid %d) %s %d: stopping the other %d\n", k, int(pid),
+                   WIFEXITED(status) ? "exited with status" : "was killed by signal",
+                   WIFEXITED(status) ? rc : WTERMSIG(status), left);
+      stop_all(pids, running);
+      code = rc;
+      break;
+    }
+  }
+  std::error_code ec;
+  std::filesystem::remove_all(dir, ec);
+  return code;
+}
+
+}  // namespace troupe

@@ -1,0 +1,10 @@
+#pragma once
+#include <string>
+#include <vector>
+
+namespace troupe {
+
+// troupe launch --nproc N JOB.json [train flags] (apps/launch.cpp).
+int launch_main(const std::vector<std::string>& args);
+
+}  // namespace troupe
