@@ -122,15 +122,31 @@ int launch_main(const std::vector<std::string>& args) {
     if (k == pids.size()) continue;
     running[k] = false;
     --left;
-    const int rc = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    if (rc != 0) {
-      std::fprintf(stderr, "troupe launch: process %zu (pid %d) %s %d: stopping the other %d\n", k, int(pid),
-                   WIFEXITED(status) ? "exited with status" : "was killed by signal",
-                   WIFEXITED(status) ? rc : WTERMSIG(status), left);
-      stop_all(pids, running);
-      code = rc;
-      break;
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 0) continue;
+    // A failure. Others may have ended at the same moment (a peer's death breaks their
+    // links): report them all, the signalled ones (the likely cause) included.
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    std::vector<std::pair<size_t, int>> failed{{k, status}};
+    for (size_t j = 0; j < pids.size(); ++j) {
+      int st = 0;
+      if (running[j] && ::waitpid(pids[j], &st, WNOHANG) == pids[j]) {
+        running[j] = false;
+        --left;
+        if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) failed.push_back({j, st});
+      }
     }
+    for (const auto& [j, st] : failed) {
+      if (WIFEXITED(st))
+        std::fprintf(stderr, "troupe launch: process %zu (pid %d) exited with status %d\n", j, int(pids[j]),
+                     WEXITSTATUS(st));
+      else
+        std::fprintf(stderr, "troupe launch: process %zu (pid %d) was killed by signal %d\n", j, int(pids[j]),
+                     WTERMSIG(st));
+      if (code == 0 || !WIFEXITED(st)) code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    }
+    std::fprintf(stderr, "troupe launch: stopping the other %d process%s\n", left, left == 1 ? "" : "es");
+    stop_all(pids, running);
+    break;
   }
   std::error_code ec;
   std::filesystem::remove_all(dir, ec);

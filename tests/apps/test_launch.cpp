@@ -1,0 +1,172 @@
+// `troupe launch`: the GPT job split over 2 and 4 processes (stages x replicas, replicas
+// across processes, gradients and losses over tcp) gives the in-process run's per-step
+// losses; a split that does not divide is a clear error; a process killed with SIGKILL
+// ends the whole job within seconds with a message naming it, and leaves no process behind.
+#include <doctest/doctest.h>
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+struct result {
+  int code = -1;
+  std::string output;
+};
+
+result run(const std::string& args) {
+  std::string cmd = std::string(TROUPE_BINARY) + " " + args + " 2>&1";
+  result r;
+  FILE* p = popen(cmd.c_str(), "r");
+  REQUIRE(p != nullptr);
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.output.append(buf, n);
+  int status = pclose(p);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  return r;
+}
+
+// A GPT job of `steps` steps as 2 stages x `replicas`, its metrics in `metrics`.
+std::string gpt_job(const std::string& name, int replicas, const std::string& metrics) {
+  const std::string path = "/tmp/troupe_launch_" + name + ".json";
+  std::ofstream(path) << R"({"name": ")" << name << R"(",
+  "model": {"gpt": {"n_layer": 2, "n_head": 2, "d_model": 32, "context": 32, "vocab": 256}},
+  "data": {"dataset": "fortunes"},
+  "optimizer": {"adamw": {"lr": 1e-3, "weight_decay": 0.1}, "grad_clip": 1.0},
+  "train": {"batch_size": 8, "steps": 12, "threads": 4, "sample_tokens": 0, "metrics_file": ")"
+                      << metrics << R"("},
+  "parallel": {"stages": 2, "replicas": )" << replicas << R"(, "micro_batches": 2, "schedule": "1f1b"}
+})";
+  std::filesystem::remove(metrics);
+  return path;
+}
+
+std::vector<double> step_losses(const std::string& metrics) {
+  std::vector<double> out;
+  std::ifstream in(metrics);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.find("\"event\":\"step\"") == std::string::npos) continue;
+    size_t at = line.find("\"loss\":");
+    if (at != std::string::npos) out.push_back(std::atof(line.c_str() + at + 7));
+  }
+  return out;
+}
+
+// Running (not gone, not a zombie waiting for its parent).
+bool alive(pid_t pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(stat, line)) return false;
+  std::istringstream rest(line.substr(line.rfind(')') + 1));
+  std::string state;
+  rest >> state;
+  return state != "Z" && state != "X";
+}
+
+std::vector<pid_t> children_of(pid_t parent) {
+  std::vector<pid_t> out;
+  for (const auto& e : std::filesystem::directory_iterator("/proc")) {
+    const std::string name = e.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::ifstream stat(e.path() / "stat");
+    std::string line;
+    if (!std::getline(stat, line)) continue;
+    std::istringstream rest(line.substr(line.rfind(')') + 1));
+    std::string state;
+    long ppid = 0;
+    rest >> state >> ppid;
+    if (ppid == parent) out.push_back(pid_t(std::stol(name)));
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("launch: the GPT job over 2 and 4 processes gives the in-process run's per-step losses") {
+  const std::string one = "/tmp/troupe_launch_m1.jsonl", two = "/tmp/troupe_launch_m2.jsonl",
+                    four = "/tmp/troupe_launch_m4.jsonl";
+  auto r = run("train " + gpt_job("inproc", 4, one) + " --quiet");
+  REQUIRE_MESSAGE(r.code == 0, r.output);
+  r = run("launch --nproc 2 " + gpt_job("two", 4, two) + " --quiet");
+  REQUIRE_MESSAGE(r.code == 0, r.output);
+  r = run("launch --nproc 4 " + gpt_job("four", 4, four) + " --quiet");
+  REQUIRE_MESSAGE(r.code == 0, r.output);
+  const auto a = step_losses(one), b = step_losses(two), c = step_losses(four);
+  REQUIRE(a.size() == 12);
+  REQUIRE(b.size() == a.size());
+  REQUIRE(c.size() == a.size());
+  double worst = 0;
+  for (size_t i = 0; i < a.size(); ++i)
+    worst = std::max({worst, std::abs(b[i] - a[i]) / std::abs(a[i]), std::abs(c[i] - a[i]) / std::abs(a[i])});
+  CHECK(worst <= 1e-4);
+  CHECK(a.back() < a.front());  // it trained
+}
+
+TEST_CASE("launch: replicas that do not split over the processes, and bad flags, are clear errors") {
+  auto r = run("launch --nproc 3 " + gpt_job("three", 2, "/tmp/troupe_launch_m3.jsonl") + " --quiet");
+  CHECK(r.code != 0);
+  CHECK(r.output.find("parallel.replicas 2 cannot be split over 3 processes") != std::string::npos);
+  r = run("launch apps/jobs/fortunes_gpt.json");
+  CHECK(r.code == 2);
+  CHECK(r.output.find("--nproc N is required") != std::string::npos);
+  r = run("launch --nproc 0 apps/jobs/fortunes_gpt.json");
+  CHECK(r.code == 2);
+  CHECK(r.output.find("--nproc expects 1..256, got '0'") != std::string::npos);
+  r = run("train apps/jobs/fortunes_gpt.json --rank 1 --world 2");
+  CHECK(r.code == 2);
+  CHECK(r.output.find("needs a rendezvous directory") != std::string::npos);
+}
+
+TEST_CASE("launch: SIGKILL of one process ends the job within seconds, naming it, with nothing left running") {
+  const std::string log = "/tmp/troupe_launch_kill.log";
+  const std::string job = gpt_job("kill", 2, "/tmp/troupe_launch_mk.jsonl");
+  const std::string cmd = std::string(TROUPE_BINARY) + " launch --nproc 2 " + job + " --steps 100000 --quiet > " +
+                          log + " 2>&1 & echo $!";
+  FILE* p = popen(cmd.c_str(), "r");
+  REQUIRE(p != nullptr);
+  char buf[64] = {0};
+  REQUIRE(fgets(buf, sizeof buf, p) != nullptr);
+  pclose(p);
+  const pid_t launcher = pid_t(std::atol(buf));
+  std::vector<pid_t> procs;
+  for (int i = 0; i < 500 && procs.size() < 2; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    procs = children_of(launcher);
+  }
+  REQUIRE(procs.size() == 2);
+  std::this_thread::sleep_for(std::chrono::seconds(3));  // training
+  REQUIRE(::kill(procs[1], SIGKILL) == 0);
+  const auto t0 = std::chrono::steady_clock::now();
+  bool gone = false;
+  while (std::chrono::steady_clock::now() - t0 < std::chrono::seconds(20)) {
+    if (!alive(launcher)) {
+      gone = true;
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::ifstream in(log);
+  std::stringstream text;
+  text << in.rdbuf();
+  CAPTURE(text.str());
+  CHECK(gone);
+  CHECK(took < 10.0);
+  CHECK(text.str().find("was killed by signal 9") != std::string::npos);
+  for (pid_t q : procs) CHECK(!alive(q));  // none left behind
+  if (!gone) ::kill(launcher, SIGKILL);
+}
