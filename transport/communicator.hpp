@@ -65,6 +65,12 @@ class communicator {
   // the survivors must not wait out their deadline).
   virtual void abort(const std::string& why) = 0;
   std::chrono::milliseconds deadline{30000};
+  // How long a receive (and a lent buffer's hand-back) polls before it sleeps, on
+  // transports that can poll (inproc). Polling answers a small message in about a
+  // microsecond instead of a sleep and wake-up's tens, for a core's time while it polls.
+  // Measured on 2 cores: 4 KiB all-reduce of 2 ranks 30 us -> 3.4 us; training with 2
+  // replicas got faster too (the last bucket's wait), so it is on by default; 0 turns it off.
+  std::chrono::microseconds spin{50};
 };
 
 // A group of `size` ranks, each handed to one thread. Throws input_error for an unknown

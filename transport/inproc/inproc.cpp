@@ -2,10 +2,34 @@
 
 #include <algorithm>
 #include <cstring>
+#include <thread>
 
 #include "runtime/check.hpp"
 
 namespace troupe {
+
+namespace {
+
+// Polls done() for up to `spin`. With a core per rank, by pause-spinning all along; with
+// more ranks than cores, two microseconds of that and then yielding the core between
+// looks, so a peer that shares this core gets to run and answer instead of waiting out the
+// spin (a yield costs several microseconds on a VM: not worth it with cores to spare).
+template <class Done>
+void poll_until(Done done, std::chrono::microseconds spin, bool crowded) {
+  const auto start = std::chrono::steady_clock::now(), until = start + spin;
+  const auto hot = crowded ? start + std::chrono::microseconds(2) : until;
+  for (int i = 0; !done(); ++i) {
+    if ((i & 15) != 15) {
+      __builtin_ia32_pause();
+      continue;
+    }
+    const auto now = std::chrono::steady_clock::now();
+    if (now >= until) return;
+    if (now >= hot) std::this_thread::yield();
+  }
+}
+
+}  // namespace
 
 void inproc_loan::give_back() {
   {
@@ -40,6 +64,7 @@ void inproc_world::put(int from, int to, uint64_t tag, inproc_payload payload) {
   {
     std::lock_guard<std::mutex> lock(box.mu);
     box.queued[{from, tag}].push_back(std::move(payload));
+    box.puts.fetch_add(1, std::memory_order_release);
   }
   box.cv.notify_all();
 }
@@ -55,10 +80,19 @@ void inproc_world::abort(const std::string& why) {
   }
 }
 
-inproc_payload inproc_world::take(int from, int to, uint64_t tag, std::chrono::milliseconds deadline) {
+inproc_payload inproc_world::take(int from, int to, uint64_t tag, std::chrono::milliseconds deadline,
+                                  std::chrono::microseconds spin) {
   mailbox& box = boxes_.at(size_t(to));
   std::unique_lock<std::mutex> lock(box.mu);
   auto key = std::make_pair(from, tag);
+  if (spin.count() > 0 && box.queued.count(key) == 0) {
+    // Poll the mailbox's put counter (no lock held) until something arrives or the spin is
+    // over; then look under the lock as usual.
+    const uint64_t seen = box.puts.load(std::memory_order_acquire);
+    lock.unlock();
+    poll_until([&] { return box.puts.load(std::memory_order_acquire) != seen; }, spin, crowded_);
+    lock.lock();
+  }
   std::string why;
   auto aborted = [&] {
     why = abort_reason();
@@ -82,10 +116,13 @@ inproc_payload inproc_world::take(int from, int to, uint64_t tag, std::chrono::m
   return payload;
 }
 
-void inproc_world::reclaim(int from, int to, const std::shared_ptr<inproc_loan>& loan) {
+void inproc_world::reclaim(int from, int to, const std::shared_ptr<inproc_loan>& loan, std::chrono::microseconds spin) {
+  if (spin.count() > 0) {  // the receiver is usually reading it right now: poll a moment
+    poll_until([&] { return loan->returned.load(std::memory_order_acquire); }, spin, crowded_);
+  }
   {
     std::lock_guard<std::mutex> lock(loan->mu);
-    if (loan->returned) return;
+    if (loan->returned.load()) return;
   }
   {
     mailbox& box = boxes_.at(size_t(to));
@@ -104,7 +141,7 @@ void inproc_world::reclaim(int from, int to, const std::shared_ptr<inproc_loan>&
   }
   // The receiver has taken it and is reading it now.
   std::unique_lock<std::mutex> lock(loan->mu);
-  loan->cv.wait(lock, [&] { return loan->returned; });
+  loan->cv.wait(lock, [&] { return loan->returned.load(); });
 }
 
 void inproc_communicator::send(int peer, uint64_t tag, const void* data, size_t count, dtype type) {
@@ -127,12 +164,12 @@ send_handle inproc_communicator::send_async(int peer, uint64_t tag, const void* 
   p.loan = std::make_shared<inproc_loan>();
   auto loan = p.loan;
   world_->put(rank_, peer, tag, std::move(p));
-  return send_handle([world = world_, loan, from = rank_, peer] { world->reclaim(from, peer, loan); });
+  return send_handle([world = world_, loan, from = rank_, peer, spin = spin] { world->reclaim(from, peer, loan, spin); });
 }
 
 inproc_payload inproc_communicator::take_checked(int peer, uint64_t tag, size_t bytes) {
   TROUPE_CHECK(peer >= 0 && peer < size(), "recv from rank ", peer, " of ", size());
-  inproc_payload p = world_->take(peer, rank_, tag, deadline);
+  inproc_payload p = world_->take(peer, rank_, tag, deadline, spin);
   if (p.size != bytes)
     throw transport_error("inproc: rank " + std::to_string(rank_) + " expected " + std::to_string(bytes) +
                           " bytes from rank " + std::to_string(peer) + ", got " + std::to_string(p.size));

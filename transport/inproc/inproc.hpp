@@ -5,11 +5,14 @@
 // nothing when the receiver is there in time: the mailbox gets a pointer to the sender's
 // own buffer, the receiver reads (or adds) straight from it and hands it back, and the
 // sender's wait() returns then; a loan still untaken at wait() is turned into a copy.
+#include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <thread>
 
 #include "transport/communicator.hpp"
 
@@ -19,7 +22,7 @@ namespace troupe {
 struct inproc_loan {
   std::mutex mu;
   std::condition_variable cv;
-  bool returned = false;
+  std::atomic<bool> returned{false};
   void give_back();
 };
 
@@ -40,25 +43,31 @@ struct inproc_payload {
 
 class inproc_world {
  public:
-  explicit inproc_world(int size) : size_(size), boxes_(size_t(size)) {}
+  explicit inproc_world(int size)
+      : size_(size), crowded_(unsigned(size) > std::max(1u, std::thread::hardware_concurrency())), boxes_(size_t(size)) {}
   int size() const { return size_; }
   void put(int from, int to, uint64_t tag, inproc_payload payload);
-  inproc_payload take(int from, int to, uint64_t tag, std::chrono::milliseconds deadline);
+  // Waits for the message; spins up to `spin` first (a message that arrives within it costs
+  // no sleep and wake-up of the receiver, the latency of small messages).
+  inproc_payload take(int from, int to, uint64_t tag, std::chrono::milliseconds deadline,
+                      std::chrono::microseconds spin = {});
   // The sender wants its buffer back. A loan the receiver has not taken yet becomes a copy
   // in the mailbox at once (the sender never waits for a receiver that is late or gone:
   // that receiver's own deadline or the group's abort fails it, as for a plain send); one
   // the receiver has taken is being read, and is waited for.
-  void reclaim(int from, int to, const std::shared_ptr<inproc_loan>& loan);
+  void reclaim(int from, int to, const std::shared_ptr<inproc_loan>& loan, std::chrono::microseconds spin = {});
   void abort(const std::string& why);
 
  private:
   struct mailbox {
     std::mutex mu;
     std::condition_variable cv;
+    std::atomic<uint64_t> puts{0};  // bumped by every put: what a spinning receiver watches
     std::map<std::pair<int, uint64_t>, std::deque<inproc_payload>> queued;  // (from, tag)
   };
   std::string abort_reason();
   int size_;
+  bool crowded_;  // more ranks than cores: pollers yield
   std::vector<mailbox> boxes_;
   std::mutex abort_mu_;
   std::string aborted_;  // non-empty once the group is aborted
