@@ -1,6 +1,7 @@
 #include "actors/run_job.hpp"
 
 #include <chrono>
+#include <cstdlib>
 #include <cstdio>
 #include <filesystem>
 #include <thread>
@@ -23,6 +24,10 @@ std::shared_ptr<communicator> join_processes(const proto::JobSpec& spec, const c
   auto store = std::make_shared<file_rendezvous>(opts.rendezvous);
   tcp_options base;
   base.group = opts.group;
+  if (const char* secret = std::getenv("TROUPE_SECRET")) base.secret = secret;
+  if (base.secret.empty())
+    throw input_error("train: a job of " + std::to_string(opts.world) +
+                      " processes needs the job's secret in TROUPE_SECRET (troupe launch makes one)");
   std::shared_ptr<communicator> control = make_tcp_communicator(opts.rank, opts.world, *store, base);
   popts.first_replica = f;
   popts.local_replicas = L;

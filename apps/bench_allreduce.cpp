@@ -120,6 +120,7 @@ std::vector<result> on_processes(int n, size_t max_bytes) {
   if (!::mkdtemp(dir_template)) throw std::runtime_error("cannot make a rendezvous directory in /tmp");
   const std::string dir = dir_template;
   const uint64_t group = (uint64_t(::getpid()) << 8) + uint64_t(n);
+  if (!std::getenv("TROUPE_SECRET")) ::setenv("TROUPE_SECRET", make_job_secret().c_str(), 1);  // workers inherit it
   std::vector<pid_t> workers;
   for (int r = 1; r < n; ++r) {
     std::vector<std::string> args = {"troupe", "bench", "allreduce", "--worker", std::to_string(r),
@@ -139,6 +140,7 @@ std::vector<result> on_processes(int n, size_t max_bytes) {
     file_rendezvous store(dir);
     tcp_options opt;
     opt.group = group;
+    opt.secret = std::getenv("TROUPE_SECRET");
     auto c = make_tcp_communicator(0, n, store, opt);
     out = run_rank(*c, sizes_up_to(max_bytes));
   } catch (const std::exception& e) {
@@ -206,6 +208,7 @@ int worker_main(int rank, int world, const std::string& dir, uint64_t group, siz
     file_rendezvous store(dir);
     tcp_options opt;
     opt.group = group;
+    if (const char* secret = std::getenv("TROUPE_SECRET")) opt.secret = secret;
     auto c = make_tcp_communicator(rank, world, store, opt);
     run_rank(*c, sizes_up_to(max_bytes));
     return 0;

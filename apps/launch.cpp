@@ -5,6 +5,8 @@
 // the failed one's status, naming it. The children die with the launcher.
 #include "apps/launch.hpp"
 
+#include "transport/tcp/tcp.hpp"
+
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -83,6 +85,9 @@ int launch_main(const std::vector<std::string>& args) {
   ::sigaction(SIGINT, &sa, nullptr);
   ::sigaction(SIGTERM, &sa, nullptr);
   ::setenv("TROUPE_LAUNCHER_PID", std::to_string(::getpid()).c_str(), 1);
+  // The job's secret, for the processes' links to prove to each other (never on a command
+  // line, where other users could read it); one given in the environment is kept.
+  if (!std::getenv("TROUPE_SECRET")) ::setenv("TROUPE_SECRET", make_job_secret().c_str(), 1);
   std::vector<pid_t> pids;
   std::vector<bool> running;
   for (int r = 0; r < nproc; ++r) {

@@ -55,6 +55,7 @@ std::vector<std::shared_ptr<communicator>> make_group(const std::string& transpo
     static std::atomic<uint64_t> groups{0};
     tcp_options options;
     options.group = (uint64_t(::getpid()) << 20) + groups.fetch_add(1);
+    options.secret = make_job_secret();
     memory_rendezvous store;
     std::vector<std::shared_ptr<communicator>> group(static_cast<size_t>(size));
     std::vector<std::exception_ptr> errors(static_cast<size_t>(size));

@@ -101,8 +101,8 @@ frame_header decode_header(const uint8_t* bytes, size_t n, const frame_limits& l
                       "): corrupted in transit");
   frame_header h;
   const uint16_t kind = get<uint16_t>(bytes, 6);
-  if (kind < uint16_t(frame_kind::hello) || kind > uint16_t(frame_kind::bye))
-    throw frame_error("frame: kind " + std::to_string(kind) + " (expected 1 hello, 2 data or 3 bye)");
+  if (kind < uint16_t(frame_kind::hello) || kind > uint16_t(frame_kind::auth))
+    throw frame_error("frame: kind " + std::to_string(kind) + " (expected 1 hello, 2 data, 3 bye or 4 auth)");
   h.kind = frame_kind(kind);
   h.src = get<uint32_t>(bytes, 8);
   if (h.src >= limits.world_size)
@@ -112,8 +112,9 @@ frame_header decode_header(const uint8_t* bytes, size_t n, const frame_limits& l
   if (type > uint8_t(dtype::u8))
     throw frame_error("frame: dtype " + std::to_string(type) + " (expected 0 f32, 1 i32 or 2 u8)");
   h.type = dtype(type);
-  if (h.kind == frame_kind::bye && h.type != dtype::u8)
-    throw frame_error("frame: a bye with dtype " + std::to_string(type) + " (its reason is text: expected 2 u8)");
+  if ((h.kind == frame_kind::bye || h.kind == frame_kind::auth) && h.type != dtype::u8)
+    throw frame_error(std::string("frame: ") + (h.kind == frame_kind::bye ? "a bye" : "an auth") + " with dtype " +
+                      std::to_string(type) + " (its payload is bytes: expected 2 u8)");
   if (bytes[13] || bytes[14] || bytes[15]) throw frame_error("frame: reserved bytes 13..15 are not zero");
   h.tag = get<uint64_t>(bytes, 16);
   h.count = get<uint64_t>(bytes, 24);

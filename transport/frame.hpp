@@ -35,6 +35,7 @@ enum class frame_kind : uint16_t {
   hello = 1,  // first frame of a link: who is dialling, for which group
   data = 2,   // a message: tag, count elements of dtype
   bye = 3,    // the sender closes the link on purpose (shutdown or abort; payload: the reason, u8)
+  auth = 4,   // a step of the link's challenge-response (tag: which step; payload: nonces, MACs, u8)
 };
 
 struct frame_header {

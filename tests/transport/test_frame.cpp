@@ -110,13 +110,18 @@ TEST_CASE("frame: a bye whose reason is not u8 text is refused") {
   const auto b = encoded(h);
   CHECK_THROWS_WITH_AS(decode_header(b.data(), b.size(), frame_limits{}),
                        doctest::Contains("a bye with dtype 0"), frame_error);
+  h.kind = frame_kind::auth;
+  const auto c = encoded(h);
+  CHECK_THROWS_WITH_AS(decode_header(c.data(), c.size(), frame_limits{}),
+                       doctest::Contains("an auth with dtype 0") , frame_error);
 }
 
 TEST_CASE("frame: header round trip for every kind and dtype, extreme tags and counts") {
   const frame_limits limits{5, kMaxU64};
-  for (frame_kind kind : {frame_kind::hello, frame_kind::data, frame_kind::bye}) {
+  for (frame_kind kind : {frame_kind::hello, frame_kind::data, frame_kind::bye, frame_kind::auth}) {
     for (dtype t : {dtype::f32, dtype::i32, dtype::u8}) {
-      if (kind == frame_kind::bye && t != dtype::u8) continue;  // a bye's reason is text (its own case below)
+      // A bye's reason and an auth's nonces are bytes (their own case below).
+      if ((kind == frame_kind::bye || kind == frame_kind::auth) && t != dtype::u8) continue;
       // hello's count is the world size; other kinds run from 0 to the most that
       // max_payload_bytes allows for the dtype (2^64-1 for u8).
       std::vector<uint64_t> counts = {limits.world_size};
@@ -203,7 +208,7 @@ TEST_CASE("frame: field checks behind the header checksum name the field") {
   const frame_limits limits{4, 1 << 20};
 
   SUBCASE("kind out of range") {
-    for (uint16_t kind : {uint16_t(0), uint16_t(4), uint16_t(0xFFFF)}) {
+    for (uint16_t kind : {uint16_t(0), uint16_t(5), uint16_t(0xFFFF)}) {
       CAPTURE(kind);
       auto b = encoded(data_header());
       b[6] = uint8_t(kind);

@@ -9,6 +9,10 @@
 #include <chrono>
 #include <thread>
 
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+
+#include "runtime/check.hpp"
 #include "transport/collectives.hpp"
 #include "transport/frame.hpp"
 #include "transport/tcp/tcp.hpp"
@@ -18,6 +22,22 @@ namespace asio = boost::asio;
 using asio::ip::tcp;
 
 namespace {
+
+const char* kSecret = "correct horse battery staple";
+
+// The proof of the handshake (tcp.cpp): HMAC-SHA256(secret, role | group | from | to | nonce).
+std::vector<uint8_t> proof(const std::string& secret, const std::string& role, uint64_t group, int from, int to,
+                           const uint8_t* nonce) {
+  std::vector<uint8_t> msg(role.begin(), role.end());
+  for (int i = 0; i < 8; ++i) msg.push_back(uint8_t(group >> (8 * i)));
+  for (int v : {from, to})
+    for (int i = 0; i < 4; ++i) msg.push_back(uint8_t(uint32_t(v) >> (8 * i)));
+  msg.insert(msg.end(), nonce, nonce + 32);
+  std::vector<uint8_t> out(32);
+  unsigned len = 0;
+  HMAC(EVP_sha256(), secret.data(), int(secret.size()), msg.data(), msg.size(), out.data(), &len);
+  return out;
+}
 
 // A raw client that speaks frames by hand, dialling the rank published under `key`.
 struct fake_peer {
@@ -43,6 +63,37 @@ struct fake_peer {
     h.payload_crc = crc32c(nullptr, 0);
     send_header(h);
   }
+  void auth(int rank, uint64_t step, const std::vector<uint8_t>& bytes) {
+    frame_header h;
+    h.kind = frame_kind::auth;
+    h.src = uint32_t(rank);
+    h.type = dtype::u8;
+    h.tag = step;
+    h.count = bytes.size();
+    h.payload_crc = crc32c(bytes.data(), bytes.size());
+    send_header(h);
+    asio::write(socket, asio::buffer(bytes));
+  }
+  // Reads one frame: its header and payload.
+  frame_header read(std::vector<uint8_t>& payload, int world) {
+    uint8_t hdr[kFrameHeaderBytes];
+    asio::read(socket, asio::buffer(hdr));
+    frame_header h = decode_header(hdr, sizeof hdr, {uint32_t(world), 1 << 20});
+    payload.resize(h.payload_bytes());
+    asio::read(socket, asio::buffer(payload));
+    return h;
+  }
+  // Dials as `rank` of `world` and runs the handshake knowing `secret`; true once welcomed.
+  bool join(int rank, int acceptor, uint64_t group, int world, const std::string& secret) {
+    hello(rank, group, world);
+    std::vector<uint8_t> nonce(32, 7), got;
+    auth(rank, 1, nonce);
+    frame_header h = read(got, world);
+    if (h.kind != frame_kind::auth || got.size() != 64) return false;
+    auth(rank, 3, proof(secret, "troupe dialer", group, rank, acceptor, got.data()));
+    h = read(got, world);
+    return h.kind == frame_kind::auth && h.tag == 4;
+  }
 };
 
 }  // namespace
@@ -51,6 +102,7 @@ TEST_CASE("tcp: a hello for another group is refused, and the rank still admits 
   memory_rendezvous store;
   tcp_options opt;
   opt.group = 77;
+  opt.secret = kSecret;
   opt.connect_deadline = std::chrono::milliseconds(5000);
   std::shared_ptr<communicator> rank0;
   std::thread joiner([&] { rank0 = make_tcp_communicator(0, 2, store, opt); });
@@ -58,7 +110,7 @@ TEST_CASE("tcp: a hello for another group is refused, and the rank still admits 
     fake_peer stranger(store, "tcp/77/0");
     stranger.hello(1, 78, 2);  // wrong group: refused, logged
     fake_peer peer(store, "tcp/77/0");
-    peer.hello(1, 77, 2);
+    REQUIRE(peer.join(1, 0, 77, 2, kSecret));
     joiner.join();
     REQUIRE(rank0);
     // The admitted peer's data frame arrives.
@@ -82,10 +134,11 @@ TEST_CASE("tcp: a frame with a bad checksum closes the link, and receiving from 
   memory_rendezvous store;
   tcp_options opt;
   opt.group = 91;
+  opt.secret = kSecret;
   std::shared_ptr<communicator> rank0;
   std::thread joiner([&] { rank0 = make_tcp_communicator(0, 2, store, opt); });
   fake_peer peer(store, "tcp/91/0");
-  peer.hello(1, 91, 2);
+  REQUIRE(peer.join(1, 0, 91, 2, kSecret));
   joiner.join();
   REQUIRE(rank0);
   rank0->deadline = std::chrono::milliseconds(20000);
@@ -118,10 +171,11 @@ TEST_CASE("tcp: garbage instead of a frame closes the link with a clear reason")
   memory_rendezvous store;
   tcp_options opt;
   opt.group = 92;
+  opt.secret = kSecret;
   std::shared_ptr<communicator> rank0;
   std::thread joiner([&] { rank0 = make_tcp_communicator(0, 2, store, opt); });
   fake_peer peer(store, "tcp/92/0");
-  peer.hello(1, 92, 2);
+  REQUIRE(peer.join(1, 0, 92, 2, kSecret));
   joiner.join();
   REQUIRE(rank0);
   const char junk[] = "GET / HTTP/1.1\r\nHost: troupe\r\n\r\n........";
@@ -162,6 +216,7 @@ TEST_CASE("tcp: a rank that is not there at the connect deadline is named in the
   memory_rendezvous store;
   tcp_options opt;
   opt.group = 93;
+  opt.secret = kSecret;
   opt.connect_deadline = std::chrono::milliseconds(300);
   std::string error;
   try {
@@ -170,4 +225,57 @@ TEST_CASE("tcp: a rank that is not there at the connect deadline is named in the
     error = e.what();
   }
   CHECK(error.find("waited 300 ms for rank(s) 1, 2 to connect") != std::string::npos);
+}
+
+TEST_CASE("tcp: a rank with the wrong secret is refused, and both sides say so") {
+  memory_rendezvous store;
+  tcp_options right, wrong;
+  right.group = wrong.group = 94;
+  right.secret = kSecret;
+  wrong.secret = "not the secret";
+  right.connect_deadline = wrong.connect_deadline = std::chrono::milliseconds(1500);
+  std::string acceptor_error, dialer_error;
+  std::thread acceptor([&] {
+    try {
+      make_tcp_communicator(0, 2, store, right);
+    } catch (const transport_error& e) {
+      acceptor_error = e.what();
+    }
+  });
+  try {
+    make_tcp_communicator(1, 2, store, wrong);
+  } catch (const transport_error& e) {
+    dialer_error = e.what();
+  }
+  acceptor.join();
+  // The dialer finds that the acceptor's proof does not check (so it never proves its own).
+  CHECK(dialer_error.find("does not know the job's secret") != std::string::npos);
+  // The acceptor admitted nobody: it waited out its deadline for rank 1.
+  CHECK(acceptor_error.find("waited 1500 ms for rank(s) 1 to connect") != std::string::npos);
+}
+
+TEST_CASE("tcp: a dialer that cannot prove the secret is refused with a bye saying why") {
+  memory_rendezvous store;
+  tcp_options opt;
+  opt.group = 95;
+  opt.secret = kSecret;
+  opt.connect_deadline = std::chrono::milliseconds(1500);
+  std::string error;
+  std::thread acceptor([&] {
+    try {
+      make_tcp_communicator(0, 2, store, opt);
+    } catch (const transport_error& e) {
+      error = e.what();
+    }
+  });
+  fake_peer impostor(store, "tcp/95/0");
+  CHECK_FALSE(impostor.join(1, 0, 95, 2, "a guess"));
+  acceptor.join();
+  CHECK(error.find("for rank(s) 1 to connect") != std::string::npos);
+}
+
+TEST_CASE("tcp: a rank without a secret is an input error") {
+  memory_rendezvous store;
+  tcp_options opt;
+  CHECK_THROWS_WITH_AS(make_tcp_communicator(0, 2, store, opt), doctest::Contains("no job secret"), input_error);
 }
