@@ -25,6 +25,7 @@ struct coordinator_options {
   int rank = 0, world = 1;
   std::string rendezvous;
   uint64_t group = 0;
+  std::string host = "127.0.0.1";  // the address this process listens on for its links
   progress_display display() const {
     return quiet ? progress_display::quiet : live_progress ? progress_display::live_line : progress_display::log_lines;
   }

@@ -24,6 +24,7 @@ std::shared_ptr<communicator> join_processes(const proto::JobSpec& spec, const c
   auto store = std::make_shared<file_rendezvous>(opts.rendezvous);
   tcp_options base;
   base.group = opts.group;
+  base.host = opts.host;
   if (const char* secret = std::getenv("TROUPE_SECRET")) base.secret = secret;
   if (base.secret.empty())
     throw input_error("train: a job of " + std::to_string(opts.world) +

@@ -57,7 +57,8 @@ bool parse_count(const char* flag, const char* text, uint32_t& out) {
 // This process's place in a multi-process job: flags (troupe launch passes them), else
 // the environment of a launcher: TROUPE_RANK / TROUPE_WORLD_SIZE, Slurm's SLURM_PROCID /
 // SLURM_NTASKS, Open MPI's OMPI_COMM_WORLD_RANK / OMPI_COMM_WORLD_SIZE; the rendezvous
-// directory from TROUPE_RENDEZVOUS and the job's group id from TROUPE_GROUP.
+// directory from TROUPE_RENDEZVOUS, the job's group id from TROUPE_GROUP, the address this
+// process listens on from TROUPE_HOST (default 127.0.0.1), the secret from TROUPE_SECRET.
 bool place_from_env(troupe::coordinator_options& o, bool rank_set, bool world_set) {
   auto env = [](const char* k) { return std::getenv(k); };
   const char* pairs[][2] = {{"TROUPE_RANK", "TROUPE_WORLD_SIZE"},
@@ -77,6 +78,7 @@ bool place_from_env(troupe::coordinator_options& o, bool rank_set, bool world_se
     break;
   }
   if (o.rendezvous.empty() && env("TROUPE_RENDEZVOUS")) o.rendezvous = env("TROUPE_RENDEZVOUS");
+  if (env("TROUPE_HOST")) o.host = env("TROUPE_HOST");
   if (o.group == 0 && env("TROUPE_GROUP")) o.group = std::strtoull(env("TROUPE_GROUP"), nullptr, 10);
   return true;
 }

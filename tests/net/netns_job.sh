@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# A job across three network namespaces, each its own host with its own address, joined by
+# veth pairs to a bridge in a fourth: a GPT of 3 replicas as 3 processes (troupe train
+# --rank k --world 3), one per namespace, their links over the veths (TROUPE_HOST = the
+# namespace's address). Its per-step losses must match the in-process run of the same job
+# to 1e-4. Skips (exit 77) with the reason where the machine forbids namespaces.
+# Usage: tests/net/netns_job.sh TROUPE_BINARY
+set -euo pipefail
+troupe=${1:?usage: netns_job.sh TROUPE_BINARY}
+tag="trp$$"
+work=$(mktemp -d /tmp/troupe-netns-XXXXXX)
+namespaces=("${tag}a" "${tag}b" "${tag}c" "${tag}sw")
+cleanup() {
+  for ns in "${namespaces[@]}"; do ip netns del "$ns" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+skip() { echo "SKIP: $*"; exit 77; }
+
+command -v ip >/dev/null || skip "no 'ip' command (iproute2)"
+[ "$(id -u)" -eq 0 ] || skip "creating network namespaces needs root"
+ip netns add "${tag}sw" 2>"$work/err" || skip "this machine forbids network namespaces: $(cat "$work/err")"
+ip -n "${tag}sw" link add br0 type bridge
+ip -n "${tag}sw" link set br0 up
+for k in 0 1 2; do
+  ns="${namespaces[$k]}"
+  ip netns add "$ns"
+  ip link add "v${tag}$k" type veth peer name "p${tag}$k"
+  ip link set "v${tag}$k" netns "$ns"
+  ip link set "p${tag}$k" netns "${tag}sw"
+  ip -n "$ns" link set lo up
+  ip -n "$ns" link set "v${tag}$k" name eth0
+  ip -n "$ns" addr add "10.77.0.$((k + 1))/24" dev eth0
+  ip -n "$ns" link set eth0 up
+  ip -n "${tag}sw" link set "p${tag}$k" master br0
+  ip -n "${tag}sw" link set "p${tag}$k" up
+done
+
+cat > "$work/job.json" <<JOB
+{"name": "netns",
+ "model": {"gpt": {"n_layer": 2, "n_head": 2, "d_model": 32, "context": 32, "vocab": 256}},
+ "data": {"dataset": "fortunes"},
+ "optimizer": {"adamw": {"lr": 1e-3, "weight_decay": 0.1}, "grad_clip": 1.0},
+ "train": {"batch_size": 6, "steps": 10, "threads": 3, "sample_tokens": 0, "metrics_file": "$work/METRICS"},
+ "parallel": {"stages": 1, "replicas": 3}}
+JOB
+sed "s|METRICS|one.jsonl|" "$work/job.json" > "$work/one.json"
+sed "s|METRICS|three.jsonl|" "$work/job.json" > "$work/three.json"
+"$troupe" train "$work/one.json" --quiet > "$work/one.log" 2>&1 || { cat "$work/one.log"; exit 1; }
+
+export TROUPE_SECRET="netns-test-$$-$RANDOM"
+mkdir -p "$work/rendezvous"
+pids=()
+for k in 0 1 2; do
+  TROUPE_HOST="10.77.0.$((k + 1))" timeout 120 ip netns exec "${namespaces[$k]}" "$troupe" train "$work/three.json" \
+    --quiet --rank "$k" --world 3 --rendezvous "$work/rendezvous" --group 4242 > "$work/rank$k.log" 2>&1 &
+  pids+=($!)
+done
+failed=0
+for k in 0 1 2; do wait "${pids[$k]}" || { echo "rank $k failed:"; cat "$work/rank$k.log"; failed=1; }; done
+[ "$failed" -eq 0 ] || exit 1
+
+# Every process listened on its own namespace's address.
+for k in 0 1 2; do
+  grep -q "10.77.0.$((k + 1))" "$work/rendezvous/tcp_4242_$k" || { echo "rank $k did not publish 10.77.0.$((k + 1))"; exit 1; }
+done
+python3 - "$work/one.jsonl" "$work/three.jsonl" <<'PY'
+import json, sys
+def losses(path):
+    return [json.loads(l)["loss"] for l in open(path) if '"event":"step"' in l]
+a, b = losses(sys.argv[1]), losses(sys.argv[2])
+assert len(a) == 10 and len(b) == 10, (len(a), len(b))
+worst = max(abs(x - y) / abs(x) for x, y in zip(a, b))
+print(f"3 namespaces vs one process: {len(a)} steps, worst relative loss difference {worst:.2e}")
+sys.exit(0 if worst <= 1e-4 else 1)
+PY
