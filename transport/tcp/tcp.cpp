@@ -17,13 +17,9 @@
 #include <thread>
 #include <vector>
 
-#include <openssl/crypto.h>
-#include <openssl/evp.h>
-#include <openssl/hmac.h>
-#include <openssl/rand.h>
-
 #include "runtime/check.hpp"
 #include "transport/frame.hpp"
+#include "transport/tcp/handshake.hpp"
 
 namespace troupe {
 
@@ -34,74 +30,6 @@ using asio::ip::tcp;
 
 // The tag of a bye frame: an orderly close, or the sender's abort of the whole group.
 constexpr uint64_t kByeShutdown = 0, kByeAbort = 1;
-
-// The handshake's auth frames, by tag: the dialer's nonce; the acceptor's nonce and proof;
-// the dialer's proof; the acceptor's welcome.
-constexpr uint64_t kAuthNonce = 1, kAuthChallenge = 2, kAuthProof = 3, kAuthWelcome = 4;
-constexpr size_t kNonce = 32, kMac = 32;
-using nonce_t = std::array<uint8_t, kNonce>;
-using mac_t = std::array<uint8_t, kMac>;
-
-nonce_t random_nonce() {
-  nonce_t n;
-  if (RAND_bytes(n.data(), int(n.size())) != 1) throw transport_error("tcp: no random bytes for a nonce (OpenSSL RAND_bytes)");
-  return n;
-}
-
-// HMAC-SHA256(secret, role | group | from | to | nonce): `from` proves to `to` that it
-// knows the secret, for this group and this nonce only.
-mac_t proof(const std::string& secret, const char* role, uint64_t group, int from, int to, const uint8_t* nonce) {
-  std::vector<uint8_t> msg(role, role + std::strlen(role));
-  for (int i = 0; i < 8; ++i) msg.push_back(uint8_t(group >> (8 * i)));
-  for (int v : {from, to})
-    for (int i = 0; i < 4; ++i) msg.push_back(uint8_t(uint32_t(v) >> (8 * i)));
-  msg.insert(msg.end(), nonce, nonce + kNonce);
-  mac_t out;
-  unsigned len = 0;
-  if (!HMAC(EVP_sha256(), secret.data(), int(secret.size()), msg.data(), msg.size(), out.data(), &len) || len != kMac)
-    throw transport_error("tcp: HMAC-SHA256 failed (OpenSSL)");
-  return out;
-}
-
-// One whole frame of a link that has no reader thread yet (the handshake).
-frame_header read_frame(tcp::socket& s, const frame_limits& limits, std::vector<uint8_t>& payload) {
-  uint8_t hdr[kFrameHeaderBytes];
-  asio::read(s, asio::buffer(hdr));
-  frame_header h = decode_header(hdr, sizeof hdr, limits);
-  payload.resize(h.payload_bytes());
-  asio::read(s, asio::buffer(payload));
-  check_payload(h, payload.data());
-  return h;
-}
-
-void write_frame_now(tcp::socket& s, frame_kind kind, int src, uint64_t tag, const void* data, size_t bytes) {
-  frame_header h;
-  h.kind = kind;
-  h.src = uint32_t(src);
-  h.type = dtype::u8;
-  h.tag = tag;
-  h.count = bytes;
-  h.payload_crc = crc32c(data, bytes);
-  uint8_t hdr[kFrameHeaderBytes];
-  encode_header(h, hdr);
-  const std::array<asio::const_buffer, 2> parts{asio::buffer(hdr), asio::buffer(data, bytes)};
-  asio::write(s, parts);
-}
-
-// The next handshake frame must be auth `step` with `bytes` of payload; a bye instead is
-// the peer's refusal, with its reason.
-std::vector<uint8_t> expect_auth(tcp::socket& s, const frame_limits& limits, uint64_t step, size_t bytes, int peer) {
-  std::vector<uint8_t> payload;
-  frame_header h = read_frame(s, limits, payload);
-  if (h.kind == frame_kind::bye)
-    throw transport_error("rank " + std::to_string(peer) + " refused this rank: " +
-                          std::string(payload.begin(), payload.end()));
-  if (h.kind != frame_kind::auth || h.tag != step || payload.size() != bytes)
-    throw frame_error("frame: expected the handshake's step " + std::to_string(step) + " (" + std::to_string(bytes) +
-                      " bytes), got kind " + std::to_string(int(h.kind)) + " tag " + std::to_string(h.tag) + " of " +
-                      std::to_string(payload.size()) + " bytes");
-  return payload;
-}
 
 struct message {
   std::unique_ptr<uint8_t[]> bytes;
@@ -265,21 +193,7 @@ class tcp_communicator : public communicator {
         if (p <= rank_) throw frame_error("hello from rank " + std::to_string(p) + ", which this rank dials itself");
         if (links_[size_t(p)]->socket) throw frame_error("a second hello from rank " + std::to_string(p));
         // Challenge-response: prove the secret to the dialer, then have it prove it.
-        const frame_limits hs{uint32_t(size_), 1024};
-        const auto theirs = expect_auth(*s, hs, kAuthNonce, kNonce, p);
-        const nonce_t mine = random_nonce();
-        const mac_t mac = proof(opt_.secret, "troupe acceptor", opt_.group, rank_, p, theirs.data());
-        std::vector<uint8_t> challenge(mine.begin(), mine.end());
-        challenge.insert(challenge.end(), mac.begin(), mac.end());
-        write_frame_now(*s, frame_kind::auth, rank_, kAuthChallenge, challenge.data(), challenge.size());
-        const auto answer = expect_auth(*s, hs, kAuthProof, kMac, p);
-        const mac_t want = proof(opt_.secret, "troupe dialer", opt_.group, p, rank_, mine.data());
-        if (CRYPTO_memcmp(answer.data(), want.data(), kMac) != 0) {
-          const std::string why = "wrong secret";
-          write_frame_now(*s, frame_kind::bye, rank_, kByeShutdown, why.data(), why.size());
-          throw transport_error("it claimed rank " + std::to_string(p) + " but does not know the job's secret");
-        }
-        write_frame_now(*s, frame_kind::auth, rank_, kAuthWelcome, nullptr, 0);
+        handshake::accept_side(*s, opt_.secret, opt_.group, rank_, p, uint32_t(size_));
         s->set_option(tcp::no_delay(true));
         links_[size_t(p)]->socket = std::move(s);
         --missing;
@@ -321,21 +235,12 @@ class tcp_communicator : public communicator {
     // Challenge-response (the acceptor proves the secret first, then this rank).
     try {
       set_read_timeout(s->native_handle(), std::max(1.0, ms_left(until)));
-      const frame_limits hs{uint32_t(size_), 1024};
-      const nonce_t mine = random_nonce();
-      write_frame_now(*s, frame_kind::auth, rank_, kAuthNonce, mine.data(), mine.size());
-      const auto challenge = expect_auth(*s, hs, kAuthChallenge, kNonce + kMac, p);
-      const mac_t want = proof(opt_.secret, "troupe acceptor", opt_.group, p, rank_, mine.data());
-      if (CRYPTO_memcmp(challenge.data() + kNonce, want.data(), kMac) != 0) {
-        const std::string why = "wrong secret";
-        write_frame_now(*s, frame_kind::bye, rank_, kByeShutdown, why.data(), why.size());
-        log("refused rank " + std::to_string(p) + " at " + where + ": it does not know the job's secret");
-        throw transport_error("rank " + std::to_string(p) + " at " + where + " does not know the job's secret");
-      }
-      const mac_t mac = proof(opt_.secret, "troupe dialer", opt_.group, rank_, p, challenge.data());
-      write_frame_now(*s, frame_kind::auth, rank_, kAuthProof, mac.data(), mac.size());
-      expect_auth(*s, hs, kAuthWelcome, 0, p);
+      handshake::dial_side(*s, opt_.secret, opt_.group, rank_, p, uint32_t(size_));
       set_read_timeout(s->native_handle(), 0);
+    } catch (const handshake::wrong_secret& e) {
+      log("refused rank " + std::to_string(p) + " at " + where + ": " + e.what());
+      throw transport_error("tcp: rank " + std::to_string(rank_) + ": rank " + std::to_string(p) + " at " + where +
+                            ": " + e.what());
     } catch (const transport_error& e) {
       throw transport_error("tcp: rank " + std::to_string(rank_) + ": " + e.what());
     } catch (const std::exception& e) {  // frame_error, or the link broke or timed out
@@ -489,16 +394,7 @@ class tcp_communicator : public communicator {
 
 }  // namespace
 
-std::string make_job_secret() {
-  const nonce_t n = random_nonce();
-  std::string hex;
-  for (uint8_t b : n) {
-    const char* digits = "0123456789abcdef";
-    hex += digits[b >> 4];
-    hex += digits[b & 15];
-  }
-  return hex;
-}
+std::string make_job_secret() { return handshake::random_hex(32); }
 
 std::shared_ptr<communicator> make_tcp_communicator(int rank, int size, rendezvous& store, const tcp_options& options) {
   return std::make_shared<tcp_communicator>(rank, size, store, options);

@@ -1,0 +1,132 @@
+#include "transport/tcp/handshake.hpp"
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+
+#include <array>
+#include <cstring>
+
+namespace troupe::handshake {
+
+namespace {
+
+namespace asio = boost::asio;
+
+// The auth frames, by tag: the dialer's nonce; the acceptor's nonce and proof; the
+// dialer's proof; the acceptor's welcome.
+constexpr uint64_t kAuthNonce = 1, kAuthChallenge = 2, kAuthProof = 3, kAuthWelcome = 4;
+constexpr size_t kNonce = 32, kMac = 32;
+using nonce_t = std::array<uint8_t, kNonce>;
+using mac_t = std::array<uint8_t, kMac>;
+
+nonce_t random_nonce() {
+  nonce_t n;
+  if (RAND_bytes(n.data(), int(n.size())) != 1) throw transport_error("no random bytes for a nonce (OpenSSL RAND_bytes)");
+  return n;
+}
+
+// HMAC-SHA256(secret, role | group | from | to | nonce): `from` proves to `to` that it
+// knows the secret, for this group and this nonce only.
+mac_t proof(const std::string& secret, const char* role, uint64_t group, int from, int to, const uint8_t* nonce) {
+  std::vector<uint8_t> msg(role, role + std::strlen(role));
+  for (int i = 0; i < 8; ++i) msg.push_back(uint8_t(group >> (8 * i)));
+  for (int v : {from, to})
+    for (int i = 0; i < 4; ++i) msg.push_back(uint8_t(uint32_t(v) >> (8 * i)));
+  msg.insert(msg.end(), nonce, nonce + kNonce);
+  mac_t out;
+  unsigned len = 0;
+  if (!HMAC(EVP_sha256(), secret.data(), int(secret.size()), msg.data(), msg.size(), out.data(), &len) || len != kMac)
+    throw transport_error("HMAC-SHA256 failed (OpenSSL)");
+  return out;
+}
+
+// The next frame must be auth `step` with `bytes` of payload; a bye instead is the other
+// end's refusal, with its reason.
+std::vector<uint8_t> expect_auth(socket& s, uint32_t world, uint64_t step, size_t bytes, int peer) {
+  std::vector<uint8_t> payload;
+  frame_header h = read_frame(s, {world, 1024}, payload);
+  if (h.kind == frame_kind::bye)
+    throw transport_error("rank " + std::to_string(peer) + " refused this rank: " +
+                          std::string(payload.begin(), payload.end()));
+  if (h.kind != frame_kind::auth || h.tag != step || payload.size() != bytes)
+    throw frame_error("frame: expected the handshake's step " + std::to_string(step) + " (" + std::to_string(bytes) +
+                      " bytes), got kind " + std::to_string(int(h.kind)) + " tag " + std::to_string(h.tag) + " of " +
+                      std::to_string(payload.size()) + " bytes");
+  return payload;
+}
+
+void refuse(socket& s, int me) {
+  const std::string why = "wrong secret";
+  write_frame(s, frame_kind::bye, me, 0, why.data(), why.size());
+}
+
+}  // namespace
+
+frame_header read_frame(socket& s, const frame_limits& limits, std::vector<uint8_t>& payload) {
+  uint8_t hdr[kFrameHeaderBytes];
+  asio::read(s, asio::buffer(hdr));
+  frame_header h = decode_header(hdr, sizeof hdr, limits);
+  payload.resize(h.payload_bytes());
+  asio::read(s, asio::buffer(payload));
+  check_payload(h, payload.data());
+  return h;
+}
+
+void write_frame(socket& s, frame_kind kind, int src, uint64_t tag, const void* data, size_t bytes) {
+  frame_header h;
+  h.kind = kind;
+  h.src = uint32_t(src);
+  h.type = dtype::u8;
+  h.tag = tag;
+  h.count = bytes;
+  h.payload_crc = crc32c(data, bytes);
+  uint8_t hdr[kFrameHeaderBytes];
+  encode_header(h, hdr);
+  const std::array<asio::const_buffer, 2> parts{asio::buffer(hdr), asio::buffer(data, bytes)};
+  asio::write(s, parts);
+}
+
+void accept_side(socket& s, const std::string& secret, uint64_t group, int me, int peer, uint32_t world) {
+  const auto theirs = expect_auth(s, world, kAuthNonce, kNonce, peer);
+  const nonce_t mine = random_nonce();
+  const mac_t mac = proof(secret, "troupe acceptor", group, me, peer, theirs.data());
+  std::vector<uint8_t> challenge(mine.begin(), mine.end());
+  challenge.insert(challenge.end(), mac.begin(), mac.end());
+  write_frame(s, frame_kind::auth, me, kAuthChallenge, challenge.data(), challenge.size());
+  const auto answer = expect_auth(s, world, kAuthProof, kMac, peer);
+  const mac_t want = proof(secret, "troupe dialer", group, peer, me, mine.data());
+  if (CRYPTO_memcmp(answer.data(), want.data(), kMac) != 0) {
+    refuse(s, me);
+    throw wrong_secret("it claimed rank " + std::to_string(peer) + " but does not know the job's secret");
+  }
+  write_frame(s, frame_kind::auth, me, kAuthWelcome, nullptr, 0);
+}
+
+void dial_side(socket& s, const std::string& secret, uint64_t group, int me, int peer, uint32_t world) {
+  const nonce_t mine = random_nonce();
+  write_frame(s, frame_kind::auth, me, kAuthNonce, mine.data(), mine.size());
+  const auto challenge = expect_auth(s, world, kAuthChallenge, kNonce + kMac, peer);
+  const mac_t want = proof(secret, "troupe acceptor", group, peer, me, mine.data());
+  if (CRYPTO_memcmp(challenge.data() + kNonce, want.data(), kMac) != 0) {
+    refuse(s, me);
+    throw wrong_secret("it does not know the job's secret");
+  }
+  const mac_t mac = proof(secret, "troupe dialer", group, me, peer, challenge.data());
+  write_frame(s, frame_kind::auth, me, kAuthProof, mac.data(), mac.size());
+  expect_auth(s, world, kAuthWelcome, 0, peer);
+}
+
+std::string random_hex(size_t bytes) {
+  std::vector<uint8_t> b(bytes);
+  if (bytes && RAND_bytes(b.data(), int(bytes)) != 1) throw transport_error("no random bytes (OpenSSL RAND_bytes)");
+  std::string hex;
+  for (uint8_t x : b) {
+    hex += "0123456789abcdef"[x >> 4];
+    hex += "0123456789abcdef"[x & 15];
+  }
+  return hex;
+}
+
+}  // namespace troupe::handshake

@@ -1,0 +1,42 @@
+#pragma once
+// The challenge-response that opens every authenticated connection (tcp links, the tcp
+// rendezvous store): after the dialer's first frame, each end sends a random nonce and
+// the other answers with HMAC-SHA256(secret, role | group | from | to | nonce), so both
+// prove they know the job's secret without sending it, bound to this group, these two
+// ends and these nonces (a proof cannot be replayed, nor turned around: the roles differ).
+// Frames are transport/frame.hpp's (kind auth; a refusal is a bye with the reason).
+#include <utility>  // before Boost 1.74's asio, which uses std::exchange without it under C++20
+#include <boost/asio.hpp>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "transport/communicator.hpp"
+#include "transport/frame.hpp"
+
+namespace troupe::handshake {
+
+using socket = boost::asio::ip::tcp::socket;
+
+// The other end does not know the secret (this end refused it, with a bye saying so).
+class wrong_secret : public transport_error {
+ public:
+  using transport_error::transport_error;
+};
+
+// The accepting end: reads the dialer's nonce, proves the secret, checks the dialer's
+// proof. Throws wrong_secret (after sending a bye "wrong secret") when the proof is wrong,
+// transport_error when the dialer refused this end, frame_error on a malformed frame.
+void accept_side(socket& s, const std::string& secret, uint64_t group, int me, int peer, uint32_t world);
+// The dialing end: sends its nonce, checks the acceptor's proof, proves the secret, waits
+// for the welcome. The same errors.
+void dial_side(socket& s, const std::string& secret, uint64_t group, int me, int peer, uint32_t world);
+
+// One whole frame, on a socket no reader thread reads (handshakes, the store's requests).
+frame_header read_frame(socket& s, const frame_limits& limits, std::vector<uint8_t>& payload);
+void write_frame(socket& s, frame_kind kind, int src, uint64_t tag, const void* data, size_t bytes);
+
+// `bytes` random bytes (OpenSSL), as hex.
+std::string random_hex(size_t bytes);
+
+}  // namespace troupe::handshake
