@@ -9,6 +9,7 @@
 #include "actors/pipeline_job.hpp"
 #include "runtime/threads.hpp"
 #include "transport/collectives.hpp"
+#include "transport/tcp/store.hpp"
 #include "transport/tcp/tcp.hpp"
 
 namespace troupe {
@@ -18,10 +19,13 @@ namespace {
 // This process joins the job's other processes: a control group of `world` ranks (the
 // step losses are averaged over it), and replica groups per stage whose members are this
 // process's replicas. Returns the control group's member.
-std::shared_ptr<communicator> join_processes(const proto::JobSpec& spec, const coordinator_options& opts,
-                                             pipeline_options& popts) {
+struct joined {
+  std::shared_ptr<tcp_store_server> server;  // rank 0, with a tcp:// rendezvous
+  std::shared_ptr<communicator> control;
+};
+
+joined join_processes(const proto::JobSpec& spec, const coordinator_options& opts, pipeline_options& popts) {
   const int R = popts.replicas, L = R / opts.world, f = opts.rank * L;
-  auto store = std::make_shared<file_rendezvous>(opts.rendezvous);
   tcp_options base;
   base.group = opts.group;
   base.host = opts.host;
@@ -29,7 +33,19 @@ std::shared_ptr<communicator> join_processes(const proto::JobSpec& spec, const c
   if (base.secret.empty())
     throw input_error("train: a job of " + std::to_string(opts.world) +
                       " processes needs the job's secret in TROUPE_SECRET (troupe launch makes one)");
-  std::shared_ptr<communicator> control = make_tcp_communicator(opts.rank, opts.world, *store, base);
+  // tcp://HOST:PORT: rank 0 serves the store there (hosts without a shared directory);
+  // anything else is a directory all the processes see.
+  joined out;
+  std::shared_ptr<rendezvous> store;
+  if (opts.rendezvous.rfind("tcp://", 0) == 0) {
+    auto [host, port] = parse_store_address(opts.rendezvous);
+    if (opts.rank == 0) out.server = std::make_shared<tcp_store_server>(host, port, base.secret);
+    store = std::make_shared<tcp_rendezvous>(host, port, base.secret);
+  } else {
+    store = std::make_shared<file_rendezvous>(opts.rendezvous);
+  }
+  out.control = make_tcp_communicator(opts.rank, opts.world, *store, base);
+  std::shared_ptr<communicator> control = out.control;
   popts.first_replica = f;
   popts.local_replicas = L;
   popts.make_replica_group = [store, base, R, L, f](int stage) {
@@ -57,7 +73,7 @@ std::shared_ptr<communicator> join_processes(const proto::JobSpec& spec, const c
     return v / float(R);
   };
   (void)spec;
-  return control;
+  return out;
 }
 
 }  // namespace
@@ -65,7 +81,7 @@ std::shared_ptr<communicator> join_processes(const proto::JobSpec& spec, const c
 job_outcome run_job_worker(caf::actor_system& sys, const proto::JobSpec& spec, const coordinator_options& opts,
                            int64_t steps) {
   pipeline_options popts = pipeline_options::from(spec);
-  std::shared_ptr<communicator> control = join_processes(spec, opts, popts);
+  joined links = join_processes(spec, opts, popts);  // kept up for the run
   auto t0 = std::chrono::steady_clock::now();
   run_pipeline_training(sys, spec, popts, steps, nullptr);
   job_outcome out;
@@ -95,8 +111,8 @@ job_outcome run_job(const proto::JobSpec& spec, const coordinator_options& opts)
     // Pipeline stages as actors; then the assembled model is evaluated here.
     progress_log progress(spec, out.steps, opts.display());
     pipeline_options popts = pipeline_options::from(spec);
-    std::shared_ptr<communicator> control;  // keeps the processes' links up for the run
-    if (opts.world > 1) control = join_processes(spec, opts, popts);
+    joined links;  // keeps the processes' links (and rank 0's store) up for the run
+    if (opts.world > 1) links = join_processes(spec, opts, popts);
     popts.trace = std::make_shared<trace_recorder>();
     // Tracks in replica-major order, so the timeline reads top to bottom.
     for (int r = popts.first_replica; r < popts.first_replica + (popts.local_replicas ? popts.local_replicas : popts.replicas); ++r)

@@ -126,8 +126,9 @@ int train(const std::vector<std::string>& args) {
     return 2;
   }
   if (place.world > 1 && place.rendezvous.empty()) {
-    std::fprintf(stderr, "troupe: a job of %d processes needs a rendezvous directory all of them see "
-                         "(--rendezvous DIR or TROUPE_RENDEZVOUS); troupe launch makes one\n", place.world);
+    std::fprintf(stderr, "troupe: a job of %d processes needs a rendezvous: a directory all of them see, or "
+                         "tcp://HOST:PORT where rank 0 serves one (--rendezvous or TROUPE_RENDEZVOUS); troupe "
+                         "launch makes one\n", place.world);
     return 2;
   }
   const bool reporter = place.rank == 0;  // the other processes of a job train quietly
