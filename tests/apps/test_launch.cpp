@@ -128,7 +128,7 @@ TEST_CASE("launch: replicas that do not split over the processes, and bad flags,
   CHECK(r.output.find("--nproc expects 1..256, got '0'") != std::string::npos);
   r = run("train apps/jobs/fortunes_gpt.json --rank 1 --world 2");
   CHECK(r.code == 2);
-  CHECK(r.output.find("needs a rendezvous directory") != std::string::npos);
+  CHECK(r.output.find("needs a rendezvous: a directory all of them see, or tcp://HOST:PORT") != std::string::npos);
 }
 
 TEST_CASE("launch: SIGKILL of one process ends the job within seconds, naming it, with nothing left running") {
