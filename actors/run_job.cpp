@@ -1,6 +1,9 @@
 #include "actors/run_job.hpp"
 
+#include <unistd.h>
+
 #include <chrono>
+#include <sstream>
 #include <cstdlib>
 #include <cstdio>
 #include <filesystem>
@@ -44,8 +47,26 @@ joined join_processes(const proto::JobSpec& spec, const coordinator_options& opt
   } else {
     store = std::make_shared<file_rendezvous>(opts.rendezvous);
   }
+  // Where this process is, for rank 0's placement table; the control group's links are up
+  // only once every process has joined, so then every one has said where it is.
+  const std::string where_key = "job/" + std::to_string(opts.group) + "/where/";
+  store->set(where_key + std::to_string(opts.rank), opts.host + " " + std::to_string(::getpid()) + " " +
+                                                        std::to_string(f) + " " + std::to_string(L));
   out.control = make_tcp_communicator(opts.rank, opts.world, *store, base);
   std::shared_ptr<communicator> control = out.control;
+  if (opts.rank == 0 && !opts.quiet) {
+    std::printf("placement: %d processes, %d replica%s each (replica r on process r / %d)\n", opts.world, L,
+                L == 1 ? "" : "s", L);
+    for (int k = 0; k < opts.world; ++k) {
+      std::string host, pid;
+      int first = 0, count = 0;
+      std::istringstream line(store->get(where_key + std::to_string(k), base.connect_deadline));
+      line >> host >> pid >> first >> count;
+      std::printf("  process %-3d host %-15s pid %-8s replicas %d..%d\n", k, host.c_str(), pid.c_str(), first,
+                  first + count - 1);
+    }
+    std::fflush(stdout);
+  }
   popts.first_replica = f;
   popts.local_replicas = L;
   popts.make_replica_group = [store, base, R, L, f](int stage) {

@@ -1,10 +1,16 @@
 // troupe launch --nproc N JOB.json [train flags]: starts N processes of `troupe train` on
 // this host for one job (as torchrun does): each gets --rank, --world, a fresh rendezvous
-// directory and the job's group id; rank 0 prints and writes everything. If one process
+// directory and the job's group id; rank 0 prints and writes everything. With --nodes M
+// --listen HOST:PORT the job has M more processes, one per `troupe node --coordinator
+// HOST:PORT` started on other machines: rank 0 serves the rendezvous store at HOST:PORT
+// (instead of the directory), the launcher publishes the job there (spec, flags, world,
+// group), and each node takes the next rank. TROUPE_SECRET must then be set, the same on
+// every machine. If one process
 // fails, the others are stopped (SIGTERM, then SIGKILL after 5 s) and launch exits with
 // the failed one's status, naming it. The children die with the launcher.
 #include "apps/launch.hpp"
 
+#include "transport/tcp/store.hpp"
 #include "transport/tcp/tcp.hpp"
 
 #include <signal.h>
@@ -16,7 +22,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <string>
+#include <tuple>
 #include <thread>
 #include <vector>
 
@@ -50,8 +59,10 @@ void stop_all(const std::vector<pid_t>& pids, const std::vector<bool>& running) 
 }  // namespace
 
 int launch_main(const std::vector<std::string>& args) {
-  const char* usage = "usage: troupe launch --nproc N JOB.json [--steps N] [--threads N] [--quiet]";
-  int nproc = 0;
+  const char* usage =
+      "usage: troupe launch --nproc N [--nodes M --listen HOST:PORT] JOB.json [--steps N] [--threads N] [--quiet]";
+  int nproc = 0, nodes = 0;
+  std::string listen;
   std::vector<std::string> passed;  // to every `troupe train`
   for (size_t i = 0; i < args.size(); ++i) {
     if (args[i] == "--nproc" && i + 1 < args.size()) {
@@ -62,6 +73,16 @@ int launch_main(const std::vector<std::string>& args) {
         return 2;
       }
       nproc = int(v);
+    } else if (args[i] == "--nodes" && i + 1 < args.size()) {
+      char* end = nullptr;
+      long v = std::strtol(args[++i].c_str(), &end, 10);
+      if (args[i].empty() || *end || v < 0 || v > 4096) {
+        std::fprintf(stderr, "troupe launch: --nodes expects 0..4096, got '%s' (%s)\n", args[i].c_str(), usage);
+        return 2;
+      }
+      nodes = int(v);
+    } else if (args[i] == "--listen" && i + 1 < args.size()) {
+      listen = args[++i];
     } else if (args[i] == "--rank" || args[i] == "--world" || args[i] == "--rendezvous" || args[i] == "--group") {
       std::fprintf(stderr, "troupe launch: %s is set by launch itself (%s)\n", args[i].c_str(), usage);
       return 2;
@@ -72,6 +93,35 @@ int launch_main(const std::vector<std::string>& args) {
   if (nproc == 0) {
     std::fprintf(stderr, "troupe launch: --nproc N is required (%s)\n", usage);
     return 2;
+  }
+  std::string store_host;
+  uint16_t store_port = 0;
+  if (nodes > 0) {
+    if (listen.empty()) {
+      std::fprintf(stderr, "troupe launch: --nodes needs --listen HOST:PORT, the address nodes reach (%s)\n", usage);
+      return 2;
+    }
+    if (!std::getenv("TROUPE_SECRET") || !*std::getenv("TROUPE_SECRET")) {
+      std::fprintf(stderr, "troupe launch: with --nodes, set TROUPE_SECRET to the job's secret here and on every node\n");
+      return 2;
+    }
+    try {
+      std::tie(store_host, store_port) = parse_store_address("tcp://" + listen);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "troupe launch: --listen: %s\n", e.what());
+      return 2;
+    }
+  }
+  std::string job_file;  // the first argument that is not a flag's value
+  for (size_t i = 0; i < passed.size(); ++i) {
+    if (passed[i] == "--steps" || passed[i] == "--threads") {
+      ++i;
+      continue;
+    }
+    if (passed[i].rfind("--", 0) != 0) {
+      job_file = passed[i];
+      break;
+    }
   }
   char dir_template[] = "/tmp/troupe-launch-XXXXXX";
   if (!::mkdtemp(dir_template)) {
@@ -90,11 +140,14 @@ int launch_main(const std::vector<std::string>& args) {
   if (!std::getenv("TROUPE_SECRET")) ::setenv("TROUPE_SECRET", make_job_secret().c_str(), 1);
   std::vector<pid_t> pids;
   std::vector<bool> running;
+  const int world = nproc + nodes;
+  const std::string rendezvous = nodes > 0 ? "tcp://" + listen : dir;
+  if (nodes > 0) ::setenv("TROUPE_HOST", store_host.c_str(), 1);  // the local processes listen there too
   for (int r = 0; r < nproc; ++r) {
     std::vector<std::string> argv_s = {"troupe", "train"};
     argv_s.insert(argv_s.end(), passed.begin(), passed.end());
-    for (std::string x : {std::string("--rank"), std::to_string(r), std::string("--world"), std::to_string(nproc),
-                          std::string("--rendezvous"), dir, std::string("--group"), std::to_string(group)})
+    for (std::string x : {std::string("--rank"), std::to_string(r), std::string("--world"), std::to_string(world),
+                          std::string("--rendezvous"), rendezvous, std::string("--group"), std::to_string(group)})
       argv_s.push_back(x);
     std::vector<char*> argv;
     for (auto& a : argv_s) argv.push_back(a.data());
@@ -107,6 +160,32 @@ int launch_main(const std::vector<std::string>& args) {
     }
     pids.push_back(pid);
     running.push_back(true);
+  }
+  // The job, for the nodes: published in rank 0's store once it is up.
+  std::thread publisher;
+  if (nodes > 0) {
+    std::ifstream in(job_file);
+    std::stringstream spec;
+    spec << in.rdbuf();
+    std::string flags;
+    for (const auto& a : passed)
+      if (a != job_file) flags += a + "\n";
+    std::printf("troupe launch: %d local process%s; waiting for %d node%s: on each, run\n"
+                "  TROUPE_SECRET=<the same secret> troupe node --coordinator %s\n",
+                nproc, nproc == 1 ? "" : "es", nodes, nodes == 1 ? "" : "s", listen.c_str());
+    std::fflush(stdout);
+    publisher = std::thread([=, spec = spec.str()] {
+      try {
+        tcp_rendezvous store(store_host, store_port, std::getenv("TROUPE_SECRET"), std::chrono::milliseconds(60000));
+        store.set("job/spec", spec);
+        store.set("job/flags", flags);
+        store.set("job/group", std::to_string(group));
+        store.set("job/first_node_rank", std::to_string(nproc));
+        store.set("job/world", std::to_string(world));
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "troupe launch: cannot publish the job for the nodes: %s\n", e.what());
+      }
+    });
   }
   int code = 0, left = nproc;
   while (left > 0) {
@@ -153,6 +232,7 @@ int launch_main(const std::vector<std::string>& args) {
     stop_all(pids, running);
     break;
   }
+  if (publisher.joinable()) publisher.join();
   std::error_code ec;
   std::filesystem::remove_all(dir, ec);
   return code;

@@ -6,5 +6,7 @@ namespace troupe {
 
 // troupe launch --nproc N JOB.json [train flags] (apps/launch.cpp).
 int launch_main(const std::vector<std::string>& args);
+// troupe node --coordinator HOST:PORT (apps/node.cpp).
+int node_main(const std::vector<std::string>& args);
 
 }  // namespace troupe

@@ -24,8 +24,11 @@ int usage(const char* why) {
                "usage:\n"
                "  troupe train JOB.json [--steps N] [--threads N] [--quiet]\n"
                "      run a training job (see docs/job-spec.md); flags override the spec\n"
-               "  troupe launch --nproc N JOB.json [--steps N] [--threads N] [--quiet]\n"
-               "      the job as N processes on this host (replicas split over them, tcp between them)\n"
+               "  troupe launch --nproc N [--nodes M --listen HOST:PORT] JOB.json [--steps N] [--threads N] [--quiet]\n"
+               "      the job as N processes on this host (replicas split over them, tcp between them),\n"
+               "      and M more from other machines that run troupe node\n"
+               "  troupe node --coordinator HOST:PORT\n"
+               "      join a job launched elsewhere with --nodes (TROUPE_SECRET: the job's secret)\n"
                "  troupe plan JOB.json\n"
                "      print how the job is cut into pipeline stages and the memory each needs\n"
                "  troupe bench train [--model mlp|gpt] [--steps N] [--rounds N] [--torch] [--json FILE]\n"
@@ -207,6 +210,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> args(argv + 2, argv + argc);
   if (cmd == "train") return train(args);
   if (cmd == "launch") return troupe::launch_main(args);
+  if (cmd == "node") return troupe::node_main(args);
   if (cmd == "bench") return troupe::bench_main(args);
   if (cmd == "plan") return troupe::plan_main(args);
   if (cmd == "-h" || cmd == "--help" || cmd == "help") return usage(nullptr), 0;

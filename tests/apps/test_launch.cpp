@@ -126,6 +126,16 @@ TEST_CASE("launch: replicas that do not split over the processes, and bad flags,
   r = run("launch --nproc 0 apps/jobs/fortunes_gpt.json");
   CHECK(r.code == 2);
   CHECK(r.output.find("--nproc expects 1..256, got '0'") != std::string::npos);
+  r = run("launch --nproc 1 --nodes 2 apps/jobs/fortunes_gpt.json");
+  CHECK(r.code == 2);
+  CHECK(r.output.find("--nodes needs --listen HOST:PORT") != std::string::npos);
+  ::unsetenv("TROUPE_SECRET");  // as on a machine where nobody set it
+  r = run("node --coordinator 127.0.0.1:1");
+  CHECK(r.code == 2);
+  CHECK(r.output.find("TROUPE_SECRET must hold the job's secret") != std::string::npos);
+  r = run("node");
+  CHECK(r.code == 2);
+  CHECK(r.output.find("--coordinator HOST:PORT is required") != std::string::npos);
   r = run("train apps/jobs/fortunes_gpt.json --rank 1 --world 2");
   CHECK(r.code == 2);
   CHECK(r.output.find("needs a rendezvous: a directory all of them see, or tcp://HOST:PORT") != std::string::npos);

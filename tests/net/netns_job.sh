@@ -4,7 +4,9 @@
 # --rank k --world 3), one per namespace, their links over the veths (TROUPE_HOST = the
 # namespace's address), meeting through rank 0's rendezvous store (tcp://10.77.0.1:29500,
 # no shared directory). Its per-step losses must match the in-process run of the same job
-# to 1e-4. Skips (exit 77) with the reason where the machine forbids namespaces.
+# to 1e-4. Then the same job again as a launcher would run it across machines: troupe
+# launch --nproc 1 --nodes 2 --listen 10.77.0.1:29501 in the first namespace, troupe node
+# --coordinator 10.77.0.1:29501 in the other two; the same losses again. Skips (exit 77) with the reason where the machine forbids namespaces.
 # Usage: tests/net/netns_job.sh TROUPE_BINARY
 set -euo pipefail
 troupe=${1:?usage: netns_job.sh TROUPE_BINARY}
@@ -47,6 +49,7 @@ cat > "$work/job.json" <<JOB
 JOB
 sed "s|METRICS|one.jsonl|" "$work/job.json" > "$work/one.json"
 sed "s|METRICS|three.jsonl|" "$work/job.json" > "$work/three.json"
+sed "s|METRICS|nodes.jsonl|" "$work/job.json" > "$work/nodes.json"
 "$troupe" train "$work/one.json" --quiet > "$work/one.log" 2>&1 || { cat "$work/one.log"; exit 1; }
 
 export TROUPE_SECRET="netns-test-$$-$RANDOM"
@@ -60,13 +63,32 @@ failed=0
 for k in 0 1 2; do wait "${pids[$k]}" || { echo "rank $k failed:"; cat "$work/rank$k.log"; failed=1; }; done
 [ "$failed" -eq 0 ] || exit 1
 
-python3 - "$work/one.jsonl" "$work/three.jsonl" <<'PY'
+# The launcher in namespace a, a node agent in each of b and c.
+timeout 120 ip netns exec "${tag}a" "$troupe" launch --nproc 1 --nodes 2 --listen 10.77.0.1:29501 "$work/nodes.json" \
+  --quiet > "$work/launch.log" 2>&1 &
+launcher=$!
+agents=()
+for k in 1 2; do
+  timeout 120 ip netns exec "${namespaces[$k]}" "$troupe" node --coordinator 10.77.0.1:29501 > "$work/node$k.log" 2>&1 &
+  agents+=($!)
+done
+wait "$launcher" || { echo "launch failed:"; cat "$work/launch.log"; failed=1; }
+for k in 1 2; do wait "${agents[$((k - 1))]}" || { echo "node $k failed:"; cat "$work/node$k.log"; failed=1; }; done
+[ "$failed" -eq 0 ] || exit 1
+grep -q "as process [12] of 3 (this host: 10.77.0.2)" "$work/node1.log" || { cat "$work/node1.log"; exit 1; }
+
+python3 - "$work/one.jsonl" "$work/three.jsonl" "$work/nodes.jsonl" <<'PY'
 import json, sys
 def losses(path):
     return [json.loads(l)["loss"] for l in open(path) if '"event":"step"' in l]
-a, b = losses(sys.argv[1]), losses(sys.argv[2])
-assert len(a) == 10 and len(b) == 10, (len(a), len(b))
-worst = max(abs(x - y) / abs(x) for x, y in zip(a, b))
-print(f"3 namespaces vs one process: {len(a)} steps, worst relative loss difference {worst:.2e}")
-sys.exit(0 if worst <= 1e-4 else 1)
+a = losses(sys.argv[1])
+ok = len(a) == 10
+for name, path in (("3 processes by rank", sys.argv[2]), ("launch + 2 nodes", sys.argv[3])):
+    b = losses(path)
+    if len(b) != len(a):
+        print(f"{name}: {len(b)} steps, expected {len(a)}"); ok = False; continue
+    worst = max(abs(x - y) / abs(x) for x, y in zip(a, b))
+    print(f"3 namespaces ({name}) vs one process: {len(a)} steps, worst relative loss difference {worst:.2e}")
+    ok = ok and worst <= 1e-4
+sys.exit(0 if ok else 1)
 PY

@@ -3,6 +3,7 @@
 // named; and the file rendezvous for comparison of the same contract.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <thread>
@@ -28,6 +29,22 @@ TEST_CASE("tcp store: set, get, a get that waits for a later set, a get that tim
   auto t0 = std::chrono::steady_clock::now();
   CHECK_THROWS_WITH_AS(b.get("never", 200ms), doctest::Contains("nobody set 'never' within 200 ms"), transport_error);
   CHECK(std::chrono::steady_clock::now() - t0 < 3s);
+}
+
+TEST_CASE("tcp store: add is an atomic counter across clients") {
+  tcp_store_server server("127.0.0.1", 0, "s3cret");
+  std::vector<int64_t> got(8);
+  std::vector<std::thread> clients;
+  for (int i = 0; i < 8; ++i)
+    clients.emplace_back([&, i] {
+      tcp_rendezvous c("127.0.0.1", server.port(), "s3cret");
+      got[size_t(i)] = c.add("nodes", 1);
+    });
+  for (auto& t : clients) t.join();
+  std::sort(got.begin(), got.end());
+  for (int i = 0; i < 8; ++i) CHECK(got[size_t(i)] == i + 1);  // each took its own number
+  tcp_rendezvous c("127.0.0.1", server.port(), "s3cret");
+  CHECK(c.get("nodes", 100ms) == "8");
 }
 
 TEST_CASE("tcp store: a client with the wrong secret is refused") {

@@ -84,8 +84,21 @@ struct tcp_store_server::impl {
         cv.wait_for(lock, wait, [&] { return stopping || values.count(key) > 0; });
         auto it = values.find(key);
         answer = it == values.end() ? std::string("none\n") : "ok\n" + it->second;
+      } else if (op == "add") {
+        char* end = nullptr;
+        const long long delta = std::strtoll(arg.c_str(), &end, 10);
+        if (arg.empty() || *end) throw frame_error("frame: store add of '" + arg + "' (expected an integer)");
+        long long sum = 0;
+        {
+          std::lock_guard<std::mutex> lock(mu);
+          auto it = values.find(key);
+          sum = (it == values.end() ? 0 : std::strtoll(it->second.c_str(), nullptr, 10)) + delta;
+          values[key] = std::to_string(sum);
+        }
+        cv.notify_all();
+        answer = "ok\n" + std::to_string(sum);
       } else {
-        throw frame_error("frame: store request '" + op + "' (expected set or get)");
+        throw frame_error("frame: store request '" + op + "' (expected set, get or add)");
       }
       handshake::write_frame(s, frame_kind::data, kServer, kAnswer, answer.data(), answer.size());
     } catch (const std::exception& e) {
@@ -181,6 +194,12 @@ std::string tcp_rendezvous::ask(const std::string& request, std::chrono::millise
 void tcp_rendezvous::set(const std::string& key, const std::string& value) {
   if (ask("set\n" + key + "\n" + value, std::chrono::milliseconds(0)) != "ok\n")
     throw transport_error("rendezvous: the store did not take '" + key + "'");
+}
+
+int64_t tcp_rendezvous::add(const std::string& key, int64_t delta) {
+  const std::string answer = ask("add\n" + key + "\n" + std::to_string(delta), std::chrono::milliseconds(0));
+  if (answer.rfind("ok\n", 0) != 0) throw transport_error("rendezvous: the store did not add to '" + key + "'");
+  return std::strtoll(answer.c_str() + 3, nullptr, 10);
 }
 
 std::string tcp_rendezvous::get(const std::string& key, std::chrono::milliseconds deadline) {

@@ -3,8 +3,8 @@
 // all see): rank 0 of a job serves it (tcp_store_server) on the address every rank is given
 // as tcp://HOST:PORT, and every rank, rank 0 included, is its client (tcp_rendezvous).
 // Every connection first proves the job's secret both ways (handshake.hpp), then carries
-// one request: set KEY VALUE, or get KEY (the server answers once the key is set, or says
-// it is not at the client's deadline). A client that cannot reach the server retries until
+// one request: set KEY VALUE, get KEY (the server answers once the key is set, or says it
+// is not at the client's deadline), or add KEY DELTA (an atomic counter). A client that cannot reach the server retries until
 // its deadline: the other ranks may start before rank 0.
 #include <chrono>
 #include <condition_variable>
@@ -45,6 +45,9 @@ class tcp_rendezvous : public rendezvous {
                  std::chrono::milliseconds connect_deadline = std::chrono::milliseconds(30000));
   void set(const std::string& key, const std::string& value) override;
   std::string get(const std::string& key, std::chrono::milliseconds deadline) override;
+  // Adds `delta` to the integer under `key` (0 if unset) and returns the sum, atomically:
+  // how nodes joining a job take their ranks one by one.
+  int64_t add(const std::string& key, int64_t delta);
 
  private:
   // One request, its answer.
