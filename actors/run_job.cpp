@@ -33,6 +33,15 @@ joined join_processes(const proto::JobSpec& spec, const coordinator_options& opt
   base.group = opts.group;
   base.host = opts.host;
   if (const char* secret = std::getenv("TROUPE_SECRET")) base.secret = secret;
+  // How long a silent link may stay up (tcp_options::silence): TROUPE_SILENCE_MS.
+  if (const char* ms = std::getenv("TROUPE_SILENCE_MS")) {
+    char* end = nullptr;
+    const long v = std::strtol(ms, &end, 10);
+    if (!*ms || *end || v < 100 || v > 3600000)
+      throw input_error("TROUPE_SILENCE_MS: expected milliseconds 100..3600000, got '" + std::string(ms) + "'");
+    base.silence = std::chrono::milliseconds(v);
+    base.heartbeat = std::min(base.heartbeat, std::chrono::milliseconds(v / 4));
+  }
   if (base.secret.empty())
     throw input_error("train: a job of " + std::to_string(opts.world) +
                       " processes needs the job's secret in TROUPE_SECRET (troupe launch makes one)");

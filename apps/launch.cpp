@@ -40,7 +40,10 @@ void on_signal(int) { interrupted = 1; }
 
 void stop_all(const std::vector<pid_t>& pids, const std::vector<bool>& running) {
   for (size_t k = 0; k < pids.size(); ++k)
-    if (running[k]) ::kill(pids[k], SIGTERM);
+    if (running[k]) {
+      ::kill(pids[k], SIGTERM);
+      ::kill(pids[k], SIGCONT);  // a stopped process acts on its SIGTERM only once it runs
+    }
   const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
   for (size_t k = 0; k < pids.size(); ++k) {
     if (!running[k]) continue;

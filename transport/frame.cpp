@@ -101,8 +101,8 @@ frame_header decode_header(const uint8_t* bytes, size_t n, const frame_limits& l
                       "): corrupted in transit");
   frame_header h;
   const uint16_t kind = get<uint16_t>(bytes, 6);
-  if (kind < uint16_t(frame_kind::hello) || kind > uint16_t(frame_kind::auth))
-    throw frame_error("frame: kind " + std::to_string(kind) + " (expected 1 hello, 2 data, 3 bye or 4 auth)");
+  if (kind < uint16_t(frame_kind::hello) || kind > uint16_t(frame_kind::ping))
+    throw frame_error("frame: kind " + std::to_string(kind) + " (expected 1 hello, 2 data, 3 bye, 4 auth or 5 ping)");
   h.kind = frame_kind(kind);
   h.src = get<uint32_t>(bytes, 8);
   if (h.src >= limits.world_size)
@@ -123,6 +123,8 @@ frame_header decode_header(const uint8_t* bytes, size_t n, const frame_limits& l
   if (h.kind != frame_kind::hello && h.count > limits.max_payload_bytes / width)
     throw frame_error("frame: payload of " + std::to_string(h.count) + " x " + std::to_string(width) +
                       " bytes is over the limit of " + std::to_string(limits.max_payload_bytes));
+  if (h.kind == frame_kind::ping && h.count != 0)
+    throw frame_error("frame: a ping with " + std::to_string(h.count) + " elements (it has no payload)");
   if (h.kind == frame_kind::hello && h.count != limits.world_size)
     throw frame_error("frame: hello from a world of " + std::to_string(h.count) + " (this one has " +
                       std::to_string(limits.world_size) + ")");

@@ -36,6 +36,7 @@ enum class frame_kind : uint16_t {
   data = 2,   // a message: tag, count elements of dtype
   bye = 3,    // the sender closes the link on purpose (shutdown or abort; payload: the reason, u8)
   auth = 4,   // a step of the link's challenge-response (tag: which step; payload: nonces, MACs, u8)
+  ping = 5,   // a heartbeat on an idle link: the sender is alive (no payload)
 };
 
 struct frame_header {

@@ -180,3 +180,46 @@ TEST_CASE("launch: SIGKILL of one process ends the job within seconds, naming it
   for (pid_t q : procs) CHECK(!alive(q));  // none left behind
   if (!gone) ::kill(launcher, SIGKILL);
 }
+
+TEST_CASE("launch: a process that hangs (SIGSTOP) is found by the heartbeats and the job ends") {
+  const std::string log = "/tmp/troupe_launch_stop.log";
+  const std::string job = gpt_job("stop", 2, "/tmp/troupe_launch_ms.jsonl");
+  const std::string cmd = "TROUPE_SILENCE_MS=1500 " + std::string(TROUPE_BINARY) + " launch --nproc 2 " + job +
+                          " --steps 100000 --quiet > " + log + " 2>&1 & echo $!";
+  FILE* p = popen(cmd.c_str(), "r");
+  REQUIRE(p != nullptr);
+  char buf[64] = {0};
+  REQUIRE(fgets(buf, sizeof buf, p) != nullptr);
+  pclose(p);
+  const pid_t launcher = pid_t(std::atol(buf));
+  std::vector<pid_t> procs;
+  for (int i = 0; i < 500 && procs.size() < 2; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    procs = children_of(launcher);
+  }
+  REQUIRE(procs.size() == 2);
+  std::this_thread::sleep_for(std::chrono::seconds(2));  // training
+  REQUIRE(::kill(procs[1], SIGSTOP) == 0);  // alive to TCP, dead to the job
+  const auto t0 = std::chrono::steady_clock::now();
+  bool gone = false;
+  while (std::chrono::steady_clock::now() - t0 < std::chrono::seconds(30)) {
+    if (!alive(launcher)) {
+      gone = true;
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::ifstream in(log);
+  std::stringstream text;
+  text << in.rdbuf();
+  CAPTURE(text.str());
+  CHECK(gone);
+  CHECK(took < 10.0);  // 1.5 s of silence, then the launcher's stop
+  CHECK(text.str().find("was silent for 1500 ms") != std::string::npos);
+  for (pid_t q : procs) CHECK(!alive(q));
+  if (!gone) {
+    ::kill(procs[1], SIGKILL);
+    ::kill(launcher, SIGKILL);
+  }
+}

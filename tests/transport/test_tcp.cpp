@@ -279,3 +279,49 @@ TEST_CASE("tcp: a rank without a secret is an input error") {
   tcp_options opt;
   CHECK_THROWS_WITH_AS(make_tcp_communicator(0, 2, store, opt), doctest::Contains("no job secret"), input_error);
 }
+
+TEST_CASE("tcp: a peer that goes silent (no data, no heartbeat) is declared dead after the silence limit") {
+  memory_rendezvous store;
+  tcp_options opt;
+  opt.group = 96;
+  opt.secret = kSecret;
+  opt.heartbeat = std::chrono::milliseconds(50);
+  opt.silence = std::chrono::milliseconds(400);
+  std::shared_ptr<communicator> rank0;
+  std::thread joiner([&] { rank0 = make_tcp_communicator(0, 2, store, opt); });
+  fake_peer mute(store, "tcp/96/0");
+  REQUIRE(mute.join(1, 0, 96, 2, kSecret));  // and then never says anything again
+  joiner.join();
+  REQUIRE(rank0);
+  rank0->deadline = std::chrono::milliseconds(20000);
+  float x = 0;
+  std::string error;
+  auto t0 = std::chrono::steady_clock::now();
+  try {
+    rank0->recv(1, 1, &x, 1, dtype::f32);
+  } catch (const transport_error& e) {
+    error = e.what();
+  }
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  CHECK(error.find("was silent for 400 ms") != std::string::npos);
+  CHECK(took < 3.0);
+}
+
+TEST_CASE("tcp: heartbeats keep an idle but live link up past the silence limit") {
+  auto group = make_group("tcp", 2);  // default heartbeat 1 s, silence 10 s: too slow for a test
+  memory_rendezvous store;
+  tcp_options opt;
+  opt.group = 97;
+  opt.secret = kSecret;
+  opt.heartbeat = std::chrono::milliseconds(50);
+  opt.silence = std::chrono::milliseconds(300);
+  std::vector<std::shared_ptr<communicator>> pair(2);
+  std::thread a([&] { pair[0] = make_tcp_communicator(0, 2, store, opt); });
+  pair[1] = make_tcp_communicator(1, 2, store, opt);
+  a.join();
+  std::this_thread::sleep_for(std::chrono::milliseconds(1000));  // idle for 3x the limit
+  float x = 3.5f, y = 0;
+  pair[1]->send(0, 8, &x, 1, dtype::f32);
+  pair[0]->recv(1, 8, &y, 1, dtype::f32);
+  CHECK(y == 3.5f);
+}

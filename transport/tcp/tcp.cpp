@@ -5,6 +5,7 @@
 #include <sys/time.h>
 
 #include <array>
+#include <atomic>
 #include <utility>  // before Boost 1.74's asio, which uses std::exchange without it under C++20
 #include <boost/asio.hpp>
 #include <cmath>
@@ -62,8 +63,11 @@ class tcp_communicator : public communicator {
                         "makes one)");
     for (auto& l : links_) l = std::make_unique<link>();
     connect_all(store);
+    const auto now = std::chrono::steady_clock::now().time_since_epoch().count();
+    for (auto& l : links_) l->last_read = l->last_write = now;
     for (int p = 0; p < size_; ++p)
       if (p != rank_) links_[size_t(p)]->reader = std::thread([this, p] { read_loop(p); });
+    if (opt_.heartbeat.count() > 0 && size_ > 1) watchdog_ = std::thread([this] { watch(); });
   }
 
   ~tcp_communicator() override {
@@ -71,6 +75,8 @@ class tcp_communicator : public communicator {
       std::lock_guard<std::mutex> lock(mu_);
       stopping_ = true;
     }
+    cv_.notify_all();
+    if (watchdog_.joinable()) watchdog_.join();
     for (int p = 0; p < size_; ++p) {
       if (p == rank_) continue;
       say_bye(p, kByeShutdown, "shutdown");
@@ -133,7 +139,58 @@ class tcp_communicator : public communicator {
     std::mutex write_mu;
     std::thread reader;
     std::string closed;  // guarded by the communicator's mu_: why the link is down
+    // steady_clock ticks of the last frame read from / written to the link.
+    std::atomic<int64_t> last_read{0}, last_write{0};
   };
+
+  static int64_t ticks() { return std::chrono::steady_clock::now().time_since_epoch().count(); }
+
+  // Pings idle links, and closes the ones that have been silent too long.
+  void watch() {
+    const int64_t beat = std::chrono::duration_cast<std::chrono::steady_clock::duration>(opt_.heartbeat).count();
+    const int64_t limit = std::chrono::duration_cast<std::chrono::steady_clock::duration>(opt_.silence).count();
+    std::unique_lock<std::mutex> lock(mu_);
+    while (!stopping_) {
+      cv_.wait_for(lock, opt_.heartbeat / 4, [&] { return stopping_; });
+      if (stopping_) return;
+      lock.unlock();
+      const int64_t now = ticks();
+      for (int p = 0; p < size_; ++p) {
+        if (p == rank_) continue;
+        link& l = *links_[size_t(p)];
+        bool open;
+        {
+          std::lock_guard<std::mutex> g(mu_);
+          open = l.closed.empty();
+        }
+        if (!open) continue;
+        if (limit > 0 && now - l.last_read.load() > limit) {
+          const std::string why = "rank " + std::to_string(p) + " was silent for " +
+                                  std::to_string(opt_.silence.count()) +
+                                  " ms (no data, no heartbeat): hung, stopped or cut off";
+          log("closing the link to rank " + std::to_string(p) + ": " + why);
+          close_link(p, why);
+          boost::system::error_code ec;
+          l.socket->shutdown(tcp::socket::shutdown_both, ec);  // ends its reader
+          continue;
+        }
+        if (now - l.last_write.load() >= beat) {
+          std::unique_lock<std::mutex> w(l.write_mu, std::try_to_lock);  // a frame going out is a sign of life too
+          if (!w.owns_lock()) continue;
+          frame_header h;
+          h.kind = frame_kind::ping;
+          h.src = uint32_t(rank_);
+          h.payload_crc = crc32c(nullptr, 0);
+          uint8_t hdr[kFrameHeaderBytes];
+          encode_header(h, hdr);
+          boost::system::error_code ec;
+          asio::write(*l.socket, asio::buffer(hdr), ec);
+          l.last_write = ticks();
+        }
+      }
+      lock.lock();
+    }
+  }
 
   std::string key_of(int r) const { return "tcp/" + std::to_string(opt_.group) + "/" + std::to_string(r); }
 
@@ -265,6 +322,7 @@ class tcp_communicator : public communicator {
       std::lock_guard<std::mutex> lock(l.write_mu);
       const std::array<asio::const_buffer, 2> parts{asio::buffer(hdr), asio::buffer(payload, h.payload_bytes())};
       asio::write(*l.socket, parts, ec);
+      l.last_write = ticks();
     }
     if (ec) {
       const std::string why = "the link to rank " + std::to_string(peer) + " broke: " + ec.message();
@@ -298,10 +356,13 @@ class tcp_communicator : public communicator {
       for (;;) {
         uint8_t hdr[kFrameHeaderBytes];
         asio::read(s, asio::buffer(hdr));
+        links_[size_t(peer)]->last_read = ticks();
         frame_header h = decode_header(hdr, sizeof hdr, limits);
         if (int(h.src) != peer)
           throw frame_error("frame: src rank " + std::to_string(h.src) + " on the link of rank " + std::to_string(peer));
         if (h.kind == frame_kind::hello) throw frame_error("frame: a second hello");
+        if (h.kind == frame_kind::auth) throw frame_error("frame: an auth frame after the handshake");
+        if (h.kind == frame_kind::ping) continue;
         message m;
         m.size = h.payload_bytes();
         m.bytes.reset(new uint8_t[m.size ? m.size : 1]);
@@ -390,6 +451,7 @@ class tcp_communicator : public communicator {
   std::map<std::pair<int, uint64_t>, std::deque<message>> queued_;
   std::string aborted_;
   bool stopping_ = false;
+  std::thread watchdog_;
 };
 
 }  // namespace

@@ -9,8 +9,8 @@
 // the right one. Each link has a reader thread that decodes frames (transport/frame.hpp) into
 // a mailbox keyed by (sender, tag), as inproc's; a send writes one frame on the caller's
 // thread. A bad frame closes that link with a logged error; a receive from a rank whose
-// link is closed (bad frame, reset, the peer's bye or abort) fails at once with the reason,
-// not at its deadline.
+// link is closed (bad frame, reset, the peer's bye or abort, or its silence: see
+// tcp_options::silence) fails at once with the reason, not at its deadline.
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -27,6 +27,12 @@ struct tcp_options {
   uint64_t group = 0;               // keeps links of different groups (jobs) apart
   std::chrono::milliseconds connect_deadline{30000};
   uint64_t max_message_bytes = uint64_t(1) << 32;  // larger frames are refused
+  // Failure detection that does not wait for TCP to notice: every link that sent nothing
+  // for `heartbeat` gets a ping; a link that brought nothing (data or ping) for `silence`
+  // is closed as dead: its process hangs, is stopped, or is cut off. Receives from it fail
+  // then, with that reason. 0: off.
+  std::chrono::milliseconds heartbeat{1000};
+  std::chrono::milliseconds silence{10000};
 };
 
 // Joins the group as `rank` of `size`: publishes this rank's address in `store`, dials the
