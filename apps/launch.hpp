@@ -8,5 +8,7 @@ namespace troupe {
 int launch_main(const std::vector<std::string>& args);
 // troupe node --coordinator HOST:PORT (apps/node.cpp).
 int node_main(const std::vector<std::string>& args);
+// troupe selftest [--nproc N] (apps/selftest.cpp).
+int selftest_main(const std::vector<std::string>& args);
 
 }  // namespace troupe

@@ -29,6 +29,8 @@ int usage(const char* why) {
                "      and M more from other machines that run troupe node\n"
                "  troupe node --coordinator HOST:PORT\n"
                "      join a job launched elsewhere with --nodes (TROUPE_SECRET: the job's secret)\n"
+               "  troupe selftest [--nproc N]\n"
+               "      every collective checked across N processes over tcp\n"
                "  troupe plan JOB.json\n"
                "      print how the job is cut into pipeline stages and the memory each needs\n"
                "  troupe bench train [--model mlp|gpt] [--steps N] [--rounds N] [--torch] [--json FILE]\n"
@@ -211,6 +213,7 @@ int main(int argc, char** argv) {
   if (cmd == "train") return train(args);
   if (cmd == "launch") return troupe::launch_main(args);
   if (cmd == "node") return troupe::node_main(args);
+  if (cmd == "selftest") return troupe::selftest_main(args);
   if (cmd == "bench") return troupe::bench_main(args);
   if (cmd == "plan") return troupe::plan_main(args);
   if (cmd == "-h" || cmd == "--help" || cmd == "help") return usage(nullptr), 0;

@@ -119,3 +119,18 @@ TEST_CASE("tcp processes: SIGKILL of one rank ends the survivors with a clear er
   CHECK(named);
   CHECK(children_of(pid).empty());
 }
+
+TEST_CASE("tcp processes: every collective, world sizes 1..8 x counts, against closed forms (troupe selftest)") {
+  for (int n = 1; n <= 8; ++n) {
+    CAPTURE(n);
+    const std::string log = "/tmp/troupe_selftest_" + std::to_string(n) + ".log";
+    pid_t pid = spawn_troupe({"selftest", "--nproc", std::to_string(n)}, log);
+    const int code = wait_for(pid, std::chrono::seconds(60));
+    const std::string out = read_all(log);
+    CAPTURE(out);
+    CHECK(code == 0);
+    CHECK(out.find("all-reduce halving-doubling           0") != std::string::npos);
+    CHECK(out.find("broadcast from every root             0") != std::string::npos);
+    CHECK(out.rfind("ok\n") == out.size() - 3);
+  }
+}
