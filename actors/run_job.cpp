@@ -81,21 +81,9 @@ joined join_processes(const proto::JobSpec& spec, const coordinator_options& opt
   popts.make_replica_group = [store, base, R, L, f](int stage) {
     tcp_options o = base;
     o.group = base.group + 1 + uint64_t(stage);  // one group per stage
-    std::vector<std::shared_ptr<communicator>> members(static_cast<size_t>(L));
-    std::vector<std::exception_ptr> errors(static_cast<size_t>(L));
-    std::vector<std::thread> joining;  // a member returns once all its links are up
-    for (int k = 0; k < L; ++k)
-      joining.emplace_back([&, k] {
-        try {
-          members[size_t(k)] = make_tcp_communicator(f + k, R, *store, o);
-        } catch (...) {
-          errors[size_t(k)] = std::current_exception();
-        }
-      });
-    for (auto& t : joining) t.join();
-    for (auto& e : errors)
-      if (e) std::rethrow_exception(e);
-    return members;
+    std::vector<int> ranks;
+    for (int k = 0; k < L; ++k) ranks.push_back(f + k);
+    return join_tcp_ranks(ranks, R, *store, o);
   };
   popts.global_loss = [control, L, R](int64_t step, float local) {
     float v = local * float(L);

@@ -40,18 +40,6 @@ namespace troupe {
 
 namespace {
 
-// A transport seen only through its plain sends and receives: send_async and the reducing
-// receive take the interface's default (copying) paths.
-struct copying : communicator {
-  explicit copying(std::shared_ptr<communicator> c) : inner(std::move(c)) {}
-  int rank() const override { return inner->rank(); }
-  int size() const override { return inner->size(); }
-  void send(int peer, uint64_t tag, const void* d, size_t n, dtype t) override { inner->send(peer, tag, d, n, t); }
-  void recv(int peer, uint64_t tag, void* d, size_t n, dtype t) override { inner->recv(peer, tag, d, n, t); }
-  void abort(const std::string& why) override { inner->abort(why); }
-  std::shared_ptr<communicator> inner;
-};
-
 struct result {
   double us = 0;  // median over rounds of the slowest rank's mean time per all-reduce
   size_t wrong = 0;
@@ -106,7 +94,7 @@ std::vector<result> on_threads(const std::string& variant, int n, const std::vec
   for (int r = 0; r < n; ++r)
     threads.emplace_back([&, r] {
       std::shared_ptr<communicator> c = group[size_t(r)];
-      if (variant == "inproc-copy") c = std::make_shared<copying>(c);
+      if (variant == "inproc-copy") c = std::make_shared<copying_view>(c);
       results[size_t(r)] = run_rank(*c, sizes);
     });
   for (auto& t : threads) t.join();

@@ -4,7 +4,6 @@
 #include <unistd.h>
 
 #include <atomic>
-#include <thread>
 
 #include "transport/inproc/inproc.hpp"
 #include "transport/tcp/tcp.hpp"
@@ -50,28 +49,15 @@ std::vector<std::shared_ptr<communicator>> make_group(const std::string& transpo
     throw input_error("unknown transport '" + transport + "' (known: inproc, tcp)");
   if (size < 1) throw input_error("a communicator group needs at least 1 rank, got " + std::to_string(size));
   if (transport == "tcp") {
-    // Ranks as threads of this process, linked over loopback; each joins on its own thread
-    // (a rank returns only once all its links are up).
+    // Ranks as threads of this process, linked over loopback.
     static std::atomic<uint64_t> groups{0};
     tcp_options options;
     options.group = (uint64_t(::getpid()) << 20) + groups.fetch_add(1);
     options.secret = make_job_secret();
     memory_rendezvous store;
-    std::vector<std::shared_ptr<communicator>> group(static_cast<size_t>(size));
-    std::vector<std::exception_ptr> errors(static_cast<size_t>(size));
-    std::vector<std::thread> joining;
-    for (int r = 0; r < size; ++r)
-      joining.emplace_back([&, r] {
-        try {
-          group[size_t(r)] = make_tcp_communicator(r, size, store, options);
-        } catch (...) {
-          errors[size_t(r)] = std::current_exception();
-        }
-      });
-    for (auto& t : joining) t.join();
-    for (auto& e : errors)
-      if (e) std::rethrow_exception(e);
-    return group;
+    std::vector<int> ranks;
+    for (int r = 0; r < size; ++r) ranks.push_back(r);
+    return join_tcp_ranks(ranks, size, store, options);
   }
   auto world = std::make_shared<inproc_world>(size);
   std::vector<std::shared_ptr<communicator>> group;

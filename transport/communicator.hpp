@@ -73,6 +73,22 @@ class communicator {
   std::chrono::microseconds spin{50};
 };
 
+// A communicator seen only through its plain sends and receives: send_async and the
+// reducing receive take the interface's default (copying) paths. The baseline that
+// benchmarks and tests hold a transport's own fast paths against.
+class copying_view : public communicator {
+ public:
+  explicit copying_view(std::shared_ptr<communicator> c) : inner_(std::move(c)) {}
+  int rank() const override { return inner_->rank(); }
+  int size() const override { return inner_->size(); }
+  void send(int peer, uint64_t tag, const void* d, size_t n, dtype t) override { inner_->send(peer, tag, d, n, t); }
+  void recv(int peer, uint64_t tag, void* d, size_t n, dtype t) override { inner_->recv(peer, tag, d, n, t); }
+  void abort(const std::string& why) override { inner_->abort(why); }
+
+ private:
+  std::shared_ptr<communicator> inner_;
+};
+
 // A group of `size` ranks, each handed to one thread. Throws input_error for an unknown
 // transport name: "unknown transport 'X' (known: inproc, tcp)".
 std::vector<std::shared_ptr<communicator>> make_group(const std::string& transport, int size);

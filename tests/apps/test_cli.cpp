@@ -2,31 +2,15 @@
 // message and a non-zero exit, never a crash.
 #include <doctest/doctest.h>
 
-#include <sys/wait.h>
-
 #include <cstdio>
 #include <fstream>
 #include <string>
 
+#include "tests/support/processes.hpp"
+
+using troupe::testing::run;
+
 namespace {
-
-struct result {
-  int code = -1;
-  std::string output;
-};
-
-result run(const std::string& args) {
-  std::string cmd = std::string(TROUPE_BINARY) + " " + args + " 2>&1";
-  result r;
-  FILE* p = popen(cmd.c_str(), "r");
-  REQUIRE(p != nullptr);
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.output.append(buf, n);
-  int status = pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  return r;
-}
 
 std::string write_temp(const std::string& name, const std::string& text) {
   std::string path = "/tmp/troupe_cli_" + name;

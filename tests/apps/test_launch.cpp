@@ -4,10 +4,6 @@
 // ends the whole job within seconds with a message naming it, and leaves no process behind.
 #include <doctest/doctest.h>
 
-#include <signal.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -19,25 +15,11 @@
 #include <thread>
 #include <vector>
 
+#include "tests/support/processes.hpp"
+
+using namespace troupe::testing;
+
 namespace {
-
-struct result {
-  int code = -1;
-  std::string output;
-};
-
-result run(const std::string& args) {
-  std::string cmd = std::string(TROUPE_BINARY) + " " + args + " 2>&1";
-  result r;
-  FILE* p = popen(cmd.c_str(), "r");
-  REQUIRE(p != nullptr);
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.output.append(buf, n);
-  int status = pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  return r;
-}
 
 // A GPT job of `steps` steps as 2 stages x `replicas`, its metrics in `metrics`.
 std::string gpt_job(const std::string& name, int replicas, const std::string& metrics) {
@@ -66,32 +48,19 @@ std::vector<double> step_losses(const std::string& metrics) {
   return out;
 }
 
-// Running (not gone, not a zombie waiting for its parent).
-bool alive(pid_t pid) {
-  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-  std::string line;
-  if (!std::getline(stat, line)) return false;
-  std::istringstream rest(line.substr(line.rfind(')') + 1));
-  std::string state;
-  rest >> state;
-  return state != "Z" && state != "X";
-}
-
-std::vector<pid_t> children_of(pid_t parent) {
-  std::vector<pid_t> out;
-  for (const auto& e : std::filesystem::directory_iterator("/proc")) {
-    const std::string name = e.path().filename().string();
-    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
-    std::ifstream stat(e.path() / "stat");
-    std::string line;
-    if (!std::getline(stat, line)) continue;
-    std::istringstream rest(line.substr(line.rfind(')') + 1));
-    std::string state;
-    long ppid = 0;
-    rest >> state >> ppid;
-    if (ppid == parent) out.push_back(pid_t(std::stol(name)));
-  }
-  return out;
+// `troupe launch --nproc 2 JOB --steps 100000` in the background (through a shell, so not
+// our child) with `env` before it; the launcher's pid and its two processes.
+std::pair<pid_t, std::vector<pid_t>> start_launch(const std::string& env, const std::string& job,
+                                                 const std::string& log) {
+  const std::string cmd = env + " " + std::string(TROUPE_BINARY) + " launch --nproc 2 " + job +
+                          " --steps 100000 --quiet > " + log + " 2>&1 & echo $!";
+  FILE* p = popen(cmd.c_str(), "r");
+  REQUIRE(p != nullptr);
+  char buf[64] = {0};
+  REQUIRE(fgets(buf, sizeof buf, p) != nullptr);
+  pclose(p);
+  const pid_t launcher = pid_t(std::atol(buf));
+  return {launcher, wait_for_children(launcher, 2)};
 }
 
 }  // namespace
@@ -143,82 +112,34 @@ TEST_CASE("launch: replicas that do not split over the processes, and bad flags,
 
 TEST_CASE("launch: SIGKILL of one process ends the job within seconds, naming it, with nothing left running") {
   const std::string log = "/tmp/troupe_launch_kill.log";
-  const std::string job = gpt_job("kill", 2, "/tmp/troupe_launch_mk.jsonl");
-  const std::string cmd = std::string(TROUPE_BINARY) + " launch --nproc 2 " + job + " --steps 100000 --quiet > " +
-                          log + " 2>&1 & echo $!";
-  FILE* p = popen(cmd.c_str(), "r");
-  REQUIRE(p != nullptr);
-  char buf[64] = {0};
-  REQUIRE(fgets(buf, sizeof buf, p) != nullptr);
-  pclose(p);
-  const pid_t launcher = pid_t(std::atol(buf));
-  std::vector<pid_t> procs;
-  for (int i = 0; i < 500 && procs.size() < 2; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    procs = children_of(launcher);
-  }
+  auto [launcher, procs] = start_launch("", gpt_job("kill", 2, "/tmp/troupe_launch_mk.jsonl"), log);
   REQUIRE(procs.size() == 2);
   std::this_thread::sleep_for(std::chrono::seconds(3));  // training
   REQUIRE(::kill(procs[1], SIGKILL) == 0);
-  const auto t0 = std::chrono::steady_clock::now();
-  bool gone = false;
-  while (std::chrono::steady_clock::now() - t0 < std::chrono::seconds(20)) {
-    if (!alive(launcher)) {
-      gone = true;
-      break;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  std::ifstream in(log);
-  std::stringstream text;
-  text << in.rdbuf();
-  CAPTURE(text.str());
-  CHECK(gone);
+  const double took = wait_gone(launcher, std::chrono::seconds(20));
+  const std::string text = read_all(log);
+  CAPTURE(text);
+  CHECK(took >= 0);
   CHECK(took < 10.0);
-  CHECK(text.str().find("was killed by signal 9") != std::string::npos);
+  CHECK(text.find("was killed by signal 9") != std::string::npos);
   for (pid_t q : procs) CHECK(!alive(q));  // none left behind
-  if (!gone) ::kill(launcher, SIGKILL);
+  if (took < 0) ::kill(launcher, SIGKILL);
 }
 
 TEST_CASE("launch: a process that hangs (SIGSTOP) is found by the heartbeats and the job ends") {
   const std::string log = "/tmp/troupe_launch_stop.log";
-  const std::string job = gpt_job("stop", 2, "/tmp/troupe_launch_ms.jsonl");
-  const std::string cmd = "TROUPE_SILENCE_MS=1500 " + std::string(TROUPE_BINARY) + " launch --nproc 2 " + job +
-                          " --steps 100000 --quiet > " + log + " 2>&1 & echo $!";
-  FILE* p = popen(cmd.c_str(), "r");
-  REQUIRE(p != nullptr);
-  char buf[64] = {0};
-  REQUIRE(fgets(buf, sizeof buf, p) != nullptr);
-  pclose(p);
-  const pid_t launcher = pid_t(std::atol(buf));
-  std::vector<pid_t> procs;
-  for (int i = 0; i < 500 && procs.size() < 2; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    procs = children_of(launcher);
-  }
+  auto [launcher, procs] = start_launch("TROUPE_SILENCE_MS=1500", gpt_job("stop", 2, "/tmp/troupe_launch_ms.jsonl"), log);
   REQUIRE(procs.size() == 2);
   std::this_thread::sleep_for(std::chrono::seconds(2));  // training
   REQUIRE(::kill(procs[1], SIGSTOP) == 0);  // alive to TCP, dead to the job
-  const auto t0 = std::chrono::steady_clock::now();
-  bool gone = false;
-  while (std::chrono::steady_clock::now() - t0 < std::chrono::seconds(30)) {
-    if (!alive(launcher)) {
-      gone = true;
-      break;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  std::ifstream in(log);
-  std::stringstream text;
-  text << in.rdbuf();
-  CAPTURE(text.str());
-  CHECK(gone);
+  const double took = wait_gone(launcher, std::chrono::seconds(30));
+  const std::string text = read_all(log);
+  CAPTURE(text);
+  CHECK(took >= 0);
   CHECK(took < 10.0);  // 1.5 s of silence, then the launcher's stop
-  CHECK(text.str().find("was silent for 1500 ms") != std::string::npos);
+  CHECK(text.find("was silent for 1500 ms") != std::string::npos);
   for (pid_t q : procs) CHECK(!alive(q));
-  if (!gone) {
+  if (took < 0) {
     ::kill(procs[1], SIGKILL);
     ::kill(launcher, SIGKILL);
   }

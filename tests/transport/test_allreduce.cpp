@@ -103,17 +103,8 @@ TEST_CASE("transport: abort wakes every waiting rank with the reason") {
 }
 
 TEST_CASE("ring all-reduce: a transport without its own reducing receive gets the same bits") {
-  // Forwards send and recv only, so the ring's reducing receive takes the interface's
-  // default path (receive into scratch, then add) instead of inproc's in-place add.
-  struct plain : communicator {
-    explicit plain(std::shared_ptr<communicator> c) : inner(std::move(c)) {}
-    int rank() const override { return inner->rank(); }
-    int size() const override { return inner->size(); }
-    void send(int peer, uint64_t tag, const void* d, size_t n, dtype t) override { inner->send(peer, tag, d, n, t); }
-    void recv(int peer, uint64_t tag, void* d, size_t n, dtype t) override { inner->recv(peer, tag, d, n, t); }
-    void abort(const std::string& why) override { inner->abort(why); }
-    std::shared_ptr<communicator> inner;
-  };
+  // copying_view forwards send and recv only, so the ring's reducing receive takes the
+  // interface's default path (receive into scratch, then add) instead of inproc's in-place add.
   const int n = 3;
   const size_t count = 1001;
   std::vector<std::vector<float>> a(n, std::vector<float>(count));
@@ -130,7 +121,7 @@ TEST_CASE("ring all-reduce: a transport without its own reducing receive gets th
     for (int r = 0; r < n; ++r)
       threads.emplace_back([&, r] {
         std::shared_ptr<communicator> c = group[size_t(r)];
-        if (wrap) c = std::make_shared<plain>(c);
+        if (wrap) c = std::make_shared<copying_view>(c);
         ring_allreduce_sum(*c, data[size_t(r)].data(), count, 0);
       });
     for (auto& t : threads) t.join();

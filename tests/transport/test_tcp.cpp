@@ -96,6 +96,24 @@ struct fake_peer {
   }
 };
 
+// Rank 0 of a group of 2 in this thread's care, and a fake rank 1 that has joined it.
+struct rank0_and_fake {
+  memory_rendezvous store;
+  std::shared_ptr<communicator> rank0;
+  std::unique_ptr<fake_peer> peer;
+  explicit rank0_and_fake(uint64_t group) {
+    tcp_options opt;
+    opt.group = group;
+    opt.secret = kSecret;
+    std::thread joiner([&] { rank0 = make_tcp_communicator(0, 2, store, opt); });
+    peer = std::make_unique<fake_peer>(store, "tcp/" + std::to_string(group) + "/0");
+    const bool joined = peer->join(1, 0, group, 2, kSecret);
+    joiner.join();
+    REQUIRE(joined);
+    REQUIRE(rank0);
+  }
+};
+
 }  // namespace
 
 TEST_CASE("tcp: a hello for another group is refused, and the rank still admits the right peer") {
@@ -131,16 +149,9 @@ TEST_CASE("tcp: a hello for another group is refused, and the rank still admits 
 }
 
 TEST_CASE("tcp: a frame with a bad checksum closes the link, and receiving from that rank fails at once") {
-  memory_rendezvous store;
-  tcp_options opt;
-  opt.group = 91;
-  opt.secret = kSecret;
-  std::shared_ptr<communicator> rank0;
-  std::thread joiner([&] { rank0 = make_tcp_communicator(0, 2, store, opt); });
-  fake_peer peer(store, "tcp/91/0");
-  REQUIRE(peer.join(1, 0, 91, 2, kSecret));
-  joiner.join();
-  REQUIRE(rank0);
+  rank0_and_fake link(91);
+  auto& rank0 = link.rank0;
+  auto& peer = *link.peer;
   rank0->deadline = std::chrono::milliseconds(20000);
   float x[4] = {1, 2, 3, 4};
   frame_header h;
@@ -168,16 +179,9 @@ TEST_CASE("tcp: a frame with a bad checksum closes the link, and receiving from 
 }
 
 TEST_CASE("tcp: garbage instead of a frame closes the link with a clear reason") {
-  memory_rendezvous store;
-  tcp_options opt;
-  opt.group = 92;
-  opt.secret = kSecret;
-  std::shared_ptr<communicator> rank0;
-  std::thread joiner([&] { rank0 = make_tcp_communicator(0, 2, store, opt); });
-  fake_peer peer(store, "tcp/92/0");
-  REQUIRE(peer.join(1, 0, 92, 2, kSecret));
-  joiner.join();
-  REQUIRE(rank0);
+  rank0_and_fake link(92);
+  auto& rank0 = link.rank0;
+  auto& peer = *link.peer;
   const char junk[] = "GET / HTTP/1.1\r\nHost: troupe\r\n\r\n........";
   asio::write(peer.socket, asio::buffer(junk, kFrameHeaderBytes));
   float got = 0;
