@@ -21,6 +21,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -104,8 +105,10 @@ int launch_main(const std::vector<std::string>& args) {
       std::fprintf(stderr, "troupe launch: --nodes needs --listen HOST:PORT, the address nodes reach (%s)\n", usage);
       return 2;
     }
-    if (!std::getenv("TROUPE_SECRET") || !*std::getenv("TROUPE_SECRET")) {
-      std::fprintf(stderr, "troupe launch: with --nodes, set TROUPE_SECRET to the job's secret here and on every node\n");
+    const char* secret = std::getenv("TROUPE_SECRET");
+    if (!secret || std::strlen(secret) < 32) {
+      std::fprintf(stderr, "troupe launch: with --nodes, set TROUPE_SECRET to the job's secret here and on every node, "
+                           "at least 32 characters (e.g. 32 random bytes as hex)\n");
       return 2;
     }
     try {
@@ -114,6 +117,13 @@ int launch_main(const std::vector<std::string>& args) {
       std::fprintf(stderr, "troupe launch: --listen: %s\n", e.what());
       return 2;
     }
+    if (store_host == "0.0.0.0" || store_host == "::") {
+      std::fprintf(stderr, "troupe launch: --listen needs this machine's address that the nodes reach, not %s\n",
+                   store_host.c_str());
+      return 2;
+    }
+    // Nodes are started by hand: give them minutes to join, not the default 30 s.
+    if (!std::getenv("TROUPE_CONNECT_MS")) ::setenv("TROUPE_CONNECT_MS", "600000", 1);
   }
   std::string job_file;  // the first argument that is not a flag's value
   for (size_t i = 0; i < passed.size(); ++i) {
@@ -140,7 +150,8 @@ int launch_main(const std::vector<std::string>& args) {
   ::setenv("TROUPE_LAUNCHER_PID", std::to_string(::getpid()).c_str(), 1);
   // The job's secret, for the processes' links to prove to each other (never on a command
   // line, where other users could read it); one given in the environment is kept.
-  if (!std::getenv("TROUPE_SECRET")) ::setenv("TROUPE_SECRET", make_job_secret().c_str(), 1);
+  if (!std::getenv("TROUPE_SECRET") || !*std::getenv("TROUPE_SECRET"))
+    ::setenv("TROUPE_SECRET", make_job_secret().c_str(), 1);
   std::vector<pid_t> pids;
   std::vector<bool> running;
   const int world = nproc + nodes;
@@ -235,7 +246,13 @@ int launch_main(const std::vector<std::string>& args) {
     stop_all(pids, running);
     break;
   }
-  if (publisher.joinable()) publisher.join();
+  // After a failure the publisher may still be retrying a store that is gone: leave it.
+  if (publisher.joinable()) {
+    if (code == 0)
+      publisher.join();
+    else
+      publisher.detach();
+  }
   std::error_code ec;
   std::filesystem::remove_all(dir, ec);
   return code;

@@ -3,7 +3,8 @@
 // rendezvous store (served by the job's rank 0 at HOST:PORT; every request proves the job's
 // secret, TROUPE_SECRET, which must be the launcher's), fetches the job spec and flags,
 // and runs that rank as a `troupe train` child listening on the address this machine
-// reaches the coordinator from. It exits with the child's status, having told the store.
+// reaches the coordinator from. It exits with the child's status (and leaves it in the
+// store, job/exit/RANK, for whoever watches the job).
 #include "apps/launch.hpp"
 
 #include <signal.h>
@@ -16,6 +17,7 @@
 #include <boost/asio.hpp>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -72,8 +74,9 @@ int node_main(const std::vector<std::string>& args) {
     return 2;
   }
   const char* secret = std::getenv("TROUPE_SECRET");
-  if (!secret || !*secret) {
-    std::fprintf(stderr, "troupe node: TROUPE_SECRET must hold the job's secret (the one given to troupe launch)\n");
+  if (!secret || std::strlen(secret) < 32) {
+    std::fprintf(stderr, "troupe node: TROUPE_SECRET must hold the job's secret (the one given to troupe launch, at "
+                         "least 32 characters)\n");
     return 2;
   }
   std::string job_path;
@@ -109,6 +112,7 @@ int node_main(const std::vector<std::string>& args) {
     argv.push_back(nullptr);
     ::setenv("TROUPE_HOST", me.c_str(), 1);
     ::setenv("TROUPE_LAUNCHER_PID", std::to_string(::getpid()).c_str(), 1);  // the child dies with this agent
+    if (!std::getenv("TROUPE_CONNECT_MS")) ::setenv("TROUPE_CONNECT_MS", "600000", 1);  // the others join by hand too
     pid_t pid = 0;
     if (posix_spawn(&pid, "/proc/self/exe", nullptr, nullptr, argv.data(), environ) != 0)
       throw std::runtime_error("cannot start troupe train");

@@ -52,7 +52,7 @@ sed "s|METRICS|three.jsonl|" "$work/job.json" > "$work/three.json"
 sed "s|METRICS|nodes.jsonl|" "$work/job.json" > "$work/nodes.json"
 "$troupe" train "$work/one.json" --quiet > "$work/one.log" 2>&1 || { cat "$work/one.log"; exit 1; }
 
-export TROUPE_SECRET="netns-test-$$-$RANDOM"
+export TROUPE_SECRET="netns-test-$$-$RANDOM-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d " \n")"
 pids=()
 for k in 0 1 2; do
   TROUPE_HOST="10.77.0.$((k + 1))" timeout 120 ip netns exec "${namespaces[$k]}" "$troupe" train "$work/three.json" \

@@ -5,7 +5,11 @@
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
 
+#include <poll.h>
+#include <sys/socket.h>
+
 #include <array>
+#include <cerrno>
 #include <cstring>
 
 namespace troupe::handshake {
@@ -44,9 +48,9 @@ mac_t proof(const std::string& secret, const char* role, uint64_t group, int fro
 
 // The next frame must be auth `step` with `bytes` of payload; a bye instead is the other
 // end's refusal, with its reason.
-std::vector<uint8_t> expect_auth(socket& s, uint32_t world, uint64_t step, size_t bytes, int peer) {
+std::vector<uint8_t> expect_auth(socket& s, uint32_t world, uint64_t step, size_t bytes, int peer, clock::time_point until) {
   std::vector<uint8_t> payload;
-  frame_header h = read_frame(s, {world, 1024}, payload);
+  frame_header h = read_frame(s, {world, 1024}, payload, until);
   if (h.kind == frame_kind::bye)
     throw transport_error("rank " + std::to_string(peer) + " refused this rank: " +
                           std::string(payload.begin(), payload.end()));
@@ -64,12 +68,32 @@ void refuse(socket& s, int me) {
 
 }  // namespace
 
-frame_header read_frame(socket& s, const frame_limits& limits, std::vector<uint8_t>& payload) {
+void read_exact(socket& s, void* data, size_t n, clock::time_point until) {
+  auto* p = static_cast<uint8_t*>(data);
+  const int fd = s.native_handle();
+  for (size_t got = 0; got < n;) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - clock::now()).count();
+    pollfd pfd{fd, POLLIN, 0};
+    const int ready = left > 0 ? ::poll(&pfd, 1, int(std::min<int64_t>(left, 1 << 30))) : 0;
+    if (ready < 0 && errno == EINTR) continue;
+    if (ready <= 0) throw transport_error("the peer sent nothing in time (" + std::to_string(got) + " of " +
+                                          std::to_string(n) + " bytes)");
+    const ssize_t r = ::recv(fd, p + got, n - got, MSG_DONTWAIT);
+    if (r == 0) throw transport_error("the peer closed the connection");
+    if (r < 0) {
+      if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK) continue;
+      throw transport_error(std::string("reading from the peer failed: ") + std::strerror(errno));
+    }
+    got += size_t(r);
+  }
+}
+
+frame_header read_frame(socket& s, const frame_limits& limits, std::vector<uint8_t>& payload, clock::time_point until) {
   uint8_t hdr[kFrameHeaderBytes];
-  asio::read(s, asio::buffer(hdr));
+  read_exact(s, hdr, sizeof hdr, until);
   frame_header h = decode_header(hdr, sizeof hdr, limits);
   payload.resize(h.payload_bytes());
-  asio::read(s, asio::buffer(payload));
+  read_exact(s, payload.data(), payload.size(), until);
   check_payload(h, payload.data());
   return h;
 }
@@ -88,14 +112,15 @@ void write_frame(socket& s, frame_kind kind, int src, uint64_t tag, const void* 
   asio::write(s, parts);
 }
 
-void accept_side(socket& s, const std::string& secret, uint64_t group, int me, int peer, uint32_t world) {
-  const auto theirs = expect_auth(s, world, kAuthNonce, kNonce, peer);
+void accept_side(socket& s, const std::string& secret, uint64_t group, int me, int peer, uint32_t world,
+                 clock::time_point until) {
+  const auto theirs = expect_auth(s, world, kAuthNonce, kNonce, peer, until);
   const nonce_t mine = random_nonce();
   const mac_t mac = proof(secret, "troupe acceptor", group, me, peer, theirs.data());
   std::vector<uint8_t> challenge(mine.begin(), mine.end());
   challenge.insert(challenge.end(), mac.begin(), mac.end());
   write_frame(s, frame_kind::auth, me, kAuthChallenge, challenge.data(), challenge.size());
-  const auto answer = expect_auth(s, world, kAuthProof, kMac, peer);
+  const auto answer = expect_auth(s, world, kAuthProof, kMac, peer, until);
   const mac_t want = proof(secret, "troupe dialer", group, peer, me, mine.data());
   if (CRYPTO_memcmp(answer.data(), want.data(), kMac) != 0) {
     refuse(s, me);
@@ -104,10 +129,11 @@ void accept_side(socket& s, const std::string& secret, uint64_t group, int me, i
   write_frame(s, frame_kind::auth, me, kAuthWelcome, nullptr, 0);
 }
 
-void dial_side(socket& s, const std::string& secret, uint64_t group, int me, int peer, uint32_t world) {
+void dial_side(socket& s, const std::string& secret, uint64_t group, int me, int peer, uint32_t world,
+               clock::time_point until) {
   const nonce_t mine = random_nonce();
   write_frame(s, frame_kind::auth, me, kAuthNonce, mine.data(), mine.size());
-  const auto challenge = expect_auth(s, world, kAuthChallenge, kNonce + kMac, peer);
+  const auto challenge = expect_auth(s, world, kAuthChallenge, kNonce + kMac, peer, until);
   const mac_t want = proof(secret, "troupe acceptor", group, peer, me, mine.data());
   if (CRYPTO_memcmp(challenge.data() + kNonce, want.data(), kMac) != 0) {
     refuse(s, me);
@@ -115,7 +141,7 @@ void dial_side(socket& s, const std::string& secret, uint64_t group, int me, int
   }
   const mac_t mac = proof(secret, "troupe dialer", group, me, peer, challenge.data());
   write_frame(s, frame_kind::auth, me, kAuthProof, mac.data(), mac.size());
-  expect_auth(s, world, kAuthWelcome, 0, peer);
+  expect_auth(s, world, kAuthWelcome, 0, peer, until);
 }
 
 std::string random_hex(size_t bytes) {

@@ -1,8 +1,5 @@
 #include "transport/tcp/store.hpp"
 
-#include <sys/socket.h>
-#include <sys/time.h>
-
 #include <cstdio>
 
 #include "runtime/check.hpp"
@@ -19,13 +16,6 @@ using asio::ip::tcp;
 constexpr uint64_t kStoreContext = 0x53544f5245ull;  // "STORE"
 constexpr int kServer = 0, kClient = 1;
 constexpr uint64_t kRequest = 1, kAnswer = 2;
-
-void read_timeout(tcp::socket& s, std::chrono::milliseconds t) {
-  timeval tv{};
-  tv.tv_sec = time_t(t.count() / 1000);
-  tv.tv_usec = suseconds_t((t.count() % 1000) * 1000);
-  ::setsockopt(s.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-}
 
 std::string payload_text(const std::vector<uint8_t>& p) { return std::string(p.begin(), p.end()); }
 
@@ -61,10 +51,11 @@ struct tcp_store_server::impl {
 
   void serve(tcp::socket& s) {
     try {
-      read_timeout(s, std::chrono::milliseconds(10000));  // a client that stalls is dropped
-      handshake::accept_side(s, secret, kStoreContext, kServer, kClient, 2);
+      // A client that stalls is dropped after a few seconds.
+      const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+      handshake::accept_side(s, secret, kStoreContext, kServer, kClient, 2, until);
       std::vector<uint8_t> payload;
-      frame_header h = handshake::read_frame(s, {2, 1 << 20}, payload);
+      frame_header h = handshake::read_frame(s, {2, 1 << 20}, payload, until);
       if (h.kind != frame_kind::data || h.tag != kRequest) throw frame_error("frame: expected a store request");
       const std::string req = payload_text(payload);
       const size_t a = req.find('\n'), b = a == std::string::npos ? a : req.find('\n', a + 1);
@@ -176,11 +167,11 @@ std::string tcp_rendezvous::ask(const std::string& request, std::chrono::millise
     std::this_thread::sleep_for(pause);
   }
   try {
-    read_timeout(s, connect_deadline_ + wait);
-    handshake::dial_side(s, secret_, kStoreContext, kClient, kServer, 2);
+    const auto until = std::chrono::steady_clock::now() + connect_deadline_ + wait;
+    handshake::dial_side(s, secret_, kStoreContext, kClient, kServer, 2, until);
     handshake::write_frame(s, frame_kind::data, kClient, kRequest, request.data(), request.size());
     std::vector<uint8_t> payload;
-    frame_header h = handshake::read_frame(s, {2, 1 << 20}, payload);
+    frame_header h = handshake::read_frame(s, {2, 1 << 20}, payload, until);
     if (h.kind != frame_kind::data || h.tag != kAnswer) throw frame_error("frame: expected the store's answer");
     return payload_text(payload);
   } catch (const transport_error& e) {

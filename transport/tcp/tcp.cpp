@@ -41,17 +41,6 @@ double ms_left(std::chrono::steady_clock::time_point until) {
   return std::chrono::duration<double, std::milli>(until - std::chrono::steady_clock::now()).count();
 }
 
-// Bounds a blocking read on `fd` (the hello of a fresh connection); 0 lifts the bound.
-void set_read_timeout(int fd, double ms) {
-  timeval tv{};
-  if (ms > 0) {
-    tv.tv_sec = time_t(ms / 1000);
-    tv.tv_usec = suseconds_t(std::fmod(ms, 1000.0) * 1000);
-    if (tv.tv_sec == 0 && tv.tv_usec == 0) tv.tv_usec = 1;
-  }
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-}
-
 class tcp_communicator : public communicator {
  public:
   tcp_communicator(int rank, int size, rendezvous& store, const tcp_options& options)
@@ -65,18 +54,32 @@ class tcp_communicator : public communicator {
     connect_all(store);
     const auto now = std::chrono::steady_clock::now().time_since_epoch().count();
     for (auto& l : links_) l->last_read = l->last_write = now;
-    for (int p = 0; p < size_; ++p)
-      if (p != rank_) links_[size_t(p)]->reader = std::thread([this, p] { read_loop(p); });
-    if (opt_.heartbeat.count() > 0 && size_ > 1) watchdog_ = std::thread([this] { watch(); });
+    try {
+      for (int p = 0; p < size_; ++p)
+        if (p != rank_) links_[size_t(p)]->reader = std::thread([this, p] { read_loop(p); });
+      if (opt_.heartbeat.count() > 0 && size_ > 1) watchdog_ = std::thread([this] { watch(); });
+    } catch (...) {  // no thread to be had: undo what started, then say so
+      stop();
+      throw;
+    }
   }
 
-  ~tcp_communicator() override {
+  ~tcp_communicator() override { stop(); }
+
+  // Says bye on every link, ends the threads. Runs once.
+  void stop() {
+    if (stopped_) return;
+    stopped_ = true;
     {
       std::lock_guard<std::mutex> lock(mu_);
       stopping_ = true;
     }
     cv_.notify_all();
     if (watchdog_.joinable()) watchdog_.join();
+    // A bye on every link, then the links cut. Waiting for each peer's own end of stream
+    // (so that a frame arriving now cannot make the close a reset that drops our bye) would
+    // hold every rank of a group for the slowest: not worth it, since a collective ends
+    // only when all its messages are read, and a lost bye reads as a reset, also a close.
     for (int p = 0; p < size_; ++p) {
       if (p == rank_) continue;
       say_bye(p, kByeShutdown, "shutdown");
@@ -145,6 +148,12 @@ class tcp_communicator : public communicator {
 
   static int64_t ticks() { return std::chrono::steady_clock::now().time_since_epoch().count(); }
 
+  // The socket takes a small frame now, without blocking (waiting up to `ms`).
+  static bool writable(tcp::socket& s, int ms = 0) {
+    pollfd pfd{s.native_handle(), POLLOUT, 0};
+    return ::poll(&pfd, 1, ms) == 1 && (pfd.revents & POLLOUT);
+  }
+
   // Pings idle links, and closes the ones that have been silent too long.
   void watch() {
     const int64_t beat = std::chrono::duration_cast<std::chrono::steady_clock::duration>(opt_.heartbeat).count();
@@ -176,7 +185,7 @@ class tcp_communicator : public communicator {
         }
         if (now - l.last_write.load() >= beat) {
           std::unique_lock<std::mutex> w(l.write_mu, std::try_to_lock);  // a frame going out is a sign of life too
-          if (!w.owns_lock()) continue;
+          if (!w.owns_lock() || !writable(*l.socket)) continue;  // never block here: a full buffer is a stopped peer
           frame_header h;
           h.kind = frame_kind::ping;
           h.src = uint32_t(rank_);
@@ -237,10 +246,11 @@ class tcp_communicator : public communicator {
       std::string peer_name = "?";
       if (auto ep = s->remote_endpoint(ec); !ec) peer_name = ep.address().to_string() + ":" + std::to_string(ep.port());
       try {
-        set_read_timeout(s->native_handle(), std::max(1.0, ms_left(until)));
+        // A connection gets a few seconds to greet and prove itself: one that says nothing
+        // must not hold up the peers behind it.
+        const auto hello_until = std::min(until, std::chrono::steady_clock::now() + std::chrono::seconds(5));
         uint8_t hdr[kFrameHeaderBytes];
-        asio::read(*s, asio::buffer(hdr));
-        set_read_timeout(s->native_handle(), 0);
+        handshake::read_exact(*s, hdr, sizeof hdr, hello_until);
         frame_header h = decode_header(hdr, sizeof hdr, {uint32_t(size_), opt_.max_message_bytes});
         if (h.kind != frame_kind::hello) throw frame_error("frame: the first frame is not a hello");
         if (h.tag != opt_.group)
@@ -250,7 +260,7 @@ class tcp_communicator : public communicator {
         if (p <= rank_) throw frame_error("hello from rank " + std::to_string(p) + ", which this rank dials itself");
         if (links_[size_t(p)]->socket) throw frame_error("a second hello from rank " + std::to_string(p));
         // Challenge-response: prove the secret to the dialer, then have it prove it.
-        handshake::accept_side(*s, opt_.secret, opt_.group, rank_, p, uint32_t(size_));
+        handshake::accept_side(*s, opt_.secret, opt_.group, rank_, p, uint32_t(size_), hello_until);
         s->set_option(tcp::no_delay(true));
         links_[size_t(p)]->socket = std::move(s);
         --missing;
@@ -291,9 +301,7 @@ class tcp_communicator : public communicator {
     if (ec) throw transport_error("tcp: rank " + std::to_string(rank_) + " cannot greet rank " + std::to_string(p) + ": " + ec.message());
     // Challenge-response (the acceptor proves the secret first, then this rank).
     try {
-      set_read_timeout(s->native_handle(), std::max(1.0, ms_left(until)));
-      handshake::dial_side(*s, opt_.secret, opt_.group, rank_, p, uint32_t(size_));
-      set_read_timeout(s->native_handle(), 0);
+      handshake::dial_side(*s, opt_.secret, opt_.group, rank_, p, uint32_t(size_), until);
     } catch (const handshake::wrong_secret& e) {
       log("refused rank " + std::to_string(p) + " at " + where + ": " + e.what());
       throw transport_error("tcp: rank " + std::to_string(rank_) + ": rank " + std::to_string(p) + " at " + where +
@@ -343,8 +351,16 @@ class tcp_communicator : public communicator {
     h.payload_crc = crc32c(why.data(), why.size());
     uint8_t hdr[kFrameHeaderBytes];
     encode_header(h, hdr);
-    boost::system::error_code ec;  // best effort: the link may be gone already
-    std::lock_guard<std::mutex> lock(l.write_mu);
+    // Best effort, and never a hang: the link may be gone, or its peer stopped with our
+    // send buffer full (then the bye is skipped).
+    std::unique_lock<std::mutex> lock(l.write_mu, std::defer_lock);
+    const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(200);
+    while (!lock.try_lock()) {
+      if (std::chrono::steady_clock::now() >= until) return;
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    if (!writable(*l.socket, 100)) return;
+    boost::system::error_code ec;
     const std::array<asio::const_buffer, 2> parts{asio::buffer(hdr), asio::buffer(why.data(), why.size())};
     asio::write(*l.socket, parts, ec);
   }
@@ -363,10 +379,16 @@ class tcp_communicator : public communicator {
         if (h.kind == frame_kind::hello) throw frame_error("frame: a second hello");
         if (h.kind == frame_kind::auth) throw frame_error("frame: an auth frame after the handshake");
         if (h.kind == frame_kind::ping) continue;
+        if (h.kind == frame_kind::bye && h.payload_bytes() > 4096)
+          throw frame_error("frame: a bye reason of " + std::to_string(h.payload_bytes()) + " bytes (at most 4096)");
         message m;
         m.size = h.payload_bytes();
         m.bytes.reset(new uint8_t[m.size ? m.size : 1]);
-        asio::read(s, asio::buffer(m.bytes.get(), m.size));
+        // In pieces, each a sign of life: a long payload is not silence.
+        for (size_t at = 0; at < m.size; at += size_t(1) << 20) {
+          asio::read(s, asio::buffer(m.bytes.get() + at, std::min(m.size - at, size_t(1) << 20)));
+          links_[size_t(peer)]->last_read = ticks();
+        }
         check_payload(h, m.bytes.get());
         if (h.kind == frame_kind::bye) {
           const std::string why(reinterpret_cast<const char*>(m.bytes.get()), m.size);
@@ -392,6 +414,11 @@ class tcp_communicator : public communicator {
       }
       close_link(peer, stopping ? "this rank shut down"
                                 : "the link to rank " + std::to_string(peer) + " broke: " + e.code().message());
+    } catch (const std::exception& e) {  // out of memory for a frame, and the like: this link ends, not the process
+      log("closing the link to rank " + std::to_string(peer) + ": " + e.what());
+      close_link(peer, std::string("reading from it failed: ") + e.what());
+      boost::system::error_code ec;
+      s.shutdown(tcp::socket::shutdown_both, ec);
     }
   }
 
@@ -451,6 +478,7 @@ class tcp_communicator : public communicator {
   std::map<std::pair<int, uint64_t>, std::deque<message>> queued_;
   std::string aborted_;
   bool stopping_ = false;
+  bool stopped_ = false;  // stop() ran
   std::thread watchdog_;
 };
 
