@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <sstream>
 #include <cstdlib>
@@ -87,6 +88,12 @@ joined join_processes(const proto::JobSpec& spec, const coordinator_options& opt
   }
   popts.first_replica = f;
   popts.local_replicas = L;
+  // Without train.threads, each process uses its own machine's cores for its own stage
+  // actors (train.threads, when set, is the whole job's, as on one host).
+  if (!spec.train().threads()) {
+    const int local_devices = popts.devices ? popts.devices / R * L : popts.stages * L;
+    popts.threads_per_device = std::max(1, hardware_threads() / local_devices);
+  }
   popts.make_replica_group = [store, base, R, L, f](int stage) {
     tcp_options o = base;
     o.group = base.group + 1 + uint64_t(stage);  // one group per stage
@@ -99,7 +106,6 @@ joined join_processes(const proto::JobSpec& spec, const coordinator_options& opt
     allreduce_sum(*control, &v, 1, uint64_t(step) * kTagsPerCollective);
     return v / float(R);
   };
-  (void)spec;
   return out;
 }
 

@@ -9,6 +9,9 @@
 #include <thread>
 
 #include "runtime/check.hpp"
+#include <utility>  // before Boost 1.74's asio (std::exchange under C++20)
+#include <boost/asio.hpp>
+
 #include "transport/communicator.hpp"
 #include "transport/tcp/store.hpp"
 
@@ -83,4 +86,21 @@ TEST_CASE("tcp store: addresses that are not tcp://IP:PORT are named") {
                        input_error);
   CHECK(parse_store_address("tcp://10.77.0.1:29500") == std::make_pair(std::string("10.77.0.1"), uint16_t(29500)));
   CHECK_THROWS_AS(tcp_store_server("127.0.0.1", 0, ""), input_error);
+}
+
+TEST_CASE("tcp store: connections that say nothing hold up neither other clients nor the server's end") {
+  auto t0 = std::chrono::steady_clock::now();
+  {
+    tcp_store_server server("127.0.0.1", 0, "s3cret");
+    boost::asio::io_context io;
+    std::vector<std::unique_ptr<boost::asio::ip::tcp::socket>> silent;
+    for (int i = 0; i < 5; ++i) {
+      silent.push_back(std::make_unique<boost::asio::ip::tcp::socket>(io));
+      silent.back()->connect({boost::asio::ip::make_address("127.0.0.1"), server.port()});
+    }
+    tcp_rendezvous c("127.0.0.1", server.port(), "s3cret");
+    c.set("k", "v");
+    CHECK(c.get("k", 100ms) == "v");
+  }  // the server goes while the silent ones are still connected
+  CHECK(std::chrono::steady_clock::now() - t0 < 5s);
 }

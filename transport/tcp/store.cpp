@@ -1,6 +1,9 @@
 #include "transport/tcp/store.hpp"
 
+#include <atomic>
 #include <cstdio>
+#include <list>
+#include <system_error>
 
 #include "runtime/check.hpp"
 #include "transport/tcp/handshake.hpp"
@@ -46,8 +49,26 @@ struct tcp_store_server::impl {
   std::condition_variable cv;
   std::map<std::string, std::string> values;
   bool stopping = false;
-  std::vector<std::thread> handlers;
+  // A thread per request, at most kMaxHandlers at once; finished ones are joined by the
+  // accepting thread as it goes (their flag set last thing), the rest at destruction.
+  static constexpr size_t kMaxHandlers = 64;
+  struct handler {
+    std::thread thread;
+    std::shared_ptr<std::atomic<bool>> done;
+    std::shared_ptr<tcp::socket> socket;
+  };
+  std::list<handler> handlers;
   std::thread accepting;
+
+  void reap() {  // under mu
+    for (auto it = handlers.begin(); it != handlers.end();)
+      if (it->done->load()) {
+        it->thread.join();
+        it = handlers.erase(it);
+      } else {
+        ++it;
+      }
+  }
 
   void serve(tcp::socket& s) {
     try {
@@ -120,10 +141,29 @@ tcp_store_server::tcp_store_server(const std::string& host, uint16_t port, std::
       auto s = std::make_shared<tcp::socket>(self->io);
       boost::system::error_code ec;
       self->acceptor.accept(*s, ec);
-      std::lock_guard<std::mutex> lock(self->mu);
+      std::unique_lock<std::mutex> lock(self->mu);
       if (self->stopping) return;
-      if (ec) continue;
-      self->handlers.emplace_back([self, s] { self->serve(*s); });
+      self->reap();
+      if (ec) {  // out of descriptors, say: not a busy loop
+        lock.unlock();
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        continue;
+      }
+      if (self->handlers.size() >= impl::kMaxHandlers) {
+        std::fprintf(stderr, "rendezvous store: %zu requests in progress: refused a connection\n",
+                     self->handlers.size());
+        continue;  // s closes
+      }
+      auto done = std::make_shared<std::atomic<bool>>(false);
+      try {
+        self->handlers.push_back({std::thread([self, s, done] {
+                                    self->serve(*s);
+                                    *done = true;
+                                  }),
+                                  done, s});
+      } catch (const std::system_error& e) {  // no thread to be had: refuse this one
+        std::fprintf(stderr, "rendezvous store: refused a connection: %s\n", e.what());
+      }
     }
   });
 }
@@ -142,7 +182,11 @@ tcp_store_server::~tcp_store_server() {
     poke.connect(impl_->acceptor.local_endpoint(), ec);
   }
   impl_->accepting.join();
-  for (auto& t : impl_->handlers) t.join();
+  for (auto& h : impl_->handlers) {  // a handler still reading gives up when its socket does
+    boost::system::error_code ignore;
+    h.socket->shutdown(tcp::socket::shutdown_both, ignore);
+    h.thread.join();
+  }
 }
 
 tcp_rendezvous::tcp_rendezvous(std::string host, uint16_t port, std::string secret,
