@@ -2,13 +2,11 @@
 
 #include <poll.h>
 #include <sys/socket.h>
-#include <sys/time.h>
 
 #include <array>
 #include <atomic>
 #include <utility>  // before Boost 1.74's asio, which uses std::exchange without it under C++20
 #include <boost/asio.hpp>
-#include <cmath>
 #include <condition_variable>
 #include <cstdio>
 #include <cstring>
@@ -186,14 +184,10 @@ class tcp_communicator : public communicator {
         if (now - l.last_write.load() >= beat) {
           std::unique_lock<std::mutex> w(l.write_mu, std::try_to_lock);  // a frame going out is a sign of life too
           if (!w.owns_lock() || !writable(*l.socket)) continue;  // never block here: a full buffer is a stopped peer
-          frame_header h;
-          h.kind = frame_kind::ping;
-          h.src = uint32_t(rank_);
-          h.payload_crc = crc32c(nullptr, 0);
-          uint8_t hdr[kFrameHeaderBytes];
-          encode_header(h, hdr);
-          boost::system::error_code ec;
-          asio::write(*l.socket, asio::buffer(hdr), ec);
+          try {
+            handshake::write_frame(*l.socket, frame_kind::ping, rank_, 0, nullptr, 0);
+          } catch (const std::exception&) {  // a broken link: its reader says so
+          }
           l.last_write = ticks();
         }
       }
@@ -342,15 +336,6 @@ class tcp_communicator : public communicator {
   void say_bye(int peer, uint64_t kind, const std::string& why) {
     link& l = *links_[size_t(peer)];
     if (!l.socket) return;
-    frame_header h;
-    h.kind = frame_kind::bye;
-    h.src = uint32_t(rank_);
-    h.type = dtype::u8;
-    h.tag = kind;
-    h.count = why.size();
-    h.payload_crc = crc32c(why.data(), why.size());
-    uint8_t hdr[kFrameHeaderBytes];
-    encode_header(h, hdr);
     // Best effort, and never a hang: the link may be gone, or its peer stopped with our
     // send buffer full (then the bye is skipped).
     std::unique_lock<std::mutex> lock(l.write_mu, std::defer_lock);
@@ -360,9 +345,10 @@ class tcp_communicator : public communicator {
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
     if (!writable(*l.socket, 100)) return;
-    boost::system::error_code ec;
-    const std::array<asio::const_buffer, 2> parts{asio::buffer(hdr), asio::buffer(why.data(), why.size())};
-    asio::write(*l.socket, parts, ec);
+    try {
+      handshake::write_frame(*l.socket, frame_kind::bye, rank_, kind, why.data(), why.size());
+    } catch (const std::exception&) {  // the link is gone already: nothing to say goodbye to
+    }
   }
 
   void read_loop(int peer) {
