@@ -5,6 +5,7 @@
 //   inproc       ranks are threads; zero-copy send_async (a rank adds from its peer's buffer)
 //   inproc-copy  the same over copying sends: the baseline the zero-copy path must beat
 //   tcp          ranks are processes (this binary started again as workers), loopback TCP
+//   shm          ranks are processes, through shared memory (transport/shm/)
 //   openmpi      baseline: MPI_Allreduce of Debian's Open MPI (tests/reference/mpi_allreduce.c,
 //                built beside this binary), processes, its shared-memory path
 //   gloo         baseline: PyTorch 1.13's gloo all_reduce (tests/reference/gloo_allreduce.py)
@@ -32,6 +33,7 @@
 
 #include "apps/bench.hpp"
 #include "transport/collectives.hpp"
+#include "transport/shm/shm.hpp"
 #include "transport/tcp/tcp.hpp"
 
 extern char** environ;
@@ -103,7 +105,14 @@ std::vector<result> on_threads(const std::string& variant, int n, const std::vec
 
 // Ranks 1..n-1 as worker processes of this binary, rank 0 here; they meet through a file
 // rendezvous in a fresh directory.
-std::vector<result> on_processes(int n, size_t max_bytes) {
+// A process's rank of a group of `transport` (tcp or shm).
+std::shared_ptr<communicator> join_as(const std::string& transport, int rank, int world, rendezvous& store,
+                                      const tcp_options& opt) {
+  if (transport == "shm") return make_shm_communicator(rank, world, store, opt);
+  return make_tcp_communicator(rank, world, store, opt);
+}
+
+std::vector<result> on_processes(const std::string& transport, int n, size_t max_bytes) {
   char dir_template[] = "/tmp/troupe-bench-XXXXXX";
   if (!::mkdtemp(dir_template)) throw std::runtime_error("cannot make a rendezvous directory in /tmp");
   const std::string dir = dir_template;
@@ -113,7 +122,8 @@ std::vector<result> on_processes(int n, size_t max_bytes) {
   for (int r = 1; r < n; ++r) {
     std::vector<std::string> args = {"troupe", "bench", "allreduce", "--worker", std::to_string(r),
                                      "--world", std::to_string(n), "--rendezvous", dir,
-                                     "--group", std::to_string(group), "--max-bytes", std::to_string(max_bytes)};
+                                     "--group", std::to_string(group), "--max-bytes", std::to_string(max_bytes),
+                                     "--transports", transport};
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
@@ -129,7 +139,7 @@ std::vector<result> on_processes(int n, size_t max_bytes) {
     tcp_options opt;
     opt.group = group;
     opt.secret = std::getenv("TROUPE_SECRET");
-    auto c = make_tcp_communicator(0, n, store, opt);
+    auto c = join_as(transport, 0, n, store, opt);
     out = run_rank(*c, sizes_up_to(max_bytes));
   } catch (const std::exception& e) {
     error = e.what();
@@ -191,13 +201,14 @@ double memcpy_gbps() {
   return double(bytes) / t[2] / 1e9;
 }
 
-int worker_main(int rank, int world, const std::string& dir, uint64_t group, size_t max_bytes) {
+int worker_main(const std::string& transport, int rank, int world, const std::string& dir, uint64_t group,
+                size_t max_bytes) {
   try {
     file_rendezvous store(dir);
     tcp_options opt;
     opt.group = group;
     if (const char* secret = std::getenv("TROUPE_SECRET")) opt.secret = secret;
-    auto c = make_tcp_communicator(rank, world, store, opt);
+    auto c = join_as(transport, rank, world, store, opt);
     run_rank(*c, sizes_up_to(max_bytes));
     return 0;
   } catch (const std::exception& e) {
@@ -216,10 +227,11 @@ bool parse_number(const std::string& text, long long lo, long long hi, long long
 
 int bench_allreduce_main(const std::vector<std::string>& args) {
   const char* usage =
-      "usage: troupe bench allreduce [--ranks N[,N...]] [--max-bytes B] [--transports inproc,inproc-copy,tcp] "
+      "usage: troupe bench allreduce [--ranks N[,N...]] [--max-bytes B] "
+      "[--transports inproc,inproc-copy,tcp,shm,openmpi,gloo] "
       "[--json FILE]";
   std::vector<int> ranks{2, 4};
-  std::vector<std::string> transports{"inproc", "inproc-copy", "tcp", "openmpi", "gloo"};
+  std::vector<std::string> transports{"inproc", "inproc-copy", "tcp", "shm", "openmpi", "gloo"};
   size_t max_bytes = size_t(64) << 20;
   std::string json_path = "runs/bench_allreduce.json";
   long long worker = -1, world = 0, group = 0;
@@ -249,8 +261,8 @@ int bench_allreduce_main(const std::vector<std::string>& args) {
       for (size_t at = 0; at <= list.size();) {
         size_t comma = std::min(list.find(',', at), list.size());
         std::string t = list.substr(at, comma - at);
-        if (t != "inproc" && t != "inproc-copy" && t != "tcp" && t != "openmpi" && t != "gloo")
-          return bad(a, "inproc, inproc-copy, tcp, openmpi or gloo", t);
+        if (t != "inproc" && t != "inproc-copy" && t != "tcp" && t != "shm" && t != "openmpi" && t != "gloo")
+          return bad(a, "inproc, inproc-copy, tcp, shm, openmpi or gloo", t);
         transports.push_back(t);
         at = comma + 1;
       }
@@ -272,13 +284,17 @@ int bench_allreduce_main(const std::vector<std::string>& args) {
       return 2;
     }
   }
-  if (worker > 0) return worker_main(int(worker), int(world), rendezvous_dir, uint64_t(group), max_bytes);
+  if (worker > 0) {
+    if (transports.size() != 1 || (transports[0] != "tcp" && transports[0] != "shm"))
+      return bad("--transports", "tcp or shm for a worker", "");
+    return worker_main(transports[0], int(worker), int(world), rendezvous_dir, uint64_t(group), max_bytes);
+  }
 
   const double ceiling = memcpy_gbps();
   std::printf("troupe bench allreduce: all-reduce (sum, float; halving-doubling up to 64 KiB, ring above); time is\n"
               "the slowest rank's mean per all-reduce, median of 3 rounds; busbw = algbw x 2(n-1)/n.\n"
               "inproc: ranks are threads, zero-copy; inproc-copy: the same over copying sends (baseline);\n"
-              "tcp: ranks are processes on loopback.\n"
+              "tcp: ranks are processes on loopback; shm: processes through shared memory.\n"
               "ceiling: single-thread memcpy of 64 MiB on this machine: %.2f GB/s\n",
               ceiling);
   bool all_ok = true;
@@ -292,7 +308,7 @@ int bench_allreduce_main(const std::vector<std::string>& args) {
   for (int n : ranks) {
     std::vector<std::pair<std::string, std::vector<result>>> by_transport;
     for (const auto& t : transports) {
-      if ((t == "tcp" || t == "openmpi" || t == "gloo") && n == 1) continue;  // one process has no link
+      if ((t == "tcp" || t == "shm" || t == "openmpi" || t == "gloo") && n == 1) continue;  // one process has no link
       try {
         if (t == "openmpi") {
           const auto bin = beside_this_binary("mpi_allreduce");
@@ -318,7 +334,8 @@ int bench_allreduce_main(const std::vector<std::string>& args) {
                                                   sizes)});
           continue;
         }
-        by_transport.push_back({t, t == "tcp" ? on_processes(n, max_bytes) : on_threads(t, n, sizes)});
+        by_transport.push_back(
+            {t, t == "tcp" || t == "shm" ? on_processes(t, n, max_bytes) : on_threads(t, n, sizes)});
       } catch (const std::exception& e) {
         std::fprintf(stderr, "troupe bench allreduce: %s with %d ranks: %s\n", t.c_str(), n, e.what());
         all_ok = false;
@@ -349,7 +366,8 @@ int bench_allreduce_main(const std::vector<std::string>& args) {
       }
   }
   json += "]";
-  // The bars, from the rows above (processes against processes: tcp is ours for now).
+  // The bars, from the rows above: processes against processes (shm, tcp), and the
+  // threads of one process for comparison.
   std::printf("\n");
   std::string bars;
   auto bar = [&](const char* what, int n, size_t bytes, const std::string& ours, const std::string& theirs,
@@ -370,8 +388,8 @@ int bench_allreduce_main(const std::vector<std::string>& args) {
                   bars.empty() ? "" : ",", what, ratio, need, met ? "true" : "false");
     bars += row;
   };
-  for (const std::string ours : {"tcp", "inproc"}) {
-    const std::string tag = ours == "tcp" ? "tcp (processes)" : "inproc (threads)";
+  for (const std::string ours : {"shm", "tcp", "inproc"}) {
+    const std::string tag = ours == "inproc" ? "inproc (threads)" : ours + " (processes)";
     bar((tag + ": 2 ranks 16 MiB busbw / Open MPI").c_str(), 2, size_t(16) << 20, ours, "openmpi", false, 1.5);
     bar((tag + ": 2 ranks 16 MiB busbw / Gloo").c_str(), 2, size_t(16) << 20, ours, "gloo", false, 5.0);
     bar((tag + ": 2 ranks 4 KiB time / Open MPI").c_str(), 2, 4096, ours, "openmpi", true, 1.0);

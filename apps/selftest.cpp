@@ -1,5 +1,6 @@
-// troupe selftest --nproc N: every collective of transport/ checked across N processes of
-// this host over tcp (a cluster's network can be checked the same way), the conformance
+// troupe selftest --nproc N [--transport tcp|shm]: every collective of transport/ checked
+// across N processes of this host over tcp or shared memory (shm; a cluster's network can be
+// checked the same way), the conformance
 // suite of tests/transport/test_collectives.cpp with ranks as processes instead of
 // threads: all-reduce (ring, halving-doubling, by size), reduce-scatter, all-gather (f32,
 // i32), broadcast from every root, barrier; counts 0, 1, 7 and 100003; integer data, so
@@ -18,6 +19,7 @@
 
 #include "apps/launch.hpp"
 #include "transport/collectives.hpp"
+#include "transport/shm/shm.hpp"
 #include "transport/tcp/tcp.hpp"
 
 extern char** environ;
@@ -41,6 +43,7 @@ std::vector<check> checks() {
   std::vector<check> out;
   for (auto [name, fn] : {std::pair<const char*, ar>{"all-reduce ring", ring_allreduce_sum},
                           {"all-reduce halving-doubling", halving_doubling_allreduce_sum},
+                          {"all-reduce recursive doubling", recursive_doubling_allreduce_sum},
                           {"all-reduce by size", allreduce_sum}})
     out.push_back({name, [fn](communicator& c, size_t count, uint64_t tag) {
                      std::vector<float> d(count);
@@ -105,19 +108,23 @@ std::vector<std::pair<std::string, double>> run_checks(communicator& c) {
   return table;
 }
 
-std::shared_ptr<communicator> join(int rank, int world, const std::string& dir, uint64_t group) {
+std::shared_ptr<communicator> join(const std::string& transport, int rank, int world, const std::string& dir,
+                                   uint64_t group) {
   file_rendezvous store(dir);
   tcp_options opt;
   opt.group = group;
   if (const char* s = std::getenv("TROUPE_SECRET")) opt.secret = s;
+  if (transport == "shm") return make_shm_communicator(rank, world, store, opt);
   return make_tcp_communicator(rank, world, store, opt);
 }
 
 }  // namespace
 
 int selftest_main(const std::vector<std::string>& args) {
-  const char* usage = "usage: troupe selftest [--nproc N]   (every collective over tcp across N processes)";
+  const char* usage =
+      "usage: troupe selftest [--nproc N] [--transport tcp|shm]   (every collective across N processes)";
   long nproc = 2, worker = -1, world = 0;
+  std::string transport = "tcp";
   unsigned long long group = 0;
   std::string dir;
   for (size_t i = 0; i < args.size(); ++i) {
@@ -132,6 +139,8 @@ int selftest_main(const std::vector<std::string>& args) {
       ++i;
     } else if (args[i] == "--world" && i + 1 < args.size() && number(2, 64, world)) {
       ++i;
+    } else if (args[i] == "--transport" && i + 1 < args.size() && (args[i + 1] == "tcp" || args[i + 1] == "shm")) {
+      transport = args[++i];
     } else if (args[i] == "--rendezvous" && i + 1 < args.size()) {
       dir = args[++i];
     } else if (args[i] == "--group" && i + 1 < args.size()) {
@@ -143,7 +152,7 @@ int selftest_main(const std::vector<std::string>& args) {
   }
   if (worker > 0) {
     try {
-      auto c = join(int(worker), int(world), dir, group);
+      auto c = join(transport, int(worker), int(world), dir, group);
       run_checks(*c);
       return 0;
     } catch (const std::exception& e) {
@@ -162,7 +171,7 @@ int selftest_main(const std::vector<std::string>& args) {
   std::vector<pid_t> workers;
   for (long r = 1; r < nproc; ++r) {
     std::vector<std::string> a = {"troupe", "selftest", "--worker", std::to_string(r), "--world", std::to_string(nproc),
-                                  "--rendezvous", dir, "--group", std::to_string(group)};
+                                  "--rendezvous", dir, "--group", std::to_string(group), "--transport", transport};
     std::vector<char*> argv;
     for (auto& s : a) argv.push_back(s.data());
     argv.push_back(nullptr);
@@ -176,7 +185,13 @@ int selftest_main(const std::vector<std::string>& args) {
       auto group1 = make_group("inproc", 1);
       table = run_checks(*group1[0]);
     } else {
-      table = run_checks(*join(0, int(nproc), dir, group));
+      auto c = join(transport, 0, int(nproc), dir, group);
+      if (transport == "shm" && shm_peer_count(*c) != int(nproc) - 1) {
+        std::fprintf(stderr, "troupe selftest: shm: only %d of %ld peers through shared memory\n", shm_peer_count(*c),
+                     nproc - 1);
+        ok = false;
+      }
+      table = run_checks(*c);
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "troupe selftest: process 0: %s\n", e.what());
@@ -189,8 +204,8 @@ int selftest_main(const std::vector<std::string>& args) {
   }
   std::error_code ec;
   std::filesystem::remove_all(dir, ec);
-  std::printf("troupe selftest: %ld process%s over tcp, counts 0, 1, 7, 100003\n%-30s %8s\n", nproc,
-              nproc == 1 ? "" : "es", "collective", "#wrong");
+  std::printf("troupe selftest: %ld process%s over %s, counts 0, 1, 7, 100003\n%-30s %8s\n", nproc,
+              nproc == 1 ? "" : "es", nproc == 1 ? "nothing" : transport.c_str(), "collective", "#wrong");
   for (const auto& [name, wrong] : table) {
     std::printf("%-30s %8.0f\n", name.c_str(), wrong);
     ok = ok && wrong == 0;

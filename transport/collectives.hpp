@@ -17,9 +17,11 @@ constexpr uint64_t kTagsPerCollective = 4;
 
 inline size_t chunk_begin(size_t count, int n, int c) { return count * size_t(c) / size_t(n); }
 
-// In-place sum all-reduce, the algorithm chosen by size: halving-doubling up to
-// kHalvingDoublingMaxBytes (2 log2 n latency steps: the small-message case), the ring above
-// (bandwidth-optimal).
+// In-place sum all-reduce, the algorithm chosen by size: recursive doubling up to
+// kRecursiveDoublingMaxBytes (log2 n latency steps of the whole buffer: the tiny case),
+// halving-doubling up to kHalvingDoublingMaxBytes (2 log2 n steps of shrinking pieces),
+// the ring above (bandwidth-optimal).
+constexpr size_t kRecursiveDoublingMaxBytes = size_t(8) << 10;
 constexpr size_t kHalvingDoublingMaxBytes = size_t(64) << 10;
 void allreduce_sum(communicator& comm, float* data, size_t count, uint64_t tag);
 
@@ -32,6 +34,10 @@ void ring_allreduce_mean(communicator& comm, float* data, size_t count, uint64_t
 // then recursive-doubling all-gather; sizes that are not powers of two fold the extra
 // ranks in first and hand them the result last.
 void halving_doubling_allreduce_sum(communicator& comm, float* data, size_t count, uint64_t tag);
+
+// Recursive-doubling all-reduce (recursive_doubling.cpp): log2 n rounds of swapping the
+// whole buffer with a partner; extra ranks of a size that is not a power of two fold in.
+void recursive_doubling_allreduce_sum(communicator& comm, float* data, size_t count, uint64_t tag);
 
 // Ring reduce-scatter, in place: afterwards rank r's chunk r holds the sum of every rank's
 // chunk r (the other chunks hold partial sums: scratch).

@@ -6,6 +6,7 @@
 #include <atomic>
 
 #include "transport/inproc/inproc.hpp"
+#include "transport/shm/shm.hpp"
 #include "transport/tcp/tcp.hpp"
 
 namespace troupe {
@@ -45,11 +46,12 @@ void communicator::recv_reduce_sum(int peer, uint64_t tag, float* data, size_t c
 }
 
 std::vector<std::shared_ptr<communicator>> make_group(const std::string& transport, int size) {
-  if (transport != "inproc" && transport != "tcp")
-    throw input_error("unknown transport '" + transport + "' (known: inproc, tcp)");
+  if (transport != "inproc" && transport != "tcp" && transport != "shm")
+    throw input_error("unknown transport '" + transport + "' (known: inproc, tcp, shm)");
   if (size < 1) throw input_error("a communicator group needs at least 1 rank, got " + std::to_string(size));
-  if (transport == "tcp") {
-    // Ranks as threads of this process, linked over loopback.
+  if (transport == "tcp" || transport == "shm") {
+    // Ranks as threads of this process, linked over loopback (and, for shm, through
+    // shared memory segments as between processes).
     static std::atomic<uint64_t> groups{0};
     tcp_options options;
     options.group = (uint64_t(::getpid()) << 20) + groups.fetch_add(1);
@@ -57,7 +59,7 @@ std::vector<std::shared_ptr<communicator>> make_group(const std::string& transpo
     memory_rendezvous store;
     std::vector<int> ranks;
     for (int r = 0; r < size; ++r) ranks.push_back(r);
-    return join_tcp_ranks(ranks, size, store, options);
+    return transport == "shm" ? join_shm_ranks(ranks, size, store, options) : join_tcp_ranks(ranks, size, store, options);
   }
   auto world = std::make_shared<inproc_world>(size);
   std::vector<std::shared_ptr<communicator>> group;

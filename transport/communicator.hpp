@@ -3,7 +3,8 @@
 // a deadline, so a dead or stuck peer surfaces as an error and never as a hang.
 // Collectives (collectives.hpp) are written once over these. Implementations are chosen
 // by name: "inproc" (ranks are threads of one process), "tcp" (transport/tcp/; make_group
-// links threads of this process over loopback, make_tcp_communicator joins processes).
+// links threads of this process over loopback, make_tcp_communicator joins processes),
+// "shm" (transport/shm/: shared memory between the processes of one host, tcp to others).
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -64,6 +65,14 @@ class communicator {
   // Fails every waiting and later receive of the whole group with `why` (a member died:
   // the survivors must not wait out their deadline).
   virtual void abort(const std::string& why) = 0;
+  // Why a receive from `peer` would fail now without waiting ("" while nothing is known to
+  // be wrong): the group was aborted, or the link to `peer` is down (closed, broken, or
+  // silent past the transport's limit). A transport layered over this one (shm over tcp)
+  // fails its own waits on what this one has noticed.
+  virtual std::string peer_failure(int peer) { (void)peer; return {}; }
+  // True if a message from `peer` with `tag` has arrived and a receive would not wait.
+  // Transports that cannot tell answer false.
+  virtual bool has_message(int peer, uint64_t tag) { (void)peer; (void)tag; return false; }
   std::chrono::milliseconds deadline{30000};
   // How long a receive (and a lent buffer's hand-back) polls before it sleeps, on
   // transports that can poll (inproc). Polling answers a small message in about a
@@ -90,7 +99,7 @@ class copying_view : public communicator {
 };
 
 // A group of `size` ranks, each handed to one thread. Throws input_error for an unknown
-// transport name: "unknown transport 'X' (known: inproc, tcp)".
+// transport name: "unknown transport 'X' (known: inproc, tcp, shm)".
 std::vector<std::shared_ptr<communicator>> make_group(const std::string& transport, int size);
 
 }  // namespace troupe

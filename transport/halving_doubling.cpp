@@ -61,7 +61,9 @@ void halving_doubling_allreduce_sum(communicator& comm, float* data, size_t coun
 }
 
 void allreduce_sum(communicator& comm, float* data, size_t count, uint64_t tag) {
-  if (count * sizeof(float) <= kHalvingDoublingMaxBytes)
+  if (count * sizeof(float) <= kRecursiveDoublingMaxBytes)
+    recursive_doubling_allreduce_sum(comm, data, count, tag);
+  else if (count * sizeof(float) <= kHalvingDoublingMaxBytes)
     halving_doubling_allreduce_sum(comm, data, count, tag);
   else
     ring_allreduce_sum(comm, data, count, tag);

@@ -17,7 +17,7 @@ using namespace troupe;
 namespace {
 
 const size_t kCounts[] = {0, 1, 7, 100003};
-const char* const kTransports[] = {"inproc", "tcp"};
+const char* const kTransports[] = {"inproc", "tcp", "shm"};
 
 // Runs fn(rank, comm) on n threads, one per rank of a fresh group of `transport`.
 void on_ranks(const std::string& transport, int n,
@@ -39,6 +39,7 @@ using allreduce_fn = void (*)(communicator&, float*, size_t, uint64_t);
 TEST_CASE("collectives: every all-reduce algorithm, sizes 1..8 x counts, matches the closed form on every rank") {
   const std::pair<const char*, allreduce_fn> algorithms[] = {{"ring", ring_allreduce_sum},
                                                              {"halving-doubling", halving_doubling_allreduce_sum},
+                                                             {"recursive doubling", recursive_doubling_allreduce_sum},
                                                              {"by size", allreduce_sum}};
   for (const char* transport : kTransports)
   for (auto [name, fn] : algorithms)
@@ -59,8 +60,9 @@ TEST_CASE("collectives: every all-reduce algorithm, sizes 1..8 x counts, matches
       }
 }
 
-TEST_CASE("collectives: halving-doubling gives every rank the same bits on non-integer data") {
-  for (int n : {3, 4, 6}) {
+TEST_CASE("collectives: halving-doubling and recursive doubling give every rank the same bits on non-integer data") {
+  for (auto fn : {halving_doubling_allreduce_sum, recursive_doubling_allreduce_sum})
+  for (int n : {2, 3, 4, 6, 8}) {
     CAPTURE(n);
     const size_t count = 1001;
     std::vector<std::vector<float>> data(static_cast<size_t>(n), std::vector<float>(count));
@@ -71,7 +73,7 @@ TEST_CASE("collectives: halving-doubling gives every rank the same bits on non-i
     for (const auto& d : data)
       for (size_t i = 0; i < count; ++i) want[i] += double(d[i]);
     on_ranks("inproc", n, [&](int r, communicator& c) {
-      halving_doubling_allreduce_sum(c, data[size_t(r)].data(), count, 0);
+      fn(c, data[size_t(r)].data(), count, 0);
     });
     for (int r = 1; r < n; ++r) CHECK(data[size_t(r)] == data[0]);
     double worst = 0;
@@ -170,6 +172,9 @@ TEST_CASE("collectives: a rank that never joins fails every other rank within th
   const std::pair<const char*, run_fn> collectives[] = {
       {"halving-doubling", [](communicator& c, std::vector<float>& d) {
          halving_doubling_allreduce_sum(c, d.data(), d.size(), 0);
+       }},
+      {"recursive doubling", [](communicator& c, std::vector<float>& d) {
+         recursive_doubling_allreduce_sum(c, d.data(), d.size(), 0);
        }},
       {"reduce-scatter", [](communicator& c, std::vector<float>& d) { reduce_scatter_sum(c, d.data(), d.size(), 0); }},
       {"all-gather", [](communicator& c, std::vector<float>& d) { all_gather(c, d.data(), d.size(), dtype::f32, 0); }},

@@ -134,6 +134,19 @@ class tcp_communicator : public communicator {
       if (p != rank_) say_bye(p, kByeAbort, why);
   }
 
+  std::string peer_failure(int peer) override {
+    check_peer(peer, "ask about");
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!aborted_.empty()) return aborted_;
+    return links_[size_t(peer)]->closed;
+  }
+
+  bool has_message(int peer, uint64_t tag) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = queued_.find({peer, tag});
+    return it != queued_.end() && !it->second.empty();
+  }
+
  private:
   struct link {
     std::unique_ptr<tcp::socket> socket;
