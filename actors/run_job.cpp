@@ -13,6 +13,7 @@
 #include "actors/pipeline_job.hpp"
 #include "runtime/threads.hpp"
 #include "transport/collectives.hpp"
+#include "transport/shm/shm.hpp"
 #include "transport/tcp/store.hpp"
 #include "transport/tcp/tcp.hpp"
 
@@ -22,7 +23,8 @@ namespace {
 
 // This process joins the job's other processes: a control group of `world` ranks (the
 // step losses are averaged over it), and replica groups per stage whose members are this
-// process's replicas. Returns the control group's member.
+// process's replicas, over parallel.transport (shm: shared memory with the processes of
+// this host, tcp to the others; tcp: tcp only). Returns the control group's member.
 struct joined {
   std::shared_ptr<tcp_store_server> server;  // rank 0, with a tcp:// rendezvous
   std::shared_ptr<communicator> control;
@@ -71,11 +73,17 @@ joined join_processes(const proto::JobSpec& spec, const coordinator_options& opt
   const std::string where_key = "job/" + std::to_string(opts.group) + "/where/";
   store->set(where_key + std::to_string(opts.rank), opts.host + " " + std::to_string(::getpid()) + " " +
                                                         std::to_string(f) + " " + std::to_string(L));
-  out.control = make_tcp_communicator(opts.rank, opts.world, *store, base);
+  const bool shm = spec.parallel().transport() != "tcp";
+  out.control = shm ? make_shm_communicator(opts.rank, opts.world, *store, base)
+                    : make_tcp_communicator(opts.rank, opts.world, *store, base);
   std::shared_ptr<communicator> control = out.control;
   if (opts.rank == 0 && !opts.quiet) {
-    std::printf("placement: %d processes, %d replica%s each (replica r on process r / %d)\n", opts.world, L,
-                L == 1 ? "" : "s", L);
+    std::printf("placement: %d processes, %d replica%s each (replica r on process r / %d); %s\n", opts.world, L,
+                L == 1 ? "" : "s", L,
+                shm ? ("shared memory to " + std::to_string(shm_peer_count(*control)) + " of " +
+                       std::to_string(opts.world - 1) + " processes, tcp to the rest")
+                          .c_str()
+                    : "tcp between processes");
     for (int k = 0; k < opts.world; ++k) {
       std::string host, pid;
       int first = 0, count = 0;
@@ -94,12 +102,12 @@ joined join_processes(const proto::JobSpec& spec, const coordinator_options& opt
     const int local_devices = popts.devices ? popts.devices / R * L : popts.stages * L;
     popts.threads_per_device = std::max(1, hardware_threads() / local_devices);
   }
-  popts.make_replica_group = [store, base, R, L, f](int stage) {
+  popts.make_replica_group = [store, base, R, L, f, shm](int stage) {
     tcp_options o = base;
     o.group = base.group + 1 + uint64_t(stage);  // one group per stage
     std::vector<int> ranks;
     for (int k = 0; k < L; ++k) ranks.push_back(f + k);
-    return join_tcp_ranks(ranks, R, *store, o);
+    return shm ? join_shm_ranks(ranks, R, *store, o) : join_tcp_ranks(ranks, R, *store, o);
   };
   popts.global_loss = [control, L, R](int64_t step, float local) {
     float v = local * float(L);

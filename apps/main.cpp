@@ -170,8 +170,9 @@ int train(const std::vector<std::string>& args) {
     }
     std::printf("troupe: %s\n", troupe::describe(spec).c_str());
     if (place.world > 1)
-      std::printf("        %d processes: each runs %u of the %u replicas; gradients and losses over tcp\n",
-                  place.world, spec.parallel().replicas() / uint32_t(place.world), spec.parallel().replicas());
+      std::printf("        %d processes: each runs %u of the %u replicas; gradients and losses over %s\n",
+                  place.world, spec.parallel().replicas() / uint32_t(place.world), spec.parallel().replicas(),
+                  spec.parallel().transport() == "tcp" ? "tcp" : "shared memory (tcp between hosts)");
     std::vector<troupe::stage_plan> plan;
     if (spec.parallel().stages() > 1 || spec.parallel().replicas() > 1) {
       plan = troupe::plan_job(spec);

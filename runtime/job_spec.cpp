@@ -79,6 +79,7 @@ const choice_rule choice_rules[] = {
     {"data.dataset", {"fashion_mnist", "fortunes"}},
     {"optimizer.lr_schedule", {"constant", "cosine"}},
     {"parallel.schedule", {"gpipe", "1f1b", "interleaved", "zb-h1"}},
+    {"parallel.transport", {"shm", "tcp"}},
 };
 
 constexpr std::string_view name_rule = "a non-empty name of letters, digits, '.', '_' and '-' (it names runs/<name>/)";
@@ -427,6 +428,7 @@ void fill_defaults(proto::JobSpec& s) {
   if (!par.has_micro_batches()) par.set_micro_batches(par.stages() == 1 ? 1 : 2 * par.stages());
   if (!par.has_schedule()) par.set_schedule("1f1b");
   if (par.schedule() == "interleaved" && !par.has_chunks()) par.set_chunks(2);
+  if (!par.has_transport()) par.set_transport("shm");
 }
 
 void check_values(const proto::JobSpec& s, const checker& c) {
@@ -510,6 +512,7 @@ void check_values(const proto::JobSpec& s, const checker& c) {
   }
   c.number("parallel.micro_batches", par.micro_batches());
   c.choice("parallel.schedule", par.schedule());
+  c.choice("parallel.transport", par.transport());
   if (par.has_chunks()) c.number("parallel.chunks", par.chunks());
   if (t.batch_size() % par.replicas() != 0)
     c.fail("parallel.replicas", cat("invalid value ", par.replicas(), ": expected a divisor of train.batch_size (",

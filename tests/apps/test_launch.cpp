@@ -1,5 +1,5 @@
 // `troupe launch`: the GPT job split over 2 and 4 processes (stages x replicas, replicas
-// across processes, gradients and losses over tcp) gives the in-process run's per-step
+// across processes, gradients and losses through shared memory or over tcp) gives the in-process run's per-step
 // losses; a split that does not divide is a clear error; a process killed with SIGKILL
 // ends the whole job within seconds with a message naming it, and leaves no process behind.
 #include <doctest/doctest.h>
@@ -22,7 +22,8 @@ using namespace troupe::testing;
 namespace {
 
 // A GPT job of `steps` steps as 2 stages x `replicas`, its metrics in `metrics`.
-std::string gpt_job(const std::string& name, int replicas, const std::string& metrics) {
+std::string gpt_job(const std::string& name, int replicas, const std::string& metrics,
+                    const std::string& transport = "shm") {
   const std::string path = "/tmp/troupe_launch_" + name + ".json";
   std::ofstream(path) << R"({"name": ")" << name << R"(",
   "model": {"gpt": {"n_layer": 2, "n_head": 2, "d_model": 32, "context": 32, "vocab": 256}},
@@ -30,7 +31,8 @@ std::string gpt_job(const std::string& name, int replicas, const std::string& me
   "optimizer": {"adamw": {"lr": 1e-3, "weight_decay": 0.1}, "grad_clip": 1.0},
   "train": {"batch_size": 8, "steps": 12, "threads": 4, "sample_tokens": 0, "metrics_file": ")"
                       << metrics << R"("},
-  "parallel": {"stages": 2, "replicas": )" << replicas << R"(, "micro_batches": 2, "schedule": "1f1b"}
+  "parallel": {"stages": 2, "replicas": )" << replicas << R"(, "micro_batches": 2, "schedule": "1f1b",
+               "transport": ")" << transport << R"("}
 })";
   std::filesystem::remove(metrics);
   return path;
@@ -74,14 +76,20 @@ TEST_CASE("launch: the GPT job over 2 and 4 processes gives the in-process run's
   REQUIRE_MESSAGE(r.code == 0, r.output);
   r = run("launch --nproc 4 " + gpt_job("four", 4, four) + " --quiet");
   REQUIRE_MESSAGE(r.code == 0, r.output);
-  const auto a = step_losses(one), b = step_losses(two), c = step_losses(four);
+  const std::string two_tcp = "/tmp/troupe_launch_m2t.jsonl";
+  r = run("launch --nproc 2 " + gpt_job("twotcp", 4, two_tcp, "tcp") + " --quiet");
+  REQUIRE_MESSAGE(r.code == 0, r.output);
+  const auto a = step_losses(one), b = step_losses(two), c = step_losses(four), d = step_losses(two_tcp);
   REQUIRE(a.size() == 12);
   REQUIRE(b.size() == a.size());
   REQUIRE(c.size() == a.size());
+  REQUIRE(d.size() == a.size());
   double worst = 0;
   for (size_t i = 0; i < a.size(); ++i)
-    worst = std::max({worst, std::abs(b[i] - a[i]) / std::abs(a[i]), std::abs(c[i] - a[i]) / std::abs(a[i])});
+    worst = std::max({worst, std::abs(b[i] - a[i]) / std::abs(a[i]), std::abs(c[i] - a[i]) / std::abs(a[i]),
+                      std::abs(d[i] - a[i]) / std::abs(a[i])});
   CHECK(worst <= 1e-4);
+  CHECK(b == d);  // the transport moves the same bytes: the same sums
   CHECK(a.back() < a.front());  // it trained
 }
 

@@ -6,7 +6,10 @@
 # no shared directory). Its per-step losses must match the in-process run of the same job
 # to 1e-4. Then the same job again as a launcher would run it across machines: troupe
 # launch --nproc 1 --nodes 2 --listen 10.77.0.1:29501 in the first namespace, troupe node
-# --coordinator 10.77.0.1:29501 in the other two; the same losses again. Skips (exit 77) with the reason where the machine forbids namespaces.
+# --coordinator 10.77.0.1:29501 in the other two; the same losses again. The job says
+# "transport": "tcp": the namespaces share one kernel, and shm would find its peers through
+# /dev/shm instead of the network under test. Skips (exit 77) with the reason where the
+# machine forbids namespaces.
 # Usage: tests/net/netns_job.sh TROUPE_BINARY
 set -euo pipefail
 troupe=${1:?usage: netns_job.sh TROUPE_BINARY}
@@ -45,7 +48,7 @@ cat > "$work/job.json" <<JOB
  "data": {"dataset": "fortunes"},
  "optimizer": {"adamw": {"lr": 1e-3, "weight_decay": 0.1}, "grad_clip": 1.0},
  "train": {"batch_size": 6, "steps": 10, "threads": 3, "sample_tokens": 0, "metrics_file": "$work/METRICS"},
- "parallel": {"stages": 1, "replicas": 3}}
+ "parallel": {"stages": 1, "replicas": 3, "transport": "tcp"}}
 JOB
 sed "s|METRICS|one.jsonl|" "$work/job.json" > "$work/one.json"
 sed "s|METRICS|three.jsonl|" "$work/job.json" > "$work/three.json"

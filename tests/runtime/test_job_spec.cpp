@@ -336,6 +336,7 @@ TEST_CASE("job spec: the parallel section has defaults and clear errors") {
       {R"({"stages": 2, "schedule": "interleaved", "chunks": 3})", "too few for 6 pipeline pieces (stages x chunks)"},
       {R"({"stages": 2, "chunks": 2})", "parallel.chunks: only applies to parallel.schedule \"interleaved\""},
       {R"({"schedule": "zigzag"})", "parallel.schedule: invalid value \"zigzag\""},
+      {R"({"transport": "carrier-pigeon"})", "parallel.transport: invalid value \"carrier-pigeon\""},
       {R"({"stages": 0})", "parallel.stages: invalid value 0"},
       {R"({"stages": 4, "micro_batches": 4, "schedule": "interleaved", "chunks": 2})",
        "the model has 4 layers, too few for 8"},
