@@ -5,11 +5,14 @@
 #include <algorithm>
 #include <cstdio>
 #include <map>
+#include <sstream>
 
 #include "kernels/cpu/optim.hpp"     // sum_of_squares
 #include "kernels/cpu/residual.hpp"  // residual_backward: a += b, for the shared gradients' sums
+#include "actors/remote_stage.hpp"  // kPipeCollectiveTags
 #include "runtime/check.hpp"  // exception_text
 #include "runtime/optimizer.hpp"
+#include "transport/collectives.hpp"
 
 namespace troupe {
 
@@ -26,7 +29,9 @@ void fail(coordinator_actor self, const std::string& what) {
   if (!s.failure.empty()) return;  // the first failure is the one to report
   s.failure = what;
   for (auto& g : s.g.groups) g->abort("the job failed: " + what);
+  if (s.g.pipe) s.g.pipe->abort("the job failed: " + what);
   for (auto& st : s.all) self->send_exit(st, caf::exit_reason::user_shutdown);
+  for (auto& st : s.g.proxies) self->send_exit(st, caf::exit_reason::user_shutdown);
   for (auto& d : s.g.devices) self->send_exit(d, caf::exit_reason::user_shutdown);
   self->send_exit(s.g.feeder, caf::exit_reason::user_shutdown);
   if (s.done.pending()) s.done.deliver(caf::make_error(caf::sec::runtime_error, "pipeline failed: " + what));
@@ -34,6 +39,7 @@ void fail(coordinator_actor self, const std::string& what) {
 }
 
 void start_step(coordinator_actor self);
+void begin_run(coordinator_actor self);
 void end_step(coordinator_actor self, double norm, float lr);
 void sync_gradients(coordinator_actor self);
 
@@ -64,8 +70,10 @@ void on_reports(coordinator_actor self) {
 void collect_params(coordinator_actor self) {
   auto& s = self->state;
   auto& out = *s.g.out;
-  s.waiting = s.g.stages[0].size();
+  s.waiting = 0;
+  for (size_t st = 0; st < s.g.stages[0].size(); ++st) s.waiting += s.g.local(int(st));
   for (size_t st = 0; st < s.g.stages[0].size(); ++st)
+    if (s.g.local(int(st)))
     self->request(s.g.stages[0][st], caf::infinite, params_atom::value, out.layout[st])
         .then(
             [=](const std::vector<tensor>& ps) {
@@ -104,6 +112,33 @@ void end_step(coordinator_actor self, double norm, float lr) {
     collect_params(self);
 }
 
+// Stages in several processes: the other stages' sums of squares and their parts of the
+// shared gradients come from the processes of the pipe group, in one all-reduce (every
+// process then holds the same totals and the same norm). A shared parameter this process
+// holds no copy of still takes its part (zeros), so every process sums the same buffer.
+void sum_over_pipe(coordinator_actor self) {
+  auto& s = self->state;
+  size_t n = 1;
+  for (const auto& name : s.shared) n += size_t(s.numel.at(name));
+  std::vector<float> buf(n, 0.0f);
+  buf[0] = float(s.sum_sq);
+  size_t at = 1;
+  for (size_t k = 0; k < s.shared.size(); ++k) {
+    const tensor& t = s.totals[k];
+    if (t.defined()) std::copy(t.f32(), t.f32() + t.numel(), buf.begin() + std::ptrdiff_t(at));
+    at += size_t(s.numel.at(s.shared[k]));
+  }
+  allreduce_sum(*s.g.pipe, buf.data(), n, kPipeCollectiveTags + 16 + uint64_t(s.step) * kTagsPerCollective);
+  s.sum_sq = buf[0];
+  at = 1;
+  for (size_t k = 0; k < s.shared.size(); ++k) {
+    const size_t len = size_t(s.numel.at(s.shared[k]));
+    if (!s.totals[k].defined()) s.totals[k] = tensor::empty({int64_t(len)});
+    std::copy(buf.begin() + std::ptrdiff_t(at), buf.begin() + std::ptrdiff_t(at + len), s.totals[k].f32());
+    at += len;
+  }
+}
+
 // The model spans several stages: each averages its gradients with its replicas and
 // answers with its share of the norm and its shared gradients; replicas then hold equal
 // gradients, so this process's first replica's give the sums. Then one clip for all and every optimizer step.
@@ -128,6 +163,7 @@ void sync_gradients(coordinator_actor self) {
                 }
               }
               if (--s.waiting > 0) return;
+              if (s.g.pipe) sum_over_pipe(self);
               for (const tensor& t : s.totals)
                 if (t.defined()) s.sum_sq += kernels::sum_of_squares(t.f32(), t.numel());
               const double norm = std::sqrt(s.sum_sq);
@@ -151,7 +187,7 @@ void start_step(coordinator_actor self) {
   s.t0 = now_s();
   s.loss_sum = 0;
   s.self_norm = -1;
-  s.busy.assign(s.all.size(), 0.0);
+  s.busy.assign(s.g.stages.size() * s.g.stages[0].size(), 0.0);
   // Stages that step by themselves get the next step ahead too.
   const int64_t through = s.g.stages[0].size() == 1 ? std::min(s.step + 1, s.g.steps - 1) : s.step;
   // The feeder draws one step beyond what the stages have, while they compute.
@@ -161,19 +197,54 @@ void start_step(coordinator_actor self) {
   on_reports(self);  // some may be in already
 }
 
+// The layout is known (this process's stages; with a pipe, every process's, gathered as
+// lines "stage numel name"): find the shared parameters, start.
+void begin_run(coordinator_actor self) {
+  auto& s = self->state;
+  auto& layout = s.g.out->layout;
+  if (s.g.pipe) {
+    std::string mine;
+    for (size_t st = 0; st < layout.size(); ++st)
+      for (const auto& name : layout[st]) mine += std::to_string(st) + " " + std::to_string(s.numel.at(name)) + " " + name + "\n";
+    for (const std::string& text : all_gather_text(*s.g.pipe, mine, kPipeCollectiveTags)) {
+      std::istringstream lines(text);
+      size_t st = 0;
+      int64_t numel = 0;
+      std::string name;
+      while (lines >> st >> numel >> name) {
+        if (st >= layout.size()) throw std::runtime_error("a pipe peer's layout names stage " + std::to_string(st));
+        if (!s.g.local(int(st))) layout[st].push_back(name);
+        s.numel[name] = numel;
+      }
+    }
+  }
+  std::map<std::string, int> holders;
+  for (const auto& names : layout)
+    for (const auto& n : names) ++holders[n];
+  for (const auto& [name, count] : holders)
+    if (count > 1) s.shared.push_back(name);
+  if (s.g.steps > 0)
+    start_step(self);
+  else
+    collect_params(self);
+}
+
 }  // namespace
 
 caf::behavior pipeline_coordinator(caf::stateful_actor<pipeline_coordinator_state>* self, pipeline_graph g) {
   auto& s = self->state;
   s.g = std::move(g);
   for (auto& replica : s.g.stages)
-    for (auto& st : replica) s.all.push_back(st);
+    for (size_t st = 0; st < replica.size(); ++st)
+      if (s.g.local(int(st))) s.all.push_back(replica[st]);
   for (auto& replica : s.g.stages)
-    for (auto& st : replica) {
-      self->send(st, peers_atom::value, replica, caf::actor_cast<caf::actor>(self));
-      self->monitor(st);
-    }
+    for (size_t st = 0; st < replica.size(); ++st)
+      if (s.g.local(int(st))) {
+        self->send(replica[st], peers_atom::value, replica, caf::actor_cast<caf::actor>(self));
+        self->monitor(replica[st]);
+      }
   for (auto& d : s.g.devices) self->monitor(d);
+  for (auto& x : s.g.proxies) self->monitor(x);
   self->monitor(s.g.feeder);
   self->set_down_handler([=](const caf::down_msg& d) {
     fail(self, "a stage, device or feeder actor stopped: " + self->system().render(d.reason));
@@ -187,28 +258,30 @@ caf::behavior pipeline_coordinator(caf::stateful_actor<pipeline_coordinator_stat
   });
   const int p = int(s.g.stages[0].size());
   s.g.out->peak_stash_mb.assign(size_t(p), 0.0);
+  for (int st = 0; st < p; ++st)
+    if (!s.g.local(st)) s.g.out->peak_stash_mb[size_t(st)] = -1;  // measured by the process holding it
   return {
       [=](run_atom) {
         auto& s = self->state;
         s.done = self->make_response_promise();
         // Which stages hold which parameters; names held by more than one are shared.
-        auto holders = std::make_shared<std::map<std::string, int>>();
         s.g.out->layout.assign(size_t(p), {});
-        s.waiting = size_t(p);
+        s.waiting = 0;
+        for (int st = 0; st < p; ++st) s.waiting += s.g.local(st);
         for (int st = 0; st < p; ++st)
+          if (s.g.local(st))
           self->request(s.g.stages[0][size_t(st)], caf::infinite, names_atom::value)
               .then(
                   [=](const std::vector<std::string>& names) {
-                    auto& s = self->state;
-                    s.g.out->layout[size_t(st)] = names;
-                    for (const auto& n : names) ++(*holders)[n];
-                    if (--s.waiting > 0) return;
-                    for (const auto& [name, count] : *holders)
-                      if (count > 1) s.shared.push_back(name);
-                    if (s.g.steps > 0)
-                      start_step(self);
-                    else
-                      collect_params(self);
+                    self->request(self->state.g.stages[0][size_t(st)], caf::infinite, params_atom::value, names)
+                        .then(
+                            [=](const std::vector<tensor>& params) {
+                              auto& s = self->state;
+                              s.g.out->layout[size_t(st)] = names;
+                              for (size_t k = 0; k < names.size(); ++k) s.numel[names[k]] = params[k].numel();
+                              if (--s.waiting == 0) begin_run(self);
+                            },
+                            [=](caf::error& e) { fail(self, self->system().render(e)); });
                   },
                   [=](caf::error& e) { fail(self, self->system().render(e)); });
         return s.done;

@@ -39,13 +39,22 @@ struct pipeline_graph {
   // Optional (replicas in several processes): the step's loss over every replica, from the
   // mean over this process's.
   std::function<float(int64_t step, float local_loss)> global_loss;
+  // Optional (stages in several processes): this process holds stages [first_stage,
+  // first_stage + local_stages) of every local replica; the other slots of `stages` are
+  // remote_stage actors (`proxies`). The gradient norm and the shared gradients are summed
+  // over `pipe`, and the layout of the whole model gathered over it.
+  int first_stage = 0, local_stages = 0;
+  std::shared_ptr<communicator> pipe;
+  std::vector<caf::actor> proxies;
   std::shared_ptr<pipeline_outcome> out;  // filled in as the job runs
+  bool local(int stage) const { return !pipe || (stage >= first_stage && stage < first_stage + local_stages); }
 };
 
 struct pipeline_coordinator_state {
   pipeline_graph g;
-  std::vector<caf::actor> all;  // every stage actor, replica-major
+  std::vector<caf::actor> all;  // every stage actor of this process, replica-major
   std::vector<std::string> shared;
+  std::map<std::string, int64_t> numel;  // every parameter's element count (with a pipe)
   caf::response_promise done;
   // The current step.
   int64_t step = -1;

@@ -48,6 +48,15 @@ struct pipeline_options {
   int local_replicas = 0;
   std::function<std::vector<std::shared_ptr<communicator>>(int stage)> make_replica_group;
   std::function<float(int64_t step, float local_loss)> global_loss;
+  // Stages in several processes too: this process runs stages [first_stage, first_stage +
+  // local_stages) of `stages` (local_stages 0: all of them). `pipe` links the processes that
+  // hold the other stages of the same replicas, pipe rank i holding stages [i *
+  // local_stages, (i + 1) * local_stages): activations and gradients cross it
+  // (actors/remote_stage.hpp), the coordinator sums the gradient norm and the shared
+  // gradients over it, and at the end pipe rank 0 gathers every parameter.
+  int first_stage = 0;
+  int local_stages = 0;
+  std::shared_ptr<communicator> pipe;
   static pipeline_options from(const proto::JobSpec& spec);
 };
 
@@ -57,6 +66,7 @@ struct pipeline_outcome {
   std::vector<std::vector<std::string>> layout;   // stage -> names of the parameters it holds
                                                   // (the same in every replica)
   std::vector<double> peak_stash_mb;              // stage -> most activation MB held, measured
+                                                  // (-1: the stage runs in another process)
   std::vector<double> step_s;                     // wall time of each step, start to optimizer done
 };
 

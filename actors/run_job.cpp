@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <numeric>
 #include <chrono>
 #include <sstream>
 #include <cstdlib>
@@ -30,8 +31,32 @@ struct joined {
   std::shared_ptr<communicator> control;
 };
 
+// How `world` processes split a job of `replicas` x `stages`: into world_r groups of
+// replicas (as many as divide both) times world_s groups of stages (the rest, which must
+// divide the stages). Process k holds replica group k / world_s and stage group
+// k % world_s; the processes of one replica group are a pipeline, linked by its pipe
+// group. input_error when the stages do not divide.
+struct split {
+  int world_r = 1, world_s = 1;
+};
+
+split split_processes(int world, int replicas, int stages) {
+  split out;
+  out.world_r = std::gcd(world, replicas);
+  out.world_s = world / out.world_r;
+  if (stages % out.world_s != 0)
+    throw input_error("train: parallel.replicas " + std::to_string(replicas) + " x parallel.stages " +
+                      std::to_string(stages) + " cannot be split over " + std::to_string(world) +
+                      " processes: expected a process count that is a divisor of the replicas times a divisor of "
+                      "the stages");
+  return out;
+}
+
 joined join_processes(const proto::JobSpec& spec, const coordinator_options& opts, pipeline_options& popts) {
-  const int R = popts.replicas, L = R / opts.world, f = opts.rank * L;
+  const split sp = split_processes(opts.world, popts.replicas, popts.stages);
+  const int kr = opts.rank / sp.world_s, ks = opts.rank % sp.world_s;
+  const int R = popts.replicas, L = R / sp.world_r, f = kr * L;
+  const int P = popts.stages, LS = P / sp.world_s, fs = ks * LS;
   tcp_options base;
   base.group = opts.group;
   base.host = opts.host;
@@ -72,34 +97,43 @@ joined join_processes(const proto::JobSpec& spec, const coordinator_options& opt
   // only once every process has joined, so then every one has said where it is.
   const std::string where_key = "job/" + std::to_string(opts.group) + "/where/";
   store->set(where_key + std::to_string(opts.rank), opts.host + " " + std::to_string(::getpid()) + " " +
-                                                        std::to_string(f) + " " + std::to_string(L));
+                                                        std::to_string(f) + " " + std::to_string(L) + " " +
+                                                        std::to_string(fs) + " " + std::to_string(LS));
   const bool shm = spec.parallel().transport() != "tcp";
   out.control = shm ? make_shm_communicator(opts.rank, opts.world, *store, base)
                     : make_tcp_communicator(opts.rank, opts.world, *store, base);
   std::shared_ptr<communicator> control = out.control;
   if (opts.rank == 0 && !opts.quiet) {
-    std::printf("placement: %d processes, %d replica%s each (replica r on process r / %d); %s\n", opts.world, L,
-                L == 1 ? "" : "s", L,
+    std::printf("placement: %d processes, %d replica%s x %d stage%s each; %s\n", opts.world, L, L == 1 ? "" : "s",
+                LS, LS == 1 ? "" : "s",
                 shm ? ("shared memory to " + std::to_string(shm_peer_count(*control)) + " of " +
                        std::to_string(opts.world - 1) + " processes, tcp to the rest")
                           .c_str()
                     : "tcp between processes");
     for (int k = 0; k < opts.world; ++k) {
       std::string host, pid;
-      int first = 0, count = 0;
+      int first = 0, count = 0, first_stage = 0, stages = 0;
       std::istringstream line(store->get(where_key + std::to_string(k), base.connect_deadline));
-      line >> host >> pid >> first >> count;
-      std::printf("  process %-3d host %-15s pid %-8s replicas %d..%d\n", k, host.c_str(), pid.c_str(), first,
-                  first + count - 1);
+      line >> host >> pid >> first >> count >> first_stage >> stages;
+      std::printf("  process %-3d host %-15s pid %-8s replicas %d..%d stages %d..%d\n", k, host.c_str(), pid.c_str(),
+                  first, first + count - 1, first_stage, first_stage + stages - 1);
     }
     std::fflush(stdout);
   }
   popts.first_replica = f;
   popts.local_replicas = L;
+  if (sp.world_s > 1) {
+    // The processes holding the other stages of these replicas: ranks ks of world_s.
+    popts.first_stage = fs;
+    popts.local_stages = LS;
+    tcp_options o = base;
+    o.group = base.group + 1 + uint64_t(P) + uint64_t(kr);
+    popts.pipe = shm ? make_shm_communicator(ks, sp.world_s, *store, o) : make_tcp_communicator(ks, sp.world_s, *store, o);
+  }
   // Without train.threads, each process uses its own machine's cores for its own stage
   // actors (train.threads, when set, is the whole job's, as on one host).
   if (!spec.train().threads()) {
-    const int local_devices = popts.devices ? popts.devices / R * L : popts.stages * L;
+    const int local_devices = popts.devices ? popts.devices / R * L : LS * L;
     popts.threads_per_device = std::max(1, hardware_threads() / local_devices);
   }
   popts.make_replica_group = [store, base, R, L, f, shm](int stage) {
@@ -143,10 +177,7 @@ job_outcome run_job(const proto::JobSpec& spec, const coordinator_options& opts)
   register_message_types(cfg);
   caf::actor_system sys{cfg};
   auto t0 = std::chrono::steady_clock::now();
-  if (opts.world > 1 && spec.parallel().replicas() % uint32_t(opts.world) != 0)
-    throw input_error("train: parallel.replicas " + std::to_string(spec.parallel().replicas()) +
-                      " cannot be split over " + std::to_string(opts.world) +
-                      " processes: expected a multiple of the process count");
+  if (opts.world > 1) split_processes(opts.world, int(spec.parallel().replicas()), int(spec.parallel().stages()));
   if (opts.world > 1 && opts.rank != 0) return run_job_worker(sys, spec, opts, out.steps);
   if (spec.parallel().stages() > 1 || spec.parallel().replicas() > 1) {
     // Pipeline stages as actors; then the assembled model is evaluated here.
@@ -157,7 +188,8 @@ job_outcome run_job(const proto::JobSpec& spec, const coordinator_options& opts)
     popts.trace = std::make_shared<trace_recorder>();
     // Tracks in replica-major order, so the timeline reads top to bottom.
     for (int r = popts.first_replica; r < popts.first_replica + (popts.local_replicas ? popts.local_replicas : popts.replicas); ++r)
-      for (int s = 0; s < popts.stages; ++s) popts.trace->track("replica " + std::to_string(r) + " stage " + std::to_string(s));
+      for (int s = popts.first_stage; s < popts.first_stage + (popts.local_stages ? popts.local_stages : popts.stages); ++s)
+        popts.trace->track("replica " + std::to_string(r) + " stage " + std::to_string(s));
     pipeline_outcome po = run_pipeline_training(sys, spec, popts, out.steps, &progress);
     out.peak_stash_mb = po.peak_stash_mb;
     set_compute_threads(int(spec.train().threads()));

@@ -170,8 +170,9 @@ int train(const std::vector<std::string>& args) {
     }
     std::printf("troupe: %s\n", troupe::describe(spec).c_str());
     if (place.world > 1)
-      std::printf("        %d processes: each runs %u of the %u replicas; gradients and losses over %s\n",
-                  place.world, spec.parallel().replicas() / uint32_t(place.world), spec.parallel().replicas(),
+      std::printf("        %d processes share the %u replicas x %u stages (placement below); tensors between them "
+                  "over %s\n",
+                  place.world, spec.parallel().replicas(), spec.parallel().stages(),
                   spec.parallel().transport() == "tcp" ? "tcp" : "shared memory (tcp between hosts)");
     std::vector<troupe::stage_plan> plan;
     if (spec.parallel().stages() > 1 || spec.parallel().replicas() > 1) {
@@ -189,8 +190,12 @@ int train(const std::vector<std::string>& args) {
       std::printf("result: validation loss %.4f on %lld windows (%.1f s)\n", out.eval.loss,
                   (long long)out.eval.count, out.seconds);
     for (size_t s = 0; s < out.peak_stash_mb.size() && s < plan.size(); ++s)
-      std::printf("%s stage %zu: peak activations %.2f MB planned, %.2f MB measured\n", s ? "           " : "memory:    ",
-                  s, plan[s].peak_activation_mb, out.peak_stash_mb[s]);
+      if (out.peak_stash_mb[s] >= 0)
+        std::printf("%s stage %zu: peak activations %.2f MB planned, %.2f MB measured\n", s ? "           " : "memory:    ",
+                    s, plan[s].peak_activation_mb, out.peak_stash_mb[s]);
+      else
+        std::printf("%s stage %zu: peak activations %.2f MB planned (runs in another process)\n",
+                    s ? "           " : "memory:    ", s, plan[s].peak_activation_mb);
     if (!out.trace_path.empty())
       std::printf("trace:      %s (Chrome trace format: open it in Perfetto)\ntimeline:   %s\n", out.trace_path.c_str(),
                   out.timeline_path.c_str());

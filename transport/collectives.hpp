@@ -9,6 +9,9 @@
 //
 // Buffers are cut into `size` chunks: chunk c is [chunk_begin(count, n, c),
 // chunk_begin(count, n, c + 1)), so rank r's chunk is the r-th n-th of the buffer.
+#include <string>
+#include <vector>
+
 #include "transport/communicator.hpp"
 
 namespace troupe {
@@ -46,6 +49,11 @@ void reduce_scatter_sum(communicator& comm, float* data, size_t count, uint64_t 
 // Ring all-gather, in place: rank r's chunk r goes to every rank's chunk r. `count`
 // elements of `type` in all.
 void all_gather(communicator& comm, void* data, size_t count, dtype type, uint64_t tag);
+
+// Every rank's string, in rank order, on every rank: the lengths, then the bytes padded to
+// the longest, by two all-gathers (tags tag .. tag + 2 kTagsPerCollective - 1). For
+// small control data (names, layouts), not tensors.
+std::vector<std::string> all_gather_text(communicator& comm, const std::string& mine, uint64_t tag);
 
 // Binomial-tree broadcast of `count` elements of `type` from `root` to every rank.
 void broadcast(communicator& comm, void* data, size_t count, dtype type, int root, uint64_t tag);

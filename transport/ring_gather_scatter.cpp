@@ -5,6 +5,8 @@
 // and receives chunk (r-k-1) mod n. Each sends (n-1)/n of the buffer in n-1 latency steps
 // (the bandwidth optimum for either). A chunk is not written after it is sent, so every
 // send is waited for at the end only.
+#include <algorithm>
+#include <string>
 #include <vector>
 
 #include "transport/collectives.hpp"
@@ -42,6 +44,22 @@ void all_gather(communicator& comm, void* data, size_t count, dtype type, uint64
     comm.recv(mod(r - 1, n), tag, at(recv_c), len(recv_c), type);
   }
   for (auto& s : sent) s.wait();
+}
+
+std::vector<std::string> all_gather_text(communicator& comm, const std::string& mine, uint64_t tag) {
+  const int n = comm.size(), r = comm.rank();
+  std::vector<int32_t> lengths(static_cast<size_t>(n), 0);  // chunk r of n elements is element r
+  lengths[size_t(r)] = int32_t(mine.size());
+  all_gather(comm, lengths.data(), size_t(n), dtype::i32, tag);
+  size_t longest = 0;
+  for (int32_t l : lengths) longest = std::max(longest, size_t(l));
+  std::vector<char> bytes(longest * size_t(n), '\0');  // chunk r is bytes [r * longest, (r + 1) * longest)
+  std::copy(mine.begin(), mine.end(), bytes.begin() + std::ptrdiff_t(size_t(r) * longest));
+  all_gather(comm, bytes.data(), bytes.size(), dtype::u8, tag + kTagsPerCollective);
+  std::vector<std::string> out;
+  for (int q = 0; q < n; ++q)
+    out.emplace_back(bytes.data() + size_t(q) * longest, size_t(lengths[size_t(q)]));
+  return out;
 }
 
 }  // namespace troupe

@@ -67,7 +67,7 @@ std::pair<pid_t, std::vector<pid_t>> start_launch(const std::string& env, const 
 
 }  // namespace
 
-TEST_CASE("launch: the GPT job over 2 and 4 processes gives the in-process run's per-step losses") {
+TEST_CASE("launch: the GPT job with its replicas over 2 and 4 processes gives the in-process run's per-step losses") {
   const std::string one = "/tmp/troupe_launch_m1.jsonl", two = "/tmp/troupe_launch_m2.jsonl",
                     four = "/tmp/troupe_launch_m4.jsonl";
   auto r = run("train " + gpt_job("inproc", 4, one) + " --quiet");
@@ -93,10 +93,43 @@ TEST_CASE("launch: the GPT job over 2 and 4 processes gives the in-process run's
   CHECK(a.back() < a.front());  // it trained
 }
 
+TEST_CASE("launch: the GPT job with its stages over 2 processes, and stages and replicas over 4, gives the in-process "
+          "run's per-step losses and validation loss") {
+  const std::string one = "/tmp/troupe_launch_s1.jsonl";
+  auto r = run("train " + gpt_job("s_inproc", 2, one) + " --quiet");
+  REQUIRE_MESSAGE(r.code == 0, r.output);
+  const std::string want = r.output.substr(r.output.find("result: "), 33);
+  const auto a = step_losses(one);
+  REQUIRE(a.size() == 12);
+  // 2 stages x 1 replica over 2 processes: one stage each; 2 x 2 over 4: one (replica,
+  // stage) each; the same over tcp only. The global batch is the same in every run.
+  const struct {
+    const char* name;
+    int replicas, nproc;
+    const char* transport;
+    const char* placement;
+  } runs[] = {{"s2", 1, 2, "shm", "process 1   host 127.0.0.1"},
+              {"s4", 2, 4, "shm", "replicas 1..1 stages 1..1"},
+              {"s2tcp", 1, 2, "tcp", "stages 1..1"}};
+  for (const auto& x : runs) {
+    CAPTURE(x.name);
+    const std::string metrics = std::string("/tmp/troupe_launch_") + x.name + ".jsonl";
+    r = run("launch --nproc " + std::to_string(x.nproc) + " " + gpt_job(x.name, x.replicas, metrics, x.transport));
+    REQUIRE_MESSAGE(r.code == 0, r.output);
+    CHECK(r.output.find(x.placement) != std::string::npos);
+    CHECK(r.output.find(want) != std::string::npos);  // rank 0 gathered every stage's parameters
+    const auto b = step_losses(metrics);
+    REQUIRE(b.size() == a.size());
+    double worst = 0;
+    for (size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::abs(b[i] - a[i]) / std::abs(a[i]));
+    CHECK(worst <= 1e-4);
+  }
+}
+
 TEST_CASE("launch: replicas that do not split over the processes, and bad flags, are clear errors") {
   auto r = run("launch --nproc 3 " + gpt_job("three", 2, "/tmp/troupe_launch_m3.jsonl") + " --quiet");
   CHECK(r.code != 0);
-  CHECK(r.output.find("parallel.replicas 2 cannot be split over 3 processes") != std::string::npos);
+  CHECK(r.output.find("parallel.replicas 2 x parallel.stages 2 cannot be split over 3 processes") != std::string::npos);
   r = run("launch apps/jobs/fortunes_gpt.json");
   CHECK(r.code == 2);
   CHECK(r.output.find("--nproc N is required") != std::string::npos);
@@ -119,8 +152,11 @@ TEST_CASE("launch: replicas that do not split over the processes, and bad flags,
 }
 
 TEST_CASE("launch: SIGKILL of one process ends the job within seconds, naming it, with nothing left running") {
+  // Replicas split over the processes, then stages split over them.
+  for (int replicas : {2, 1}) {
+  CAPTURE(replicas);
   const std::string log = "/tmp/troupe_launch_kill.log";
-  auto [launcher, procs] = start_launch("", gpt_job("kill", 2, "/tmp/troupe_launch_mk.jsonl"), log);
+  auto [launcher, procs] = start_launch("", gpt_job("kill", replicas, "/tmp/troupe_launch_mk.jsonl"), log);
   REQUIRE(procs.size() == 2);
   std::this_thread::sleep_for(std::chrono::seconds(3));  // training
   REQUIRE(::kill(procs[1], SIGKILL) == 0);
@@ -132,6 +168,7 @@ TEST_CASE("launch: SIGKILL of one process ends the job within seconds, naming it
   CHECK(text.find("was killed by signal 9") != std::string::npos);
   for (pid_t q : procs) CHECK(!alive(q));  // none left behind
   if (took < 0) ::kill(launcher, SIGKILL);
+  }
 }
 
 TEST_CASE("launch: a process that hangs (SIGSTOP) is found by the heartbeats and the job ends") {
