@@ -17,6 +17,7 @@
 #include "transport/shm/shm.hpp"
 #include "transport/tcp/store.hpp"
 #include "transport/tcp/tcp.hpp"
+#include "transport/ucx/ucx.hpp"
 
 namespace troupe {
 
@@ -99,9 +100,15 @@ joined join_processes(const proto::JobSpec& spec, const coordinator_options& opt
   store->set(where_key + std::to_string(opts.rank), opts.host + " " + std::to_string(::getpid()) + " " +
                                                         std::to_string(f) + " " + std::to_string(L) + " " +
                                                         std::to_string(fs) + " " + std::to_string(LS));
-  const bool shm = spec.parallel().transport() != "tcp";
-  out.control = shm ? make_shm_communicator(opts.rank, opts.world, *store, base)
-                    : make_tcp_communicator(opts.rank, opts.world, *store, base);
+  const std::string transport = spec.parallel().transport();
+  // One member of a group of `n` ranks (this one `rank`) over the job's transport.
+  auto join = [transport, store](int rank, int n, const tcp_options& o) -> std::shared_ptr<communicator> {
+    if (transport == "shm") return make_shm_communicator(rank, n, *store, o);
+    if (transport == "ucx") return make_ucx_communicator(rank, n, *store, o);
+    return make_tcp_communicator(rank, n, *store, o);
+  };
+  const bool shm = transport == "shm";
+  out.control = join(opts.rank, opts.world, base);
   std::shared_ptr<communicator> control = out.control;
   if (opts.rank == 0 && !opts.quiet) {
     std::printf("placement: %d processes, %d replica%s x %d stage%s each; %s\n", opts.world, L, L == 1 ? "" : "s",
@@ -109,7 +116,7 @@ joined join_processes(const proto::JobSpec& spec, const coordinator_options& opt
                 shm ? ("shared memory to " + std::to_string(shm_peer_count(*control)) + " of " +
                        std::to_string(opts.world - 1) + " processes, tcp to the rest")
                           .c_str()
-                    : "tcp between processes");
+                    : (transport + " between processes").c_str());
     for (int k = 0; k < opts.world; ++k) {
       std::string host, pid;
       int first = 0, count = 0, first_stage = 0, stages = 0;
@@ -128,7 +135,7 @@ joined join_processes(const proto::JobSpec& spec, const coordinator_options& opt
     popts.local_stages = LS;
     tcp_options o = base;
     o.group = base.group + 1 + uint64_t(P) + uint64_t(kr);
-    popts.pipe = shm ? make_shm_communicator(ks, sp.world_s, *store, o) : make_tcp_communicator(ks, sp.world_s, *store, o);
+    popts.pipe = join(ks, sp.world_s, o);
   }
   // Without train.threads, each process uses its own machine's cores for its own stage
   // actors (train.threads, when set, is the whole job's, as on one host).
@@ -136,12 +143,14 @@ joined join_processes(const proto::JobSpec& spec, const coordinator_options& opt
     const int local_devices = popts.devices ? popts.devices / R * L : LS * L;
     popts.threads_per_device = std::max(1, hardware_threads() / local_devices);
   }
-  popts.make_replica_group = [store, base, R, L, f, shm](int stage) {
+  popts.make_replica_group = [store, base, R, L, f, transport](int stage) {
     tcp_options o = base;
     o.group = base.group + 1 + uint64_t(stage);  // one group per stage
     std::vector<int> ranks;
     for (int k = 0; k < L; ++k) ranks.push_back(f + k);
-    return shm ? join_shm_ranks(ranks, R, *store, o) : join_tcp_ranks(ranks, R, *store, o);
+    if (transport == "shm") return join_shm_ranks(ranks, R, *store, o);
+    if (transport == "ucx") return join_ucx_ranks(ranks, R, *store, o);
+    return join_tcp_ranks(ranks, R, *store, o);
   };
   popts.global_loss = [control, L, R](int64_t step, float local) {
     float v = local * float(L);

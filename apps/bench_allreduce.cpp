@@ -6,6 +6,7 @@
 //   inproc-copy  the same over copying sends: the baseline the zero-copy path must beat
 //   tcp          ranks are processes (this binary started again as workers), loopback TCP
 //   shm          ranks are processes, through shared memory (transport/shm/)
+//   ucx          ranks are processes, through UCX (transport/ucx/: shared memory and CMA here)
 //   openmpi      baseline: MPI_Allreduce of Debian's Open MPI (tests/reference/mpi_allreduce.c,
 //                built beside this binary), processes, its shared-memory path
 //   gloo         baseline: PyTorch 1.13's gloo all_reduce (tests/reference/gloo_allreduce.py)
@@ -35,6 +36,7 @@
 #include "transport/collectives.hpp"
 #include "transport/shm/shm.hpp"
 #include "transport/tcp/tcp.hpp"
+#include "transport/ucx/ucx.hpp"
 
 extern char** environ;
 
@@ -105,10 +107,11 @@ std::vector<result> on_threads(const std::string& variant, int n, const std::vec
 
 // Ranks 1..n-1 as worker processes of this binary, rank 0 here; they meet through a file
 // rendezvous in a fresh directory.
-// A process's rank of a group of `transport` (tcp or shm).
+// A process's rank of a group of `transport` (tcp, shm or ucx).
 std::shared_ptr<communicator> join_as(const std::string& transport, int rank, int world, rendezvous& store,
                                       const tcp_options& opt) {
   if (transport == "shm") return make_shm_communicator(rank, world, store, opt);
+  if (transport == "ucx") return make_ucx_communicator(rank, world, store, opt);
   return make_tcp_communicator(rank, world, store, opt);
 }
 
@@ -228,10 +231,10 @@ bool parse_number(const std::string& text, long long lo, long long hi, long long
 int bench_allreduce_main(const std::vector<std::string>& args) {
   const char* usage =
       "usage: troupe bench allreduce [--ranks N[,N...]] [--max-bytes B] "
-      "[--transports inproc,inproc-copy,tcp,shm,openmpi,gloo] "
+      "[--transports inproc,inproc-copy,tcp,shm,ucx,openmpi,gloo] "
       "[--json FILE]";
   std::vector<int> ranks{2, 4};
-  std::vector<std::string> transports{"inproc", "inproc-copy", "tcp", "shm", "openmpi", "gloo"};
+  std::vector<std::string> transports{"inproc", "inproc-copy", "tcp", "shm", "ucx", "openmpi", "gloo"};
   size_t max_bytes = size_t(64) << 20;
   std::string json_path = "runs/bench_allreduce.json";
   long long worker = -1, world = 0, group = 0;
@@ -261,8 +264,9 @@ int bench_allreduce_main(const std::vector<std::string>& args) {
       for (size_t at = 0; at <= list.size();) {
         size_t comma = std::min(list.find(',', at), list.size());
         std::string t = list.substr(at, comma - at);
-        if (t != "inproc" && t != "inproc-copy" && t != "tcp" && t != "shm" && t != "openmpi" && t != "gloo")
-          return bad(a, "inproc, inproc-copy, tcp, shm, openmpi or gloo", t);
+        if (t != "inproc" && t != "inproc-copy" && t != "tcp" && t != "shm" && t != "ucx" && t != "openmpi" &&
+            t != "gloo")
+          return bad(a, "inproc, inproc-copy, tcp, shm, ucx, openmpi or gloo", t);
         transports.push_back(t);
         at = comma + 1;
       }
@@ -285,8 +289,8 @@ int bench_allreduce_main(const std::vector<std::string>& args) {
     }
   }
   if (worker > 0) {
-    if (transports.size() != 1 || (transports[0] != "tcp" && transports[0] != "shm"))
-      return bad("--transports", "tcp or shm for a worker", "");
+    if (transports.size() != 1 || (transports[0] != "tcp" && transports[0] != "shm" && transports[0] != "ucx"))
+      return bad("--transports", "tcp, shm or ucx for a worker", "");
     return worker_main(transports[0], int(worker), int(world), rendezvous_dir, uint64_t(group), max_bytes);
   }
 
@@ -294,7 +298,8 @@ int bench_allreduce_main(const std::vector<std::string>& args) {
   std::printf("troupe bench allreduce: all-reduce (sum, float; halving-doubling up to 64 KiB, ring above); time is\n"
               "the slowest rank's mean per all-reduce, median of 3 rounds; busbw = algbw x 2(n-1)/n.\n"
               "inproc: ranks are threads, zero-copy; inproc-copy: the same over copying sends (baseline);\n"
-              "tcp: ranks are processes on loopback; shm: processes through shared memory.\n"
+              "tcp: ranks are processes on loopback; shm: processes through shared memory; ucx: processes\n"
+              "through UCX.\n"
               "ceiling: single-thread memcpy of 64 MiB on this machine: %.2f GB/s\n",
               ceiling);
   bool all_ok = true;
@@ -308,7 +313,7 @@ int bench_allreduce_main(const std::vector<std::string>& args) {
   for (int n : ranks) {
     std::vector<std::pair<std::string, std::vector<result>>> by_transport;
     for (const auto& t : transports) {
-      if ((t == "tcp" || t == "shm" || t == "openmpi" || t == "gloo") && n == 1) continue;  // one process has no link
+      if ((t == "tcp" || t == "shm" || t == "ucx" || t == "openmpi" || t == "gloo") && n == 1) continue;  // one process has no link
       try {
         if (t == "openmpi") {
           const auto bin = beside_this_binary("mpi_allreduce");
@@ -335,7 +340,7 @@ int bench_allreduce_main(const std::vector<std::string>& args) {
           continue;
         }
         by_transport.push_back(
-            {t, t == "tcp" || t == "shm" ? on_processes(t, n, max_bytes) : on_threads(t, n, sizes)});
+            {t, t == "tcp" || t == "shm" || t == "ucx" ? on_processes(t, n, max_bytes) : on_threads(t, n, sizes)});
       } catch (const std::exception& e) {
         std::fprintf(stderr, "troupe bench allreduce: %s with %d ranks: %s\n", t.c_str(), n, e.what());
         all_ok = false;
@@ -388,7 +393,7 @@ int bench_allreduce_main(const std::vector<std::string>& args) {
                   bars.empty() ? "" : ",", what, ratio, need, met ? "true" : "false");
     bars += row;
   };
-  for (const std::string ours : {"shm", "tcp", "inproc"}) {
+  for (const std::string ours : {"shm", "ucx", "tcp", "inproc"}) {
     const std::string tag = ours == "inproc" ? "inproc (threads)" : ours + " (processes)";
     bar((tag + ": 2 ranks 16 MiB busbw / Open MPI").c_str(), 2, size_t(16) << 20, ours, "openmpi", false, 1.5);
     bar((tag + ": 2 ranks 16 MiB busbw / Gloo").c_str(), 2, size_t(16) << 20, ours, "gloo", false, 5.0);

@@ -173,7 +173,8 @@ int train(const std::vector<std::string>& args) {
       std::printf("        %d processes share the %u replicas x %u stages (placement below); tensors between them "
                   "over %s\n",
                   place.world, spec.parallel().replicas(), spec.parallel().stages(),
-                  spec.parallel().transport() == "tcp" ? "tcp" : "shared memory (tcp between hosts)");
+                  spec.parallel().transport() == "shm" ? "shared memory (tcp between hosts)"
+                                                       : spec.parallel().transport().c_str());
     std::vector<troupe::stage_plan> plan;
     if (spec.parallel().stages() > 1 || spec.parallel().replicas() > 1) {
       plan = troupe::plan_job(spec);

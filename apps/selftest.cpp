@@ -1,5 +1,5 @@
-// troupe selftest --nproc N [--transport tcp|shm]: every collective of transport/ checked
-// across N processes of this host over tcp or shared memory (shm; a cluster's network can be
+// troupe selftest --nproc N [--transport tcp|shm|ucx]: every collective of transport/ checked
+// across N processes of this host over tcp, shared memory (shm) or UCX (a cluster's network can be
 // checked the same way), the conformance
 // suite of tests/transport/test_collectives.cpp with ranks as processes instead of
 // threads: all-reduce (ring, halving-doubling, by size), reduce-scatter, all-gather (f32,
@@ -21,6 +21,7 @@
 #include "transport/collectives.hpp"
 #include "transport/shm/shm.hpp"
 #include "transport/tcp/tcp.hpp"
+#include "transport/ucx/ucx.hpp"
 
 extern char** environ;
 
@@ -115,6 +116,7 @@ std::shared_ptr<communicator> join(const std::string& transport, int rank, int w
   opt.group = group;
   if (const char* s = std::getenv("TROUPE_SECRET")) opt.secret = s;
   if (transport == "shm") return make_shm_communicator(rank, world, store, opt);
+  if (transport == "ucx") return make_ucx_communicator(rank, world, store, opt);
   return make_tcp_communicator(rank, world, store, opt);
 }
 
@@ -122,7 +124,7 @@ std::shared_ptr<communicator> join(const std::string& transport, int rank, int w
 
 int selftest_main(const std::vector<std::string>& args) {
   const char* usage =
-      "usage: troupe selftest [--nproc N] [--transport tcp|shm]   (every collective across N processes)";
+      "usage: troupe selftest [--nproc N] [--transport tcp|shm|ucx]   (every collective across N processes)";
   long nproc = 2, worker = -1, world = 0;
   std::string transport = "tcp";
   unsigned long long group = 0;
@@ -139,7 +141,7 @@ int selftest_main(const std::vector<std::string>& args) {
       ++i;
     } else if (args[i] == "--world" && i + 1 < args.size() && number(2, 64, world)) {
       ++i;
-    } else if (args[i] == "--transport" && i + 1 < args.size() && (args[i + 1] == "tcp" || args[i + 1] == "shm")) {
+    } else if (args[i] == "--transport" && i + 1 < args.size() && (args[i + 1] == "tcp" || args[i + 1] == "shm" || args[i + 1] == "ucx")) {
       transport = args[++i];
     } else if (args[i] == "--rendezvous" && i + 1 < args.size()) {
       dir = args[++i];

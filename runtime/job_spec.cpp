@@ -79,7 +79,7 @@ const choice_rule choice_rules[] = {
     {"data.dataset", {"fashion_mnist", "fortunes"}},
     {"optimizer.lr_schedule", {"constant", "cosine"}},
     {"parallel.schedule", {"gpipe", "1f1b", "interleaved", "zb-h1"}},
-    {"parallel.transport", {"shm", "tcp"}},
+    {"parallel.transport", {"shm", "tcp", "ucx"}},
 };
 
 constexpr std::string_view name_rule = "a non-empty name of letters, digits, '.', '_' and '-' (it names runs/<name>/)";

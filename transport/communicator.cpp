@@ -8,6 +8,7 @@
 #include "transport/inproc/inproc.hpp"
 #include "transport/shm/shm.hpp"
 #include "transport/tcp/tcp.hpp"
+#include "transport/ucx/ucx.hpp"
 
 namespace troupe {
 
@@ -46,10 +47,10 @@ void communicator::recv_reduce_sum(int peer, uint64_t tag, float* data, size_t c
 }
 
 std::vector<std::shared_ptr<communicator>> make_group(const std::string& transport, int size) {
-  if (transport != "inproc" && transport != "tcp" && transport != "shm")
-    throw input_error("unknown transport '" + transport + "' (known: inproc, tcp, shm)");
+  if (transport != "inproc" && transport != "tcp" && transport != "shm" && transport != "ucx")
+    throw input_error("unknown transport '" + transport + "' (known: inproc, tcp, shm, ucx)");
   if (size < 1) throw input_error("a communicator group needs at least 1 rank, got " + std::to_string(size));
-  if (transport == "tcp" || transport == "shm") {
+  if (transport == "tcp" || transport == "shm" || transport == "ucx") {
     // Ranks as threads of this process, linked over loopback (and, for shm, through
     // shared memory segments as between processes).
     static std::atomic<uint64_t> groups{0};
@@ -59,7 +60,9 @@ std::vector<std::shared_ptr<communicator>> make_group(const std::string& transpo
     memory_rendezvous store;
     std::vector<int> ranks;
     for (int r = 0; r < size; ++r) ranks.push_back(r);
-    return transport == "shm" ? join_shm_ranks(ranks, size, store, options) : join_tcp_ranks(ranks, size, store, options);
+    if (transport == "shm") return join_shm_ranks(ranks, size, store, options);
+    if (transport == "ucx") return join_ucx_ranks(ranks, size, store, options);
+    return join_tcp_ranks(ranks, size, store, options);
   }
   auto world = std::make_shared<inproc_world>(size);
   std::vector<std::shared_ptr<communicator>> group;

@@ -99,7 +99,7 @@ class copying_view : public communicator {
 };
 
 // A group of `size` ranks, each handed to one thread. Throws input_error for an unknown
-// transport name: "unknown transport 'X' (known: inproc, tcp, shm)".
+// transport name: "unknown transport 'X' (known: inproc, tcp, shm, ucx)".
 std::vector<std::shared_ptr<communicator>> make_group(const std::string& transport, int size);
 
 }  // namespace troupe

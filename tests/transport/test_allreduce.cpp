@@ -81,7 +81,7 @@ TEST_CASE("transport: an unknown name lists the known ones") {
     make_group("carrier-pigeon", 2);
     FAIL("expected an error");
   } catch (const input_error& e) {
-    CHECK(std::string(e.what()) == "unknown transport 'carrier-pigeon' (known: inproc, tcp, shm)");
+    CHECK(std::string(e.what()) == "unknown transport 'carrier-pigeon' (known: inproc, tcp, shm, ucx)");
   }
 }
 

@@ -1,5 +1,5 @@
 // Conformance of every collective over every transport the process can make by name
-// (inproc; tcp over loopback), ranks as threads: world sizes 1..8 x counts 0, 1, odd and large against closed forms;
+// (inproc; tcp over loopback; shm; ucx), ranks as threads: world sizes 1..8 x counts 0, 1, odd and large against closed forms;
 // the same bits on every rank; a rank that never joins fails the others within the
 // deadline, never a hang.
 #include <doctest/doctest.h>
@@ -17,7 +17,7 @@ using namespace troupe;
 namespace {
 
 const size_t kCounts[] = {0, 1, 7, 100003};
-const char* const kTransports[] = {"inproc", "tcp", "shm"};
+const char* const kTransports[] = {"inproc", "tcp", "shm", "ucx"};
 
 // Runs fn(rank, comm) on n threads, one per rank of a fresh group of `transport`.
 void on_ranks(const std::string& transport, int n,
