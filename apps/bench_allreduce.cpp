@@ -15,7 +15,9 @@
 // The first line is the ceiling: single-thread memcpy bandwidth of this machine. Every row
 // checks its answer: after the timed loops one more all-reduce of integer data must match
 // the closed form on every rank; a wrong element fails the run.
+#include <signal.h>
 #include <spawn.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -289,6 +291,8 @@ int bench_allreduce_main(const std::vector<std::string>& args) {
     }
   }
   if (worker > 0) {
+    // A worker dies with the bench that started it (never an orphan polling its links).
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (transports.size() != 1 || (transports[0] != "tcp" && transports[0] != "shm" && transports[0] != "ucx"))
       return bad("--transports", "tcp, shm or ucx for a worker", "");
     return worker_main(transports[0], int(worker), int(world), rendezvous_dir, uint64_t(group), max_bytes);

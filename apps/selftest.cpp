@@ -6,7 +6,9 @@
 // i32), broadcast from every root, barrier; counts 0, 1, 7 and 100003; integer data, so
 // every result has a closed form. Prints one line per collective with the wrong elements
 // summed over the ranks; exits 1 if any is wrong or a process failed.
+#include <signal.h>
 #include <spawn.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -153,6 +155,7 @@ int selftest_main(const std::vector<std::string>& args) {
     }
   }
   if (worker > 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // dies with the selftest that started it
     try {
       auto c = join(transport, int(worker), int(world), dir, group);
       run_checks(*c);
