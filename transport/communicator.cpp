@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <thread>
 
 #include "transport/inproc/inproc.hpp"
 #include "transport/shm/shm.hpp"
@@ -44,6 +45,25 @@ void communicator::recv_reduce_sum(int peer, uint64_t tag, float* data, size_t c
   std::unique_ptr<float[]> incoming(new float[count ? count : 1]);  // uninitialised: recv writes it all
   recv(peer, tag, incoming.get(), count, dtype::f32);
   for (size_t i = 0; i < count; ++i) data[i] += incoming[i];
+}
+
+std::vector<std::shared_ptr<communicator>> join_concurrently(
+    const std::vector<int>& ranks, const std::function<std::shared_ptr<communicator>(int rank)>& join) {
+  std::vector<std::shared_ptr<communicator>> members(ranks.size());
+  std::vector<std::exception_ptr> errors(ranks.size());
+  std::vector<std::thread> joining;
+  for (size_t k = 0; k < ranks.size(); ++k)
+    joining.emplace_back([&, k] {
+      try {
+        members[k] = join(ranks[k]);
+      } catch (...) {
+        errors[k] = std::current_exception();
+      }
+    });
+  for (auto& t : joining) t.join();
+  for (auto& e : errors)
+    if (e) std::rethrow_exception(e);
+  return members;
 }
 
 std::vector<std::shared_ptr<communicator>> make_group(const std::string& transport, int size) {

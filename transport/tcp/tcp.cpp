@@ -485,21 +485,7 @@ class tcp_communicator : public communicator {
 
 std::vector<std::shared_ptr<communicator>> join_tcp_ranks(const std::vector<int>& ranks, int size, rendezvous& store,
                                                           const tcp_options& options) {
-  std::vector<std::shared_ptr<communicator>> members(ranks.size());
-  std::vector<std::exception_ptr> errors(ranks.size());
-  std::vector<std::thread> joining;
-  for (size_t k = 0; k < ranks.size(); ++k)
-    joining.emplace_back([&, k] {
-      try {
-        members[k] = make_tcp_communicator(ranks[k], size, store, options);
-      } catch (...) {
-        errors[k] = std::current_exception();
-      }
-    });
-  for (auto& t : joining) t.join();
-  for (auto& e : errors)
-    if (e) std::rethrow_exception(e);
-  return members;
+  return join_concurrently(ranks, [&](int rank) { return make_tcp_communicator(rank, size, store, options); });
 }
 
 std::string make_job_secret() { return handshake::random_hex(32); }

@@ -299,21 +299,7 @@ std::shared_ptr<communicator> make_ucx_communicator(int rank, int size, rendezvo
 
 std::vector<std::shared_ptr<communicator>> join_ucx_ranks(const std::vector<int>& ranks, int size, rendezvous& store,
                                                           const tcp_options& tcp) {
-  std::vector<std::shared_ptr<communicator>> members(ranks.size());
-  std::vector<std::exception_ptr> errors(ranks.size());
-  std::vector<std::thread> joining;
-  for (size_t k = 0; k < ranks.size(); ++k)
-    joining.emplace_back([&, k] {
-      try {
-        members[k] = make_ucx_communicator(ranks[k], size, store, tcp);
-      } catch (...) {
-        errors[k] = std::current_exception();
-      }
-    });
-  for (auto& t : joining) t.join();
-  for (auto& e : errors)
-    if (e) std::rethrow_exception(e);
-  return members;
+  return join_concurrently(ranks, [&](int rank) { return make_ucx_communicator(rank, size, store, tcp); });
 }
 
 }  // namespace troupe
