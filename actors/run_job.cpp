@@ -14,10 +14,10 @@
 #include "actors/pipeline_job.hpp"
 #include "runtime/threads.hpp"
 #include "transport/collectives.hpp"
-#include "transport/shm/shm.hpp"
+#include "transport/shm/shm.hpp"  // shm_peer_count
 #include "transport/tcp/store.hpp"
 #include "transport/tcp/tcp.hpp"
-#include "transport/ucx/ucx.hpp"
+#include "transport/transports.hpp"
 
 namespace troupe {
 
@@ -101,14 +101,8 @@ joined join_processes(const proto::JobSpec& spec, const coordinator_options& opt
                                                         std::to_string(f) + " " + std::to_string(L) + " " +
                                                         std::to_string(fs) + " " + std::to_string(LS));
   const std::string transport = spec.parallel().transport();
-  // One member of a group of `n` ranks (this one `rank`) over the job's transport.
-  auto join = [transport, store](int rank, int n, const tcp_options& o) -> std::shared_ptr<communicator> {
-    if (transport == "shm") return make_shm_communicator(rank, n, *store, o);
-    if (transport == "ucx") return make_ucx_communicator(rank, n, *store, o);
-    return make_tcp_communicator(rank, n, *store, o);
-  };
   const bool shm = transport == "shm";
-  out.control = join(opts.rank, opts.world, base);
+  out.control = join_group(transport, opts.rank, opts.world, *store, base);
   std::shared_ptr<communicator> control = out.control;
   if (opts.rank == 0 && !opts.quiet) {
     std::printf("placement: %d processes, %d replica%s x %d stage%s each; %s\n", opts.world, L, L == 1 ? "" : "s",
@@ -135,7 +129,7 @@ joined join_processes(const proto::JobSpec& spec, const coordinator_options& opt
     popts.local_stages = LS;
     tcp_options o = base;
     o.group = base.group + 1 + uint64_t(P) + uint64_t(kr);
-    popts.pipe = join(ks, sp.world_s, o);
+    popts.pipe = join_group(transport, ks, sp.world_s, *store, o);
   }
   // Without train.threads, each process uses its own machine's cores for its own stage
   // actors (train.threads, when set, is the whole job's, as on one host).
@@ -148,9 +142,7 @@ joined join_processes(const proto::JobSpec& spec, const coordinator_options& opt
     o.group = base.group + 1 + uint64_t(stage);  // one group per stage
     std::vector<int> ranks;
     for (int k = 0; k < L; ++k) ranks.push_back(f + k);
-    if (transport == "shm") return join_shm_ranks(ranks, R, *store, o);
-    if (transport == "ucx") return join_ucx_ranks(ranks, R, *store, o);
-    return join_tcp_ranks(ranks, R, *store, o);
+    return join_group_ranks(transport, ranks, R, *store, o);
   };
   popts.global_loss = [control, L, R](int64_t step, float local) {
     float v = local * float(L);

@@ -36,9 +36,8 @@
 
 #include "apps/bench.hpp"
 #include "transport/collectives.hpp"
-#include "transport/shm/shm.hpp"
 #include "transport/tcp/tcp.hpp"
-#include "transport/ucx/ucx.hpp"
+#include "transport/transports.hpp"
 
 extern char** environ;
 
@@ -109,14 +108,6 @@ std::vector<result> on_threads(const std::string& variant, int n, const std::vec
 
 // Ranks 1..n-1 as worker processes of this binary, rank 0 here; they meet through a file
 // rendezvous in a fresh directory.
-// A process's rank of a group of `transport` (tcp, shm or ucx).
-std::shared_ptr<communicator> join_as(const std::string& transport, int rank, int world, rendezvous& store,
-                                      const tcp_options& opt) {
-  if (transport == "shm") return make_shm_communicator(rank, world, store, opt);
-  if (transport == "ucx") return make_ucx_communicator(rank, world, store, opt);
-  return make_tcp_communicator(rank, world, store, opt);
-}
-
 std::vector<result> on_processes(const std::string& transport, int n, size_t max_bytes) {
   char dir_template[] = "/tmp/troupe-bench-XXXXXX";
   if (!::mkdtemp(dir_template)) throw std::runtime_error("cannot make a rendezvous directory in /tmp");
@@ -144,7 +135,7 @@ std::vector<result> on_processes(const std::string& transport, int n, size_t max
     tcp_options opt;
     opt.group = group;
     opt.secret = std::getenv("TROUPE_SECRET");
-    auto c = join_as(transport, 0, n, store, opt);
+    auto c = join_group(transport, 0, n, store, opt);
     out = run_rank(*c, sizes_up_to(max_bytes));
   } catch (const std::exception& e) {
     error = e.what();
@@ -213,7 +204,7 @@ int worker_main(const std::string& transport, int rank, int world, const std::st
     tcp_options opt;
     opt.group = group;
     if (const char* secret = std::getenv("TROUPE_SECRET")) opt.secret = secret;
-    auto c = join_as(transport, rank, world, store, opt);
+    auto c = join_group(transport, rank, world, store, opt);
     run_rank(*c, sizes_up_to(max_bytes));
     return 0;
   } catch (const std::exception& e) {
@@ -293,7 +284,7 @@ int bench_allreduce_main(const std::vector<std::string>& args) {
   if (worker > 0) {
     // A worker dies with the bench that started it (never an orphan polling its links).
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (transports.size() != 1 || (transports[0] != "tcp" && transports[0] != "shm" && transports[0] != "ucx"))
+    if (transports.size() != 1 || !is_process_transport(transports[0]))
       return bad("--transports", "tcp, shm or ucx for a worker", "");
     return worker_main(transports[0], int(worker), int(world), rendezvous_dir, uint64_t(group), max_bytes);
   }
@@ -317,7 +308,7 @@ int bench_allreduce_main(const std::vector<std::string>& args) {
   for (int n : ranks) {
     std::vector<std::pair<std::string, std::vector<result>>> by_transport;
     for (const auto& t : transports) {
-      if ((t == "tcp" || t == "shm" || t == "ucx" || t == "openmpi" || t == "gloo") && n == 1) continue;  // one process has no link
+      if ((is_process_transport(t) || t == "openmpi" || t == "gloo") && n == 1) continue;  // one process has no link
       try {
         if (t == "openmpi") {
           const auto bin = beside_this_binary("mpi_allreduce");
@@ -344,7 +335,7 @@ int bench_allreduce_main(const std::vector<std::string>& args) {
           continue;
         }
         by_transport.push_back(
-            {t, t == "tcp" || t == "shm" || t == "ucx" ? on_processes(t, n, max_bytes) : on_threads(t, n, sizes)});
+            {t, is_process_transport(t) ? on_processes(t, n, max_bytes) : on_threads(t, n, sizes)});
       } catch (const std::exception& e) {
         std::fprintf(stderr, "troupe bench allreduce: %s with %d ranks: %s\n", t.c_str(), n, e.what());
         all_ok = false;

@@ -23,7 +23,7 @@
 #include "transport/collectives.hpp"
 #include "transport/shm/shm.hpp"
 #include "transport/tcp/tcp.hpp"
-#include "transport/ucx/ucx.hpp"
+#include "transport/transports.hpp"
 
 extern char** environ;
 
@@ -117,9 +117,7 @@ std::shared_ptr<communicator> join(const std::string& transport, int rank, int w
   tcp_options opt;
   opt.group = group;
   if (const char* s = std::getenv("TROUPE_SECRET")) opt.secret = s;
-  if (transport == "shm") return make_shm_communicator(rank, world, store, opt);
-  if (transport == "ucx") return make_ucx_communicator(rank, world, store, opt);
-  return make_tcp_communicator(rank, world, store, opt);
+  return join_group(transport, rank, world, store, opt);
 }
 
 }  // namespace
@@ -143,7 +141,7 @@ int selftest_main(const std::vector<std::string>& args) {
       ++i;
     } else if (args[i] == "--world" && i + 1 < args.size() && number(2, 64, world)) {
       ++i;
-    } else if (args[i] == "--transport" && i + 1 < args.size() && (args[i + 1] == "tcp" || args[i + 1] == "shm" || args[i + 1] == "ucx")) {
+    } else if (args[i] == "--transport" && i + 1 < args.size() && is_process_transport(args[i + 1])) {
       transport = args[++i];
     } else if (args[i] == "--rendezvous" && i + 1 < args.size()) {
       dir = args[++i];

@@ -9,6 +9,7 @@
 #include "transport/inproc/inproc.hpp"
 #include "transport/shm/shm.hpp"
 #include "transport/tcp/tcp.hpp"
+#include "transport/transports.hpp"
 #include "transport/ucx/ucx.hpp"
 
 namespace troupe {
@@ -47,15 +48,37 @@ void communicator::recv_reduce_sum(int peer, uint64_t tag, float* data, size_t c
   for (size_t i = 0; i < count; ++i) data[i] += incoming[i];
 }
 
-std::vector<std::shared_ptr<communicator>> join_concurrently(
-    const std::vector<int>& ranks, const std::function<std::shared_ptr<communicator>(int rank)>& join) {
+bool is_process_transport(const std::string& transport) {
+  return transport == "tcp" || transport == "shm" || transport == "ucx";
+}
+
+namespace {
+
+void check_process_transport(const std::string& transport) {
+  if (!is_process_transport(transport))
+    throw input_error("unknown transport '" + transport + "' for processes (known: tcp, shm, ucx)");
+}
+
+}  // namespace
+
+std::shared_ptr<communicator> join_group(const std::string& transport, int rank, int size, rendezvous& store,
+                                         const tcp_options& options) {
+  check_process_transport(transport);
+  if (transport == "shm") return make_shm_communicator(rank, size, store, options);
+  if (transport == "ucx") return make_ucx_communicator(rank, size, store, options);
+  return make_tcp_communicator(rank, size, store, options);
+}
+
+std::vector<std::shared_ptr<communicator>> join_group_ranks(const std::string& transport, const std::vector<int>& ranks,
+                                                            int size, rendezvous& store, const tcp_options& options) {
+  check_process_transport(transport);
   std::vector<std::shared_ptr<communicator>> members(ranks.size());
   std::vector<std::exception_ptr> errors(ranks.size());
   std::vector<std::thread> joining;
   for (size_t k = 0; k < ranks.size(); ++k)
     joining.emplace_back([&, k] {
       try {
-        members[k] = join(ranks[k]);
+        members[k] = join_group(transport, ranks[k], size, store, options);
       } catch (...) {
         errors[k] = std::current_exception();
       }
@@ -70,7 +93,7 @@ std::vector<std::shared_ptr<communicator>> make_group(const std::string& transpo
   if (transport != "inproc" && transport != "tcp" && transport != "shm" && transport != "ucx")
     throw input_error("unknown transport '" + transport + "' (known: inproc, tcp, shm, ucx)");
   if (size < 1) throw input_error("a communicator group needs at least 1 rank, got " + std::to_string(size));
-  if (transport == "tcp" || transport == "shm" || transport == "ucx") {
+  if (is_process_transport(transport)) {
     // Ranks as threads of this process, linked over loopback (and, for shm, through
     // shared memory segments as between processes).
     static std::atomic<uint64_t> groups{0};
@@ -80,9 +103,7 @@ std::vector<std::shared_ptr<communicator>> make_group(const std::string& transpo
     memory_rendezvous store;
     std::vector<int> ranks;
     for (int r = 0; r < size; ++r) ranks.push_back(r);
-    if (transport == "shm") return join_shm_ranks(ranks, size, store, options);
-    if (transport == "ucx") return join_ucx_ranks(ranks, size, store, options);
-    return join_tcp_ranks(ranks, size, store, options);
+    return join_group_ranks(transport, ranks, size, store, options);
   }
   auto world = std::make_shared<inproc_world>(size);
   std::vector<std::shared_ptr<communicator>> group;

@@ -98,13 +98,6 @@ class copying_view : public communicator {
   std::shared_ptr<communicator> inner_;
 };
 
-// Several ranks of one group joined from this process at once, each on its own thread (a
-// rank's join returns only once all its links are up, so one at a time would wait for
-// itself): join(rank) for every rank of `ranks`; the members in that order, or the first
-// error any join threw. What join_tcp_ranks, join_shm_ranks and join_ucx_ranks run.
-std::vector<std::shared_ptr<communicator>> join_concurrently(
-    const std::vector<int>& ranks, const std::function<std::shared_ptr<communicator>(int rank)>& join);
-
 // A group of `size` ranks, each handed to one thread. Throws input_error for an unknown
 // transport name: "unknown transport 'X' (known: inproc, tcp, shm, ucx)".
 std::vector<std::shared_ptr<communicator>> make_group(const std::string& transport, int size);

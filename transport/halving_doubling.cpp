@@ -14,27 +14,16 @@
 #include <vector>
 
 #include "transport/collectives.hpp"
+#include "transport/power_of_two_fold.hpp"
 
 namespace troupe {
 
 void halving_doubling_allreduce_sum(communicator& comm, float* data, size_t count, uint64_t tag) {
-  const int n = comm.size(), r = comm.rank();
-  if (n == 1 || count == 0) return;
-  int p = 1;
-  while (p * 2 <= n) p *= 2;
-  const int extra = n - p;
-  // Fold: the first 2 * extra ranks pair up; the even one of a pair sits out.
-  if (r < 2 * extra) {
-    if (r % 2 == 0) {
-      comm.send(r + 1, tag, data, count, dtype::f32);
-      comm.recv(r + 1, tag + 3, data, count, dtype::f32);
-      return;
-    }
-    comm.recv_reduce_sum(r - 1, tag, data, count);
-  }
-  // v: this rank's place among the p that take part; real(): back to a rank.
-  const int v = r < 2 * extra ? r / 2 : r - extra;
-  auto real = [extra](int w) { return w < extra ? 2 * w + 1 : w + extra; };
+  if (comm.size() == 1 || count == 0) return;
+  const power_of_two_fold f = fold_in(comm, data, count, tag);
+  if (f.v < 0) return;  // sat out: holds the result
+  const int p = f.p, v = f.v;
+  auto real = [&f](int w) { return f.rank_of(w); };
   auto at = [&](int segment) { return data + chunk_begin(count, p, segment); };
   auto elems = [&](int s0, int s1) { return chunk_begin(count, p, s1) - chunk_begin(count, p, s0); };
   std::vector<send_handle> sent;
@@ -57,7 +46,7 @@ void halving_doubling_allreduce_sum(communicator& comm, float* data, size_t coun
     lo = std::min(lo, other), len *= 2;
   }
   for (auto& s : sent) s.wait();
-  if (r < 2 * extra) comm.send(r - 1, tag + 3, data, count, dtype::f32);  // unfold
+  unfold(comm, f, data, count, tag);
 }
 
 void allreduce_sum(communicator& comm, float* data, size_t count, uint64_t tag) {

@@ -6,35 +6,26 @@
 // Both partners of a round add the same two operands (in the two orders, and a + b == b + a
 // in IEEE arithmetic), so every rank holds the same bits after every round. When n is not a
 // power of two the extra ranks fold in and get the result back as in halving-doubling.
+#include <vector>
+
 #include "transport/collectives.hpp"
+#include "transport/power_of_two_fold.hpp"
 
 namespace troupe {
 
 void recursive_doubling_allreduce_sum(communicator& comm, float* data, size_t count, uint64_t tag) {
-  const int n = comm.size(), r = comm.rank();
-  if (n == 1 || count == 0) return;
-  int p = 1;
-  while (p * 2 <= n) p *= 2;
-  const int extra = n - p;
-  if (r < 2 * extra) {  // fold: the even rank of each of the first `extra` pairs sits out
-    if (r % 2 == 0) {
-      comm.send(r + 1, tag, data, count, dtype::f32);
-      comm.recv(r + 1, tag + 3, data, count, dtype::f32);
-      return;
-    }
-    comm.recv_reduce_sum(r - 1, tag, data, count);
-  }
-  const int v = r < 2 * extra ? r / 2 : r - extra;
-  auto real = [extra](int w) { return w < extra ? 2 * w + 1 : w + extra; };
+  if (comm.size() == 1 || count == 0) return;
+  const power_of_two_fold f = fold_in(comm, data, count, tag);
+  if (f.v < 0) return;  // sat out: holds the result
   std::vector<float> mine;
-  for (int d = 1; d < p; d *= 2) {
+  for (int d = 1; d < f.p; d *= 2) {
     // The partner adds into its own buffer while reading this one's: send a copy.
     mine.assign(data, data + count);
-    send_handle sent = comm.send_async(real(v ^ d), tag + 1, mine.data(), count, dtype::f32);
-    comm.recv_reduce_sum(real(v ^ d), tag + 1, data, count);
+    send_handle sent = comm.send_async(f.rank_of(f.v ^ d), tag + 1, mine.data(), count, dtype::f32);
+    comm.recv_reduce_sum(f.rank_of(f.v ^ d), tag + 1, data, count);
     sent.wait();
   }
-  if (r < 2 * extra) comm.send(r - 1, tag + 3, data, count, dtype::f32);  // unfold
+  unfold(comm, f, data, count, tag);
 }
 
 }  // namespace troupe

@@ -5,6 +5,7 @@
 #include <thread>
 
 #include "runtime/check.hpp"
+#include "transport/cpu_relax.hpp"
 
 namespace troupe {
 
@@ -20,9 +21,7 @@ void poll_until(Done done, std::chrono::microseconds spin, bool crowded) {
   const auto hot = crowded ? start + std::chrono::microseconds(2) : until;
   for (int i = 0; !done(); ++i) {
     if ((i & 15) != 15) {
-#if defined(__x86_64__)
-      __builtin_ia32_pause();
-#endif
+      cpu_relax();
       continue;
     }
     const auto now = std::chrono::steady_clock::now();

@@ -19,6 +19,7 @@
 #include <thread>
 
 #include "runtime/check.hpp"
+#include "transport/cpu_relax.hpp"
 #include "transport/tcp/handshake.hpp"
 
 namespace troupe {
@@ -81,12 +82,6 @@ void sleep_on(bell& b, uint32_t seen, std::chrono::microseconds at_most) {
     ::syscall(SYS_futex, reinterpret_cast<uint32_t*>(&b.seq), FUTEX_WAIT, seen, &ts, nullptr, 0);
   }
   b.sleepers.fetch_sub(1, std::memory_order_seq_cst);
-}
-
-void cpu_relax() {
-#if defined(__x86_64__)
-  __builtin_ia32_pause();
-#endif
 }
 
 std::string boot_id() {
@@ -210,6 +205,7 @@ class shm_communicator : public communicator, public std::enable_shared_from_thi
   }
 
   bool has_message(int peer, uint64_t tag) override {
+    check_peer(peer, "ask about");
     {
       std::lock_guard<std::mutex> lock(mu_);
       auto it = mailbox_.find({peer, tag});
@@ -751,11 +747,6 @@ std::shared_ptr<communicator> make_shm_communicator(int rank, int size, rendezvo
                                                     const shm_options& shm) {
   auto inner = make_tcp_communicator(rank, size, store, tcp);
   return std::make_shared<shm_communicator>(std::move(inner), tcp.group, shm);
-}
-
-std::vector<std::shared_ptr<communicator>> join_shm_ranks(const std::vector<int>& ranks, int size, rendezvous& store,
-                                                          const tcp_options& tcp, const shm_options& shm) {
-  return join_concurrently(ranks, [&](int rank) { return make_shm_communicator(rank, size, store, tcp, shm); });
 }
 
 int shm_peer_count(const communicator& comm) {

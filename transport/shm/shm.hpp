@@ -41,9 +41,6 @@ struct shm_options {
 std::shared_ptr<communicator> make_shm_communicator(int rank, int size, rendezvous& store, const tcp_options& tcp,
                                                     const shm_options& shm = {});
 
-// Several ranks of one group joined from this process at once, as join_tcp_ranks.
-std::vector<std::shared_ptr<communicator>> join_shm_ranks(const std::vector<int>& ranks, int size, rendezvous& store,
-                                                          const tcp_options& tcp, const shm_options& shm = {});
 
 // How many of `comm`'s peers it reaches through shared memory (0 for other transports).
 int shm_peer_count(const communicator& comm);

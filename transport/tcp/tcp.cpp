@@ -483,11 +483,6 @@ class tcp_communicator : public communicator {
 
 }  // namespace
 
-std::vector<std::shared_ptr<communicator>> join_tcp_ranks(const std::vector<int>& ranks, int size, rendezvous& store,
-                                                          const tcp_options& options) {
-  return join_concurrently(ranks, [&](int rank) { return make_tcp_communicator(rank, size, store, options); });
-}
-
 std::string make_job_secret() { return handshake::random_hex(32); }
 
 std::shared_ptr<communicator> make_tcp_communicator(int rank, int size, rendezvous& store, const tcp_options& options) {

@@ -43,11 +43,6 @@ struct tcp_options {
 // secret.
 std::shared_ptr<communicator> make_tcp_communicator(int rank, int size, rendezvous& store, const tcp_options& options);
 
-// Several ranks of one group joined from this process at once (each on its own thread: a
-// rank returns only once all its links are up, so one at a time would wait for itself).
-// The members in the order of `ranks`; the first error any of them met is thrown.
-std::vector<std::shared_ptr<communicator>> join_tcp_ranks(const std::vector<int>& ranks, int size, rendezvous& store,
-                                                          const tcp_options& options);
 
 // A fresh random secret (hex), for a job whose processes this process starts.
 std::string make_job_secret();

@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "runtime/check.hpp"
+#include "transport/cpu_relax.hpp"
 
 namespace troupe {
 
@@ -270,9 +271,7 @@ class ucx_communicator : public communicator, public std::enable_shared_from_thi
                       std::to_string(peer) + (tag ? " (tag " + std::to_string(tag) + ")" : ""));
       }
       if (now - start < spin) {
-#if defined(__x86_64__)
-        __builtin_ia32_pause();
-#endif
+        cpu_relax();
       } else if (now - start < spin + std::chrono::milliseconds(1)) {
         std::this_thread::yield();
       } else {
@@ -295,11 +294,6 @@ class ucx_communicator : public communicator, public std::enable_shared_from_thi
 std::shared_ptr<communicator> make_ucx_communicator(int rank, int size, rendezvous& store, const tcp_options& tcp) {
   auto inner = make_tcp_communicator(rank, size, store, tcp);
   return std::make_shared<ucx_communicator>(std::move(inner));
-}
-
-std::vector<std::shared_ptr<communicator>> join_ucx_ranks(const std::vector<int>& ranks, int size, rendezvous& store,
-                                                          const tcp_options& tcp) {
-  return join_concurrently(ranks, [&](int rank) { return make_ucx_communicator(rank, size, store, tcp); });
 }
 
 }  // namespace troupe

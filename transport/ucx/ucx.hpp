@@ -21,8 +21,5 @@ namespace troupe {
 
 std::shared_ptr<communicator> make_ucx_communicator(int rank, int size, rendezvous& store, const tcp_options& tcp);
 
-// Several ranks of one group joined from this process at once, as join_tcp_ranks.
-std::vector<std::shared_ptr<communicator>> join_ucx_ranks(const std::vector<int>& ranks, int size, rendezvous& store,
-                                                          const tcp_options& tcp);
 
 }  // namespace troupe
