@@ -11,6 +11,7 @@
 #include <memory>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "runtime/tensor.hpp"
 
@@ -27,6 +28,12 @@ using grads_atom = caf::atom_constant<caf::atom("grads")>;
 using apply_atom = caf::atom_constant<caf::atom("apply")>;
 using names_atom = caf::atom_constant<caf::atom("names")>;
 using params_atom = caf::atom_constant<caf::atom("params")>;
+// Parameter shards (actors/param_shard.hpp) and their workers (actors/ps_worker.hpp).
+using pull_atom = caf::atom_constant<caf::atom("pull")>;
+using push_atom = caf::atom_constant<caf::atom("push")>;
+using leave_atom = caf::atom_constant<caf::atom("leave")>;
+using stats_atom = caf::atom_constant<caf::atom("stats")>;
+using computed_atom = caf::atom_constant<caf::atom("computed")>;
 
 // One (micro-)batch of training data, or the whole evaluation set (step = -1).
 struct tensor_batch {
@@ -90,6 +97,31 @@ struct stage_report {
   double grad_norm = -1;   // set when the stage took its optimizer step itself
   double peak_stash_bytes = 0;  // measured: most activation bytes held for backward
   std::string error;       // non-empty: the stage failed; what failed, and why
+};
+
+// What a parameter-shard worker reports after each gradient it pushed.
+struct worker_report {
+  int32_t worker = 0;
+  int64_t step = 0;        // its clock: the step whose slice of the batch it trained on
+  float loss = 0;          // mean loss over its slice
+  int64_t samples = 0;
+  int64_t version = 0;     // shard 0's version its parameters came from
+  double compute_s = 0;    // real forward + backward
+  double emulated_s = 0;   // the whole step as emulated (policy.sample_ms), 0 when off
+  double pull_wait_s = 0;  // from asking for parameters to having all of them
+  int64_t bytes = 0;       // parameters pulled plus gradients pushed, this step
+};
+
+// What a parameter shard counts, for the metrics and the experiment tables.
+struct shard_stats {
+  int32_t shard = 0;
+  int64_t version = 0;       // updates applied
+  int64_t pushes = 0;        // gradients received
+  int64_t applied = 0;       // gradients that went into an update
+  int64_t dropped = 0;       // gradients discarded (backup workers: the late ones)
+  std::vector<int64_t> staleness;  // staleness[t]: applied gradients of staleness t (last bin: >= its index)
+  int64_t bytes_in = 0, bytes_out = 0;
+  double apply_s = 0;        // time spent combining gradients and stepping the optimizer
 };
 
 // Work a stage hands to the device actor that owns the compute thread it runs on. It
@@ -172,6 +204,18 @@ template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, stage_report& x) {
   return f(caf::meta::type_name("stage_report"), x.stage, x.replica, x.step, x.ops, x.peak_stash, x.busy_s, x.start_s, x.end_s,
            x.loss_sum, x.grad_norm, x.peak_stash_bytes, x.error);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, worker_report& x) {
+  return f(caf::meta::type_name("worker_report"), x.worker, x.step, x.loss, x.samples, x.version, x.compute_s,
+           x.emulated_s, x.pull_wait_s, x.bytes);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, shard_stats& x) {
+  return f(caf::meta::type_name("shard_stats"), x.shard, x.version, x.pushes, x.applied, x.dropped, x.staleness,
+           x.bytes_in, x.bytes_out, x.apply_s);
 }
 
 void register_message_types(caf::actor_system_config& cfg);

@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "actors/pipeline_job.hpp"
+#include "actors/ps_job.hpp"
 #include "runtime/threads.hpp"
 #include "transport/collectives.hpp"
 #include "transport/shm/shm.hpp"  // shm_peer_count
@@ -152,6 +153,41 @@ joined join_processes(const proto::JobSpec& spec, const coordinator_options& opt
   return out;
 }
 
+// Workers and parameter shards (actors/ps_job.hpp); the final parameters are evaluated here.
+job_outcome run_policy_job(const proto::JobSpec& spec, std::shared_ptr<const training_data> data,
+                           const coordinator_options& opts) {
+  job_outcome out;
+  out.steps = total_steps(spec, *data);
+  progress_log progress(spec, out.steps, opts.display());
+  ps_options po;
+  po.announce_failures = !opts.quiet;
+  po.progress = &progress;
+  ps_outcome r = run_ps_training(spec, data, po);
+  set_compute_threads(int(spec.train().threads()));
+  trainer whole(spec, out.steps);
+  r.assemble(r.snapshots.back(), whole.params());
+  batch ev = batch_source(spec, data).eval_set();
+  eval_result e = whole.evaluate(ev.x, ev.y, spec.train().batch_size());
+  out.eval = eval_report{e.loss, e.accuracy, e.count};
+  progress.eval(e.loss, e.accuracy, e.count);
+  if (spec.model().has_gpt() && spec.train().sample_tokens() > 0)
+    out.sample = whole.generate("\n", int(spec.train().sample_tokens()), spec.train().seed());
+  progress.finish();
+  out.seconds = r.seconds;
+  if (!opts.quiet) {
+    int64_t pushes = 0, dropped = 0;
+    for (const shard_stats& st : r.shards) pushes += st.pushes, dropped += st.dropped;
+    std::printf("policy:    %s, %u workers, %u shard%s: %lld gradients pushed, %lld updates (%.1f/s), %lld dropped, "
+                "mean staleness %.2f, %.1f MB moved%s\n",
+                spec.policy().name().c_str(), spec.policy().workers(), spec.policy().shards(),
+                spec.policy().shards() == 1 ? "" : "s", (long long)r.worker_steps,
+                (long long)(r.shards.empty() ? 0 : r.shards[0].version), r.updates_per_s(), (long long)dropped,
+                r.mean_staleness(), double(r.bytes) / 1e6, r.time_limited ? " (stopped at policy.time_limit_s)" : "");
+    for (const std::string& f : r.failures) std::printf("failed:    %s\n", f.c_str());
+  }
+  return out;
+}
+
 }  // namespace
 
 job_outcome run_job_worker(caf::actor_system& sys, const proto::JobSpec& spec, const coordinator_options& opts,
@@ -174,6 +210,12 @@ job_outcome run_job(const proto::JobSpec& spec, const coordinator_options& opts)
   if (out.steps == 0)
     throw input_error("train: the job has 0 steps (batch_size " + std::to_string(spec.train().batch_size()) +
                       " is larger than the training set)");
+  if (spec.policy().name() != "allreduce") {
+    if (opts.world > 1)
+      throw input_error("policy.name \"" + spec.policy().name() +
+                        "\": parameter-shard policies run in one process for now (troupe train, not troupe launch)");
+    return run_policy_job(spec, data, opts);
+  }
   caf::actor_system_config cfg;
   register_message_types(cfg);
   caf::actor_system sys{cfg};

@@ -176,7 +176,14 @@ int train(const std::vector<std::string>& args) {
                   spec.parallel().transport() == "shm" ? "shared memory (tcp between hosts)"
                                                        : spec.parallel().transport().c_str());
     std::vector<troupe::stage_plan> plan;
-    if (spec.parallel().stages() > 1 || spec.parallel().replicas() > 1) {
+    if (spec.policy().name() != "allreduce") {
+      const auto& pol = spec.policy();
+      std::printf("        policy %s: %u workers (batch %u each) pull from %u parameter shard%s and push gradients%s\n",
+                  pol.name().c_str(), pol.workers(), spec.train().batch_size() / pol.workers(), pol.shards(),
+                  pol.shards() == 1 ? "" : "s",
+                  pol.sample_ms() > 0 ? (", compute emulated at " + std::to_string(pol.sample_ms()) + " ms/example").c_str()
+                                      : "");
+    } else if (spec.parallel().stages() > 1 || spec.parallel().replicas() > 1) {
       plan = troupe::plan_job(spec);
       std::printf("%s", troupe::format_plan(spec, plan).c_str());
     }

@@ -67,6 +67,20 @@ const numeric_rule numeric_rules[] = {
     {"parallel.replicas", true, 1, 64, false, false, "data-parallel copies of the pipeline"},
     {"parallel.chunks", true, 2, 16, false, false, "model chunks per stage; interleaved only"},
     {"parallel.devices", true, 0, 4096, false, false, "0 = one per stage actor; else a multiple of parallel.replicas"},
+    {"policy.workers", true, 1, 256, false, false, "a divisor of train.batch_size"},
+    {"policy.shards", true, 1, 64, false, false, ""},
+    {"policy.backup", true, 0, 255, false, false, "fewer than policy.workers"},
+    {"policy.k", true, 1, 256, false, false, "at most policy.workers"},
+    {"policy.staleness", true, 0, 1000000, false, false, ""},
+    {"policy.dc_lambda", false, 0, inf, false, false, ""},
+    {"policy.sample_ms", false, 0, 1000, false, false, "0 = real compute only"},
+    {"policy.time_limit_s", false, 0, inf, false, false, "0 = no limit"},
+    {"policy.stragglers.worker", true, 0, 255, false, false, "less than policy.workers"},
+    {"policy.stragglers.slowdown", false, 0, 1000, true, false, ""},
+    {"policy.stragglers.exp_delay", false, 0, 1000, false, false, "in nominal steps"},
+    {"policy.stragglers.spike_factor", false, 0, 1000, true, false, ""},
+    {"policy.stragglers.spike_prob", false, 0, 1, false, false, ""},
+    {"policy.stragglers.fail_at_step", true, 0, inf, false, false, ""},
 };
 
 struct choice_rule {
@@ -80,6 +94,9 @@ const choice_rule choice_rules[] = {
     {"optimizer.lr_schedule", {"constant", "cosine"}},
     {"parallel.schedule", {"gpipe", "1f1b", "interleaved", "zb-h1"}},
     {"parallel.transport", {"shm", "tcp", "ucx"}},
+    // "allreduce" is the parallel section's path; the rest are policies/update_rule.hpp's
+    // names (a test keeps the two lists in step).
+    {"policy.name", {"allreduce", "sync", "backup", "k-async", "downpour", "ssp", "staleness-lr", "dc-asgd"}},
 };
 
 constexpr std::string_view name_rule = "a non-empty name of letters, digits, '.', '_' and '-' (it names runs/<name>/)";
@@ -190,34 +207,42 @@ class checker {
     }
   }
 
-  void object(const pb::Value& v, const pb::Descriptor* d, const std::string& prefix) const {
+  // prefix: the rule path (policy.stragglers); shown: the path in messages (policy.stragglers[1]).
+  void object(const pb::Value& v, const pb::Descriptor* d, const std::string& prefix, std::string shown = {}) const {
+    if (shown.empty()) shown = prefix;
     if (v.kind_case() != pb::Value::kStructValue)
-      fail(prefix.empty() ? "top level" : prefix, cat("invalid value ", show(v), ": expected a JSON object { ... }"));
+      fail(shown.empty() ? "top level" : shown, cat("invalid value ", show(v), ": expected a JSON object { ... }"));
     std::vector<std::string> keys;
     for (const auto& kv : v.struct_value().fields()) keys.push_back(kv.first);
     std::sort(keys.begin(), keys.end());  // report the same error first on every run
     const pb::FieldDescriptor* oneof_seen = nullptr;
     for (const std::string& key : keys) {
       const pb::FieldDescriptor* f = find_field(d, key);
-      if (f == nullptr) unknown(d, prefix, key);
+      if (f == nullptr) unknown(d, shown, key);
       const pb::Value& x = v.struct_value().fields().at(key);
       if (x.kind_case() == pb::Value::kNullValue) continue;  // JSON null means unset
       const std::string path = join_path(prefix, f->name());
+      const std::string shown_path = join_path(shown, f->name());
       if (f->real_containing_oneof() != nullptr) {
         if (oneof_seen != nullptr)
-          fail(path, cat("cannot be set together with ", join_path(prefix, oneof_seen->name()),
-                         ": set exactly one of ", oneof_names(f->real_containing_oneof(), prefix)));
+          fail(shown_path, cat("cannot be set together with ", join_path(shown, oneof_seen->name()),
+                               ": set exactly one of ", oneof_names(f->real_containing_oneof(), shown)));
         oneof_seen = f;
       }
       if (f->is_repeated()) {
         if (x.kind_case() != pb::Value::kListValue)
-          fail(path, cat("invalid value ", show(x), ": expected a list [ ... ], each element ", expected_for(path, f)));
+          fail(shown_path, cat("invalid value ", show(x), ": expected a list [ ... ], each element ", expected_for(path, f)));
         const auto& items = x.list_value().values();
-        for (int i = 0; i < items.size(); ++i) scalar(items[i], f, path, cat(path, "[", i, "]"));
+        for (int i = 0; i < items.size(); ++i) {
+          if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_MESSAGE)
+            object(items[i], f->message_type(), path, cat(shown_path, "[", i, "]"));
+          else
+            scalar(items[i], f, path, cat(shown_path, "[", i, "]"));
+        }
       } else if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_MESSAGE) {
-        object(x, f->message_type(), path);
+        object(x, f->message_type(), path, shown_path);
       } else {
-        scalar(x, f, path, path);
+        scalar(x, f, path, shown_path);
       }
     }
   }
@@ -377,6 +402,33 @@ void check_presence(const proto::JobSpec& s, const checker& c) {
   if (t.has_sample_tokens() && mlp) c.fail("train.sample_tokens", "only applies to gpt models");
   if (s.parallel().has_chunks() && s.parallel().schedule() != "interleaved")
     c.fail("parallel.chunks", "only applies to parallel.schedule \"interleaved\"");
+
+  // The policy section: each rule's own knob only with that rule.
+  const proto::PolicySpec& pol = s.policy();
+  const std::string rule = pol.has_name() ? pol.name() : "allreduce";
+  c.choice("policy.name", rule);
+  struct knob {
+    bool set;
+    std::string_view path, rule;
+  };
+  for (const knob& k : {knob{pol.has_backup(), "policy.backup", "backup"}, knob{pol.has_k(), "policy.k", "k-async"},
+                        knob{pol.has_staleness(), "policy.staleness", "ssp"},
+                        knob{pol.has_dc_lambda(), "policy.dc_lambda", "dc-asgd"}})
+    if (k.set && rule != k.rule) c.fail(k.path, cat("only applies to policy.name \"", k.rule, "\""));
+  if (rule == "allreduce") {
+    const bool any = pol.has_workers() || pol.has_shards() || pol.has_sample_ms() || pol.has_time_limit_s() ||
+                     pol.stragglers_size() > 0;
+    if (any)
+      c.fail("policy.name", "is \"allreduce\" (the parallel section's path), which takes no other policy field: "
+                            "name an update rule (sync, backup, k-async, downpour, ssp, staleness-lr, dc-asgd)");
+    return;
+  }
+  if (s.parallel().stages() > 1 || s.parallel().replicas() > 1)
+    c.fail("policy.name", cat("\"", rule, "\" trains whole-model workers through parameter shards: "
+                              "leave parallel.stages and parallel.replicas at 1 (use policy.workers)"));
+  if (s.optimizer().grad_clip() > 0)
+    c.fail("optimizer.grad_clip", cat("global-norm clipping is not available with policy.name \"", rule,
+                                      "\" (each shard sees only its slice): expected 0"));
 }
 
 void fill_defaults(proto::JobSpec& s) {
@@ -429,6 +481,18 @@ void fill_defaults(proto::JobSpec& s) {
   if (!par.has_schedule()) par.set_schedule("1f1b");
   if (par.schedule() == "interleaved" && !par.has_chunks()) par.set_chunks(2);
   if (!par.has_transport()) par.set_transport("shm");
+
+  proto::PolicySpec& pol = *s.mutable_policy();
+  if (!pol.has_name()) pol.set_name("allreduce");
+  if (pol.name() == "allreduce") return;
+  if (!pol.has_workers()) pol.set_workers(2);
+  if (!pol.has_shards()) pol.set_shards(1);
+  if (pol.name() == "backup" && !pol.has_backup()) pol.set_backup(1);
+  if (pol.name() == "k-async" && !pol.has_k()) pol.set_k(std::max(1u, pol.workers() / 2));
+  if (pol.name() == "ssp" && !pol.has_staleness()) pol.set_staleness(3);
+  if (pol.name() == "dc-asgd" && !pol.has_dc_lambda()) pol.set_dc_lambda(0.04f);
+  if (!pol.has_sample_ms()) pol.set_sample_ms(0.0f);
+  if (!pol.has_time_limit_s()) pol.set_time_limit_s(0.0f);
 }
 
 void check_values(const proto::JobSpec& s, const checker& c) {
@@ -525,6 +589,48 @@ void check_values(const proto::JobSpec& s, const checker& c) {
     c.fail("parallel.micro_batches", cat("invalid value ", par.micro_batches(),
                                          ": the interleaved schedule needs a multiple of parallel.stages (", par.stages(),
                                          ")"));
+  const proto::PolicySpec& pol = s.policy();
+  if (pol.name() != "allreduce") {
+    c.number("policy.workers", pol.workers());
+    c.number("policy.shards", pol.shards());
+    if (t.batch_size() % pol.workers() != 0)
+      c.fail("policy.workers", cat("invalid value ", pol.workers(), ": expected a divisor of train.batch_size (",
+                                   t.batch_size(), "), which the workers share"));
+    if (pol.has_backup()) {
+      c.number("policy.backup", pol.backup());
+      if (pol.backup() >= pol.workers())
+        c.fail("policy.backup", cat("invalid value ", pol.backup(), ": expected fewer than policy.workers (",
+                                    pol.workers(), ")"));
+    }
+    if (pol.has_k()) {
+      c.number("policy.k", pol.k());
+      if (pol.k() > pol.workers())
+        c.fail("policy.k", cat("invalid value ", pol.k(), ": expected at most policy.workers (", pol.workers(), ")"));
+    }
+    if (pol.has_staleness()) c.number("policy.staleness", pol.staleness());
+    if (pol.has_dc_lambda()) c.number("policy.dc_lambda", pol.dc_lambda());
+    c.number("policy.sample_ms", pol.sample_ms());
+    c.number("policy.time_limit_s", pol.time_limit_s());
+    std::vector<bool> named(pol.workers(), false);
+    for (int i = 0; i < pol.stragglers_size(); ++i) {
+      const proto::StragglerSpec& g = pol.stragglers(i);
+      const std::string at = cat("policy.stragglers[", i, "]");
+      if (!g.has_worker()) c.fail(at + ".worker", "missing: expected the worker it applies to (0 to policy.workers - 1)");
+      c.number("policy.stragglers.worker", g.worker(), at + ".worker");
+      if (g.worker() >= pol.workers())
+        c.fail(at + ".worker", cat("invalid value ", g.worker(), ": expected less than policy.workers (", pol.workers(), ")"));
+      if (named[g.worker()]) c.fail(at + ".worker", cat("worker ", g.worker(), " is named twice"));
+      named[g.worker()] = true;
+      if (g.has_slowdown()) c.number("policy.stragglers.slowdown", g.slowdown(), at + ".slowdown");
+      if (g.has_exp_delay()) c.number("policy.stragglers.exp_delay", g.exp_delay(), at + ".exp_delay");
+      if (g.has_spike_factor()) c.number("policy.stragglers.spike_factor", g.spike_factor(), at + ".spike_factor");
+      if (g.has_spike_prob()) c.number("policy.stragglers.spike_prob", g.spike_prob(), at + ".spike_prob");
+      if (g.has_fail_at_step()) c.number("policy.stragglers.fail_at_step", g.fail_at_step(), at + ".fail_at_step");
+      if ((g.has_slowdown() || g.has_exp_delay() || g.has_spike_factor() || g.has_spike_prob()) && pol.sample_ms() == 0)
+        c.fail(at, "slows a worker's emulated compute, but policy.sample_ms is 0 (real compute only): set policy.sample_ms");
+    }
+  }
+
   // Every virtual stage needs at least one layer.
   const uint32_t layers = s.model().has_gpt() ? s.model().gpt().n_layer() + 2
                                               : 2 * uint32_t(s.model().mlp().widths_size() - 1);

@@ -75,6 +75,8 @@ void progress_log::step(int64_t step, float loss, float lr, float grad_norm, int
   window_samples_ = window_tokens_ = 0;
 }
 
+void progress_log::record(const std::string& json_object) { metrics_ << json_object << "\n"; }
+
 void progress_log::eval(double loss, double accuracy, int64_t count) {
   char line[200];
   std::snprintf(line, sizeof line,

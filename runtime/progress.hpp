@@ -21,6 +21,8 @@ class progress_log {
   void step(int64_t step, float loss, float lr, float grad_norm, int64_t samples, int64_t tokens, double compute_s,
             const std::string& extra_json = {});
   void eval(double loss, double accuracy, int64_t count);
+  // One more metrics line as it is: a JSON object ({"event":"...",...}).
+  void record(const std::string& json_object);
   // Writes the loss curve next to the metrics and prints where both are.
   void finish();
   double elapsed_s() const;

@@ -65,4 +65,13 @@ void scale_inplace(float* x, float s, int64_t N) {
   for (int64_t i = 0; i < N; i++) x[i] *= s;
 }
 
+void weighted_accumulate(float* acc, const float* g, float weight, int64_t N) {
+  for (int64_t i = 0; i < N; i++) acc[i] += weight * g[i];
+}
+
+void delay_compensated_accumulate(float* acc, const float* g, const float* w_now, const float* w_pulled, float weight,
+                                  float lambda, int64_t N) {
+  for (int64_t i = 0; i < N; i++) acc[i] += weight * (g[i] + lambda * g[i] * g[i] * (w_now[i] - w_pulled[i]));
+}
+
 }  // namespace troupe::kernels

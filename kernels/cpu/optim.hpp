@@ -38,4 +38,18 @@ double sum_of_squares(const float* x,  // (N)
 void scale_inplace(float* x,  // (N)
                    float s, int64_t N);
 
+// Combining gradient pushes into one update (parameter shards, policies/update_rule.hpp):
+//   acc += weight * g.
+void weighted_accumulate(float* acc,      // (N)
+                         const float* g,  // (N)
+                         float weight, int64_t N);
+
+// The same with DC-ASGD's delay compensation of a gradient computed at w_pulled:
+//   acc += weight * (g + lambda * g * g * (w_now - w_pulled)).
+void delay_compensated_accumulate(float* acc,             // (N)
+                                  const float* g,         // (N)
+                                  const float* w_now,     // (N)
+                                  const float* w_pulled,  // (N)
+                                  float weight, float lambda, int64_t N);
+
 }  // namespace troupe::kernels

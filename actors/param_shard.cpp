@@ -1,0 +1,152 @@
+#include "actors/param_shard.hpp"
+
+#include <algorithm>
+#include <chrono>
+
+#include "kernels/cpu/optim.hpp"
+
+namespace troupe {
+
+namespace {
+
+using shard_actor = caf::stateful_actor<param_shard_state>;
+
+// The parameters of the current version as a tensor nobody writes again.
+const tensor& current(param_shard_state& s) {
+  if (s.served_version != s.version) {
+    s.served = s.params.flat().clone();
+    s.served_version = s.version;
+  }
+  return s.served;
+}
+
+// Applies one plan: the taken pushes, combined with their weights, as one optimizer step.
+void apply(param_shard_state& s, const update_plan& plan) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const int64_t N = s.cfg.layout->table.total_numel();
+  if (!plan.take.empty()) {
+    s.combined.zero();
+    float* acc = s.combined.flat().f32();
+    int64_t samples = 0;
+    for (size_t j = 0; j < plan.take.size(); ++j) {
+      const param_shard_state::pending_push& p = s.pending[plan.take[j]];
+      const float w = float(plan.weight[j]);
+      const tensor& at = s.pulled_at.empty() ? tensor{} : s.pulled_at[size_t(p.info.worker)];
+      if (plan.dc_lambda > 0 && at.defined())
+        kernels::delay_compensated_accumulate(acc, p.grad.f32(), s.params.flat().f32(), at.f32(), w,
+                                              float(plan.dc_lambda), N);
+      else
+        kernels::weighted_accumulate(acc, p.grad.f32(), w, N);
+      const int64_t tau = std::max<int64_t>(0, s.version - p.info.version);
+      ++s.stats.staleness[size_t(std::min<int64_t>(tau, kStalenessBins - 1))];
+      samples += p.info.samples;
+    }
+    // The schedule's step: examples applied so far over the global batch, so an
+    // asynchronous update of one worker's slice advances it by 1 / workers.
+    const int64_t B = s.cfg.spec.train().batch_size();
+    const float lr = learning_rate(s.cfg.spec.optimizer(), s.applied_samples / B, s.cfg.total_steps) *
+                     float(plan.lr_scale);
+    s.opt->step(s.params, s.combined, lr);
+    ++s.version;
+    s.applied_samples += samples;
+    s.stats.applied += int64_t(plan.take.size());
+  }
+  s.stats.dropped += int64_t(plan.drop.size());
+  std::vector<size_t> gone = plan.take;
+  gone.insert(gone.end(), plan.drop.begin(), plan.drop.end());
+  std::sort(gone.rbegin(), gone.rend());
+  for (size_t i : gone) s.pending.erase(s.pending.begin() + std::ptrdiff_t(i));
+  s.stats.apply_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+void serve(param_shard_state& s, int32_t worker, caf::response_promise& reply) {
+  const tensor& p = current(s);
+  if (!s.pulled_at.empty()) s.pulled_at[size_t(worker)] = p;
+  s.stats.bytes_out += int64_t(p.bytes());
+  reply.deliver(s.version, p);
+}
+
+// Runs the rule until it has nothing more to do, then answers every pull it now allows.
+void settle(param_shard_state& s) {
+  for (;;) {
+    update_plan plan = s.rule->decide([&] {
+      std::vector<push_info> infos;
+      for (const auto& p : s.pending) infos.push_back(p.info);
+      return infos;
+    }(), s.version, s.workers);
+    if (plan.empty()) break;
+    apply(s, plan);
+  }
+  for (size_t i = 0; i < s.pulls.size();) {
+    if (s.rule->may_serve(s.pulls[i].info, s.version, s.workers)) {
+      serve(s, s.pulls[i].info.worker, s.pulls[i].reply);
+      s.pulls.erase(s.pulls.begin() + std::ptrdiff_t(i));
+    } else {
+      ++i;
+    }
+  }
+}
+
+bool known_worker(const param_shard_state& s, int32_t w) { return w >= 0 && size_t(w) < s.workers.clock.size(); }
+
+}  // namespace
+
+caf::behavior param_shard(shard_actor* self, param_shard_config cfg) {
+  auto& s = self->state;
+  s.cfg = std::move(cfg);
+  const param_table& table = s.cfg.layout->table;
+  s.rule = make_update_rule(s.cfg.spec.policy());
+  s.params = arena(table);
+  s.combined = arena(table);
+  s.params.flat().copy_from(s.cfg.initial);
+  s.opt = make_optimizer(s.cfg.spec.optimizer(), table);
+  const size_t W = s.cfg.spec.policy().workers();
+  s.workers.clock.assign(W, 0);
+  s.workers.live.assign(W, true);
+  if (s.cfg.spec.policy().name() == "dc-asgd") s.pulled_at.resize(W);
+  s.stats.shard = s.cfg.layout->index;
+  s.stats.staleness.assign(kStalenessBins, 0);
+  return {
+      [=](push_atom, int32_t worker, int64_t version, int64_t clock, int64_t samples, const tensor& grad) {
+        auto& s = self->state;
+        if (!known_worker(s, worker) || grad.numel() != s.cfg.layout->table.total_numel() || version > s.version) {
+          caf::aout(self) << "param_shard " << s.stats.shard << ": dropped a malformed push from worker " << worker
+                          << "\n";
+          return;
+        }
+        ++s.stats.pushes;
+        s.stats.bytes_in += int64_t(grad.bytes());
+        s.workers.clock[size_t(worker)] = std::max(s.workers.clock[size_t(worker)], clock + 1);
+        s.pending.push_back({push_info{worker, version, clock, samples}, grad});
+        settle(s);
+      },
+      [=](pull_atom, int32_t worker, int64_t after_version, int64_t clock) {
+        auto& s = self->state;
+        caf::response_promise reply = self->make_response_promise();
+        if (!known_worker(s, worker)) {
+          reply.deliver(caf::make_error(caf::sec::invalid_argument,
+                                        "param_shard: pull from unknown worker " + std::to_string(worker)));
+          return;
+        }
+        const pull_info info{worker, after_version, clock};
+        if (s.rule->may_serve(info, s.version, s.workers))
+          serve(s, worker, reply);
+        else
+          s.pulls.push_back({info, reply});
+      },
+      [=](leave_atom, int32_t worker) {
+        auto& s = self->state;
+        if (!known_worker(s, worker) || !s.workers.live[size_t(worker)]) return;
+        s.workers.live[size_t(worker)] = false;
+        settle(s);
+      },
+      [=](params_atom) { return caf::make_message(self->state.version, current(self->state)); },
+      [=](stats_atom) {
+        auto& s = self->state;
+        s.stats.version = s.version;
+        return s.stats;
+      },
+  };
+}
+
+}  // namespace troupe

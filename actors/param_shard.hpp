@@ -1,0 +1,65 @@
+#pragma once
+// param_shard: one slice of the parameters (runtime/sharding.hpp) with its optimizer state.
+// It receives gradient pushes, asks its update rule (policies/update_rule.hpp) which of the
+// pending pushes make an update, applies that update, counts its version, and answers
+// parameter pulls when the rule allows (a pull the rule holds back waits in the shard as a
+// response promise). The rule decides; the shard moves the tensors and does the
+// arithmetic through kernels/cpu/optim.hpp.
+//
+// Accepts: (push_atom, worker, version, clock, samples, tensor grad)   no reply
+//          (pull_atom, worker, after_version, clock) -> (version, tensor params)
+//          (leave_atom, worker)       the worker has finished or failed: it no longer counts
+//          (params_atom)              -> (version, tensor params): a snapshot, at once
+//          (stats_atom)               -> shard_stats
+// Served parameter tensors are never written again (each version is a fresh copy that
+// the pulls of that version share), so workers read them without locks.
+#include <memory>
+
+#include <vector>
+
+#include "actors/messages.hpp"
+#include "policies/update_rule.hpp"
+#include "runtime/optimizer.hpp"
+#include "runtime/proto/job.pb.h"
+#include "runtime/sharding.hpp"
+
+namespace troupe {
+
+// Staleness histogram bins: 0 .. kStalenessBins - 2, and the last for anything larger.
+constexpr int kStalenessBins = 33;
+
+struct param_shard_config {
+  proto::JobSpec spec;
+  std::shared_ptr<const shard_layout> layout;
+  tensor initial;        // the shard's initial parameters (layout->table.total_numel() floats)
+  int64_t total_steps = 0;  // the job's steps, for the learning-rate schedule
+};
+
+struct param_shard_state {
+  struct pending_push {
+    push_info info;
+    tensor grad;
+  };
+  struct waiting_pull {
+    pull_info info;
+    caf::response_promise reply;
+  };
+  param_shard_config cfg;
+  std::unique_ptr<update_rule> rule;
+  arena params, combined;  // over cfg.layout->table
+  std::unique_ptr<optimizer> opt;
+  int64_t version = 0;
+  int64_t applied_samples = 0;  // examples behind the updates so far: the lr schedule's clock
+  worker_view workers;
+  std::vector<pending_push> pending;
+  std::vector<waiting_pull> pulls;
+  tensor served;                   // the parameters of `version`, as served
+  int64_t served_version = -1;
+  std::vector<tensor> pulled_at;   // dc-asgd: the parameters each worker last pulled
+  shard_stats stats;
+  static inline const char* name = "param_shard";
+};
+
+caf::behavior param_shard(caf::stateful_actor<param_shard_state>* self, param_shard_config cfg);
+
+}  // namespace troupe

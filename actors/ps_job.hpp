@@ -1,0 +1,54 @@
+#pragma once
+// Training through parameter shards (policy.name other than "allreduce"): a ps_coordinator
+// spawns policy.shards param_shard actors and policy.workers ps_worker actors, watches the
+// workers (one that fails leaves the shards' quorum; the others go on), reports progress,
+// keeps parameter snapshots over wall-clock time for offline evaluation, stops at
+// policy.time_limit_s, and collects the shards' statistics.
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "actors/messages.hpp"
+#include "runtime/progress.hpp"
+#include "runtime/sharding.hpp"
+#include "runtime/training.hpp"
+
+namespace troupe {
+
+// The parameters at one moment: every shard's served tensor (shared, never written).
+struct ps_snapshot {
+  double t = 0;              // seconds since the workers started
+  int64_t version = 0;       // shard 0's version
+  int64_t worker_steps = 0;  // gradients pushed by then, all workers
+  std::vector<tensor> shards;
+};
+
+struct ps_outcome {
+  std::vector<std::shared_ptr<const shard_layout>> layouts;
+  std::vector<double> step_loss;       // per worker step k: mean loss of the workers that trained step k
+  std::vector<int32_t> step_workers;   // how many workers trained step k
+  std::vector<ps_snapshot> snapshots;  // every policy.snapshot period, and the final parameters last
+  std::vector<shard_stats> shards;
+  std::vector<std::string> failures;   // workers that failed, and why
+  int64_t worker_steps = 0, samples = 0, bytes = 0;
+  double seconds = 0;                  // from start to the last worker's end
+  bool time_limited = false;
+  // Applied-gradient staleness over all shards; updates per second of shard 0.
+  double mean_staleness() const;
+  double updates_per_s() const;
+  // The whole model's parameters of a snapshot, into an arena of the model's table.
+  void assemble(const ps_snapshot& snap, arena& whole) const;
+};
+
+struct ps_options {
+  bool announce_failures = false;  // print a line when a worker fails
+  double snapshot_every_s = 0;  // 0: only the final parameters
+  progress_log* progress = nullptr;  // where steps and shard statistics go (none: not logged)
+};
+
+// Runs the job to its end (or its time limit) in a fresh actor system. Throws input_error
+// for bad data.
+ps_outcome run_ps_training(const proto::JobSpec& spec, std::shared_ptr<const training_data> data,
+                           const ps_options& opts);
+
+}  // namespace troupe
