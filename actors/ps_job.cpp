@@ -103,6 +103,10 @@ void on_report(coord_actor* self, const worker_report& r) {
   const int32_t n = ++o.step_workers[size_t(r.step)];
   o.step_loss[size_t(r.step)] += (double(r.loss) - o.step_loss[size_t(r.step)]) / n;
   ++o.worker_steps;
+  if (s.opts.stop_after_pushes > 0 && o.worker_steps == s.opts.stop_after_pushes && !s.stopping) {
+    s.stopping = true;
+    for (const caf::actor& w : s.workers) self->send_exit(w, caf::exit_reason::user_shutdown);
+  }
   o.samples += r.samples;
   o.bytes += r.bytes;
   s.group_loss += r.loss;
@@ -159,7 +163,7 @@ caf::behavior ps_coordinator(coord_actor* self, proto::JobSpec spec, std::shared
           c.spec = s.spec;
           c.data = s.data;
           c.worker = w;
-          c.steps = s.steps;
+          c.steps = s.opts.worker_step_limit > 0 ? s.opts.worker_step_limit : s.steps;
           c.layouts = s.out->layouts;
           c.shards = s.shards;
           c.coordinator = caf::actor_cast<caf::actor>(self);

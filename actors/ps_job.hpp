@@ -44,6 +44,11 @@ struct ps_options {
   bool announce_failures = false;  // print a line when a worker fails
   double snapshot_every_s = 0;  // 0: only the final parameters
   progress_log* progress = nullptr;  // where steps and shard statistics go (none: not logged)
+  // Equal work instead of equal steps: > 0 lets each worker run up to that many steps and
+  // stops them all once they have pushed `stop_after_pushes` gradients together (so under
+  // an asynchronous rule the fast workers take the work a straggler does not). A gradient
+  // already on its way when they stop may still be applied.
+  int64_t worker_step_limit = 0, stop_after_pushes = 0;
 };
 
 // Runs the job to its end (or its time limit) in a fresh actor system. Throws input_error

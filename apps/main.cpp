@@ -11,6 +11,7 @@
 
 #include "actors/run_job.hpp"
 #include "apps/bench.hpp"
+#include "apps/experiment.hpp"
 #include "apps/launch.hpp"
 #include "apps/plan.hpp"
 #include "runtime/job_spec.hpp"
@@ -42,6 +43,8 @@ int usage(const char* why) {
                "      tensor-message round trips between two actors next to raw CAF messages\n"
                "  troupe bench parallel [--model mlp|gpt] [--steps N] [--rounds N] [--no-torch] [--json FILE]\n"
                "      2 workers: replicas and pipeline stages against PyTorch DDP and a PyTorch pipeline\n"
+               "  troupe experiment stragglers [--policies LIST] [--profiles LIST] [--epochs N] [--sample-ms MS]\n"
+               "      every parameter-shard policy under straggler profiles (emulated compute): table, plots, JSON\n"
                "  troupe bench allreduce [--ranks N[,N...]] [--max-bytes B] [--transports LIST] [--json FILE]\n"
                "      all-reduce per transport (inproc threads, its copying baseline, tcp processes), nccl-tests columns\n");
   return 2;
@@ -178,10 +181,12 @@ int train(const std::vector<std::string>& args) {
     std::vector<troupe::stage_plan> plan;
     if (spec.policy().name() != "allreduce") {
       const auto& pol = spec.policy();
+      char emulated[64];
+      std::snprintf(emulated, sizeof emulated, ", compute emulated at %.3g ms/example", pol.sample_ms());
       std::printf("        policy %s: %u workers (batch %u each) pull from %u parameter shard%s and push gradients%s\n",
                   pol.name().c_str(), pol.workers(), spec.train().batch_size() / pol.workers(), pol.shards(),
                   pol.shards() == 1 ? "" : "s",
-                  pol.sample_ms() > 0 ? (", compute emulated at " + std::to_string(pol.sample_ms()) + " ms/example").c_str()
+                  pol.sample_ms() > 0 ? emulated
                                       : "");
     } else if (spec.parallel().stages() > 1 || spec.parallel().replicas() > 1) {
       plan = troupe::plan_job(spec);
@@ -230,6 +235,7 @@ int main(int argc, char** argv) {
   if (cmd == "selftest") return troupe::selftest_main(args);
   if (cmd == "bench") return troupe::bench_main(args);
   if (cmd == "plan") return troupe::plan_main(args);
+  if (cmd == "experiment") return troupe::experiment_main(args);
   if (cmd == "-h" || cmd == "--help" || cmd == "help") return usage(nullptr), 0;
   return usage(("unknown command '" + cmd + "'").c_str());
 }

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <limits>
+#include <map>
+#include <mutex>
 
 #include "policies/update_rules.hpp"
 #include "runtime/check.hpp"
@@ -32,8 +34,28 @@ const std::vector<std::string>& update_rule_names() {
   return names;
 }
 
+namespace {
+
+std::mutex registry_mutex;
+std::map<std::string, update_rule_factory>& registry() {
+  static std::map<std::string, update_rule_factory> r;
+  return r;
+}
+
+}  // namespace
+
+void register_update_rule(const std::string& name, update_rule_factory make) {
+  std::lock_guard<std::mutex> lock(registry_mutex);
+  registry()[name] = std::move(make);
+}
+
 std::unique_ptr<update_rule> make_update_rule(const proto::PolicySpec& spec) {
   const std::string& n = spec.name();
+  {
+    std::lock_guard<std::mutex> lock(registry_mutex);
+    auto it = registry().find(n);
+    if (it != registry().end()) return it->second(spec);
+  }
   if (n == "sync") return std::make_unique<sync_rule>();
   if (n == "backup") return std::make_unique<backup_workers_rule>(int(spec.backup()));
   if (n == "k-async") return std::make_unique<k_async_rule>(int(spec.k()));

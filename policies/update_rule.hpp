@@ -19,6 +19,7 @@
 // staleness is the shard's version when it is applied minus that. A worker's clock counts
 // the gradients it has pushed.
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -76,8 +77,14 @@ class update_rule {
   virtual bool may_serve(const pull_info& pull, int64_t version, const worker_view& workers) const = 0;
 };
 
-// The names make_update_rule knows, in the order docs and experiments list them.
+// The names of the built-in rules, in the order docs and experiments list them.
 const std::vector<std::string>& update_rule_names();
+// A rule of one's own (docs/policies.md): make_update_rule builds it for a spec whose
+// policy.name is `name`, ahead of a built-in rule of that name. Thread-safe; register
+// before the job starts. Job files accept only the built-in names: a registered rule is
+// used by jobs built in code (spec.mutable_policy()->set_name(...)).
+using update_rule_factory = std::function<std::unique_ptr<update_rule>(const proto::PolicySpec&)>;
+void register_update_rule(const std::string& name, update_rule_factory make);
 // Throws input_error naming the known rules for an unknown name.
 std::unique_ptr<update_rule> make_update_rule(const proto::PolicySpec& spec);
 

@@ -249,6 +249,71 @@ TEST_CASE("job spec: malformed specs name the file, the field, the value and wha
   }
 }
 
+// A valid policy job with the policy section replaced.
+std::string policy_spec(const std::string& policy, const std::string& extra = "") {
+  return R"({"model": {"mlp": {"widths": [784, 10]}}, "data": {"dataset": "fashion_mnist"},
+    "optimizer": {"adamw": {"lr": 1e-3}}, "train": {"batch_size": 12, "steps": 5}, "policy": )" + policy + extra + "}";
+}
+
+TEST_CASE("job spec: the policy section is checked field by field, with defaults per rule") {
+  struct bad_case {
+    const char* what;
+    std::string json;
+    std::vector<std::string> parts;
+  };
+  const std::vector<bad_case> cases = {
+      {"unknown rule", policy_spec(R"({"name": "hogwild"})"), {"policy.name: invalid value \"hogwild\"", "\"dc-asgd\""}},
+      {"workers do not divide", policy_spec(R"({"name": "sync", "workers": 5})"),
+       {"policy.workers: invalid value 5", "divisor of train.batch_size (12)"}},
+      {"backup too many", policy_spec(R"({"name": "backup", "workers": 4, "backup": 4})"),
+       {"policy.backup: invalid value 4", "fewer than policy.workers (4)"}},
+      {"knob of another rule", policy_spec(R"({"name": "sync", "staleness": 2})"),
+       {"policy.staleness", "only applies to policy.name \"ssp\""}},
+      {"k above workers", policy_spec(R"({"name": "k-async", "workers": 2, "k": 3})"), {"policy.k: invalid value 3"}},
+      {"allreduce with workers", policy_spec(R"({"workers": 2})"), {"policy.name", "allreduce", "no other policy field"}},
+      {"with replicas", policy_spec(R"({"name": "sync"})", R"(, "parallel": {"replicas": 2})"),
+       {"policy.name", "parallel.replicas"}},
+      {"with grad_clip", R"({"model": {"mlp": {"widths": [784, 10]}}, "data": {"dataset": "fashion_mnist"},
+         "optimizer": {"adamw": {"lr": 1e-3}, "grad_clip": 1}, "train": {"batch_size": 12, "steps": 5},
+         "policy": {"name": "downpour"}})",
+       {"optimizer.grad_clip", "expected 0"}},
+      {"straggler without worker", policy_spec(R"({"name": "sync", "sample_ms": 1, "stragglers": [{"slowdown": 2}]})"),
+       {"policy.stragglers[0].worker", "missing"}},
+      {"straggler worker out of range",
+       policy_spec(R"({"name": "sync", "workers": 2, "sample_ms": 1, "stragglers": [{"worker": 2, "slowdown": 2}]})"),
+       {"policy.stragglers[0].worker: invalid value 2", "less than policy.workers (2)"}},
+      {"straggler named twice",
+       policy_spec(R"({"name": "sync", "sample_ms": 1, "stragglers": [{"worker": 0, "slowdown": 2}, {"worker": 0}]})"),
+       {"policy.stragglers[1].worker", "named twice"}},
+      {"slow-down without emulation", policy_spec(R"({"name": "sync", "stragglers": [{"worker": 1, "slowdown": 2}]})"),
+       {"policy.stragglers[0]", "policy.sample_ms is 0"}},
+      {"probability above 1",
+       policy_spec(R"({"name": "sync", "sample_ms": 1, "stragglers": [{"worker": 1, "spike_prob": 1.5}]})"),
+       {"policy.stragglers[0].spike_prob: invalid value 1.5"}},
+      {"unknown straggler field", policy_spec(R"({"name": "sync", "stragglers": [{"worker": 1, "slow": 2}]})"),
+       {"policy.stragglers[0]", "slow"}},
+  };
+  for (const bad_case& c : cases) {
+    CAPTURE(c.what);
+    const std::string msg = parse_error(c.json);
+    CAPTURE(msg);
+    CHECK(has(msg, "job.json"));
+    for (const std::string& part : c.parts) CHECK_MESSAGE(has(msg, part), "missing \"", part, "\"");
+  }
+  const proto::JobSpec plain = parse_job_spec(policy_spec("{}"), "job.json");
+  CHECK(plain.policy().name() == "allreduce");
+  const proto::JobSpec k = parse_job_spec(policy_spec(R"({"name": "k-async", "workers": 4})"), "job.json");
+  CHECK(k.policy().k() == 2);
+  CHECK(k.policy().shards() == 1);
+  const proto::JobSpec ssp = parse_job_spec(policy_spec(R"({"name": "ssp"})"), "job.json");
+  CHECK(ssp.policy().workers() == 2);
+  CHECK(ssp.policy().staleness() == 3);
+  CHECK_FALSE(ssp.policy().has_k());
+  const proto::JobSpec f = parse_job_spec(
+      policy_spec(R"({"name": "sync", "workers": 3, "stragglers": [{"worker": 2, "fail_at_step": 4}]})"), "job.json");
+  CHECK(f.policy().stragglers(0).fail_at_step() == 4);
+}
+
 TEST_CASE("job spec: a missing data directory is reported, with its path, when the data is loaded") {
   const proto::JobSpec s = parse_job_spec(
       R"({"model": {"mlp": {"widths": [784, 10]}}, "data": {"dataset": "fashion_mnist", "path": "/nonexistent/fmnist"},
