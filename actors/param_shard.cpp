@@ -44,11 +44,16 @@ void apply(param_shard_state& s, const update_plan& plan) {
     // The schedule's step: examples applied so far over the global batch, so an
     // asynchronous update of one worker's slice advances it by 1 / workers.
     const int64_t B = s.cfg.spec.train().batch_size();
-    const float lr = learning_rate(s.cfg.spec.optimizer(), s.applied_samples / B, s.cfg.total_steps) *
+    const float lr = learning_rate(s.opt_spec, s.applied_samples / B, s.cfg.total_steps) *
                      float(plan.lr_scale);
     s.opt->step(s.params, s.combined, lr);
     ++s.version;
     s.applied_samples += samples;
+    // Snapshots asked for this version, taken before anything else can change it.
+    while (!s.version_waits.empty() && s.version_waits.begin()->first <= s.version) {
+      s.version_waits.begin()->second.deliver(s.version, current(s));
+      s.version_waits.erase(s.version_waits.begin());
+    }
     s.stats.applied += int64_t(plan.take.size());
   }
   s.stats.dropped += int64_t(plan.drop.size());
@@ -99,7 +104,9 @@ caf::behavior param_shard(shard_actor* self, param_shard_config cfg) {
   s.params = arena(table);
   s.combined = arena(table);
   s.params.flat().copy_from(s.cfg.initial);
-  s.opt = make_optimizer(s.cfg.spec.optimizer(), table);
+  s.opt_spec = s.cfg.spec.optimizer();
+  s.rule->shard_optimizer(s.opt_spec);
+  s.opt = make_optimizer(s.opt_spec, table);
   const size_t W = s.cfg.spec.policy().workers();
   s.workers.clock.assign(W, 0);
   s.workers.live.assign(W, true);
@@ -141,6 +148,14 @@ caf::behavior param_shard(shard_actor* self, param_shard_config cfg) {
         settle(s);
       },
       [=](params_atom) { return caf::make_message(self->state.version, current(self->state)); },
+      [=](params_atom, int64_t at_version) {
+        auto& s = self->state;
+        caf::response_promise reply = self->make_response_promise();
+        if (s.version >= at_version)
+          reply.deliver(s.version, current(s));
+        else
+          s.version_waits.emplace(at_version, reply);
+      },
       [=](stats_atom) {
         auto& s = self->state;
         s.stats.version = s.version;

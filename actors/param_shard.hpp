@@ -10,11 +10,14 @@
 //          (pull_atom, worker, after_version, clock) -> (version, tensor params)
 //          (leave_atom, worker)       the worker has finished or failed: it no longer counts
 //          (params_atom)              -> (version, tensor params): a snapshot, at once
+//          (params_atom, at_version)  -> (version, tensor params): the snapshot taken the
+//                                        moment the version reaches at_version (at once if
+//                                        it has already)
 //          (stats_atom)               -> shard_stats
 // Served parameter tensors are never written again (each version is a fresh copy that
 // the pulls of that version share), so workers read them without locks.
+#include <map>
 #include <memory>
-
 #include <vector>
 
 #include "actors/messages.hpp"
@@ -47,6 +50,7 @@ struct param_shard_state {
   param_shard_config cfg;
   std::unique_ptr<update_rule> rule;
   arena params, combined;  // over cfg.layout->table
+  proto::OptimizerSpec opt_spec;  // the job's, or the rule's outer optimizer
   std::unique_ptr<optimizer> opt;
   int64_t version = 0;
   int64_t applied_samples = 0;  // examples behind the updates so far: the lr schedule's clock
@@ -56,6 +60,7 @@ struct param_shard_state {
   tensor served;                   // the parameters of `version`, as served
   int64_t served_version = -1;
   std::vector<tensor> pulled_at;   // dc-asgd: the parameters each worker last pulled
+  std::multimap<int64_t, caf::response_promise> version_waits;  // snapshots asked for ahead
   shard_stats stats;
   static inline const char* name = "param_shard";
 };

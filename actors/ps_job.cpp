@@ -164,6 +164,7 @@ caf::behavior ps_coordinator(coord_actor* self, proto::JobSpec spec, std::shared
           c.data = s.data;
           c.worker = w;
           c.steps = s.opts.worker_step_limit > 0 ? s.opts.worker_step_limit : s.steps;
+          c.total_steps = s.steps;
           c.layouts = s.out->layouts;
           c.shards = s.shards;
           c.coordinator = caf::actor_cast<caf::actor>(self);
@@ -185,6 +186,23 @@ caf::behavior ps_coordinator(coord_actor* self, proto::JobSpec spec, std::shared
           if (++s.ended == int(s.workers.size())) finish(self);
         });
         s.start = clock_type::now();
+        // Snapshots at given versions: asked for before any worker starts, so the shards
+        // hold them until the versions come.
+        for (int64_t v : s.opts.snapshot_versions) {
+          auto snap = std::make_shared<ps_snapshot>();
+          snap->shards.resize(s.shards.size());
+          auto left = std::make_shared<size_t>(s.shards.size());
+          for (size_t k = 0; k < s.shards.size(); ++k)
+            self->request(s.shards[k], caf::infinite, params_atom::value, v).then([=](int64_t version, const tensor& p) {
+              auto& s = self->state;
+              snap->shards[k] = p;
+              if (k == 0) snap->version = version;
+              if (--*left > 0 || s.finishing) return;
+              snap->t = elapsed(s);
+              snap->worker_steps = s.out->worker_steps;
+              s.out->snapshots.push_back(std::move(*snap));
+            });
+        }
         for (const caf::actor& w : s.workers) self->send(w, start_atom::value);
         if (s.opts.snapshot_every_s > 0)
           self->delayed_send(self, micros(s.opts.snapshot_every_s), snapshot_atom::value);

@@ -43,6 +43,9 @@ struct ps_outcome {
 struct ps_options {
   bool announce_failures = false;  // print a line when a worker fails
   double snapshot_every_s = 0;  // 0: only the final parameters
+  // Also the parameters the moment the shards' versions reach these (under a synchronous
+  // rule every shard's version v is the same update).
+  std::vector<int64_t> snapshot_versions;
   progress_log* progress = nullptr;  // where steps and shard statistics go (none: not logged)
   // Equal work instead of equal steps: > 0 lets each worker run up to that many steps and
   // stops them all once they have pushed `stop_after_pushes` gradients together (so under

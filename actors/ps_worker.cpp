@@ -1,5 +1,11 @@
 #include "actors/ps_worker.hpp"
 
+#include <algorithm>
+
+#include "kernels/cpu/optim.hpp"
+#include "policies/update_rule.hpp"
+#include "runtime/threads.hpp"
+
 namespace troupe {
 
 namespace {
@@ -11,10 +17,10 @@ double since(clock_t_::time_point t) { return std::chrono::duration<double>(cloc
 
 void begin_step(worker_actor* self);
 
-// Forward and backward on this worker's slice of step `clock`, then the emulated rest.
+// Forward and backward on this worker's slice of the step's batch, then the emulated rest.
 void compute(worker_actor* self) {
   auto& s = self->state;
-  s.report.pull_wait_s = since(s.pull_start);
+  s.report.pull_wait_s = s.round_steps == 0 ? since(s.pull_start) : 0;
   const auto t0 = clock_t_::now();
   s.source->next_indices(s.global_idx);  // every worker draws every step's batch: same order
   const int64_t W = s.cfg.spec.policy().workers(), b = int64_t(s.global_idx.size()) / W;
@@ -26,13 +32,17 @@ void compute(worker_actor* self) {
   tensor dloss = tensor::empty({1});
   dloss.f32()[0] = 1.f;
   backward(*s.net, s.params, s.grads, dloss, acts);
+  if (s.opt) {
+    clip_grad_norm(s.grads, s.cfg.spec.optimizer().grad_clip());
+    s.opt->step(s.params, s.grads, learning_rate(s.cfg.spec.optimizer(), s.step, s.cfg.total_steps));
+  }
   s.report.loss = loss.f32()[0];
   s.report.samples = b;
   s.report.compute_s = since(t0);
   const double sample_ms = s.cfg.spec.policy().sample_ms();
   s.report.emulated_s = 0;
   if (sample_ms > 0) {
-    s.report.emulated_s = sample_ms * 1e-3 * double(b) * s.cfg.stragglers->factor(s.cfg.worker, s.clock);
+    s.report.emulated_s = sample_ms * 1e-3 * double(b) * s.cfg.stragglers->factor(s.cfg.worker, s.step);
     const double rest = s.report.emulated_s - s.report.compute_s;
     if (rest > 0) {
       self->delayed_send(self, std::chrono::microseconds(int64_t(rest * 1e6)), computed_atom::value);
@@ -42,36 +52,62 @@ void compute(worker_actor* self) {
   self->send(self, computed_atom::value);
 }
 
-void push(worker_actor* self) {
+// Sends each shard its slice of the gradient, or under a local rule of the change since
+// the pull (anchor - params, into the gradient buffer); returns the bytes moved for it.
+int64_t push(worker_actor* self, int64_t samples) {
   auto& s = self->state;
+  if (s.opt) {
+    s.grads.flat().copy_from(s.anchor.flat());
+    kernels::weighted_accumulate(s.grads.flat().f32(), s.params.flat().f32(), -1.f, s.grads.flat().numel());
+  }
   int64_t bytes = 0;
   for (size_t k = 0; k < s.cfg.shards.size(); ++k) {
     const shard_layout& l = *s.cfg.layouts[k];
     tensor g = tensor::empty({l.table.total_numel()});
     copy_into_shard(s.grads, l, g.f32());
-    bytes += int64_t(g.bytes()) * 2;  // this gradient, and the parameters pulled for it
-    self->send(s.cfg.shards[k], push_atom::value, s.cfg.worker, s.versions[k], s.clock, s.report.samples,
-               std::move(g));
+    bytes += int64_t(g.bytes()) * 2;  // this push, and the parameters pulled for it
+    self->send(s.cfg.shards[k], push_atom::value, s.cfg.worker, s.versions[k], s.clock, samples, std::move(g));
+  }
+  ++s.clock;
+  return bytes;
+}
+
+void step_done(worker_actor* self) {
+  auto& s = self->state;
+  s.report.bytes = 0;
+  if (!s.opt) {
+    s.report.bytes = push(self, s.report.samples);
+  } else {
+    ++s.round_steps;
+    s.round_samples += s.report.samples;
+    if (s.round_steps == s.local_steps || s.step + 1 == s.cfg.steps) {
+      s.report.bytes = push(self, s.round_samples);
+      s.round_steps = 0;
+      s.round_samples = 0;
+    }
   }
   s.report.worker = s.cfg.worker;
-  s.report.step = s.clock;
+  s.report.step = s.step;
   s.report.version = s.versions.empty() ? 0 : s.versions[0];
-  s.report.bytes = bytes;
   self->send(s.cfg.coordinator, s.report);
-  ++s.clock;
+  ++s.step;
   begin_step(self);
 }
 
 void begin_step(worker_actor* self) {
   auto& s = self->state;
-  if (s.clock >= s.cfg.steps) {
+  if (s.step >= s.cfg.steps) {
     for (const caf::actor& sh : s.cfg.shards) self->send(sh, leave_atom::value, s.cfg.worker);
     self->quit();
     return;
   }
-  if (s.cfg.stragglers->fails_at(s.cfg.worker, s.clock)) {
+  if (s.cfg.stragglers->fails_at(s.cfg.worker, s.step)) {
     self->quit(caf::make_error(caf::sec::runtime_error, "worker " + std::to_string(s.cfg.worker) +
-                                                            ": injected failure at step " + std::to_string(s.clock)));
+                                                            ": injected failure at step " + std::to_string(s.step)));
+    return;
+  }
+  if (s.round_steps > 0) {  // inside a local round: no pull
+    compute(self);
     return;
   }
   s.pull_start = clock_t_::now();
@@ -84,7 +120,9 @@ void begin_step(worker_actor* self) {
               auto& s = self->state;
               copy_from_shard(p.f32(), *s.cfg.layouts[k], s.params);
               s.versions[k] = version;
-              if (--s.awaiting == 0) compute(self);
+              if (--s.awaiting > 0) return;
+              if (s.opt) s.anchor.flat().copy_from(s.params.flat());
+              compute(self);
             },
             [=](caf::error& err) { self->quit(std::move(err)); });
   }
@@ -100,9 +138,20 @@ caf::behavior ps_worker(worker_actor* self, ps_worker_config cfg) {
   s.grads = arena(s.net->table);
   s.source = std::make_unique<batch_source>(s.cfg.spec, s.cfg.data);
   s.versions.assign(s.cfg.shards.size(), 0);
+  s.local_steps = make_update_rule(s.cfg.spec.policy())->local_steps();
+  if (s.local_steps > 0) {
+    s.opt = make_optimizer(s.cfg.spec.optimizer(), s.net->table);
+    s.anchor = arena(s.net->table);
+  }
   return {
-      [=](start_atom) { begin_step(self); },
-      [=](computed_atom) { push(self); },
+      [=](start_atom) {
+        // OpenMP's thread count is per thread: set it on this actor's own thread.
+        // train.threads per worker, or the cores shared out among the workers.
+        const int W = int(self->state.cfg.spec.policy().workers()), t = int(self->state.cfg.spec.train().threads());
+        set_compute_threads(t > 0 ? t : std::max(1, hardware_threads() / W));
+        begin_step(self);
+      },
+      [=](computed_atom) { step_done(self); },
   };
 }
 

@@ -7,6 +7,11 @@
 // slower device: the step lasts sample_ms x examples x the straggler factor, real compute
 // included, and the rest is a timer, so the actor's thread is free meanwhile.
 //
+// Under a local rule (local-sgd, diloco: update_rule::local_steps() = H > 0) the worker
+// keeps an optimizer of its own (the job's, with its clipping and schedule): it pulls,
+// takes H steps on its slices of H consecutive batches, and pushes each shard its slice of
+// the change, pulled minus now; its last round may be shorter.
+//
 // Accepts: (start_atom)        begin training
 //          (computed_atom)     internal: the emulated compute time is over
 // Sends:   pull/push/leave to the shards; worker_report to the coordinator. It leaves
@@ -18,6 +23,7 @@
 
 #include "actors/messages.hpp"
 #include "policies/stragglers.hpp"
+#include "runtime/optimizer.hpp"
 #include "runtime/sharding.hpp"
 #include "runtime/training.hpp"
 
@@ -27,7 +33,8 @@ struct ps_worker_config {
   proto::JobSpec spec;
   std::shared_ptr<const training_data> data;
   int32_t worker = 0;
-  int64_t steps = 0;
+  int64_t steps = 0;        // steps this worker may take
+  int64_t total_steps = 0;  // the job's steps: the learning-rate schedule's length
   std::vector<std::shared_ptr<const shard_layout>> layouts;
   std::vector<caf::actor> shards;
   caf::actor coordinator;
@@ -39,6 +46,12 @@ struct ps_worker_state {
   std::unique_ptr<model> net;
   arena params, grads;
   std::unique_ptr<batch_source> source;
+  int local_steps = 0;               // H of a local rule; 0: push every gradient
+  std::unique_ptr<optimizer> opt;    // a local rule's inner optimizer
+  arena anchor;                      // a local rule: the parameters pulled last
+  int64_t step = 0;                  // steps trained (batches drawn)
+  int round_steps = 0;               // a local rule: steps since the last pull
+  int64_t round_samples = 0;
   std::vector<int64_t> global_idx, my_idx;
   std::vector<int64_t> versions;  // per shard: the version of the parameters held
   int64_t clock = 0;              // gradients pushed

@@ -175,12 +175,15 @@ job_outcome run_policy_job(const proto::JobSpec& spec, std::shared_ptr<const tra
   progress.finish();
   out.seconds = r.seconds;
   if (!opts.quiet) {
-    int64_t pushes = 0, dropped = 0;
-    for (const shard_stats& st : r.shards) pushes += st.pushes, dropped += st.dropped;
-    std::printf("policy:    %s, %u workers, %u shard%s: %lld gradients pushed, %lld updates (%.1f/s), %lld dropped, "
-                "mean staleness %.2f, %.1f MB moved%s\n",
+    int64_t dropped = 0;
+    for (const shard_stats& st : r.shards) dropped += st.dropped;
+    const bool local = spec.policy().has_sync_every();
+    const std::string rounds = local ? " (a push per " + std::to_string(spec.policy().sync_every()) + " steps)" : "";
+    std::printf("policy:    %s, %u workers, %u shard%s: %lld worker steps, %lld pushes%s, %lld updates (%.1f/s), "
+                "%lld dropped, mean staleness %.2f, %.1f MB moved%s\n",
                 spec.policy().name().c_str(), spec.policy().workers(), spec.policy().shards(),
                 spec.policy().shards() == 1 ? "" : "s", (long long)r.worker_steps,
+                (long long)(r.shards.empty() ? 0 : r.shards[0].pushes), rounds.c_str(),
                 (long long)(r.shards.empty() ? 0 : r.shards[0].version), r.updates_per_s(), (long long)dropped,
                 r.mean_staleness(), double(r.bytes) / 1e6, r.time_limited ? " (stopped at policy.time_limit_s)" : "");
     for (const std::string& f : r.failures) std::printf("failed:    %s\n", f.c_str());

@@ -183,11 +183,12 @@ int train(const std::vector<std::string>& args) {
       const auto& pol = spec.policy();
       char emulated[64];
       std::snprintf(emulated, sizeof emulated, ", compute emulated at %.3g ms/example", pol.sample_ms());
-      std::printf("        policy %s: %u workers (batch %u each) pull from %u parameter shard%s and push gradients%s\n",
+      const std::string pushes = pol.has_sync_every()
+                                     ? "push their change every " + std::to_string(pol.sync_every()) + " local steps"
+                                     : std::string("push gradients");
+      std::printf("        policy %s: %u workers (batch %u each) pull from %u parameter shard%s and %s%s\n",
                   pol.name().c_str(), pol.workers(), spec.train().batch_size() / pol.workers(), pol.shards(),
-                  pol.shards() == 1 ? "" : "s",
-                  pol.sample_ms() > 0 ? emulated
-                                      : "");
+                  pol.shards() == 1 ? "" : "s", pushes.c_str(), pol.sample_ms() > 0 ? emulated : "");
     } else if (spec.parallel().stages() > 1 || spec.parallel().replicas() > 1) {
       plan = troupe::plan_job(spec);
       std::printf("%s", troupe::format_plan(spec, plan).c_str());

@@ -29,8 +29,8 @@ std::vector<double> sample_weights(const std::vector<push_info>& pending, const 
 }
 
 const std::vector<std::string>& update_rule_names() {
-  static const std::vector<std::string> names = {"sync",     "backup",       "k-async", "downpour",
-                                                 "ssp",      "staleness-lr", "dc-asgd"};
+  static const std::vector<std::string> names = {"sync", "backup",       "k-async", "downpour",  "ssp",
+                                                 "staleness-lr", "dc-asgd", "local-sgd", "diloco"};
   return names;
 }
 
@@ -63,6 +63,9 @@ std::unique_ptr<update_rule> make_update_rule(const proto::PolicySpec& spec) {
   if (n == "ssp") return std::make_unique<ssp_rule>(int64_t(spec.staleness()));
   if (n == "staleness-lr") return std::make_unique<staleness_lr_rule>();
   if (n == "dc-asgd") return std::make_unique<dc_asgd_rule>(spec.dc_lambda());
+  if (n == "local-sgd") return std::make_unique<local_sgd_rule>(int(std::max(1u, spec.sync_every())));
+  if (n == "diloco")
+    return std::make_unique<diloco_rule>(int(std::max(1u, spec.sync_every())), spec.outer_lr(), spec.outer_momentum());
   std::string known;
   for (const std::string& k : update_rule_names()) known += (known.empty() ? "" : ", ") + k;
   throw input_error("policy.name: unknown update rule '" + n + "' (known: " + known + ")");

@@ -13,6 +13,16 @@
 //   staleness-lr  as downpour, learning rate divided by the staleness (Zhang et al. 2016)
 //   dc-asgd       as downpour, delay-compensated: g + lambda g*g*(w_now - w_pulled)
 //                 (Zheng et al. 2017)
+//   local-sgd     each worker takes H steps of the job's optimizer on its own, then the
+//                 shards average the workers' parameters (Stich 2019; Lin et al. 2020)
+//   diloco        as local-sgd, but the averaged change of the parameters over the H steps
+//                 is an outer gradient for Nesterov SGD (Douillard et al. 2023)
+//
+// The local rules push a parameter change, anchor - local (the parameters pulled minus
+// the worker's after its H inner steps), where the others push a gradient; the shard
+// treats both alike: it combines the pushes the rule takes and steps its optimizer,
+// which for a local rule is the rule's outer optimizer (shard_optimizer) rather than the
+// job's.
 //
 // Words: a shard's version counts the updates it has applied (0 before the first); a
 // gradient's version is the shard version of the parameters it was computed from; its
@@ -28,6 +38,7 @@
 namespace troupe {
 
 namespace proto {
+class OptimizerSpec;
 class PolicySpec;
 }
 
@@ -75,6 +86,12 @@ class update_rule {
   // Whether `pull` may be answered with the shard's parameters at `version` now; the
   // shard asks again after every update and every push.
   virtual bool may_serve(const pull_info& pull, int64_t version, const worker_view& workers) const = 0;
+  // Local rules: the optimizer steps a worker takes on its own between a pull and its
+  // push of the parameter change; 0 (the default): a worker pushes every step's gradient.
+  virtual int local_steps() const { return 0; }
+  // The optimizer the shard steps with the combined pushes: rewrites `opt` (a copy of the
+  // job's) into it. By default the job's own.
+  virtual void shard_optimizer(proto::OptimizerSpec& opt) const { (void)opt; }
 };
 
 // The names of the built-in rules, in the order docs and experiments list them.

@@ -70,6 +70,33 @@ class dc_asgd_rule : public update_rule {
   double lambda_;
 };
 
+// Local SGD: as sync (every live worker's push of the current version, averaged), but each
+// push is the change over `steps` local steps, applied by SGD with lr 1: the new
+// parameters are the workers' mean.
+class local_sgd_rule : public sync_rule {
+ public:
+  explicit local_sgd_rule(int steps) : steps_(steps) {}
+  std::string_view name() const override { return "local-sgd"; }
+  int local_steps() const override { return steps_; }
+  void shard_optimizer(proto::OptimizerSpec& opt) const override;
+
+ private:
+  int steps_;
+};
+
+// DiLoCo: as local-sgd, the averaged change stepped by Nesterov SGD (outer_lr, momentum).
+class diloco_rule : public sync_rule {
+ public:
+  diloco_rule(int steps, float outer_lr, float momentum) : steps_(steps), lr_(outer_lr), momentum_(momentum) {}
+  std::string_view name() const override { return "diloco"; }
+  int local_steps() const override { return steps_; }
+  void shard_optimizer(proto::OptimizerSpec& opt) const override;
+
+ private:
+  int steps_;
+  float lr_, momentum_;
+};
+
 // The plan that applies pending[0] alone with full weight: the asynchronous rules' core.
 update_plan apply_first_alone(const std::vector<push_info>& pending);
 

@@ -81,6 +81,9 @@ const numeric_rule numeric_rules[] = {
     {"policy.stragglers.spike_factor", false, 0, 1000, true, false, ""},
     {"policy.stragglers.spike_prob", false, 0, 1, false, false, ""},
     {"policy.stragglers.fail_at_step", true, 0, inf, false, false, ""},
+    {"policy.sync_every", true, 1, 1000000, false, false, "inner steps between synchronisations"},
+    {"policy.outer_lr", false, 0, inf, true, false, ""},
+    {"policy.outer_momentum", false, 0, 1, false, true, ""},
 };
 
 struct choice_rule {
@@ -96,7 +99,8 @@ const choice_rule choice_rules[] = {
     {"parallel.transport", {"shm", "tcp", "ucx"}},
     // "allreduce" is the parallel section's path; the rest are policies/update_rule.hpp's
     // names (a test keeps the two lists in step).
-    {"policy.name", {"allreduce", "sync", "backup", "k-async", "downpour", "ssp", "staleness-lr", "dc-asgd"}},
+    {"policy.name",
+     {"allreduce", "sync", "backup", "k-async", "downpour", "ssp", "staleness-lr", "dc-asgd", "local-sgd", "diloco"}},
 };
 
 constexpr std::string_view name_rule = "a non-empty name of letters, digits, '.', '_' and '-' (it names runs/<name>/)";
@@ -386,7 +390,11 @@ void check_presence(const proto::JobSpec& s, const checker& c) {
 
   if (!s.has_optimizer()) c.fail("optimizer", "missing: expected exactly one of optimizer.sgd, optimizer.adamw");
   switch (s.optimizer().kind_case()) {
-    case proto::OptimizerSpec::kSgd: c.required(s.optimizer().sgd().has_lr(), "optimizer.sgd.lr"); break;
+    case proto::OptimizerSpec::kSgd:
+      c.required(s.optimizer().sgd().has_lr(), "optimizer.sgd.lr");
+      if (s.optimizer().sgd().nesterov() && s.optimizer().sgd().momentum() <= 0)
+        c.fail("optimizer.sgd.nesterov", "needs optimizer.sgd.momentum > 0 (Nesterov momentum without momentum)");
+      break;
     case proto::OptimizerSpec::kAdamw: c.required(s.optimizer().adamw().has_lr(), "optimizer.adamw.lr"); break;
     default: c.fail("optimizer", "no update rule: expected exactly one of optimizer.sgd, optimizer.adamw");
   }
@@ -415,20 +423,29 @@ void check_presence(const proto::JobSpec& s, const checker& c) {
                         knob{pol.has_staleness(), "policy.staleness", "ssp"},
                         knob{pol.has_dc_lambda(), "policy.dc_lambda", "dc-asgd"}})
     if (k.set && rule != k.rule) c.fail(k.path, cat("only applies to policy.name \"", k.rule, "\""));
+  // Local rules: each worker takes policy.sync_every optimizer steps of its own between
+  // synchronisations, so it sees its whole gradient and may clip it.
+  const bool local = rule == "local-sgd" || rule == "diloco";
+  if (pol.has_sync_every() && !local) c.fail("policy.sync_every", "only applies to policy.name \"local-sgd\" or \"diloco\"");
+  for (const knob& k : {knob{pol.has_outer_lr(), "policy.outer_lr", "diloco"},
+                        knob{pol.has_outer_momentum(), "policy.outer_momentum", "diloco"}})
+    if (k.set && rule != k.rule) c.fail(k.path, cat("only applies to policy.name \"", k.rule, "\""));
   if (rule == "allreduce") {
     const bool any = pol.has_workers() || pol.has_shards() || pol.has_sample_ms() || pol.has_time_limit_s() ||
                      pol.stragglers_size() > 0;
     if (any)
       c.fail("policy.name", "is \"allreduce\" (the parallel section's path), which takes no other policy field: "
-                            "name an update rule (sync, backup, k-async, downpour, ssp, staleness-lr, dc-asgd)");
+                            "name an update rule (sync, backup, k-async, downpour, ssp, staleness-lr, dc-asgd, "
+                            "local-sgd, diloco)");
     return;
   }
   if (s.parallel().stages() > 1 || s.parallel().replicas() > 1)
     c.fail("policy.name", cat("\"", rule, "\" trains whole-model workers through parameter shards: "
                               "leave parallel.stages and parallel.replicas at 1 (use policy.workers)"));
-  if (s.optimizer().grad_clip() > 0)
+  if (s.optimizer().grad_clip() > 0 && !local)
     c.fail("optimizer.grad_clip", cat("global-norm clipping is not available with policy.name \"", rule,
-                                      "\" (each shard sees only its slice): expected 0"));
+                                      "\" (each shard sees only its slice): expected 0, or a local rule "
+                                      "(local-sgd, diloco), whose workers clip their own gradients"));
 }
 
 void fill_defaults(proto::JobSpec& s) {
@@ -455,6 +472,7 @@ void fill_defaults(proto::JobSpec& s) {
     proto::SgdSpec& g = *o.mutable_sgd();
     if (!g.has_momentum()) g.set_momentum(0.0f);
     if (!g.has_weight_decay()) g.set_weight_decay(0.0f);
+    if (!g.has_nesterov()) g.set_nesterov(false);
   } else {
     proto::AdamWSpec& a = *o.mutable_adamw();
     if (!a.has_beta1()) a.set_beta1(0.9f);
@@ -491,6 +509,12 @@ void fill_defaults(proto::JobSpec& s) {
   if (pol.name() == "k-async" && !pol.has_k()) pol.set_k(std::max(1u, pol.workers() / 2));
   if (pol.name() == "ssp" && !pol.has_staleness()) pol.set_staleness(3);
   if (pol.name() == "dc-asgd" && !pol.has_dc_lambda()) pol.set_dc_lambda(0.04f);
+  if (pol.name() == "local-sgd" && !pol.has_sync_every()) pol.set_sync_every(10);
+  if (pol.name() == "diloco") {
+    if (!pol.has_sync_every()) pol.set_sync_every(50);
+    if (!pol.has_outer_lr()) pol.set_outer_lr(0.7f);
+    if (!pol.has_outer_momentum()) pol.set_outer_momentum(0.9f);
+  }
   if (!pol.has_sample_ms()) pol.set_sample_ms(0.0f);
   if (!pol.has_time_limit_s()) pol.set_time_limit_s(0.0f);
 }
@@ -609,6 +633,9 @@ void check_values(const proto::JobSpec& s, const checker& c) {
     }
     if (pol.has_staleness()) c.number("policy.staleness", pol.staleness());
     if (pol.has_dc_lambda()) c.number("policy.dc_lambda", pol.dc_lambda());
+    if (pol.has_sync_every()) c.number("policy.sync_every", pol.sync_every());
+    if (pol.has_outer_lr()) c.number("policy.outer_lr", pol.outer_lr());
+    if (pol.has_outer_momentum()) c.number("policy.outer_momentum", pol.outer_momentum());
     c.number("policy.sample_ms", pol.sample_ms());
     c.number("policy.time_limit_s", pol.time_limit_s());
     std::vector<bool> named(pol.workers(), false);
@@ -690,7 +717,8 @@ std::string describe(const proto::JobSpec& s) {
   os << " on " << s.data().dataset() << "; ";
   const proto::OptimizerSpec& o = s.optimizer();
   if (o.has_sgd())
-    os << "sgd lr " << number_str(o.sgd().lr()) << " momentum " << number_str(o.sgd().momentum());
+    os << "sgd lr " << number_str(o.sgd().lr()) << " momentum " << number_str(o.sgd().momentum())
+       << (o.sgd().nesterov() ? " nesterov" : "");
   else
     os << "adamw lr " << number_str(o.adamw().lr()) << " betas " << number_str(o.adamw().beta1()) << "/"
        << number_str(o.adamw().beta2()) << " wd " << number_str(o.adamw().weight_decay());

@@ -18,7 +18,7 @@ class sgd_optimizer : public optimizer {
     for (size_t i = 0; i < entries.size(); ++i) {
       float wd = entries[i].decay == weight_decay::apply ? spec_.weight_decay() : 0.f;
       kernels::sgd_momentum_update(params.ptr(int(i)), momentum_.ptr(int(i)), grads.ptr(int(i)), entries[i].numel(), lr,
-                                   spec_.momentum(), wd, int(steps_));
+                                   spec_.momentum(), wd, int(steps_), spec_.nesterov());
     }
   }
 

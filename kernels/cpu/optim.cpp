@@ -6,7 +6,7 @@
 namespace troupe::kernels {
 
 void sgd_momentum_update(float* param, float* momentum_buf, const float* grad, int64_t N,
-                         float lr, float momentum, float weight_decay, int step) {
+                         float lr, float momentum, float weight_decay, int step, bool nesterov) {
 #pragma omp parallel for schedule(static) if (N >= kParallelMinElements)
   for (int64_t i = 0; i < N; i++) {
     const float g = grad[i] + weight_decay * param[i];
@@ -15,6 +15,7 @@ void sgd_momentum_update(float* param, float* momentum_buf, const float* grad, i
       // The first step clones g into the buffer (no momentum * garbage).
       d = step == 1 ? g : momentum * momentum_buf[i] + g;
       momentum_buf[i] = d;
+      if (nesterov) d = g + momentum * d;
     }
     param[i] += -lr * d;
   }

@@ -10,13 +10,15 @@
 
 namespace troupe::kernels {
 
-// torch.optim.SGD(momentum, weight_decay), no dampening, no Nesterov:
-//   g = grad + wd * p;  buf = (step == 1 ? g : momentum * buf + g);  p -= lr * buf.
+// torch.optim.SGD(momentum, weight_decay, nesterov), no dampening:
+//   g = grad + wd * p;  buf = (step == 1 ? g : momentum * buf + g);
+//   p -= lr * buf, or with nesterov p -= lr * (g + momentum * buf).
 // momentum_buf may be nullptr when momentum == 0 (torch keeps no buffer then).
 void sgd_momentum_update(float* param,         // (N)
                          float* momentum_buf,  // (N)
                          const float* grad,    // (N)
-                         int64_t N, float lr, float momentum, float weight_decay, int step);
+                         int64_t N, float lr, float momentum, float weight_decay, int step,
+                         bool nesterov = false);
 
 // torch.optim.AdamW (amsgrad=False):
 //   p *= 1 - lr*wd;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;

@@ -136,3 +136,145 @@ TEST_CASE("param shards: policy.time_limit_s stops the workers, and the paramete
   CHECK(out.snapshots.size() >= 3);
   for (size_t i = 1; i < out.snapshots.size(); ++i) CHECK(out.snapshots[i].t >= out.snapshots[i - 1].t);
 }
+
+// ---------------------------------------------------------------- local rules
+
+namespace {
+
+// Largest absolute difference between two arenas of one table.
+double max_diff(const arena& a, const arena& b) {
+  double worst = 0;
+  const tensor &x = const_cast<arena&>(a).flat(), &y = const_cast<arena&>(b).flat();
+  for (int64_t i = 0; i < x.numel(); ++i) worst = std::max(worst, double(std::abs(x.f32()[i] - y.f32()[i])));
+  return worst;
+}
+
+arena final_params(const proto::JobSpec& spec, const ps_outcome& out) {
+  arena whole(build_model(spec.model())->table);
+  out.assemble(out.snapshots.back(), whole);
+  return whole;
+}
+
+}  // namespace
+
+TEST_CASE("local rules: local-sgd with H = 1 and plain SGD is synchronous SGD") {
+  set_compute_threads(1);
+  const std::string sgd = R"("sgd": {"lr": 0.05, "weight_decay": 0.01})";
+  auto job = [&](const std::string& policy) {
+    proto::JobSpec s = mlp_job(policy);
+    s.mutable_optimizer()->clear_adamw();
+    s.mutable_optimizer()->mutable_sgd()->set_lr(0.05f);
+    s.mutable_optimizer()->mutable_sgd()->set_weight_decay(0.01f);
+    return s;
+  };
+  const proto::JobSpec sync = job(R"({"name": "sync", "workers": 2, "shards": 2})");
+  const proto::JobSpec local = job(R"({"name": "local-sgd", "workers": 2, "shards": 2, "sync_every": 1})");
+  auto data = load_training_data(sync);
+  const ps_outcome a = run_ps_training(sync, data, {}), b = run_ps_training(local, data, {});
+  REQUIRE(a.step_loss.size() == 20);
+  REQUIRE(b.step_loss.size() == 20);
+  for (int k = 0; k < 20; ++k) CHECK(rel(b.step_loss[size_t(k)], a.step_loss[size_t(k)]) < 1e-5);
+  CHECK(max_diff(final_params(sync, a), final_params(local, b)) < 1e-5);
+  CHECK(b.shards[0].version == 20);
+}
+
+TEST_CASE("local rules: local-sgd over one worker is the single-process run, whatever H") {
+  set_compute_threads(1);
+  const proto::JobSpec base = mlp_job(R"({"name": "sync"})");
+  auto data = load_training_data(base);
+  trainer ref(base, 20);
+  batch_source src(base, data);
+  std::vector<double> ref_loss;
+  for (int k = 0; k < 20; ++k) {
+    batch b = src.next();
+    ref_loss.push_back(ref.train_step(b.x, b.y).loss);
+  }
+  for (int H : {1, 7, 20, 50}) {
+    CAPTURE(H);
+    const proto::JobSpec spec =
+        mlp_job(R"({"name": "local-sgd", "workers": 1, "shards": 2, "sync_every": )" + std::to_string(H) + "}");
+    const ps_outcome out = run_ps_training(spec, data, {});
+    REQUIRE(out.step_loss.size() == 20);
+    for (int k = 0; k < 20; ++k) CHECK(rel(out.step_loss[size_t(k)], ref_loss[size_t(k)]) < 1e-4);
+    CHECK(max_diff(final_params(spec, out), ref.params()) < 1e-5);
+    const int64_t rounds = (20 + H - 1) / H;  // the last round may be shorter
+    for (const shard_stats& st : out.shards) {
+      CHECK(st.version == rounds);
+      CHECK(st.pushes == rounds);
+    }
+  }
+}
+
+TEST_CASE("local rules: diloco is H inner steps per worker, then Nesterov SGD on the mean change") {
+  set_compute_threads(1);
+  const int W = 2, H = 5, steps = 20;
+  const float outer_lr = 0.7f, mu = 0.9f;
+  const proto::JobSpec spec = mlp_job(R"({"name": "diloco", "workers": 2, "shards": 3, "sync_every": 5})");
+  auto data = load_training_data(spec);
+  // The reference by hand: two trainers (each keeps its AdamW state across rounds) on
+  // their halves of each step's batch, and the outer step written out in double.
+  std::vector<std::unique_ptr<trainer>> inner;
+  for (int w = 0; w < W; ++w) inner.push_back(std::make_unique<trainer>(spec, steps));
+  arena anchor(inner[0]->net().table);
+  anchor.flat().copy_from(inner[0]->params().flat());
+  const int64_t N = anchor.flat().numel();
+  std::vector<double> buf(size_t(N), 0);
+  batch_source src(spec, data);
+  std::vector<int64_t> idx, half;
+  for (int round = 0; round < steps / H; ++round) {
+    for (auto& t : inner) t->params().flat().copy_from(anchor.flat());
+    for (int k = 0; k < H; ++k) {
+      src.next_indices(idx);
+      const size_t b = idx.size() / W;
+      for (int w = 0; w < W; ++w) {
+        half.assign(idx.begin() + long(w * b), idx.begin() + long((w + 1) * b));
+        batch bt = src.gather(half);
+        inner[size_t(w)]->train_step(bt.x, bt.y);
+      }
+    }
+    float* p = anchor.flat().f32();
+    for (int64_t i = 0; i < N; ++i) {
+      double delta = 0;
+      for (auto& t : inner) delta += (double(p[i]) - double(t->params().flat().f32()[i])) / W;
+      buf[size_t(i)] = round == 0 ? delta : mu * buf[size_t(i)] + delta;
+      p[i] = float(double(p[i]) - outer_lr * (delta + mu * buf[size_t(i)]));
+    }
+  }
+  const ps_outcome out = run_ps_training(spec, data, {});
+  CHECK(out.shards[0].version == steps / H);
+  CHECK(out.step_workers.size() == size_t(steps));
+  CHECK(max_diff(final_params(spec, out), anchor) < 1e-4);
+
+  // outer_lr 1 and momentum 0 make it local-sgd, bit for bit.
+  proto::JobSpec plain = spec;
+  plain.mutable_policy()->set_outer_lr(1);
+  plain.mutable_policy()->set_outer_momentum(0);
+  proto::JobSpec local = mlp_job(R"({"name": "local-sgd", "workers": 2, "shards": 3, "sync_every": 5})");
+  CHECK(max_diff(final_params(plain, run_ps_training(plain, data, {})),
+                 final_params(local, run_ps_training(local, data, {}))) == 0);
+}
+
+TEST_CASE("local rules: traffic is one pull and one push per H steps, and a failed worker leaves the rounds") {
+  auto traffic = [](int H) {
+    const proto::JobSpec spec =
+        mlp_job(R"({"name": "diloco", "workers": 2, "shards": 2, "sync_every": )" + std::to_string(H) + "}");
+    return run_ps_training(spec, load_training_data(spec), {});
+  };
+  const ps_outcome h1 = traffic(1), h10 = traffic(10);
+  CHECK(h1.bytes == 10 * h10.bytes);
+  CHECK(h1.shards[0].pushes == 40);
+  CHECK(h10.shards[0].pushes == 4);
+  CHECK(h10.bytes == 2 * (h10.shards[0].bytes_in + h10.shards[1].bytes_in));  // each push, and its pull
+
+  const proto::JobSpec spec = mlp_job(R"({"name": "local-sgd", "workers": 3, "shards": 2, "sync_every": 4,
+      "stragglers": [{"worker": 1, "fail_at_step": 6}]})");
+  const auto t0 = std::chrono::steady_clock::now();
+  const ps_outcome out = run_ps_training(spec, load_training_data(spec), {});
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(30));
+  REQUIRE(out.failures.size() == 1);
+  for (const shard_stats& st : out.shards) {
+    CHECK(st.version == 5);
+    CHECK(st.pushes == 2 * 5 + 1);  // worker 1 pushed round 0 (steps 0-3), then failed at step 6
+  }
+  for (int k = 0; k < 20; ++k) CHECK(out.step_workers[size_t(k)] == (k < 6 ? 3 : 2));
+}

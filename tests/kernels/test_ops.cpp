@@ -606,6 +606,27 @@ TEST_CASE("sgd with momentum: three steps against the formulas in double") {
   k::sgd_momentum_update(nullptr, nullptr, nullptr, 0, lr, momentum, wd, 1);
 }
 
+TEST_CASE("sgd with nesterov momentum: three steps against the formulas in double") {
+  use_threads(2);
+  troupe::rng g(111);
+  const int64_t N = 41;
+  const float lr = 0.7f, momentum = 0.9f, wd = 0.01f;
+  vec p = random_vec(g, N), buf(N, kNaN);
+  std::vector<double> want_p(p.begin(), p.end()), want_buf(N);
+  for (int step = 1; step <= 3; step++) {
+    const vec grad = random_vec(g, N);
+    k::sgd_momentum_update(p.data(), buf.data(), grad.data(), N, lr, momentum, wd, step, /*nesterov=*/true);
+    for (int64_t i = 0; i < N; i++) {
+      const double gi = double(grad[i]) + double(wd) * want_p[i];
+      want_buf[i] = step == 1 ? gi : double(momentum) * want_buf[i] + gi;
+      want_p[i] -= double(lr) * (gi + double(momentum) * want_buf[i]);
+    }
+    CAPTURE(step);
+    check_close(buf, want_buf, 1e-6, 1e-5, "momentum buffer");
+    check_close(p, want_p, 1e-6, 1e-5, "param");
+  }
+}
+
 TEST_CASE("adamw: three steps against the formulas in double") {
   use_threads(2);
   troupe::rng g(111);

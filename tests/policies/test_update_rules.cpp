@@ -175,6 +175,53 @@ TEST_CASE("update rules: SSP never lets a worker start a step more than s ahead 
   }
 }
 
+TEST_CASE("update rules: local-sgd and diloco decide as sync, give workers H steps, and name the outer optimizer") {
+  for (const char* json : {R"({"name": "local-sgd", "workers": 3, "sync_every": 7})",
+                           R"({"name": "diloco", "workers": 3, "sync_every": 7, "outer_lr": 0.5, "outer_momentum": 0.8})"}) {
+    CAPTURE(json);
+    auto r = rule(json);
+    CHECK(r->local_steps() == 7);
+    worker_view w = all_live(3);
+    std::vector<push_info> pending = {push(2, 4, 56), push(0, 4, 56)};
+    CHECK(r->decide(pending, 4, w).empty());  // a round waits for every live worker's change
+    pending.push_back(push(1, 4, 56));
+    update_plan p = r->decide(pending, 4, w);
+    CHECK(p.take == std::vector<size_t>{1, 2, 0});
+    CHECK(p.weight == std::vector<double>{1.0 / 3, 1.0 / 3, 1.0 / 3});
+    CHECK_FALSE(r->may_serve(pull_info{0, 4, 1}, 4, w));
+    CHECK(r->may_serve(pull_info{0, 4, 1}, 5, w));
+    proto::OptimizerSpec opt;
+    opt.mutable_adamw()->set_lr(1e-3f);
+    opt.set_lr_schedule("cosine");
+    opt.set_grad_clip(1);
+    r->shard_optimizer(opt);
+    REQUIRE(opt.has_sgd());
+    CHECK(opt.lr_schedule() == "constant");
+    CHECK(opt.grad_clip() == 0);
+    CHECK(opt.sgd().weight_decay() == 0);
+    if (r->name() == "local-sgd") {
+      CHECK(opt.sgd().lr() == 1);  // anchor - mean(anchor - local) = mean(local)
+      CHECK(opt.sgd().momentum() == 0);
+      CHECK_FALSE(opt.sgd().nesterov());
+    } else {
+      CHECK(opt.sgd().lr() == doctest::Approx(0.5));
+      CHECK(opt.sgd().momentum() == doctest::Approx(0.8));
+      CHECK(opt.sgd().nesterov());
+    }
+  }
+  // The gradient rules push every step and step the job's own optimizer.
+  auto s = rule(R"({"name": "sync", "workers": 3})");
+  CHECK(s->local_steps() == 0);
+  proto::OptimizerSpec opt;
+  opt.mutable_adamw()->set_lr(1e-3f);
+  s->shard_optimizer(opt);
+  CHECK(opt.has_adamw());
+  // Defaults: the paper's outer settings, H = 50 for diloco and 10 for local-sgd.
+  auto d = rule(R"({"name": "diloco", "workers": 2})");
+  CHECK(d->local_steps() == 50);
+  CHECK(rule(R"({"name": "local-sgd", "workers": 2})")->local_steps() == 10);
+}
+
 TEST_CASE("update rules: the names the job spec accepts are the rules make_update_rule knows") {
   for (const std::string& n : update_rule_names()) CHECK(rule(R"({"name": ")" + n + R"(", "workers": 2})")->name() == n);
   try {

@@ -292,6 +292,17 @@ TEST_CASE("job spec: the policy section is checked field by field, with defaults
        {"policy.stragglers[0].spike_prob: invalid value 1.5"}},
       {"unknown straggler field", policy_spec(R"({"name": "sync", "stragglers": [{"worker": 1, "slow": 2}]})"),
        {"policy.stragglers[0]", "slow"}},
+      {"sync_every of a gradient rule", policy_spec(R"({"name": "sync", "sync_every": 5})"),
+       {"policy.sync_every", "only applies to policy.name \"local-sgd\" or \"diloco\""}},
+      {"outer_lr of local-sgd", policy_spec(R"({"name": "local-sgd", "outer_lr": 0.5})"),
+       {"policy.outer_lr", "only applies to policy.name \"diloco\""}},
+      {"sync_every 0", policy_spec(R"({"name": "diloco", "sync_every": 0})"), {"policy.sync_every: invalid value 0"}},
+      {"outer momentum 1", policy_spec(R"({"name": "diloco", "outer_momentum": 1})"),
+       {"policy.outer_momentum: invalid value 1"}},
+      {"outer lr 0", policy_spec(R"({"name": "diloco", "outer_lr": 0})"), {"policy.outer_lr: invalid value 0"}},
+      {"nesterov without momentum", R"({"model": {"mlp": {"widths": [784, 10]}}, "data": {"dataset": "fashion_mnist"},
+         "optimizer": {"sgd": {"lr": 0.1, "nesterov": true}}, "train": {"batch_size": 12, "steps": 5}})",
+       {"optimizer.sgd.nesterov", "momentum > 0"}},
   };
   for (const bad_case& c : cases) {
     CAPTURE(c.what);
@@ -312,6 +323,13 @@ TEST_CASE("job spec: the policy section is checked field by field, with defaults
   const proto::JobSpec f = parse_job_spec(
       policy_spec(R"({"name": "sync", "workers": 3, "stragglers": [{"worker": 2, "fail_at_step": 4}]})"), "job.json");
   CHECK(f.policy().stragglers(0).fail_at_step() == 4);
+  // A local rule's workers clip their own whole gradient: grad_clip is allowed there.
+  const proto::JobSpec d = parse_job_spec(R"({"model": {"mlp": {"widths": [784, 10]}}, "data": {"dataset": "fashion_mnist"},
+         "optimizer": {"adamw": {"lr": 1e-3}, "grad_clip": 1}, "train": {"batch_size": 12, "steps": 5},
+         "policy": {"name": "diloco", "workers": 3}})", "job.json");
+  CHECK(d.policy().sync_every() == 50);
+  CHECK(d.policy().outer_lr() == doctest::Approx(0.7));
+  CHECK(d.policy().outer_momentum() == doctest::Approx(0.9));
 }
 
 TEST_CASE("job spec: a missing data directory is reported, with its path, when the data is loaded") {
