@@ -17,6 +17,7 @@
 #include <map>
 
 #include "actors/ps_job.hpp"
+#include "apps/experiment_common.hpp"
 #include "policies/update_rule.hpp"
 #include "runtime/job_spec.hpp"
 #include "runtime/plot.hpp"
@@ -25,6 +26,10 @@
 namespace troupe {
 
 namespace {
+
+using experiment::fmt;
+using experiment::parse_number;
+using experiment::split_list;
 
 struct profile {
   std::string name, description, stragglers_json;
@@ -50,6 +55,7 @@ std::string rule_knobs(const std::string& rule) {
   if (rule == "k-async") return R"(, "k": 2)";
   if (rule == "ssp") return R"(, "staleness": 3)";
   if (rule == "dc-asgd") return R"(, "dc_lambda": 0.04)";
+  if (rule == "local-sgd" || rule == "diloco") return R"(, "sync_every": 10)";
   return "";
 }
 
@@ -59,26 +65,6 @@ struct flags {
   std::vector<std::string> rules = update_rule_names(), profile_names;
   std::string out_dir = "runs/experiment_stragglers";
 };
-
-std::vector<std::string> split_list(const std::string& s) {
-  std::vector<std::string> out;
-  size_t b = 0;
-  for (size_t e; (e = s.find(',', b)) != std::string::npos; b = e + 1) out.push_back(s.substr(b, e - b));
-  out.push_back(s.substr(b));
-  return out;
-}
-
-bool parse_number(const std::string& flag, const std::string& text, double lo, double hi, double& out) {
-  char* end = nullptr;
-  const double v = std::strtod(text.c_str(), &end);
-  if (text.empty() || *end || !(v >= lo && v <= hi)) {
-    std::fprintf(stderr, "troupe experiment stragglers: %s expects a number in [%g, %g], got '%s'\n", flag.c_str(), lo,
-                 hi, text.c_str());
-    return false;
-  }
-  out = v;
-  return true;
-}
 
 struct run_result {
   std::string profile, rule;
@@ -109,8 +95,10 @@ run_result run_one(const flags& f, const profile& p, const std::string& rule,
   ps_options opts;
   opts.snapshot_every_s = f.snapshot_s;
   opts.progress = &metrics;
-  opts.worker_step_limit = 4 * steps;  // equal work: 4 workers x steps gradients, however shared
-  opts.stop_after_pushes = 4 * steps;
+  if (!spec.policy().has_sync_every()) {  // the local rules keep every worker in step anyway
+    opts.worker_step_limit = 4 * steps;  // equal work: 4 workers x steps gradients, however shared
+    opts.stop_after_pushes = 4 * steps;
+  }
   set_compute_threads(1);
   ps_outcome o = run_ps_training(spec, data, opts);
 
@@ -144,20 +132,15 @@ run_result run_one(const flags& f, const profile& p, const std::string& rule,
   return r;
 }
 
-std::string fmt(double v, const char* f) {
-  char b[32];
-  std::snprintf(b, sizeof b, f, v);
-  return b;
-}
-
 }  // namespace
 
 int experiment_main(const std::vector<std::string>& args) {
   const char* usage =
       "usage: troupe experiment stragglers [--policies LIST] [--profiles LIST] [--epochs N] [--sample-ms MS]\n"
       "                                    [--budget S] [--max-s S] [--target ACC] [--out DIR]\n";
+  if (!args.empty() && args[0] == "diloco") return experiment_diloco_main(args);
   if (args.empty() || args[0] != "stragglers") {
-    std::fprintf(stderr, "%s", usage);
+    std::fprintf(stderr, "%s       troupe experiment diloco [--workers LIST] [--sync-every LIST] [--steps N] ...\n", usage);
     return 2;
   }
   flags f;
@@ -182,16 +165,16 @@ int experiment_main(const std::vector<std::string>& args) {
           return 2;
         }
     } else if (a == "--epochs" && v) {
-      if (!parse_number(a, args[++i], 1, 100, x)) return 2;
+      if (!parse_number("stragglers", a, args[++i], 1, 100, x)) return 2;
       f.epochs = uint32_t(x);
     } else if (a == "--sample-ms" && v) {
-      if (!parse_number(a, args[++i], 0.01, 100, f.sample_ms)) return 2;
+      if (!parse_number("stragglers", a, args[++i], 0.01, 100, f.sample_ms)) return 2;
     } else if (a == "--budget" && v) {
-      if (!parse_number(a, args[++i], 0.5, 3600, f.budget_s)) return 2;
+      if (!parse_number("stragglers", a, args[++i], 0.5, 3600, f.budget_s)) return 2;
     } else if (a == "--max-s" && v) {
-      if (!parse_number(a, args[++i], 1, 36000, f.max_s)) return 2;
+      if (!parse_number("stragglers", a, args[++i], 1, 36000, f.max_s)) return 2;
     } else if (a == "--target" && v) {
-      if (!parse_number(a, args[++i], 0.1, 1, f.target)) return 2;
+      if (!parse_number("stragglers", a, args[++i], 0.1, 1, f.target)) return 2;
     } else if (a == "--out" && v) {
       f.out_dir = args[++i];
     } else {

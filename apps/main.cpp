@@ -45,6 +45,8 @@ int usage(const char* why) {
                "      2 workers: replicas and pipeline stages against PyTorch DDP and a PyTorch pipeline\n"
                "  troupe experiment stragglers [--policies LIST] [--profiles LIST] [--epochs N] [--sample-ms MS]\n"
                "      every parameter-shard policy under straggler profiles (emulated compute): table, plots, JSON\n"
+               "  troupe experiment diloco [--workers LIST] [--sync-every LIST] [--steps N] [--batch B] [--no-sync]\n"
+               "      the fortunes GPT by DiLoCo at each H and by sync: validation loss against tokens and bytes\n"
                "  troupe bench allreduce [--ranks N[,N...]] [--max-bytes B] [--transports LIST] [--json FILE]\n"
                "      all-reduce per transport (inproc threads, its copying baseline, tcp processes), nccl-tests columns\n");
   return 2;

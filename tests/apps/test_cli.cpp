@@ -153,3 +153,35 @@ TEST_CASE("examples: custom_pipeline builds its model in code and trains it as 3
   CHECK(out.find("stage 2 holds: fc2.weight fc2.bias fc3.weight fc3.bias") != std::string::npos);
   CHECK(out.find("test accuracy") != std::string::npos);
 }
+
+TEST_CASE("cli: troupe experiment diloco trains every H, counts its bytes and writes its table, plots and JSON") {
+  const std::string out = "/tmp/troupe_cli_diloco";
+  auto r = run("experiment diloco --workers 2 --sync-every 1,4 --steps 8 --eval-every 4 --eval-windows 16 --out " + out);
+  CHECK(r.code == 0);
+  CAPTURE(r.output);
+  CHECK(r.output.find("2 workers") != std::string::npos);
+  CHECK(r.output.find("H=4") != std::string::npos);
+  CHECK(r.output.find("4.0x fewer") != std::string::npos);  // one exchange per 4 steps instead of per step
+  std::ifstream f(out + "/diloco.json");
+  std::string json((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  CHECK(json.find("\"policy\":\"sync\",\"sync_every\":1,\"pushes\":16") != std::string::npos);
+  CHECK(json.find("\"policy\":\"diloco\",\"sync_every\":1,\"pushes\":16") != std::string::npos);
+  CHECK(json.find("\"policy\":\"diloco\",\"sync_every\":4,\"pushes\":4") != std::string::npos);
+  // Curves at 0, 4 and 8 steps: 2 workers x 8 sequences x 128 tokens a step.
+  CHECK(json.find("[0,0.000,5.") != std::string::npos);
+  CHECK(json.find("[8192,") != std::string::npos);
+  CHECK(json.find("[16384,") != std::string::npos);
+  std::ifstream svg(out + "/diloco_bytes.svg");
+  CHECK(svg.good());
+  r = run("experiment diloco --sync-every 0");
+  CHECK(r.code == 2);
+  CHECK(r.output.find("--sync-every expects a number in [1, 100000], got '0'") != std::string::npos);
+  r = run("experiment diloco --workers 2.5");
+  CHECK(r.code == 2);
+  CHECK(r.output.find("--workers expects integers") != std::string::npos);
+  r = run("experiment stragglers --policies hogwild");
+  CHECK(r.code == 2);
+  CHECK(r.output.find("unknown policy 'hogwild'") != std::string::npos);
+  r = run("experiment nothing");
+  CHECK(r.code == 2);
+}

@@ -86,6 +86,15 @@ TEST_CASE("job spec: the example jobs parse and read as intended") {
         "fmnist_mlp: mlp 784-256-256-10 relu on fashion_mnist; sgd lr 0.05 momentum 0.9, constant; batch 128, 2 "
         "epochs, seed 1337");
 
+  for (const char* job : {"fmnist_async_straggler.json", "fortunes_diloco.json"}) {
+    CAPTURE(job);
+    const proto::JobSpec p = load_job_spec(source_dir + "/apps/jobs/" + job);
+    CHECK(p.policy().name() != "allreduce");
+  }
+  const proto::JobSpec dl = load_job_spec(source_dir + "/apps/jobs/fortunes_diloco.json");
+  CHECK(dl.policy().sync_every() == 50);
+  CHECK(dl.optimizer().grad_clip() == doctest::Approx(1.0));
+
   const proto::JobSpec lng = load_job_spec(source_dir + "/apps/jobs/fmnist_mlp_long.json");
   CHECK(lng.optimizer().lr_schedule() == "cosine");
   CHECK(lng.train().epochs() == 10);
