@@ -34,6 +34,8 @@ using push_atom = caf::atom_constant<caf::atom("push")>;
 using leave_atom = caf::atom_constant<caf::atom("leave")>;
 using stats_atom = caf::atom_constant<caf::atom("stats")>;
 using computed_atom = caf::atom_constant<caf::atom("computed")>;
+using speed_atom = caf::atom_constant<caf::atom("speed")>;
+using shares_atom = caf::atom_constant<caf::atom("shares")>;
 
 // One (micro-)batch of training data, or the whole evaluation set (step = -1).
 struct tensor_batch {
@@ -122,6 +124,7 @@ struct shard_stats {
   std::vector<int64_t> staleness;  // staleness[t]: applied gradients of staleness t (last bin: >= its index)
   int64_t bytes_in = 0, bytes_out = 0;
   double apply_s = 0;        // time spent combining gradients and stepping the optimizer
+  std::vector<int64_t> shares;  // policy.balance_every, shard 0: the last shares of the batch it handed out
 };
 
 // Work a stage hands to the device actor that owns the compute thread it runs on. It
@@ -215,7 +218,7 @@ typename Inspector::result_type inspect(Inspector& f, worker_report& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, shard_stats& x) {
   return f(caf::meta::type_name("shard_stats"), x.shard, x.version, x.pushes, x.applied, x.dropped, x.staleness,
-           x.bytes_in, x.bytes_out, x.apply_s);
+           x.bytes_in, x.bytes_out, x.apply_s, x.shares);
 }
 
 void register_message_types(caf::actor_system_config& cfg);

@@ -49,6 +49,7 @@ void apply(param_shard_state& s, const update_plan& plan) {
     s.opt->step(s.params, s.combined, lr);
     ++s.version;
     s.applied_samples += samples;
+    if (s.balancer) s.balancer->at_version(s.version);
     // Snapshots asked for this version, taken before anything else can change it.
     while (!s.version_waits.empty() && s.version_waits.begin()->first <= s.version) {
       s.version_waits.begin()->second.deliver(s.version, current(s));
@@ -111,6 +112,9 @@ caf::behavior param_shard(shard_actor* self, param_shard_config cfg) {
   s.workers.clock.assign(W, 0);
   s.workers.live.assign(W, true);
   if (s.cfg.spec.policy().name() == "dc-asgd") s.pulled_at.resize(W);
+  if (s.cfg.layout->index == 0 && s.cfg.spec.policy().balance_every() > 0)
+    s.balancer = std::make_unique<speed_balancer>(int(W), int64_t(s.cfg.spec.train().batch_size()),
+                                                  int64_t(s.cfg.spec.policy().balance_every()));
   s.stats.shard = s.cfg.layout->index;
   s.stats.staleness.assign(kStalenessBins, 0);
   return {
@@ -145,6 +149,7 @@ caf::behavior param_shard(shard_actor* self, param_shard_config cfg) {
         auto& s = self->state;
         if (!known_worker(s, worker) || !s.workers.live[size_t(worker)]) return;
         s.workers.live[size_t(worker)] = false;
+        if (s.balancer) s.balancer->leave(worker);
         settle(s);
       },
       [=](params_atom) { return caf::make_message(self->state.version, current(self->state)); },
@@ -155,6 +160,15 @@ caf::behavior param_shard(shard_actor* self, param_shard_config cfg) {
           reply.deliver(s.version, current(s));
         else
           s.version_waits.emplace(at_version, reply);
+      },
+      [=](speed_atom, int32_t worker, double busy_s, int64_t samples) {
+        if (self->state.balancer) self->state.balancer->observe(worker, busy_s, samples);
+      },
+      [=](shares_atom) {
+        auto& s = self->state;
+        if (s.balancer) return s.stats.shares = s.balancer->shares();
+        const int64_t W = int64_t(s.workers.clock.size()), B = s.cfg.spec.train().batch_size();
+        return std::vector<int64_t>(size_t(W), B / W);
       },
       [=](stats_atom) {
         auto& s = self->state;

@@ -14,6 +14,9 @@
 //                                        moment the version reaches at_version (at once if
 //                                        it has already)
 //          (stats_atom)               -> shard_stats
+//          (speed_atom, worker, busy_s, samples)   policy.balance_every, shard 0: a step's time
+//          (shares_atom)              -> vector<int64_t>: each worker's share of the batch
+//                                        for the current version (policies/speed_batches.hpp)
 // Served parameter tensors are never written again (each version is a fresh copy that
 // the pulls of that version share), so workers read them without locks.
 #include <map>
@@ -21,6 +24,7 @@
 #include <vector>
 
 #include "actors/messages.hpp"
+#include "policies/speed_batches.hpp"
 #include "policies/update_rule.hpp"
 #include "runtime/optimizer.hpp"
 #include "runtime/proto/job.pb.h"
@@ -61,6 +65,7 @@ struct param_shard_state {
   int64_t served_version = -1;
   std::vector<tensor> pulled_at;   // dc-asgd: the parameters each worker last pulled
   std::multimap<int64_t, caf::response_promise> version_waits;  // snapshots asked for ahead
+  std::unique_ptr<speed_balancer> balancer;  // shard 0 with policy.balance_every
   shard_stats stats;
   static inline const char* name = "param_shard";
 };

@@ -23,8 +23,14 @@ void compute(worker_actor* self) {
   s.report.pull_wait_s = s.round_steps == 0 ? since(s.pull_start) : 0;
   const auto t0 = clock_t_::now();
   s.source->next_indices(s.global_idx);  // every worker draws every step's batch: same order
-  const int64_t W = s.cfg.spec.policy().workers(), b = int64_t(s.global_idx.size()) / W;
-  s.my_idx.assign(s.global_idx.begin() + s.cfg.worker * b, s.global_idx.begin() + (s.cfg.worker + 1) * b);
+  const int64_t W = s.cfg.spec.policy().workers();
+  int64_t first = s.cfg.worker * (int64_t(s.global_idx.size()) / W), b = int64_t(s.global_idx.size()) / W;
+  if (!s.shares.empty()) {  // speed-proportional: this worker's share of the batch now
+    first = 0;
+    for (int32_t w = 0; w < s.cfg.worker; ++w) first += s.shares[size_t(w)];
+    b = s.shares[size_t(s.cfg.worker)];
+  }
+  s.my_idx.assign(s.global_idx.begin() + first, s.global_idx.begin() + first + b);
   batch bt = s.source->gather(s.my_idx);
   s.grads.zero();
   activations acts;
@@ -75,6 +81,9 @@ int64_t push(worker_actor* self, int64_t samples) {
 void step_done(worker_actor* self) {
   auto& s = self->state;
   s.report.bytes = 0;
+  if (s.balancing)  // before the push, so shard 0 has it when the version moves on
+    self->send(s.cfg.shards[0], speed_atom::value, s.cfg.worker, std::max(s.report.compute_s, s.report.emulated_s),
+               s.report.samples);
   if (!s.opt) {
     s.report.bytes = push(self, s.report.samples);
   } else {
@@ -122,7 +131,19 @@ void begin_step(worker_actor* self) {
               s.versions[k] = version;
               if (--s.awaiting > 0) return;
               if (s.opt) s.anchor.flat().copy_from(s.params.flat());
-              compute(self);
+              if (!s.balancing) {
+                compute(self);
+                return;
+              }
+              // Shard 0 cannot move past this version before this worker pushes to it,
+              // so its shares now are the ones every worker of this step gets.
+              self->request(s.cfg.shards[0], caf::infinite, shares_atom::value)
+                  .then(
+                      [=](const std::vector<int64_t>& shares) {
+                        self->state.shares = shares;
+                        compute(self);
+                      },
+                      [=](caf::error& err) { self->quit(std::move(err)); });
             },
             [=](caf::error& err) { self->quit(std::move(err)); });
   }
@@ -139,6 +160,7 @@ caf::behavior ps_worker(worker_actor* self, ps_worker_config cfg) {
   s.source = std::make_unique<batch_source>(s.cfg.spec, s.cfg.data);
   s.versions.assign(s.cfg.shards.size(), 0);
   s.local_steps = make_update_rule(s.cfg.spec.policy())->local_steps();
+  s.balancing = s.cfg.spec.policy().balance_every() > 0;
   if (s.local_steps > 0) {
     s.opt = make_optimizer(s.cfg.spec.optimizer(), s.net->table);
     s.anchor = arena(s.net->table);

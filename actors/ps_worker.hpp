@@ -12,6 +12,10 @@
 // takes H steps on its slices of H consecutive batches, and pushes each shard its slice of
 // the change, pulled minus now; its last round may be shorter.
 //
+// With policy.balance_every (sync) the worker asks shard 0, after each pull, for the
+// shares of the batch in force (policies/speed_batches.hpp), trains on its share, and
+// tells shard 0 how long the step took.
+//
 // Accepts: (start_atom)        begin training
 //          (computed_atom)     internal: the emulated compute time is over
 // Sends:   pull/push/leave to the shards; worker_report to the coordinator. It leaves
@@ -52,6 +56,8 @@ struct ps_worker_state {
   int64_t step = 0;                  // steps trained (batches drawn)
   int round_steps = 0;               // a local rule: steps since the last pull
   int64_t round_samples = 0;
+  bool balancing = false;            // policy.balance_every: shares of the batch from shard 0
+  std::vector<int64_t> shares;       // ... for the step in progress
   std::vector<int64_t> global_idx, my_idx;
   std::vector<int64_t> versions;  // per shard: the version of the parameters held
   int64_t clock = 0;              // gradients pushed

@@ -56,13 +56,21 @@ std::string rule_knobs(const std::string& rule) {
   if (rule == "ssp") return R"(, "staleness": 3)";
   if (rule == "dc-asgd") return R"(, "dc_lambda": 0.04)";
   if (rule == "local-sgd" || rule == "diloco") return R"(, "sync_every": 10)";
+  if (rule == "balanced") return R"(, "balance_every": 5)";
   return "";
+}
+
+// The update rules, and "balanced": sync with speed-proportional batch sizes.
+std::vector<std::string> experiment_policies() {
+  std::vector<std::string> p = update_rule_names();
+  p.insert(p.begin() + 1, "balanced");
+  return p;
 }
 
 struct flags {
   double sample_ms = 0.15, budget_s = 12, max_s = 120, target = 0.88, snapshot_s = 0.5;
   uint32_t epochs = 8, seed = 1337;
-  std::vector<std::string> rules = update_rule_names(), profile_names;
+  std::vector<std::string> rules = experiment_policies(), profile_names;
   std::string out_dir = "runs/experiment_stragglers";
 };
 
@@ -85,7 +93,7 @@ run_result run_one(const flags& f, const profile& p, const std::string& rule,
     "train": {"batch_size": 256, "epochs": )" + std::to_string(f.epochs) +
                            R"(, "threads": 1, "seed": )" + std::to_string(f.seed) + R"(, "metrics_file": ")" + dir +
                            R"(/metrics.jsonl"},
-    "policy": {"name": ")" + rule + R"(", "workers": 4, "shards": 2, "sample_ms": )" + std::to_string(f.sample_ms) +
+    "policy": {"name": ")" + (rule == "balanced" ? "sync" : rule) + R"(", "workers": 4, "shards": 2, "sample_ms": )" + std::to_string(f.sample_ms) +
                            R"(, "time_limit_s": )" + std::to_string(f.max_s) + rule_knobs(rule) +
                            (p.stragglers_json.empty() ? "" : R"(, "stragglers": )" + p.stragglers_json) + "}}";
   const proto::JobSpec spec = parse_job_spec(json, "experiment stragglers");
@@ -152,7 +160,7 @@ int experiment_main(const std::vector<std::string>& args) {
     if (a == "--policies" && v) {
       f.rules = split_list(args[++i]);
       for (const std::string& r : f.rules)
-        if (std::find(update_rule_names().begin(), update_rule_names().end(), r) == update_rule_names().end()) {
+        if (const auto known = experiment_policies(); std::find(known.begin(), known.end(), r) == known.end()) {
           std::fprintf(stderr, "troupe experiment stragglers: --policies: unknown policy '%s'\n", r.c_str());
           return 2;
         }

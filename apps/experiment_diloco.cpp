@@ -126,17 +126,25 @@ run_result run_one(const flags& f, int workers, int h, const std::shared_ptr<con
   return r;
 }
 
+// An integer in [lo, hi]; else a message naming the flag, and false.
+bool parse_int(const std::string& flag, const std::string& text, int lo, int hi, int& out) {
+  double v = 0;
+  if (!parse_number("diloco", flag, text, lo, hi, v)) return false;
+  if (v != std::floor(v)) {
+    std::fprintf(stderr, "troupe experiment diloco: %s expects integers, got '%s'\n", flag.c_str(), text.c_str());
+    return false;
+  }
+  out = int(v);
+  return true;
+}
+
 bool parse_int_list(const std::string& flag, const std::string& text, int lo, int hi, std::vector<int>& out) {
   out.clear();
-  for (const std::string& part : split_list(text)) {
-    double v = 0;
-    if (!parse_number("diloco", flag, part, lo, hi, v)) return false;
-    if (v != std::floor(v)) {
-      std::fprintf(stderr, "troupe experiment diloco: %s expects integers, got '%s'\n", flag.c_str(), part.c_str());
+  for (const std::string& part : split_list(text))
+    if (int v = 0; parse_int(flag, part, lo, hi, v))
+      out.push_back(v);
+    else
       return false;
-    }
-    out.push_back(int(v));
-  }
   return true;
 }
 
@@ -150,23 +158,16 @@ int experiment_diloco_main(const std::vector<std::string>& args) {
   for (size_t i = 1; i < args.size(); ++i) {
     const std::string& a = args[i];
     const bool v = i + 1 < args.size();
-    double x = 0;
     if (a == "--workers" && v) {
       if (!parse_int_list(a, args[++i], 1, 16, f.workers)) return 2;
     } else if (a == "--sync-every" && v) {
       if (!parse_int_list(a, args[++i], 1, 100000, f.hs)) return 2;
-    } else if (a == "--steps" && v) {
-      if (!parse_number("diloco", a, args[++i], 1, 1e6, x)) return 2;
-      f.steps = int(x);
+    } else if ((a == "--steps" || a == "--eval-every") && v) {
+      if (!parse_int(a, args[++i], 1, 1000000, a == "--steps" ? f.steps : f.eval_every)) return 2;
     } else if (a == "--batch" && v) {
-      if (!parse_number("diloco", a, args[++i], 1, 1024, x)) return 2;
-      f.batch = int(x);
-    } else if (a == "--eval-every" && v) {
-      if (!parse_number("diloco", a, args[++i], 1, 1e6, x)) return 2;
-      f.eval_every = int(x);
+      if (!parse_int(a, args[++i], 1, 1024, f.batch)) return 2;
     } else if (a == "--eval-windows" && v) {
-      if (!parse_number("diloco", a, args[++i], 1, 100000, x)) return 2;
-      f.eval_windows = int(x);
+      if (!parse_int(a, args[++i], 1, 100000, f.eval_windows)) return 2;
     } else if (a == "--no-sync") {
       f.sync = false;
     } else if (a == "--out" && v) {

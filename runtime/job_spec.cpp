@@ -84,6 +84,7 @@ const numeric_rule numeric_rules[] = {
     {"policy.sync_every", true, 1, 1000000, false, false, "inner steps between synchronisations"},
     {"policy.outer_lr", false, 0, inf, true, false, ""},
     {"policy.outer_momentum", false, 0, 1, false, true, ""},
+    {"policy.balance_every", true, 0, 1000000, false, false, "0 = equal shares"},
 };
 
 struct choice_rule {
@@ -428,7 +429,8 @@ void check_presence(const proto::JobSpec& s, const checker& c) {
   const bool local = rule == "local-sgd" || rule == "diloco";
   if (pol.has_sync_every() && !local) c.fail("policy.sync_every", "only applies to policy.name \"local-sgd\" or \"diloco\"");
   for (const knob& k : {knob{pol.has_outer_lr(), "policy.outer_lr", "diloco"},
-                        knob{pol.has_outer_momentum(), "policy.outer_momentum", "diloco"}})
+                        knob{pol.has_outer_momentum(), "policy.outer_momentum", "diloco"},
+                        knob{pol.has_balance_every(), "policy.balance_every", "sync"}})
     if (k.set && rule != k.rule) c.fail(k.path, cat("only applies to policy.name \"", k.rule, "\""));
   if (rule == "allreduce") {
     const bool any = pol.has_workers() || pol.has_shards() || pol.has_sample_ms() || pol.has_time_limit_s() ||
@@ -516,6 +518,7 @@ void fill_defaults(proto::JobSpec& s) {
     if (!pol.has_outer_momentum()) pol.set_outer_momentum(0.9f);
   }
   if (!pol.has_sample_ms()) pol.set_sample_ms(0.0f);
+  if (pol.name() == "sync" && !pol.has_balance_every()) pol.set_balance_every(0);
   if (!pol.has_time_limit_s()) pol.set_time_limit_s(0.0f);
 }
 
@@ -636,6 +639,7 @@ void check_values(const proto::JobSpec& s, const checker& c) {
     if (pol.has_sync_every()) c.number("policy.sync_every", pol.sync_every());
     if (pol.has_outer_lr()) c.number("policy.outer_lr", pol.outer_lr());
     if (pol.has_outer_momentum()) c.number("policy.outer_momentum", pol.outer_momentum());
+    if (pol.has_balance_every()) c.number("policy.balance_every", pol.balance_every());
     c.number("policy.sample_ms", pol.sample_ms());
     c.number("policy.time_limit_s", pol.time_limit_s());
     std::vector<bool> named(pol.workers(), false);

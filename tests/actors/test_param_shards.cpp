@@ -27,6 +27,17 @@ proto::JobSpec mlp_job(const std::string& policy, const std::string& train = R"(
 
 double rel(double a, double b) { return std::abs(a - b) / std::max(1e-12, std::abs(b)); }
 
+// The single-process run of `spec` for 20 steps on `ref`; its per-step losses.
+std::vector<double> train_reference(trainer& ref, const proto::JobSpec& spec, std::shared_ptr<const training_data> data) {
+  batch_source src(spec, data);
+  std::vector<double> loss;
+  for (int k = 0; k < 20; ++k) {
+    batch b = src.next();
+    loss.push_back(ref.train_step(b.x, b.y).loss);
+  }
+  return loss;
+}
+
 }  // namespace
 
 TEST_CASE("param shards: synchronous SGD over n workers and S shards matches the single-process run") {
@@ -35,12 +46,7 @@ TEST_CASE("param shards: synchronous SGD over n workers and S shards matches the
   auto data = load_training_data(base);
   // The reference: the same job on one trainer.
   trainer ref(base, 20);
-  batch_source src(base, data);
-  std::vector<double> ref_loss;
-  for (int k = 0; k < 20; ++k) {
-    batch b = src.next();
-    ref_loss.push_back(ref.train_step(b.x, b.y).loss);
-  }
+  const std::vector<double> ref_loss = train_reference(ref, base, data);
   for (int workers : {1, 2, 4}) {
     for (int shards : {1, 3}) {
       CAPTURE(workers);
@@ -183,12 +189,7 @@ TEST_CASE("local rules: local-sgd over one worker is the single-process run, wha
   const proto::JobSpec base = mlp_job(R"({"name": "sync"})");
   auto data = load_training_data(base);
   trainer ref(base, 20);
-  batch_source src(base, data);
-  std::vector<double> ref_loss;
-  for (int k = 0; k < 20; ++k) {
-    batch b = src.next();
-    ref_loss.push_back(ref.train_step(b.x, b.y).loss);
-  }
+  const std::vector<double> ref_loss = train_reference(ref, base, data);
   for (int H : {1, 7, 20, 50}) {
     CAPTURE(H);
     const proto::JobSpec spec =
@@ -277,4 +278,25 @@ TEST_CASE("local rules: traffic is one pull and one push per H steps, and a fail
     CHECK(st.pushes == 2 * 5 + 1);  // worker 1 pushed round 0 (steps 0-3), then failed at step 6
   }
   for (int k = 0; k < 20; ++k) CHECK(out.step_workers[size_t(k)] == (k < 6 ? 3 : 2));
+}
+
+TEST_CASE("speed-proportional batches: a slow worker gets a smaller share, and sync is still the single-process run") {
+  set_compute_threads(1);
+  const proto::JobSpec base = mlp_job(R"({"name": "sync"})");
+  auto data = load_training_data(base);
+  trainer ref(base, 20);
+  const std::vector<double> ref_loss = train_reference(ref, base, data);
+  const proto::JobSpec spec = mlp_job(R"({"name": "sync", "workers": 4, "shards": 2, "balance_every": 2,
+      "sample_ms": 0.4, "stragglers": [{"worker": 3, "slowdown": 3}]})");
+  const ps_outcome out = run_ps_training(spec, data, {});
+  REQUIRE(out.step_loss.size() == 20);
+  // step_loss is the workers' equal-weight mean; with unequal shares compare the update
+  // instead: the parameters after 20 steps.
+  CHECK(max_diff(final_params(spec, out), ref.params()) < 1e-4);
+  REQUIRE(out.shards[0].shares.size() == 4);
+  const std::vector<int64_t>& sh = out.shards[0].shares;
+  CHECK(sh[0] + sh[1] + sh[2] + sh[3] == 24);
+  CHECK(sh[3] < sh[0]);  // 3x slower: about a third of the others' share (7, 7, 7, 3)
+  CHECK(sh[3] <= 4);
+  CHECK(out.samples == 20 * 24);
 }

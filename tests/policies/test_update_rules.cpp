@@ -8,6 +8,7 @@
 #include <set>
 
 #include "kernels/cpu/optim.hpp"
+#include "policies/speed_batches.hpp"
 #include "policies/stragglers.hpp"
 #include "policies/update_rules.hpp"
 #include "runtime/check.hpp"
@@ -220,6 +221,53 @@ TEST_CASE("update rules: local-sgd and diloco decide as sync, give workers H ste
   auto d = rule(R"({"name": "diloco", "workers": 2})");
   CHECK(d->local_steps() == 50);
   CHECK(rule(R"({"name": "local-sgd", "workers": 2})")->local_steps() == 10);
+}
+
+TEST_CASE("speed-proportional batches: shares follow speed, sum to the batch, and a worker that leaves gets none") {
+  CHECK(proportional_shares({1, 1, 1, 1.0 / 3}, 256) == std::vector<int64_t>{77, 77, 76, 26});
+  CHECK(proportional_shares({1, 1, 1, 1}, 24) == std::vector<int64_t>{6, 6, 6, 6});
+  CHECK(proportional_shares({2, 0, 1}, 10) == std::vector<int64_t>{6, 0, 4});  // 1 each, then 8 by 2:1
+  CHECK(proportional_shares({1000, 1}, 4) == std::vector<int64_t>{3, 1});      // never below one example
+  troupe::rng g(5);
+  for (int trial = 0; trial < 200; ++trial) {
+    const int n = 1 + int(g.next_u64() % 8);
+    std::vector<double> speed;
+    for (int w = 0; w < n; ++w) speed.push_back(g.uniform() < 0.2 && w > 0 ? 0.0 : 0.1 + 10 * g.uniform());
+    const int64_t B = n + int64_t(g.next_u64() % 300);
+    const std::vector<int64_t> sh = proportional_shares(speed, B);
+    CAPTURE(trial);
+    int64_t sum = 0;
+    double total = 0;
+    for (double s : speed) total += s;
+    for (int w = 0; w < n; ++w) {
+      sum += sh[size_t(w)];
+      if (speed[size_t(w)] <= 0) {
+        CHECK(sh[size_t(w)] == 0);
+        continue;
+      }
+      CHECK(sh[size_t(w)] >= 1);
+      // Within one example (plus the floor of one each) of the exact proportion.
+      CHECK(std::abs(double(sh[size_t(w)]) - (1 + double(B - std::count_if(speed.begin(), speed.end(),
+                                                                           [](double x) { return x > 0; })) *
+                                                       speed[size_t(w)] / total)) < 1.0 + 1e-9);
+    }
+    CHECK(sum == B);
+  }
+  // The balancer: equal until measured, re-divided every 3 versions from the window's
+  // speeds, and at once after a worker leaves.
+  speed_balancer b(3, 30, 3);
+  CHECK(b.shares() == std::vector<int64_t>{10, 10, 10});
+  for (int v = 1; v <= 3; ++v) {
+    b.observe(0, 0.010, 10);  // 1000 examples/s
+    b.observe(1, 0.010, 10);
+    b.observe(2, 0.040, 10);  // 250 examples/s
+    b.at_version(v);
+    if (v < 3) CHECK(b.shares() == std::vector<int64_t>{10, 10, 10});
+  }
+  CHECK(b.shares() == std::vector<int64_t>{13, 13, 4});  // 1 each, then 27 by 4:4:1 = 12+12+3
+  b.leave(1);
+  b.at_version(4);
+  CHECK(b.shares() == std::vector<int64_t>{23, 0, 7});  // 1 each, then 28 by 4:1
 }
 
 TEST_CASE("update rules: the names the job spec accepts are the rules make_update_rule knows") {
