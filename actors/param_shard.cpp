@@ -152,7 +152,6 @@ caf::behavior param_shard(shard_actor* self, param_shard_config cfg) {
         if (s.balancer) s.balancer->leave(worker);
         settle(s);
       },
-      [=](params_atom) { return caf::make_message(self->state.version, current(self->state)); },
       [=](params_atom, int64_t at_version) {
         auto& s = self->state;
         caf::response_promise reply = self->make_response_promise();
@@ -166,9 +165,8 @@ caf::behavior param_shard(shard_actor* self, param_shard_config cfg) {
       },
       [=](shares_atom) {
         auto& s = self->state;
-        if (s.balancer) return s.stats.shares = s.balancer->shares();
-        const int64_t W = int64_t(s.workers.clock.size()), B = s.cfg.spec.train().batch_size();
-        return std::vector<int64_t>(size_t(W), B / W);
+        // Without a balancer: no shares, and the workers take equal slices.
+        return s.balancer ? (s.stats.shares = s.balancer->shares()) : std::vector<int64_t>{};
       },
       [=](stats_atom) {
         auto& s = self->state;

@@ -9,14 +9,14 @@
 // Accepts: (push_atom, worker, version, clock, samples, tensor grad)   no reply
 //          (pull_atom, worker, after_version, clock) -> (version, tensor params)
 //          (leave_atom, worker)       the worker has finished or failed: it no longer counts
-//          (params_atom)              -> (version, tensor params): a snapshot, at once
 //          (params_atom, at_version)  -> (version, tensor params): the snapshot taken the
 //                                        moment the version reaches at_version (at once if
-//                                        it has already)
+//                                        it has already; 0: now)
 //          (stats_atom)               -> shard_stats
 //          (speed_atom, worker, busy_s, samples)   policy.balance_every, shard 0: a step's time
 //          (shares_atom)              -> vector<int64_t>: each worker's share of the batch
-//                                        for the current version (policies/speed_batches.hpp)
+//                                        for the current version (policies/speed_batches.hpp);
+//                                        empty without policy.balance_every (equal slices)
 // Served parameter tensors are never written again (each version is a fresh copy that
 // the pulls of that version share), so workers read them without locks.
 #include <map>

@@ -43,21 +43,24 @@ double elapsed(const ps_coordinator_state& s) {
   return std::chrono::duration<double>(clock_type::now() - s.start).count();
 }
 
-// Asks every shard for its parameters; `then` gets the snapshot.
+// Asks every shard for its parameters once its version reaches `at_version` (0: now);
+// `then` gets the snapshot, timed when the last shard answers.
 template <class F>
-void take_snapshot(coord_actor* self, F then) {
+void take_snapshot(coord_actor* self, F then, int64_t at_version = 0) {
   auto snap = std::make_shared<ps_snapshot>();
   auto& s = self->state;
-  snap->t = elapsed(s);
-  snap->worker_steps = s.out->worker_steps;
   snap->shards.resize(s.shards.size());
   auto left = std::make_shared<size_t>(s.shards.size());
   for (size_t k = 0; k < s.shards.size(); ++k)
-    self->request(s.shards[k], caf::infinite, params_atom::value).then([=](int64_t version, const tensor& p) {
-      snap->shards[k] = p;
-      if (k == 0) snap->version = version;
-      if (--*left == 0) then(std::move(*snap));
-    });
+    self->request(s.shards[k], caf::infinite, params_atom::value, at_version)
+        .then([=](int64_t version, const tensor& p) {
+          snap->shards[k] = p;
+          if (k == 0) snap->version = version;
+          if (--*left > 0) return;
+          snap->t = elapsed(self->state);
+          snap->worker_steps = self->state.out->worker_steps;
+          then(std::move(*snap));
+        });
 }
 
 void finish(coord_actor* self) {
@@ -188,21 +191,13 @@ caf::behavior ps_coordinator(coord_actor* self, proto::JobSpec spec, std::shared
         s.start = clock_type::now();
         // Snapshots at given versions: asked for before any worker starts, so the shards
         // hold them until the versions come.
-        for (int64_t v : s.opts.snapshot_versions) {
-          auto snap = std::make_shared<ps_snapshot>();
-          snap->shards.resize(s.shards.size());
-          auto left = std::make_shared<size_t>(s.shards.size());
-          for (size_t k = 0; k < s.shards.size(); ++k)
-            self->request(s.shards[k], caf::infinite, params_atom::value, v).then([=](int64_t version, const tensor& p) {
-              auto& s = self->state;
-              snap->shards[k] = p;
-              if (k == 0) snap->version = version;
-              if (--*left > 0 || s.finishing) return;
-              snap->t = elapsed(s);
-              snap->worker_steps = s.out->worker_steps;
-              s.out->snapshots.push_back(std::move(*snap));
-            });
-        }
+        for (int64_t v : s.opts.snapshot_versions)
+          take_snapshot(
+              self,
+              [=](ps_snapshot snap) {
+                if (!self->state.finishing) self->state.out->snapshots.push_back(std::move(snap));
+              },
+              v);
         for (const caf::actor& w : s.workers) self->send(w, start_atom::value);
         if (s.opts.snapshot_every_s > 0)
           self->delayed_send(self, micros(s.opts.snapshot_every_s), snapshot_atom::value);

@@ -98,30 +98,22 @@ run_result run_one(const flags& f, int workers, int h, const std::shared_ptr<con
   eval_spec.mutable_train()->set_batch_size(1);
   eval_spec.mutable_train()->set_eval_batches(uint32_t(f.eval_windows));
   const batch val = batch_source(eval_spec, data).eval_set();
-  auto evaluate = [&](const ps_snapshot& snap, double steps_done, double rounds_done) {
-    o.assemble(snap, eval.params());
+  // The trainer starts at the job's initial parameters: the curves' first point, the same
+  // for every run; then each snapshot in turn.
+  auto evaluate = [&](const ps_snapshot* snap, double steps_done, double rounds_done) {
+    if (snap) o.assemble(*snap, eval.params());
     const double loss = eval.evaluate(val.x, val.y, 64).loss;
     r.tokens.push_back(tokens_per_step * steps_done);
     r.mbytes.push_back(mb_per_round * rounds_done);
     r.loss.push_back(loss);
-    metrics.record("{\"event\":\"snapshot\",\"version\":" + std::to_string(snap.version) +
+    metrics.record("{\"event\":\"snapshot\",\"version\":" + std::to_string(snap ? snap->version : 0) +
                    ",\"tokens\":" + fmt(r.tokens.back(), "%.0f") + ",\"mb\":" + fmt(r.mbytes.back(), "%.3f") +
                    ",\"val_loss\":" + fmt(loss, "%.5f") + "}");
   };
-  {
-    // The initial parameters: the same for every run.
-    ps_snapshot init;
-    arena p(eval.net().table);
-    init_params(eval.net(), p, spec.train().seed());
-    for (const auto& l : o.layouts) {
-      init.shards.push_back(tensor::empty({l->table.total_numel()}));
-      copy_into_shard(p, *l, init.shards.back().f32());
-    }
-    evaluate(init, 0, 0);
-  }
+  evaluate(nullptr, 0, 0);
   for (size_t i = 0; i + 1 < o.snapshots.size(); ++i)
-    evaluate(o.snapshots[i], double(o.snapshots[i].version) * per_version, double(o.snapshots[i].version));
-  evaluate(o.snapshots.back(), f.steps, double(rounds));
+    evaluate(&o.snapshots[i], double(o.snapshots[i].version) * per_version, double(o.snapshots[i].version));
+  evaluate(&o.snapshots.back(), f.steps, double(rounds));
   r.final_loss = r.loss.back();
   return r;
 }
