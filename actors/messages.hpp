@@ -36,6 +36,7 @@ using stats_atom = caf::atom_constant<caf::atom("stats")>;
 using computed_atom = caf::atom_constant<caf::atom("computed")>;
 using speed_atom = caf::atom_constant<caf::atom("speed")>;
 using shares_atom = caf::atom_constant<caf::atom("shares")>;
+using steal_atom = caf::atom_constant<caf::atom("steal")>;
 
 // One (micro-)batch of training data, or the whole evaluation set (step = -1).
 struct tensor_batch {
@@ -112,6 +113,8 @@ struct worker_report {
   double emulated_s = 0;   // the whole step as emulated (policy.sample_ms), 0 when off
   double pull_wait_s = 0;  // from asking for parameters to having all of them
   int64_t bytes = 0;       // parameters pulled plus gradients pushed, this step
+  int32_t stolen = 0;      // policy.steal_micro_batches: micro-batches it took from others
+  int32_t given = 0;       // ... and that others took from it
 };
 
 // What a parameter shard counts, for the metrics and the experiment tables.
@@ -212,7 +215,7 @@ typename Inspector::result_type inspect(Inspector& f, stage_report& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, worker_report& x) {
   return f(caf::meta::type_name("worker_report"), x.worker, x.step, x.loss, x.samples, x.version, x.compute_s,
-           x.emulated_s, x.pull_wait_s, x.bytes);
+           x.emulated_s, x.pull_wait_s, x.bytes, x.stolen, x.given);
 }
 
 template <class Inspector>

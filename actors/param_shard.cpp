@@ -11,6 +11,9 @@ namespace {
 
 using shard_actor = caf::stateful_actor<param_shard_state>;
 
+// DC-ASGD-a's moving mean of g*g: the paper's decay.
+constexpr float kDcMeanDecay = 0.95f;
+
 // The parameters of the current version as a tensor nobody writes again.
 const tensor& current(param_shard_state& s) {
   if (s.served_version != s.version) {
@@ -32,7 +35,11 @@ void apply(param_shard_state& s, const update_plan& plan) {
       const param_shard_state::pending_push& p = s.pending[plan.take[j]];
       const float w = float(plan.weight[j]);
       const tensor& at = s.pulled_at.empty() ? tensor{} : s.pulled_at[size_t(p.info.worker)];
-      if (plan.dc_lambda > 0 && at.defined())
+      if (plan.dc_lambda > 0 && plan.dc_adaptive && at.defined())
+        kernels::delay_compensated_adaptive_accumulate(acc, p.grad.f32(), s.params.flat().f32(), at.f32(),
+                                                       s.dc_meansq.flat().f32(), w, float(plan.dc_lambda),
+                                                       kDcMeanDecay, N);
+      else if (plan.dc_lambda > 0 && at.defined())
         kernels::delay_compensated_accumulate(acc, p.grad.f32(), s.params.flat().f32(), at.f32(), w,
                                               float(plan.dc_lambda), N);
       else
@@ -111,7 +118,11 @@ caf::behavior param_shard(shard_actor* self, param_shard_config cfg) {
   const size_t W = s.cfg.spec.policy().workers();
   s.workers.clock.assign(W, 0);
   s.workers.live.assign(W, true);
-  if (s.cfg.spec.policy().name() == "dc-asgd") s.pulled_at.resize(W);
+  if (s.cfg.spec.policy().name() == "dc-asgd") {
+    s.pulled_at.resize(W);
+    s.dc_meansq = arena(table);
+    s.dc_meansq.zero();
+  }
   if (s.cfg.layout->index == 0 && s.cfg.spec.policy().balance_every() > 0)
     s.balancer = std::make_unique<speed_balancer>(int(W), int64_t(s.cfg.spec.train().batch_size()),
                                                   int64_t(s.cfg.spec.policy().balance_every()));

@@ -32,6 +32,7 @@ struct ps_coordinator_state {
   int group_reports = 0;
   double group_loss = 0, group_compute = 0;
   int64_t group_samples = 0, group_bytes = 0;
+  std::vector<int64_t> step_samples;  // examples reported for each worker step so far
   static inline const char* name = "ps_coordinator";
 };
 
@@ -102,9 +103,13 @@ void on_report(coord_actor* self, const worker_report& r) {
   auto& s = self->state;
   ps_outcome& o = *s.out;
   if (size_t(r.step) >= o.step_loss.size()) o.step_loss.resize(size_t(r.step) + 1, 0), o.step_workers.resize(size_t(r.step) + 1, 0);
-  // Running mean over the workers of step k (equal slices, so an equal-weight mean).
-  const int32_t n = ++o.step_workers[size_t(r.step)];
-  o.step_loss[size_t(r.step)] += (double(r.loss) - o.step_loss[size_t(r.step)]) / n;
+  // Running mean over the workers of step k, weighted by their examples (slices differ
+  // with speed-proportional batches and work stealing; a worker with none adds nothing).
+  if (size_t(r.step) >= s.step_samples.size()) s.step_samples.resize(size_t(r.step) + 1, 0);
+  ++o.step_workers[size_t(r.step)];
+  int64_t& n = s.step_samples[size_t(r.step)];
+  n += r.samples;
+  if (n > 0) o.step_loss[size_t(r.step)] += (double(r.loss) - o.step_loss[size_t(r.step)]) * double(r.samples) / double(n);
   ++o.worker_steps;
   if (s.opts.stop_after_pushes > 0 && o.worker_steps == s.opts.stop_after_pushes && !s.stopping) {
     s.stopping = true;
@@ -112,7 +117,13 @@ void on_report(coord_actor* self, const worker_report& r) {
   }
   o.samples += r.samples;
   o.bytes += r.bytes;
-  s.group_loss += r.loss;
+  if (o.worker_samples.empty()) o.worker_samples.assign(s.workers.size(), 0), o.stolen = o.given = o.worker_samples;
+  if (r.worker >= 0 && size_t(r.worker) < s.workers.size()) {
+    o.worker_samples[size_t(r.worker)] += r.samples;
+    o.stolen[size_t(r.worker)] += r.stolen;
+    o.given[size_t(r.worker)] += r.given;
+  }
+  s.group_loss += double(r.loss) * double(r.samples);
   s.group_compute += r.compute_s;
   s.group_samples += r.samples;
   s.group_bytes += r.bytes;
@@ -124,7 +135,7 @@ void on_report(coord_actor* self, const worker_report& r) {
     std::snprintf(extra, sizeof extra, "\"policy\":\"%s\",\"version\":%lld,\"worker_steps\":%lld,\"bytes\":%lld",
                   s.spec.policy().name().c_str(), (long long)r.version, (long long)o.worker_steps,
                   (long long)s.group_bytes);
-    s.progress->step(std::min(s.group_step, s.steps - 1), float(s.group_loss / s.group_reports), lr, 0,
+    s.progress->step(std::min(s.group_step, s.steps - 1), float(s.group_samples > 0 ? s.group_loss / double(s.group_samples) : 0.0), lr, 0,
                      s.group_samples, 0, s.group_compute, extra);
   }
   ++s.group_step;
@@ -198,6 +209,7 @@ caf::behavior ps_coordinator(coord_actor* self, proto::JobSpec spec, std::shared
                 if (!self->state.finishing) self->state.out->snapshots.push_back(std::move(snap));
               },
               v);
+        for (const caf::actor& w : s.workers) self->send(w, peers_atom::value, s.workers);
         for (const caf::actor& w : s.workers) self->send(w, start_atom::value);
         if (s.opts.snapshot_every_s > 0)
           self->delayed_send(self, micros(s.opts.snapshot_every_s), snapshot_atom::value);

@@ -25,8 +25,11 @@ struct ps_snapshot {
 
 struct ps_outcome {
   std::vector<std::shared_ptr<const shard_layout>> layouts;
-  std::vector<double> step_loss;       // per worker step k: mean loss of the workers that trained step k
+  std::vector<double> step_loss;       // per worker step k: the workers' loss on step k, weighted by examples
   std::vector<int32_t> step_workers;   // how many workers trained step k
+  // Per worker over the run: examples trained, and (policy.steal_micro_batches)
+  // micro-batches it stole from others and others stole from it.
+  std::vector<int64_t> worker_samples, stolen, given;
   std::vector<ps_snapshot> snapshots;  // every policy.snapshot period, and the final parameters last
   std::vector<shard_stats> shards;
   std::vector<std::string> failures;   // workers that failed, and why

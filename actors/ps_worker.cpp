@@ -4,6 +4,7 @@
 
 #include "kernels/cpu/optim.hpp"
 #include "policies/update_rule.hpp"
+#include "policies/work_stealing.hpp"
 #include "runtime/threads.hpp"
 
 namespace troupe {
@@ -17,19 +18,10 @@ double since(clock_t_::time_point t) { return std::chrono::duration<double>(cloc
 
 void begin_step(worker_actor* self);
 
-// Forward and backward on this worker's slice of the step's batch, then the emulated rest.
-void compute(worker_actor* self) {
+// Forward and backward on examples [first, first + b) of the step's batch, into s.grads;
+// returns their mean loss.
+float train_on(worker_actor* self, int64_t first, int64_t b) {
   auto& s = self->state;
-  s.report.pull_wait_s = s.round_steps == 0 ? since(s.pull_start) : 0;
-  const auto t0 = clock_t_::now();
-  s.source->next_indices(s.global_idx);  // every worker draws every step's batch: same order
-  const int64_t W = s.cfg.spec.policy().workers();
-  int64_t first = s.cfg.worker * (int64_t(s.global_idx.size()) / W), b = int64_t(s.global_idx.size()) / W;
-  if (!s.shares.empty()) {  // speed-proportional: this worker's share of the batch now
-    first = 0;
-    for (int32_t w = 0; w < s.cfg.worker; ++w) first += s.shares[size_t(w)];
-    b = s.shares[size_t(s.cfg.worker)];
-  }
   s.my_idx.assign(s.global_idx.begin() + first, s.global_idx.begin() + first + b);
   batch bt = s.source->gather(s.my_idx);
   s.grads.zero();
@@ -38,24 +30,140 @@ void compute(worker_actor* self) {
   tensor dloss = tensor::empty({1});
   dloss.f32()[0] = 1.f;
   backward(*s.net, s.params, s.grads, dloss, acts);
+  return loss.f32()[0];
+}
+
+// Sends itself computed_atom once `emulated_s` (policy.sample_ms; 0: off) has passed since
+// the compute that took `compute_s` began: at once if the compute took longer.
+void after_emulated(worker_actor* self, double emulated_s, double compute_s) {
+  const double rest = emulated_s - compute_s;
+  if (rest > 0)
+    self->delayed_send(self, std::chrono::microseconds(int64_t(rest * 1e6)), computed_atom::value);
+  else
+    self->send(self, computed_atom::value);
+}
+
+// The emulated time of `samples` examples this step (policy.sample_ms; 0: off).
+double emulated_s(worker_actor* self, int64_t samples) {
+  auto& s = self->state;
+  const double sample_ms = s.cfg.spec.policy().sample_ms();
+  return sample_ms > 0 ? sample_ms * 1e-3 * double(samples) * s.cfg.stragglers->factor(s.cfg.worker, s.step) : 0;
+}
+
+// Work stealing (policy.steal_micro_batches): this worker's queue for its current step,
+// made on first use (a thief may ask before this worker has its parameters).
+void ensure_queue(worker_actor* self) {
+  auto& s = self->state;
+  if (s.queue_step == s.step) return;
+  const auto& pol = s.cfg.spec.policy();
+  s.queue = own_micro_batches(s.cfg.worker, int32_t(pol.workers()), int32_t(pol.steal_micro_batches()));
+  s.queue_step = s.step;
+  s.report.given = 0;
+}
+
+void finish_stolen_step(worker_actor* self);
+
+// The next micro-batch: its own from the front of the queue, else what the others give
+// when asked all at once; when every other worker has none left, the step's work is all
+// claimed. Emulated time runs back to back over micro-batches that follow each other
+// without a wait (a late timer does not push the next one back), and restarts after one.
+void next_micro_batch(worker_actor* self) {
+  auto& s = self->state;
+  if (!s.queue.empty()) {
+    const int64_t j = s.queue.front();
+    s.queue.pop_front();
+    const auto t0 = clock_t_::now();
+    const auto base = s.back_to_back ? std::min(s.device_free, t0) : t0;
+    const float loss = train_on(self, j * s.micro_size, s.micro_size);
+    kernels::weighted_accumulate(s.accum.flat().f32(), s.grads.flat().f32(), float(s.micro_size),
+                                 s.accum.flat().numel());
+    s.loss_sum += double(loss) * double(s.micro_size);
+    s.report.samples += s.micro_size;
+    const double e = emulated_s(self, s.micro_size);
+    s.report.compute_s += since(t0);
+    s.report.emulated_s += e;
+    s.device_free = std::max(clock_t_::now(), base + std::chrono::duration_cast<clock_t_::duration>(
+                                                        std::chrono::duration<double>(e)));
+    after_emulated(self, std::chrono::duration<double>(s.device_free - clock_t_::now()).count(), 0);
+    return;
+  }
+  s.back_to_back = false;
+  s.asking = s.victims.size();
+  s.got_work = false;
+  if (s.asking == 0) {
+    finish_stolen_step(self);
+    return;
+  }
+  auto answered = [=](const std::vector<int64_t>& got) {
+    auto& s = self->state;
+    s.queue.insert(s.queue.end(), got.begin(), got.end());
+    s.report.stolen += int32_t(got.size());
+    s.got_work = s.got_work || !got.empty();
+    if (--s.asking > 0) return;
+    if (s.got_work)
+      next_micro_batch(self);  // and after it, every victim is worth asking again
+    else
+      finish_stolen_step(self);
+  };
+  for (int32_t v : s.victims)
+    self->request(s.peers[size_t(v)], caf::infinite, steal_atom::value, s.step)
+        .then([=](const std::vector<int64_t>& got) { answered(got); },
+              [=](caf::error&) { answered({}); });  // gone (finished or failed): nothing to give
+}
+
+void step_done(worker_actor* self);
+
+// The step's gradient: the sample-weighted mean of the micro-batches this worker trained
+// (zero, with samples 0, if the others took them all).
+void finish_stolen_step(worker_actor* self) {
+  auto& s = self->state;
+  s.grads.zero();
+  if (s.report.samples > 0)
+    kernels::weighted_accumulate(s.grads.flat().f32(), s.accum.flat().f32(), 1.f / float(s.report.samples),
+                                 s.grads.flat().numel());
+  s.report.loss = s.report.samples > 0 ? float(s.loss_sum / double(s.report.samples)) : 0.f;
+  step_done(self);
+}
+
+void begin_stolen_step(worker_actor* self) {
+  auto& s = self->state;
+  ensure_queue(self);
+  s.accum.zero();
+  s.loss_sum = 0;
+  s.report.samples = 0;
+  s.report.stolen = 0;
+  s.report.compute_s = s.report.emulated_s = 0;
+  s.back_to_back = false;
+  next_micro_batch(self);
+}
+
+// Forward and backward on this worker's slice of the step's batch, then the emulated rest.
+void compute(worker_actor* self) {
+  auto& s = self->state;
+  s.report.pull_wait_s = s.round_steps == 0 ? since(s.pull_start) : 0;
+  const auto t0 = clock_t_::now();
+  s.source->next_indices(s.global_idx);  // every worker draws every step's batch: same order
+  if (s.micro_size > 0) {
+    begin_stolen_step(self);
+    return;
+  }
+  const int64_t W = s.cfg.spec.policy().workers();
+  int64_t first = s.cfg.worker * (int64_t(s.global_idx.size()) / W), b = int64_t(s.global_idx.size()) / W;
+  if (!s.shares.empty()) {  // speed-proportional: this worker's share of the batch now
+    first = 0;
+    for (int32_t w = 0; w < s.cfg.worker; ++w) first += s.shares[size_t(w)];
+    b = s.shares[size_t(s.cfg.worker)];
+  }
+  const float loss = train_on(self, first, b);
   if (s.opt) {
     clip_grad_norm(s.grads, s.cfg.spec.optimizer().grad_clip());
     s.opt->step(s.params, s.grads, learning_rate(s.cfg.spec.optimizer(), s.step, s.cfg.total_steps));
   }
-  s.report.loss = loss.f32()[0];
+  s.report.loss = loss;
   s.report.samples = b;
   s.report.compute_s = since(t0);
-  const double sample_ms = s.cfg.spec.policy().sample_ms();
-  s.report.emulated_s = 0;
-  if (sample_ms > 0) {
-    s.report.emulated_s = sample_ms * 1e-3 * double(b) * s.cfg.stragglers->factor(s.cfg.worker, s.step);
-    const double rest = s.report.emulated_s - s.report.compute_s;
-    if (rest > 0) {
-      self->delayed_send(self, std::chrono::microseconds(int64_t(rest * 1e6)), computed_atom::value);
-      return;
-    }
-  }
-  self->send(self, computed_atom::value);
+  s.report.emulated_s = emulated_s(self, b);
+  after_emulated(self, s.report.emulated_s, s.report.compute_s);
 }
 
 // Sends each shard its slice of the gradient, or under a local rule of the change since
@@ -161,6 +269,11 @@ caf::behavior ps_worker(worker_actor* self, ps_worker_config cfg) {
   s.versions.assign(s.cfg.shards.size(), 0);
   s.local_steps = make_update_rule(s.cfg.spec.policy())->local_steps();
   s.balancing = s.cfg.spec.policy().balance_every() > 0;
+  if (s.cfg.spec.policy().steal_micro_batches() > 0) {
+    s.micro_size = int64_t(s.cfg.spec.train().batch_size() / s.cfg.spec.policy().steal_micro_batches());
+    s.accum = arena(s.net->table);
+    s.victims = victim_order(s.cfg.worker, int32_t(s.cfg.spec.policy().workers()));
+  }
   if (s.local_steps > 0) {
     s.opt = make_optimizer(s.cfg.spec.optimizer(), s.net->table);
     s.anchor = arena(s.net->table);
@@ -173,7 +286,26 @@ caf::behavior ps_worker(worker_actor* self, ps_worker_config cfg) {
         set_compute_threads(t > 0 ? t : std::max(1, hardware_threads() / W));
         begin_step(self);
       },
-      [=](computed_atom) { step_done(self); },
+      [=](peers_atom, const std::vector<caf::actor>& peers) { self->state.peers = peers; },
+      [=](computed_atom) {
+        if (self->state.micro_size > 0) {
+          self->state.back_to_back = true;
+          next_micro_batch(self);
+        } else {
+          step_done(self);
+        }
+      },
+      // A thief of the same step: give it from the back of the queue (made now if this
+      // worker has not begun the step's compute). Under sync nobody can be a step ahead
+      // of a worker that has not pushed, so another step's thief gets nothing.
+      [=](steal_atom, int64_t step) {
+        auto& s = self->state;
+        if (s.micro_size == 0 || step != s.step || s.step >= s.cfg.steps) return std::vector<int64_t>{};
+        ensure_queue(self);
+        std::vector<int64_t> given = give_away(s.queue);
+        s.report.given += int32_t(given.size());
+        return given;
+      },
   };
 }
 

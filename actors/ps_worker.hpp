@@ -16,12 +16,22 @@
 // shares of the batch in force (policies/speed_batches.hpp), trains on its share, and
 // tells shard 0 how long the step took.
 //
+// With policy.steal_micro_batches (sync) the step's batch is cut into micro-batches; the
+// worker trains its own run of them, then steals from the others' queues until none is
+// left (policies/work_stealing.hpp), and pushes the sample-weighted mean gradient of what
+// it trained, with that many samples. A worker that fails takes its unstarted
+// micro-batches with it: the sync rule averages what the others push.
+//
 // Accepts: (start_atom)        begin training
+//          (peers_atom, vector<actor>)  every worker, by index: the victims of steals
 //          (computed_atom)     internal: the emulated compute time is over
+//          (steal_atom, step) -> vector<int64_t>: micro-batches of `step` given to a
+//                              thief from the back of the queue (empty: none left)
 // Sends:   pull/push/leave to the shards; worker_report to the coordinator. It leaves
 //          every shard and quits normally after its last step, and quits with an error
 //          at an injected failure (policy.stragglers.fail_at_step).
 #include <chrono>
+#include <deque>
 #include <memory>
 #include <vector>
 
@@ -59,6 +69,19 @@ struct ps_worker_state {
   bool balancing = false;            // policy.balance_every: shares of the batch from shard 0
   std::vector<int64_t> shares;       // ... for the step in progress
   std::vector<int64_t> global_idx, my_idx;
+  // policy.steal_micro_batches (policies/work_stealing.hpp): the other workers, the queue
+  // of this step's micro-batches not yet started, and the step's sum of gradients.
+  int64_t micro_size = 0;            // examples per micro-batch; 0: no stealing
+  std::vector<caf::actor> peers;     // every worker, by index (this one included)
+  std::vector<int32_t> victims;      // whom to ask (all at once)
+  size_t asking = 0;                 // steal requests not yet answered
+  bool got_work = false;             // ... and whether any answer had some
+  bool back_to_back = false;         // the last micro-batch's emulated time just ran out
+  std::chrono::steady_clock::time_point device_free;  // ... when it did
+  std::deque<int64_t> queue;
+  int64_t queue_step = -1;           // the step `queue` belongs to
+  arena accum;                       // sum over its micro-batches of examples x gradient
+  double loss_sum = 0;
   std::vector<int64_t> versions;  // per shard: the version of the parameters held
   int64_t clock = 0;              // gradients pushed
   size_t awaiting = 0;            // pulls not yet answered

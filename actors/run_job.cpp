@@ -186,6 +186,16 @@ job_outcome run_policy_job(const proto::JobSpec& spec, std::shared_ptr<const tra
                 (long long)(r.shards.empty() ? 0 : r.shards[0].pushes), rounds.c_str(),
                 (long long)(r.shards.empty() ? 0 : r.shards[0].version), r.updates_per_s(), (long long)dropped,
                 r.mean_staleness(), double(r.bytes) / 1e6, r.time_limited ? " (stopped at policy.time_limit_s)" : "");
+    const uint32_t M = spec.policy().steal_micro_batches();
+    if (M > 0 && !r.worker_samples.empty()) {
+      std::printf("stealing:  %u micro-batches of %u examples a step; per worker examples trained "
+                  "(micro-batches stolen / given):",
+                  M, spec.train().batch_size() / M);
+      for (size_t w = 0; w < r.worker_samples.size(); ++w)
+        std::printf(" w%zu %lld (%lld/%lld)", w, (long long)r.worker_samples[w], (long long)r.stolen[w],
+                    (long long)r.given[w]);
+      std::printf("\n");
+    }
     for (const std::string& f : r.failures) std::printf("failed:    %s\n", f.c_str());
   }
   return out;

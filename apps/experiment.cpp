@@ -57,14 +57,24 @@ std::string rule_knobs(const std::string& rule) {
   if (rule == "dc-asgd") return R"(, "dc_lambda": 0.04)";
   if (rule == "local-sgd" || rule == "diloco") return R"(, "sync_every": 10)";
   if (rule == "balanced") return R"(, "balance_every": 5)";
+  if (rule == "stealing") return R"(, "steal_micro_batches": 16)";
+  if (rule == "dc-asgd-a") return R"(, "dc_adaptive": true)";
   return "";
 }
 
-// The update rules, and "balanced": sync with speed-proportional batch sizes.
+// The update rules, "balanced" (sync with speed-proportional batch sizes), "stealing"
+// (sync with micro-batch work stealing) and "dc-asgd-a" (dc-asgd's adaptive variant).
 std::vector<std::string> experiment_policies() {
   std::vector<std::string> p = update_rule_names();
-  p.insert(p.begin() + 1, "balanced");
+  p.insert(p.begin() + 1, {"balanced", "stealing"});
+  p.insert(std::find(p.begin(), p.end(), "dc-asgd") + 1, "dc-asgd-a");
   return p;
+}
+
+// The update rule a policy of the experiment runs.
+std::string rule_of(const std::string& policy) {
+  if (policy == "balanced" || policy == "stealing") return "sync";
+  return policy == "dc-asgd-a" ? "dc-asgd" : policy;
 }
 
 struct flags {
@@ -93,7 +103,7 @@ run_result run_one(const flags& f, const profile& p, const std::string& rule,
     "train": {"batch_size": 256, "epochs": )" + std::to_string(f.epochs) +
                            R"(, "threads": 1, "seed": )" + std::to_string(f.seed) + R"(, "metrics_file": ")" + dir +
                            R"(/metrics.jsonl"},
-    "policy": {"name": ")" + (rule == "balanced" ? "sync" : rule) + R"(", "workers": 4, "shards": 2, "sample_ms": )" + std::to_string(f.sample_ms) +
+    "policy": {"name": ")" + rule_of(rule) + R"(", "workers": 4, "shards": 2, "sample_ms": )" + std::to_string(f.sample_ms) +
                            R"(, "time_limit_s": )" + std::to_string(f.max_s) + rule_knobs(rule) +
                            (p.stragglers_json.empty() ? "" : R"(, "stragglers": )" + p.stragglers_json) + "}}";
   const proto::JobSpec spec = parse_job_spec(json, "experiment stragglers");
@@ -256,7 +266,7 @@ int experiment_main(const std::vector<std::string>& args) {
                       r.samples_per_s / s0->samples_per_s, r.samples_per_s >= 0.98 * s0->samples_per_s ? "met" : "NOT met");
     }
     for (const std::string& prof : f.profile_names)
-      for (const char* rule : {"staleness-lr", "dc-asgd"})
+      for (const char* rule : {"staleness-lr", "dc-asgd", "dc-asgd-a"})
         if (const run_result *r = find(prof, rule), *s0 = find(prof, "sync"); r && s0)
           std::printf("check: %s: %-12s final accuracy %.4f vs sync %.4f: %+.2f points (bar within 0.5): %s\n",
                       prof.c_str(), rule, r->final_acc, s0->final_acc, 100 * (r->final_acc - s0->final_acc),

@@ -58,6 +58,7 @@ void speed_balancer::leave(int32_t worker) {
 
 void speed_balancer::at_version(int64_t version) {
   if (!left_ && (every_ <= 0 || version % every_ != 0)) return;
+  const bool forced = left_;
   left_ = false;
   std::vector<double> speed(speed_.size(), 0);
   for (size_t w = 0; w < speed_.size(); ++w) {
@@ -67,7 +68,18 @@ void speed_balancer::at_version(int64_t version) {
     speed[w] = live_[w] ? speed_[w] : 0;
   }
   if (std::none_of(speed.begin(), speed.end(), [](double s) { return s > 0; })) return;
-  shares_ = proportional_shares(speed, batch_);
+  std::vector<int64_t> next = proportional_shares(speed, batch_);
+  // Hysteresis: measured speeds jitter, and shares that chase the jitter make the rounds
+  // uneven. Keep the shares in force unless the new ones predict a round at least
+  // kMinGain shorter; after a leave the dead worker's share must move, so always adopt.
+  if (forced || predicted_round_s(next, speed) <= (1 - kMinGain) * predicted_round_s(shares_, speed)) shares_ = next;
+}
+
+double predicted_round_s(const std::vector<int64_t>& shares, const std::vector<double>& speed) {
+  double longest = 0;
+  for (size_t w = 0; w < shares.size() && w < speed.size(); ++w)
+    if (speed[w] > 0) longest = std::max(longest, double(shares[w]) / speed[w]);
+  return longest;
 }
 
 }  // namespace troupe

@@ -17,15 +17,22 @@ namespace troupe {
 // workers with speed > 0, and at least one.
 std::vector<int64_t> proportional_shares(const std::vector<double>& speed, int64_t batch);
 
+// The round time `shares` predict: the longest share / speed among workers with speed > 0.
+double predicted_round_s(const std::vector<int64_t>& shares, const std::vector<double>& speed);
+
 class speed_balancer {
  public:
   speed_balancer(int workers, int64_t batch, int64_t every);
   // A worker's step: `samples` examples in `busy_s` seconds.
   void observe(int32_t worker, double busy_s, int64_t samples);
   void leave(int32_t worker);
-  // Called when the shard reaches `version`; re-divides the batch every `every` versions
-  // (and at once after a worker has left), from the speeds measured since the last time.
+  // Called when the shard reaches `version`; every `every` versions it re-divides the
+  // batch from the speeds measured since the last time, and adopts the new shares only if
+  // they predict a round at least kMinGain shorter than the shares in force do (measured
+  // speeds jitter by a few per cent; chasing that makes rounds uneven). After a worker
+  // has left it re-divides at once and always adopts.
   void at_version(int64_t version);
+  static constexpr double kMinGain = 0.05;
   const std::vector<int64_t>& shares() const { return shares_; }
 
  private:

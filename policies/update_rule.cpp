@@ -62,7 +62,7 @@ std::unique_ptr<update_rule> make_update_rule(const proto::PolicySpec& spec) {
   if (n == "downpour") return std::make_unique<downpour_rule>();
   if (n == "ssp") return std::make_unique<ssp_rule>(int64_t(spec.staleness()));
   if (n == "staleness-lr") return std::make_unique<staleness_lr_rule>();
-  if (n == "dc-asgd") return std::make_unique<dc_asgd_rule>(spec.dc_lambda());
+  if (n == "dc-asgd") return std::make_unique<dc_asgd_rule>(spec.dc_lambda(), spec.dc_adaptive());
   if (n == "local-sgd") return std::make_unique<local_sgd_rule>(int(std::max(1u, spec.sync_every())));
   if (n == "diloco")
     return std::make_unique<diloco_rule>(int(std::max(1u, spec.sync_every())), spec.outer_lr(), spec.outer_momentum());

@@ -55,6 +55,7 @@ struct update_plan {
   std::vector<double> weight;   // one per taken push, summing to 1
   double lr_scale = 1;          // multiplies this update's learning rate
   double dc_lambda = 0;         // > 0: each taken gradient is delay-compensated first
+  bool dc_adaptive = false;     // ... with lambda / sqrt(moving mean of g*g) (DC-ASGD-a)
   std::vector<size_t> drop;     // indices of pending pushes to discard unused
   bool empty() const { return take.empty() && drop.empty(); }
 };

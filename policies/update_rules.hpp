@@ -61,13 +61,14 @@ class staleness_lr_rule : public update_rule {
 
 class dc_asgd_rule : public update_rule {
  public:
-  explicit dc_asgd_rule(double lambda) : lambda_(lambda) {}
+  dc_asgd_rule(double lambda, bool adaptive) : lambda_(lambda), adaptive_(adaptive) {}
   std::string_view name() const override { return "dc-asgd"; }
   update_plan decide(const std::vector<push_info>& pending, int64_t version, const worker_view& w) const override;
   bool may_serve(const pull_info&, int64_t, const worker_view&) const override { return true; }
 
  private:
   double lambda_;
+  bool adaptive_;
 };
 
 // Local SGD: as sync (every live worker's push of the current version, averaged), but each

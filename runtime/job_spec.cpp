@@ -85,6 +85,8 @@ const numeric_rule numeric_rules[] = {
     {"policy.outer_lr", false, 0, inf, true, false, ""},
     {"policy.outer_momentum", false, 0, 1, false, true, ""},
     {"policy.balance_every", true, 0, 1000000, false, false, "0 = equal shares"},
+    {"policy.steal_micro_batches", true, 0, 1048576, false, false,
+     "0 = off; else a multiple of policy.workers that divides train.batch_size"},
 };
 
 struct choice_rule {
@@ -422,7 +424,8 @@ void check_presence(const proto::JobSpec& s, const checker& c) {
   };
   for (const knob& k : {knob{pol.has_backup(), "policy.backup", "backup"}, knob{pol.has_k(), "policy.k", "k-async"},
                         knob{pol.has_staleness(), "policy.staleness", "ssp"},
-                        knob{pol.has_dc_lambda(), "policy.dc_lambda", "dc-asgd"}})
+                        knob{pol.has_dc_lambda(), "policy.dc_lambda", "dc-asgd"},
+                        knob{pol.has_dc_adaptive(), "policy.dc_adaptive", "dc-asgd"}})
     if (k.set && rule != k.rule) c.fail(k.path, cat("only applies to policy.name \"", k.rule, "\""));
   // Local rules: each worker takes policy.sync_every optimizer steps of its own between
   // synchronisations, so it sees its whole gradient and may clip it.
@@ -430,7 +433,8 @@ void check_presence(const proto::JobSpec& s, const checker& c) {
   if (pol.has_sync_every() && !local) c.fail("policy.sync_every", "only applies to policy.name \"local-sgd\" or \"diloco\"");
   for (const knob& k : {knob{pol.has_outer_lr(), "policy.outer_lr", "diloco"},
                         knob{pol.has_outer_momentum(), "policy.outer_momentum", "diloco"},
-                        knob{pol.has_balance_every(), "policy.balance_every", "sync"}})
+                        knob{pol.has_balance_every(), "policy.balance_every", "sync"},
+                        knob{pol.has_steal_micro_batches(), "policy.steal_micro_batches", "sync"}})
     if (k.set && rule != k.rule) c.fail(k.path, cat("only applies to policy.name \"", k.rule, "\""));
   if (rule == "allreduce") {
     const bool any = pol.has_workers() || pol.has_shards() || pol.has_sample_ms() || pol.has_time_limit_s() ||
@@ -510,7 +514,8 @@ void fill_defaults(proto::JobSpec& s) {
   if (pol.name() == "backup" && !pol.has_backup()) pol.set_backup(1);
   if (pol.name() == "k-async" && !pol.has_k()) pol.set_k(std::max(1u, pol.workers() / 2));
   if (pol.name() == "ssp" && !pol.has_staleness()) pol.set_staleness(3);
-  if (pol.name() == "dc-asgd" && !pol.has_dc_lambda()) pol.set_dc_lambda(0.04f);
+  if (pol.name() == "dc-asgd" && !pol.has_dc_lambda()) pol.set_dc_lambda(pol.dc_adaptive() ? 2.0f : 0.04f);
+  if (pol.name() == "dc-asgd" && !pol.has_dc_adaptive()) pol.set_dc_adaptive(false);
   if (pol.name() == "local-sgd" && !pol.has_sync_every()) pol.set_sync_every(10);
   if (pol.name() == "diloco") {
     if (!pol.has_sync_every()) pol.set_sync_every(50);
@@ -519,6 +524,7 @@ void fill_defaults(proto::JobSpec& s) {
   }
   if (!pol.has_sample_ms()) pol.set_sample_ms(0.0f);
   if (pol.name() == "sync" && !pol.has_balance_every()) pol.set_balance_every(0);
+  if (pol.name() == "sync" && !pol.has_steal_micro_batches()) pol.set_steal_micro_batches(0);
   if (!pol.has_time_limit_s()) pol.set_time_limit_s(0.0f);
 }
 
@@ -640,6 +646,17 @@ void check_values(const proto::JobSpec& s, const checker& c) {
     if (pol.has_outer_lr()) c.number("policy.outer_lr", pol.outer_lr());
     if (pol.has_outer_momentum()) c.number("policy.outer_momentum", pol.outer_momentum());
     if (pol.has_balance_every()) c.number("policy.balance_every", pol.balance_every());
+    if (pol.steal_micro_batches() > 0) {
+      const uint32_t m = pol.steal_micro_batches();
+      c.number("policy.steal_micro_batches", m);
+      if (m % pol.workers() != 0 || t.batch_size() % m != 0)
+        c.fail("policy.steal_micro_batches",
+               cat("invalid value ", m, ": expected a multiple of policy.workers (", pol.workers(),
+                   ") that divides train.batch_size (", t.batch_size(), ")"));
+      if (pol.balance_every() > 0)
+        c.fail("policy.steal_micro_batches", "cannot be combined with policy.balance_every: both divide the batch "
+                                             "among the workers; choose one");
+    }
     c.number("policy.sample_ms", pol.sample_ms());
     c.number("policy.time_limit_s", pol.time_limit_s());
     std::vector<bool> named(pol.workers(), false);

@@ -70,6 +70,14 @@ void weighted_accumulate(float* acc, const float* g, float weight, int64_t N) {
   for (int64_t i = 0; i < N; i++) acc[i] += weight * g[i];
 }
 
+void delay_compensated_adaptive_accumulate(float* acc, const float* g, const float* w_now, const float* w_pulled,
+                                           float* ms, float weight, float lambda0, float decay, int64_t N) {
+  for (int64_t i = 0; i < N; i++) {
+    ms[i] = decay * ms[i] + (1 - decay) * g[i] * g[i];
+    acc[i] += weight * (g[i] + lambda0 / std::sqrt(ms[i] + 1e-12f) * g[i] * g[i] * (w_now[i] - w_pulled[i]));
+  }
+}
+
 void delay_compensated_accumulate(float* acc, const float* g, const float* w_now, const float* w_pulled, float weight,
                                   float lambda, int64_t N) {
   for (int64_t i = 0; i < N; i++) acc[i] += weight * (g[i] + lambda * g[i] * g[i] * (w_now[i] - w_pulled[i]));

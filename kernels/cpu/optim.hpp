@@ -46,6 +46,15 @@ void weighted_accumulate(float* acc,      // (N)
                          const float* g,  // (N)
                          float weight, int64_t N);
 
+// DC-ASGD-a: first ms = decay * ms + (1 - decay) * g * g, then
+//   acc += weight * (g + lambda0 / sqrt(ms + 1e-12) * g * g * (w_now - w_pulled)).
+void delay_compensated_adaptive_accumulate(float* acc,             // (N)
+                                           const float* g,         // (N)
+                                           const float* w_now,     // (N)
+                                           const float* w_pulled,  // (N)
+                                           float* ms,              // (N) moving mean of g*g, updated
+                                           float weight, float lambda0, float decay, int64_t N);
+
 // The same with DC-ASGD's delay compensation of a gradient computed at w_pulled:
 //   acc += weight * (g + lambda * g * g * (w_now - w_pulled)).
 void delay_compensated_accumulate(float* acc,             // (N)

@@ -11,6 +11,7 @@
 #include "policies/speed_batches.hpp"
 #include "policies/stragglers.hpp"
 #include "policies/update_rules.hpp"
+#include "policies/work_stealing.hpp"
 #include "runtime/check.hpp"
 #include "runtime/job_spec.hpp"
 #include "runtime/model.hpp"
@@ -254,7 +255,8 @@ TEST_CASE("speed-proportional batches: shares follow speed, sum to the batch, an
     CHECK(sum == B);
   }
   // The balancer: equal until measured, re-divided every 3 versions from the window's
-  // speeds, and at once after a worker leaves.
+  // speeds when that shortens the predicted round by kMinGain, and at once after a
+  // worker leaves.
   speed_balancer b(3, 30, 3);
   CHECK(b.shares() == std::vector<int64_t>{10, 10, 10});
   for (int v = 1; v <= 3; ++v) {
@@ -265,9 +267,90 @@ TEST_CASE("speed-proportional batches: shares follow speed, sum to the batch, an
     if (v < 3) CHECK(b.shares() == std::vector<int64_t>{10, 10, 10});
   }
   CHECK(b.shares() == std::vector<int64_t>{13, 13, 4});  // 1 each, then 27 by 4:4:1 = 12+12+3
+  // Jitter: worker 1 measures 10% slower. The exact proportion moves an example from it to
+  // worker 0, but the slow worker 2 still sets the round (4 / 250 either way): kept.
+  CHECK(proportional_shares({1000, 900, 250}, 30) == std::vector<int64_t>{14, 12, 4});
+  CHECK(predicted_round_s({14, 12, 4}, {1000, 900, 250}) == doctest::Approx(0.016));
+  for (int v = 4; v <= 6; ++v) {
+    b.observe(0, 0.010, 10);
+    b.observe(1, 0.010, 9);
+    b.observe(2, 0.040, 10);
+    b.at_version(v);
+  }
+  CHECK(b.shares() == std::vector<int64_t>{13, 13, 4});
+  // A real change: worker 2 is as fast as the others. Equal shares cut the predicted
+  // round from 13 ms to 10 ms (more than kMinGain): adopted.
+  for (int v = 7; v <= 9; ++v) {
+    for (int w = 0; w < 3; ++w) b.observe(w, 0.010, 10);
+    b.at_version(v);
+  }
+  CHECK(b.shares() == std::vector<int64_t>{10, 10, 10});
+  // Back to the first speeds, then a leave inside the window: re-divided at once.
+  for (int v = 10; v <= 12; ++v) {
+    b.observe(0, 0.010, 10);
+    b.observe(1, 0.010, 10);
+    b.observe(2, 0.040, 10);
+    b.at_version(v);
+  }
+  CHECK(b.shares() == std::vector<int64_t>{13, 13, 4});
   b.leave(1);
-  b.at_version(4);
+  b.at_version(13);
   CHECK(b.shares() == std::vector<int64_t>{23, 0, 7});  // 1 each, then 28 by 4:1
+}
+
+TEST_CASE("work stealing: own runs, victim order, steal-half, and a simulated step trains each micro-batch once") {
+  CHECK(own_micro_batches(1, 4, 8) == std::deque<int64_t>{2, 3});
+  CHECK(own_micro_batches(0, 1, 3) == std::deque<int64_t>{0, 1, 2});
+  CHECK(victim_order(2, 4) == std::vector<int32_t>{3, 0, 1});
+  CHECK(victim_order(0, 1).empty());
+  CHECK(steal_count(0) == 0);
+  CHECK(steal_count(1) == 1);
+  CHECK(steal_count(4) == 2);
+  CHECK(steal_count(5) == 3);
+  std::deque<int64_t> q{4, 5, 6, 7, 8};
+  CHECK(give_away(q) == std::vector<int64_t>{6, 7, 8});
+  CHECK(q == std::deque<int64_t>{4, 5});
+  // A step as events: worker w needs time[w] per micro-batch; an idle worker asks the
+  // others in victim_order (a steal takes no time). Each micro-batch is trained exactly
+  // once, and nobody idles while work is left, so the step ends within two slowest
+  // micro-batches of the perfectly divided work (a partial one in progress when the last
+  // is claimed, and the last).
+  troupe::rng g(11);
+  for (int trial = 0; trial < 100; ++trial) {
+    const int W = 1 + int(g.next_u64() % 6), M = W * (1 + int(g.next_u64() % 8));
+    std::vector<double> time(static_cast<size_t>(W), 0.0), busy_until(static_cast<size_t>(W), 0.0);
+    for (double& t : time) t = 1 + (g.uniform() < 0.3 ? 9 * g.uniform() : 0);
+    std::vector<std::deque<int64_t>> queue;
+    for (int w = 0; w < W; ++w) queue.push_back(own_micro_batches(w, W, M));
+    std::vector<int> trained(size_t(M), 0);
+    std::vector<bool> done(size_t(W), false);
+    for (;;) {
+      // The worker that becomes free first takes its next micro-batch, stealing if dry.
+      int w = -1;
+      for (int v = 0; v < W; ++v)
+        if (!done[size_t(v)] && (w < 0 || busy_until[size_t(v)] < busy_until[size_t(w)])) w = v;
+      if (w < 0) break;
+      auto& mine = queue[size_t(w)];
+      for (int32_t victim : victim_order(w, W)) {
+        if (!mine.empty()) break;
+        for (int64_t j : give_away(queue[size_t(victim)])) mine.push_back(j);
+      }
+      if (mine.empty()) {
+        done[size_t(w)] = true;
+        continue;
+      }
+      ++trained[size_t(mine.front())];
+      mine.pop_front();
+      busy_until[size_t(w)] += time[size_t(w)];
+    }
+    CAPTURE(trial);
+    CHECK(std::all_of(trained.begin(), trained.end(), [](int n) { return n == 1; }));
+    double rate = 0;
+    for (double t : time) rate += 1 / t;
+    const double ideal = M / rate;
+    CHECK(*std::max_element(busy_until.begin(), busy_until.end()) <=
+          ideal + 2 * *std::max_element(time.begin(), time.end()) + 1e-9);
+  }
 }
 
 TEST_CASE("update rules: the names the job spec accepts are the rules make_update_rule knows") {
@@ -371,5 +454,23 @@ TEST_CASE("kernels: combining pushes matches a double-precision reference on ran
     CHECK(a1[size_t(i)] == doctest::Approx(acc[size_t(i)] + 0.3 * gi).epsilon(1e-5));
     const double dc = gi + 0.7 * gi * gi * (double(now[size_t(i)]) - then[size_t(i)]);
     CHECK(a2[size_t(i)] == doctest::Approx(acc[size_t(i)] + 0.3 * dc).epsilon(1e-5));
+  }
+  // DC-ASGD-a over three gradients: the moving mean of g*g first, then lambda0 / sqrt of it.
+  std::vector<float> ms(N, 0.f), a3 = acc;
+  std::vector<double> ms_ref(N, 0.0), a3_ref(acc.begin(), acc.end());
+  for (int round = 0; round < 3; ++round) {
+    for (int64_t i = 0; i < N; ++i) g[size_t(i)] = float(r.normal()) * (round + 1) * 1e-2f;
+    kernels::delay_compensated_adaptive_accumulate(a3.data(), g.data(), now.data(), then.data(), ms.data(), 0.5f,
+                                                   2.f, 0.95f, N);
+    for (int64_t i = 0; i < N; ++i) {
+      const double gi = g[size_t(i)];
+      ms_ref[size_t(i)] = 0.95 * ms_ref[size_t(i)] + 0.05 * gi * gi;
+      a3_ref[size_t(i)] += 0.5 * (gi + 2 / std::sqrt(ms_ref[size_t(i)]) * gi * gi *
+                                           (double(now[size_t(i)]) - then[size_t(i)]));
+    }
+  }
+  for (int64_t i = 0; i < N; ++i) {
+    CHECK(ms[size_t(i)] == doctest::Approx(ms_ref[size_t(i)]).epsilon(1e-5));
+    CHECK(a3[size_t(i)] == doctest::Approx(a3_ref[size_t(i)]).epsilon(1e-4));
   }
 }
