@@ -52,7 +52,7 @@ void apply(param_shard_state& s, const update_plan& plan) {
     // asynchronous update of one worker's slice advances it by 1 / workers.
     const int64_t B = s.cfg.spec.train().batch_size();
     const float lr = learning_rate(s.opt_spec, s.applied_samples / B, s.cfg.total_steps) *
-                     float(plan.lr_scale);
+                     float(plan.lr_scale * lr_batch_scale(s.cfg.spec.policy().lr_scaling(), samples, B));
     s.opt->step(s.params, s.combined, lr);
     ++s.version;
     s.applied_samples += samples;

@@ -31,7 +31,7 @@ struct ps_coordinator_state {
   int64_t group_step = 0;
   int group_reports = 0;
   double group_loss = 0, group_compute = 0;
-  int64_t group_samples = 0, group_bytes = 0;
+  int64_t group_samples = 0, group_bytes = 0, group_stolen = 0;
   std::vector<int64_t> step_samples;  // examples reported for each worker step so far
   static inline const char* name = "ps_coordinator";
 };
@@ -127,21 +127,25 @@ void on_report(coord_actor* self, const worker_report& r) {
   s.group_compute += r.compute_s;
   s.group_samples += r.samples;
   s.group_bytes += r.bytes;
+  s.group_stolen += r.stolen;
   if (++s.group_reports < int(s.workers.size()) - int(o.failures.size())) return;
   if (s.progress) {
     const int64_t B = s.spec.train().batch_size();
     const float lr = learning_rate(s.spec.optimizer(), o.samples / B - 1, s.steps);
-    char extra[200];
-    std::snprintf(extra, sizeof extra, "\"policy\":\"%s\",\"version\":%lld,\"worker_steps\":%lld,\"bytes\":%lld",
+    char extra[240];
+    std::snprintf(extra, sizeof extra, "\"policy\":\"%s\",\"version\":%lld,\"worker_steps\":%lld,\"bytes\":%lld%s",
                   s.spec.policy().name().c_str(), (long long)r.version, (long long)o.worker_steps,
-                  (long long)s.group_bytes);
+                  (long long)s.group_bytes,
+                  s.spec.policy().steal_micro_batches() > 0
+                      ? (",\"stolen\":" + std::to_string(s.group_stolen)).c_str()
+                      : "");
     s.progress->step(std::min(s.group_step, s.steps - 1), float(s.group_samples > 0 ? s.group_loss / double(s.group_samples) : 0.0), lr, 0,
                      s.group_samples, 0, s.group_compute, extra);
   }
   ++s.group_step;
   s.group_reports = 0;
   s.group_loss = s.group_compute = 0;
-  s.group_samples = s.group_bytes = 0;
+  s.group_samples = s.group_bytes = s.group_stolen = 0;
 }
 
 caf::behavior ps_coordinator(coord_actor* self, proto::JobSpec spec, std::shared_ptr<const training_data> data,

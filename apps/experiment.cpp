@@ -79,9 +79,10 @@ std::string rule_of(const std::string& policy) {
 
 struct flags {
   double sample_ms = 0.15, budget_s = 12, max_s = 120, target = 0.88, snapshot_s = 0.5;
-  uint32_t epochs = 8, seed = 1337;
+  uint32_t epochs = 8, seed = 1337, repeats = 1;
   std::vector<std::string> rules = experiment_policies(), profile_names;
   std::string out_dir = "runs/experiment_stragglers";
+  std::string lr_scaling = "none";  // policy.lr_scaling of the gradient rules
 };
 
 struct run_result {
@@ -91,11 +92,48 @@ struct run_result {
   double updates_per_s = 0, staleness = 0, samples_per_s = 0, mb_per_step = 0;
   int64_t worker_steps = 0, dropped = 0;
   bool capped = false;
+  // --repeats: every run's time to target (-1: not reached), final accuracy and samples/s;
+  // the fields above are then their medians (the curve is the first run's).
+  std::vector<double> all_time, all_final, all_samples;
 };
 
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n == 0 ? 0 : n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+// One row from the repeats of a cell: medians, with "not reached" as later than any time.
+run_result median_of(const std::vector<run_result>& runs) {
+  run_result m = runs.front();
+  auto med = [&](auto field) {
+    std::vector<double> v;
+    for (const run_result& r : runs) v.push_back(field(r));
+    return median(v);
+  };
+  const double never = 1e30;
+  const double tt = med([&](const run_result& r) { return r.time_to_target < 0 ? never : r.time_to_target; });
+  m.time_to_target = tt >= never / 2 ? -1 : tt;
+  m.acc_at_budget = med([](const run_result& r) { return r.acc_at_budget; });
+  m.final_acc = med([](const run_result& r) { return r.final_acc; });
+  m.seconds = med([](const run_result& r) { return r.seconds; });
+  m.updates_per_s = med([](const run_result& r) { return r.updates_per_s; });
+  m.staleness = med([](const run_result& r) { return r.staleness; });
+  m.samples_per_s = med([](const run_result& r) { return r.samples_per_s; });
+  m.dropped = int64_t(med([](const run_result& r) { return double(r.dropped); }));
+  m.capped = std::any_of(runs.begin(), runs.end(), [](const run_result& r) { return r.capped; });
+  for (const run_result& r : runs) {
+    m.all_time.push_back(r.time_to_target);
+    m.all_final.push_back(r.final_acc);
+    m.all_samples.push_back(r.samples_per_s);
+  }
+  return m;
+}
+
 run_result run_one(const flags& f, const profile& p, const std::string& rule,
-                   const std::shared_ptr<const training_data>& data) {
-  const std::string dir = f.out_dir + "/" + p.name + "_" + rule;
+                   const std::shared_ptr<const training_data>& data, uint32_t repeat) {
+  const std::string dir =
+      f.out_dir + "/" + p.name + "_" + rule + (f.repeats > 1 ? "_" + std::to_string(repeat + 1) : "");
   const std::string json = R"({"name": "stragglers_)" + p.name + "_" + rule + R"(",
     "model": {"mlp": {"widths": [784, 256, 128, 64, 10], "activation": "relu"}},
     "data": {"dataset": "fashion_mnist"},
@@ -105,6 +143,7 @@ run_result run_one(const flags& f, const profile& p, const std::string& rule,
                            R"(/metrics.jsonl"},
     "policy": {"name": ")" + rule_of(rule) + R"(", "workers": 4, "shards": 2, "sample_ms": )" + std::to_string(f.sample_ms) +
                            R"(, "time_limit_s": )" + std::to_string(f.max_s) + rule_knobs(rule) +
+                           (rule == "local-sgd" || rule == "diloco" ? "" : R"(, "lr_scaling": ")" + f.lr_scaling + "\"") +
                            (p.stragglers_json.empty() ? "" : R"(, "stragglers": )" + p.stragglers_json) + "}}";
   const proto::JobSpec spec = parse_job_spec(json, "experiment stragglers");
   std::filesystem::remove_all(dir);
@@ -155,7 +194,8 @@ run_result run_one(const flags& f, const profile& p, const std::string& rule,
 int experiment_main(const std::vector<std::string>& args) {
   const char* usage =
       "usage: troupe experiment stragglers [--policies LIST] [--profiles LIST] [--epochs N] [--sample-ms MS]\n"
-      "                                    [--budget S] [--max-s S] [--target ACC] [--out DIR]\n";
+      "                                    [--budget S] [--max-s S] [--target ACC] [--repeats N]\n"
+      "                                    [--lr-scaling none|linear|sqrt] [--out DIR]\n";
   if (!args.empty() && args[0] == "diloco") return experiment_diloco_main(args);
   if (args.empty() || args[0] != "stragglers") {
     std::fprintf(stderr, "%s       troupe experiment diloco [--workers LIST] [--sync-every LIST] [--steps N] ...\n", usage);
@@ -193,6 +233,16 @@ int experiment_main(const std::vector<std::string>& args) {
       if (!parse_number("stragglers", a, args[++i], 1, 36000, f.max_s)) return 2;
     } else if (a == "--target" && v) {
       if (!parse_number("stragglers", a, args[++i], 0.1, 1, f.target)) return 2;
+    } else if (a == "--lr-scaling" && v) {
+      f.lr_scaling = args[++i];
+      if (f.lr_scaling != "none" && f.lr_scaling != "linear" && f.lr_scaling != "sqrt") {
+        std::fprintf(stderr, "troupe experiment stragglers: --lr-scaling: unknown '%s' (none, linear, sqrt)\n",
+                     f.lr_scaling.c_str());
+        return 2;
+      }
+    } else if (a == "--repeats" && v) {
+      if (!parse_number("stragglers", a, args[++i], 1, 20, x)) return 2;
+      f.repeats = uint32_t(x);
     } else if (a == "--out" && v) {
       f.out_dir = args[++i];
     } else {
@@ -207,12 +257,12 @@ int experiment_main(const std::vector<std::string>& args) {
                                                 "experiment stragglers");
     auto data = load_training_data(probe);
     std::printf("experiment stragglers: Fashion-MNIST MLP 784-256-128-64-10, 4 workers x batch 64, 2 parameter shards,\n"
-                "AdamW lr 2e-3 cosine, %u epochs of work per run (4 x steps gradients, shared as the policy lets the\n"
-                "workers; cut at %.0f s)\n"
+                "AdamW lr 2e-3 cosine (policy.lr_scaling %s), %u epochs of work per run (4 x steps gradients,\n"
+                "shared as the policy lets the workers; cut at %.0f s)\n"
                 "NOTE: worker compute is EMULATED: a step lasts %.2f ms per example x the straggler factor (real\n"
                 "      forward+backward included), so 4 workers on this %d-core machine behave like 4 devices.\n"
                 "      Test accuracy from parameter snapshots every %.1f s, evaluated after each run.\n\n",
-                f.epochs, f.max_s, f.sample_ms, hardware_threads(), f.snapshot_s);
+                f.lr_scaling.c_str(), f.epochs, f.max_s, f.sample_ms, hardware_threads(), f.snapshot_s);
     std::vector<run_result> all;
     for (const std::string& pn : f.profile_names) {
       const profile& p = *std::find_if(profiles().begin(), profiles().end(), [&](const profile& x) { return x.name == pn; });
@@ -221,24 +271,32 @@ int experiment_main(const std::vector<std::string>& args) {
                   "updates/s", "staleness", "samples/s", "dropped", "run (s)");
       std::vector<plot_series> series;
       double sync_time = -1;  // sync's time to the target under this profile
-      for (const std::string& rule : f.rules) {
-        std::fflush(stdout);
-        all.push_back(run_one(f, p, rule, data));
-        const run_result& r = all.back();
-        if (rule == "sync") sync_time = r.time_to_target;
-        std::string tt = r.time_to_target < 0 ? "not reached" : fmt(r.time_to_target, "%.1f");
-        if (rule != "sync" && r.time_to_target > 0 && sync_time > 0)
-          tt += fmt(sync_time / r.time_to_target, " (%.2fx)");
-        std::printf("  %-13s %12s %10.4f %9.4f %10.1f %10.2f %11.0f %9lld %8.1f%s\n", rule.c_str(), tt.c_str(),
-                    r.acc_at_budget, r.final_acc, r.updates_per_s, r.staleness, r.samples_per_s, (long long)r.dropped,
-                    r.seconds, r.capped ? " (cut)" : "");
-        series.push_back(plot_series{rule, r.t, r.acc});
+      // Repeats go round the policies, so a slow minute of the machine hits them all alike.
+      std::vector<std::vector<run_result>> cell(f.rules.size());
+      for (uint32_t rep = 0; rep < f.repeats; ++rep) {
+        if (f.repeats > 1) std::printf("  (repeat %u of %u)\n", rep + 1, f.repeats);
+        for (size_t k = 0; k < f.rules.size(); ++k) {
+          std::fflush(stdout);
+          cell[k].push_back(run_one(f, p, f.rules[k], data, rep));
+          if (rep + 1 < f.repeats) continue;
+          all.push_back(median_of(cell[k]));
+          const run_result& r = all.back();
+          const std::string& rule = f.rules[k];
+          if (rule == "sync") sync_time = r.time_to_target;
+          std::string tt = r.time_to_target < 0 ? "not reached" : fmt(r.time_to_target, "%.1f");
+          if (rule != "sync" && r.time_to_target > 0 && sync_time > 0)
+            tt += fmt(sync_time / r.time_to_target, " (%.2fx)");
+          std::printf("  %-13s %12s %10.4f %9.4f %10.1f %10.2f %11.0f %9lld %8.1f%s\n", rule.c_str(), tt.c_str(),
+                      r.acc_at_budget, r.final_acc, r.updates_per_s, r.staleness, r.samples_per_s,
+                      (long long)r.dropped, r.seconds, r.capped ? " (cut)" : "");
+          series.push_back(plot_series{rule, r.t, r.acc});
+        }
       }
       const std::string svg = f.out_dir + "/stragglers_" + p.name + ".svg";
       write_line_plot_svg(svg, "test accuracy over time, profile " + p.name + " (" + p.description + ")", "wall-clock s",
                           "test accuracy", series);
-      std::printf("  (x): times faster to %.0f%% than sync; acc@budget at %.0f s; plot: %s\n\n", f.target * 100,
-                  f.budget_s, svg.c_str());
+      std::printf("  (x): times faster to %.0f%% than sync; acc@budget at %.0f s;%s plot: %s\n\n", f.target * 100,
+                  f.budget_s, f.repeats > 1 ? fmt(f.repeats, " medians of %.0f runs;").c_str() : "", svg.c_str());
     }
     // The issue's bars, where this sitting ran what they need.
     auto find = [&](const std::string& prof, const std::string& rule) -> const run_result* {
@@ -271,7 +329,9 @@ int experiment_main(const std::vector<std::string>& args) {
           std::printf("check: %s: %-12s final accuracy %.4f vs sync %.4f: %+.2f points (bar within 0.5): %s\n",
                       prof.c_str(), rule, r->final_acc, s0->final_acc, 100 * (r->final_acc - s0->final_acc),
                       std::abs(r->final_acc - s0->final_acc) <= 0.005 ? "met" : "NOT met");
-    std::string json = "{\"experiment\":\"stragglers\",\"sample_ms\":" + std::to_string(f.sample_ms) +
+    std::string json = "{\"experiment\":\"stragglers\",\"repeats\":" + std::to_string(f.repeats) +
+                       ",\"lr_scaling\":\"" + f.lr_scaling + "\"" +
+                       ",\"sample_ms\":" + std::to_string(f.sample_ms) +
                        ",\"emulated_compute\":true,\"budget_s\":" + std::to_string(f.budget_s) +
                        ",\"target\":" + std::to_string(f.target) + ",\"runs\":[";
     for (size_t i = 0; i < all.size(); ++i) {
@@ -283,7 +343,17 @@ int experiment_main(const std::vector<std::string>& args) {
               std::to_string(r.staleness) + ",\"samples_per_s\":" + std::to_string(r.samples_per_s) +
               ",\"mb_per_step\":" + std::to_string(r.mb_per_step) + ",\"dropped\":" + std::to_string(r.dropped) +
               ",\"worker_steps\":" + std::to_string(r.worker_steps) + ",\"seconds\":" + std::to_string(r.seconds) +
-              ",\"cut\":" + (r.capped ? "true" : "false") + ",\"curve\":[";
+              ",\"cut\":" + (r.capped ? "true" : "false");
+      if (f.repeats > 1) {
+        auto list = [](const std::vector<double>& v, const char* spec) {
+          std::string out = "[";
+          for (size_t k = 0; k < v.size(); ++k) out += std::string(k ? "," : "") + fmt(v[k], spec);
+          return out + "]";
+        };
+        json += ",\"runs_time_to_target_s\":" + list(r.all_time, "%.2f") + ",\"runs_final_acc\":" +
+                list(r.all_final, "%.4f") + ",\"runs_samples_per_s\":" + list(r.all_samples, "%.0f");
+      }
+      json += ",\"curve\":[";
       for (size_t k = 0; k < r.t.size(); ++k)
         json += std::string(k ? "," : "") + "[" + fmt(r.t[k], "%.3f") + "," + fmt(r.acc[k], "%.4f") + "]";
       json += "]}";

@@ -1,6 +1,7 @@
 #include "policies/update_rule.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <map>
 #include <mutex>
@@ -26,6 +27,13 @@ std::vector<double> sample_weights(const std::vector<push_info>& pending, const 
   std::vector<double> w;
   for (size_t i : take) w.push_back(total > 0 ? double(pending[i].samples) / total : 1.0 / double(take.size()));
   return w;
+}
+
+double lr_batch_scale(const std::string& scaling, int64_t samples, int64_t batch) {
+  const double r = batch > 0 ? double(samples) / double(batch) : 1.0;
+  if (scaling == "linear") return r;
+  if (scaling == "sqrt") return std::sqrt(r);
+  return 1.0;
 }
 
 const std::vector<std::string>& update_rule_names() {

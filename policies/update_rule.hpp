@@ -106,6 +106,13 @@ void register_update_rule(const std::string& name, update_rule_factory make);
 // Throws input_error naming the known rules for an unknown name.
 std::unique_ptr<update_rule> make_update_rule(const proto::PolicySpec& spec);
 
+// policy.lr_scaling: the factor on the learning rate of an update made from `samples`
+// examples where the single-process step has `batch`: 1 ("none"), samples / batch
+// ("linear": SGD's linear scaling rule, Goyal et al. 2017) or its square root ("sqrt":
+// the rule for Adam, Malladi et al. 2022). An asynchronous rule's update of one worker's
+// slice thus steps as far as a step of that batch size would.
+double lr_batch_scale(const std::string& scaling, int64_t samples, int64_t batch);
+
 // Shared by the rules: weights proportional to the pushes' samples.
 std::vector<double> sample_weights(const std::vector<push_info>& pending, const std::vector<size_t>& take);
 

@@ -102,6 +102,7 @@ const choice_rule choice_rules[] = {
     {"parallel.transport", {"shm", "tcp", "ucx"}},
     // "allreduce" is the parallel section's path; the rest are policies/update_rule.hpp's
     // names (a test keeps the two lists in step).
+    {"policy.lr_scaling", {"none", "linear", "sqrt"}},
     {"policy.name",
      {"allreduce", "sync", "backup", "k-async", "downpour", "ssp", "staleness-lr", "dc-asgd", "local-sgd", "diloco"}},
 };
@@ -431,6 +432,12 @@ void check_presence(const proto::JobSpec& s, const checker& c) {
   // synchronisations, so it sees its whole gradient and may clip it.
   const bool local = rule == "local-sgd" || rule == "diloco";
   if (pol.has_sync_every() && !local) c.fail("policy.sync_every", "only applies to policy.name \"local-sgd\" or \"diloco\"");
+  if (pol.has_lr_scaling()) {
+    c.choice("policy.lr_scaling", pol.lr_scaling());
+    if (local || rule == "allreduce")
+      c.fail("policy.lr_scaling", cat("only applies to the gradient rules (sync, backup, k-async, downpour, ssp, "
+                                      "staleness-lr, dc-asgd), not to \"", rule, "\""));
+  }
   for (const knob& k : {knob{pol.has_outer_lr(), "policy.outer_lr", "diloco"},
                         knob{pol.has_outer_momentum(), "policy.outer_momentum", "diloco"},
                         knob{pol.has_balance_every(), "policy.balance_every", "sync"},
@@ -523,6 +530,7 @@ void fill_defaults(proto::JobSpec& s) {
     if (!pol.has_outer_momentum()) pol.set_outer_momentum(0.9f);
   }
   if (!pol.has_sample_ms()) pol.set_sample_ms(0.0f);
+  if (!pol.has_lr_scaling() && pol.name() != "local-sgd" && pol.name() != "diloco") pol.set_lr_scaling("none");
   if (pol.name() == "sync" && !pol.has_balance_every()) pol.set_balance_every(0);
   if (pol.name() == "sync" && !pol.has_steal_micro_batches()) pol.set_steal_micro_batches(0);
   if (!pol.has_time_limit_s()) pol.set_time_limit_s(0.0f);

@@ -8,6 +8,7 @@
 #include <cmath>
 
 #include "actors/ps_job.hpp"
+#include "policies/update_rule.hpp"
 #include "runtime/job_spec.hpp"
 #include "runtime/threads.hpp"
 
@@ -298,6 +299,27 @@ TEST_CASE("speed-proportional batches: a slow worker gets a smaller share, and s
   CHECK(sh[3] < sh[0]);  // 3x slower: about a third of the others' share (7, 7, 7, 3)
   CHECK(sh[3] <= 4);
   CHECK(out.samples == 20 * 24);
+}
+
+TEST_CASE("policy.lr_scaling: an update of half the batch steps with half the learning rate (linear)") {
+  // Worker 1 fails before its first step, so every update is worker 0's half of the batch.
+  // Plain SGD: "linear" at lr 0.1 is "none" at lr 0.05, bit for bit.
+  const std::string policy = R"({"name": "sync", "workers": 2, "shards": 2, "stragglers": [{"worker": 1, "fail_at_step": 0}])";
+  auto job = [&](const char* lr, const char* scaling) {
+    return parse_job_spec(R"({"name": "scaling", "model": {"mlp": {"widths": [784, 32, 10]}},
+      "data": {"dataset": "fashion_mnist"}, "optimizer": {"sgd": {"lr": )" + std::string(lr) + R"(}},
+      "train": {"batch_size": 24, "steps": 10, "threads": 1}, "policy": )" + policy + R"(, "lr_scaling": ")" +
+                              scaling + R"("}})",
+                          "scaling.json");
+  };
+  const proto::JobSpec a = job("0.1", "linear"), b = job("0.05", "none"), c = job("0.1", "none");
+  auto data = load_training_data(a);
+  const ps_outcome ra = run_ps_training(a, data, {}), rb = run_ps_training(b, data, {}), rc = run_ps_training(c, data, {});
+  CHECK(max_diff(final_params(a, ra), final_params(b, rb)) == 0);
+  CHECK(max_diff(final_params(a, ra), final_params(c, rc)) > 1e-4);
+  CHECK(lr_batch_scale("sqrt", 64, 256) == doctest::Approx(0.5));
+  CHECK(lr_batch_scale("linear", 64, 256) == doctest::Approx(0.25));
+  CHECK(lr_batch_scale("none", 64, 256) == 1.0);
 }
 
 TEST_CASE("work stealing: idle workers take a slow worker's micro-batches, and sync is still the single-process run") {
