@@ -118,8 +118,8 @@ caf::behavior param_shard(shard_actor* self, param_shard_config cfg) {
   const size_t W = s.cfg.spec.policy().workers();
   s.workers.clock.assign(W, 0);
   s.workers.live.assign(W, true);
-  if (s.cfg.spec.policy().name() == "dc-asgd") {
-    s.pulled_at.resize(W);
+  if (s.cfg.spec.policy().name() == "dc-asgd") s.pulled_at.resize(W);
+  if (s.cfg.spec.policy().dc_adaptive()) {
     s.dc_meansq = arena(table);
     s.dc_meansq.zero();
   }

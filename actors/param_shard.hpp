@@ -64,7 +64,7 @@ struct param_shard_state {
   tensor served;                   // the parameters of `version`, as served
   int64_t served_version = -1;
   std::vector<tensor> pulled_at;   // dc-asgd: the parameters each worker last pulled
-  arena dc_meansq;                 // dc-asgd: moving mean of g*g (used with policy.dc_adaptive)
+  arena dc_meansq;                 // dc-asgd with policy.dc_adaptive: moving mean of g*g
   std::multimap<int64_t, caf::response_promise> version_waits;  // snapshots asked for ahead
   std::unique_ptr<speed_balancer> balancer;  // shard 0 with policy.balance_every
   shard_stats stats;

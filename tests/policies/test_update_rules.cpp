@@ -259,6 +259,13 @@ TEST_CASE("speed-proportional batches: shares follow speed, sum to the batch, an
   // worker leaves.
   speed_balancer b(3, 30, 3);
   CHECK(b.shares() == std::vector<int64_t>{10, 10, 10});
+  // Versions first..first+2, each worker taking busy_s[w] for samples[w] examples.
+  auto window = [&](int first, std::vector<double> busy_s, std::vector<int64_t> samples) {
+    for (int v = first; v < first + 3; ++v) {
+      for (int w = 0; w < 3; ++w) b.observe(w, busy_s[size_t(w)], samples[size_t(w)]);
+      b.at_version(v);
+    }
+  };
   for (int v = 1; v <= 3; ++v) {
     b.observe(0, 0.010, 10);  // 1000 examples/s
     b.observe(1, 0.010, 10);
@@ -271,27 +278,14 @@ TEST_CASE("speed-proportional batches: shares follow speed, sum to the batch, an
   // worker 0, but the slow worker 2 still sets the round (4 / 250 either way): kept.
   CHECK(proportional_shares({1000, 900, 250}, 30) == std::vector<int64_t>{14, 12, 4});
   CHECK(predicted_round_s({14, 12, 4}, {1000, 900, 250}) == doctest::Approx(0.016));
-  for (int v = 4; v <= 6; ++v) {
-    b.observe(0, 0.010, 10);
-    b.observe(1, 0.010, 9);
-    b.observe(2, 0.040, 10);
-    b.at_version(v);
-  }
+  window(4, {0.010, 0.010, 0.040}, {10, 9, 10});
   CHECK(b.shares() == std::vector<int64_t>{13, 13, 4});
   // A real change: worker 2 is as fast as the others. Equal shares cut the predicted
   // round from 13 ms to 10 ms (more than kMinGain): adopted.
-  for (int v = 7; v <= 9; ++v) {
-    for (int w = 0; w < 3; ++w) b.observe(w, 0.010, 10);
-    b.at_version(v);
-  }
+  window(7, {0.010, 0.010, 0.010}, {10, 10, 10});
   CHECK(b.shares() == std::vector<int64_t>{10, 10, 10});
   // Back to the first speeds, then a leave inside the window: re-divided at once.
-  for (int v = 10; v <= 12; ++v) {
-    b.observe(0, 0.010, 10);
-    b.observe(1, 0.010, 10);
-    b.observe(2, 0.040, 10);
-    b.at_version(v);
-  }
+  window(10, {0.010, 0.010, 0.040}, {10, 10, 10});
   CHECK(b.shares() == std::vector<int64_t>{13, 13, 4});
   b.leave(1);
   b.at_version(13);
