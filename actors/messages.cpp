@@ -16,6 +16,7 @@ void register_message_types(caf::actor_system_config& cfg) {
   cfg.add_message_type<std::vector<caf::actor>>("std::vector<caf::actor>");
   cfg.add_message_type<std::vector<tensor>>("std::vector<tensor>");
   cfg.add_message_type<std::vector<int64_t>>("std::vector<int64_t>");
+  cfg.add_message_type<std::vector<int32_t>>("std::vector<int32_t>");
 }
 
 }  // namespace troupe

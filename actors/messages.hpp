@@ -37,6 +37,7 @@ using computed_atom = caf::atom_constant<caf::atom("computed")>;
 using speed_atom = caf::atom_constant<caf::atom("speed")>;
 using shares_atom = caf::atom_constant<caf::atom("shares")>;
 using steal_atom = caf::atom_constant<caf::atom("steal")>;
+using members_atom = caf::atom_constant<caf::atom("members")>;
 
 // One (micro-)batch of training data, or the whole evaluation set (step = -1).
 struct tensor_batch {

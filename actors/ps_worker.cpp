@@ -50,15 +50,23 @@ double emulated_s(worker_actor* self, int64_t samples) {
   return sample_ms > 0 ? sample_ms * 1e-3 * double(samples) * s.cfg.stragglers->factor(s.cfg.worker, s.step) : 0;
 }
 
-// Work stealing (policy.steal_micro_batches): this worker's queue for its current step,
-// made on first use (a thief may ask before this worker has its parameters).
-void ensure_queue(worker_actor* self) {
+// Work stealing (policy.steal_micro_batches): this worker's queue for its current step
+// and whom to ask, by its rank among the step's members (shard 0's, so every worker of the
+// step cuts the batch alike); made on first use: a thief may ask, with the members it got,
+// before this worker has its own.
+void ensure_queue(worker_actor* self, const std::vector<int32_t>& members) {
   auto& s = self->state;
   if (s.queue_step == s.step) return;
-  const auto& pol = s.cfg.spec.policy();
-  s.queue = own_micro_batches(s.cfg.worker, int32_t(pol.workers()), int32_t(pol.steal_micro_batches()));
   s.queue_step = s.step;
   s.report.given = 0;
+  s.queue.clear();
+  s.victims.clear();
+  const auto me = std::find(members.begin(), members.end(), s.cfg.worker);
+  if (me == members.end()) return;  // not a member (cannot happen while it lives): trains nothing
+  const int32_t rank = int32_t(me - members.begin()), n = int32_t(members.size());
+  s.members = members;
+  s.queue = own_micro_batches(rank, n, int32_t(s.cfg.spec.policy().steal_micro_batches()));
+  for (int32_t r : victim_order(rank, n)) s.victims.push_back(members[size_t(r)]);
 }
 
 void finish_stolen_step(worker_actor* self);
@@ -106,7 +114,7 @@ void next_micro_batch(worker_actor* self) {
       finish_stolen_step(self);
   };
   for (int32_t v : s.victims)
-    self->request(s.peers[size_t(v)], caf::infinite, steal_atom::value, s.step)
+    self->request(s.peers[size_t(v)], caf::infinite, steal_atom::value, s.step, s.members)
         .then([=](const std::vector<int64_t>& got) { answered(got); },
               [=](caf::error&) { answered({}); });  // gone (finished or failed): nothing to give
 }
@@ -127,7 +135,7 @@ void finish_stolen_step(worker_actor* self) {
 
 void begin_stolen_step(worker_actor* self) {
   auto& s = self->state;
-  ensure_queue(self);
+  ensure_queue(self, s.step_members);
   s.accum.zero();
   s.loss_sum = 0;
   s.report.samples = 0;
@@ -140,6 +148,13 @@ void begin_stolen_step(worker_actor* self) {
 // Forward and backward on this worker's slice of the step's batch, then the emulated rest.
 void compute(worker_actor* self) {
   auto& s = self->state;
+  // An injected failure at step k strikes once the step has begun (its parameters pulled,
+  // or inside a local round): version k was made with this worker live.
+  if (s.cfg.stragglers->fails_at(s.cfg.worker, s.step)) {
+    self->quit(caf::make_error(caf::sec::runtime_error, "worker " + std::to_string(s.cfg.worker) +
+                                                            ": injected failure at step " + std::to_string(s.step)));
+    return;
+  }
   s.report.pull_wait_s = s.round_steps == 0 ? since(s.pull_start) : 0;
   const auto t0 = clock_t_::now();
   s.source->next_indices(s.global_idx);  // every worker draws every step's batch: same order
@@ -218,11 +233,6 @@ void begin_step(worker_actor* self) {
     self->quit();
     return;
   }
-  if (s.cfg.stragglers->fails_at(s.cfg.worker, s.step)) {
-    self->quit(caf::make_error(caf::sec::runtime_error, "worker " + std::to_string(s.cfg.worker) +
-                                                            ": injected failure at step " + std::to_string(s.step)));
-    return;
-  }
   if (s.round_steps > 0) {  // inside a local round: no pull
     compute(self);
     return;
@@ -239,6 +249,16 @@ void begin_step(worker_actor* self) {
               s.versions[k] = version;
               if (--s.awaiting > 0) return;
               if (s.opt) s.anchor.flat().copy_from(s.params.flat());
+              if (s.micro_size > 0) {  // the step's members, as shard 0 saw them at this version
+                self->request(s.cfg.shards[0], caf::infinite, members_atom::value)
+                    .then(
+                        [=](const std::vector<int32_t>& members) {
+                          self->state.step_members = members;
+                          compute(self);
+                        },
+                        [=](caf::error& err) { self->quit(std::move(err)); });
+                return;
+              }
               if (!s.balancing) {
                 compute(self);
                 return;
@@ -272,7 +292,6 @@ caf::behavior ps_worker(worker_actor* self, ps_worker_config cfg) {
   if (s.cfg.spec.policy().steal_micro_batches() > 0) {
     s.micro_size = int64_t(s.cfg.spec.train().batch_size() / s.cfg.spec.policy().steal_micro_batches());
     s.accum = arena(s.net->table);
-    s.victims = victim_order(s.cfg.worker, int32_t(s.cfg.spec.policy().workers()));
   }
   if (s.local_steps > 0) {
     s.opt = make_optimizer(s.cfg.spec.optimizer(), s.net->table);
@@ -295,13 +314,17 @@ caf::behavior ps_worker(worker_actor* self, ps_worker_config cfg) {
           step_done(self);
         }
       },
-      // A thief of the same step: give it from the back of the queue (made now if this
-      // worker has not begun the step's compute). Under sync nobody can be a step ahead
-      // of a worker that has not pushed, so another step's thief gets nothing.
-      [=](steal_atom, int64_t step) {
+      // A thief of the same step: give it from the back of the queue (made now, from the
+      // thief's members, if this worker has not begun the step's compute). Under sync
+      // nobody can be a step ahead of a worker that has not pushed, so another step's thief
+      // gets nothing. Nor does anyone get from a worker whose injected failure is this step:
+      // the failure takes its whole run of the step, whenever the thief asks.
+      [=](steal_atom, int64_t step, const std::vector<int32_t>& members) {
         auto& s = self->state;
-        if (s.micro_size == 0 || step != s.step || s.step >= s.cfg.steps) return std::vector<int64_t>{};
-        ensure_queue(self);
+        if (s.micro_size == 0 || step != s.step || s.step >= s.cfg.steps ||
+            s.cfg.stragglers->fails_at(s.cfg.worker, s.step))
+          return std::vector<int64_t>{};
+        ensure_queue(self, members);
         std::vector<int64_t> given = give_away(s.queue);
         s.report.given += int32_t(given.size());
         return given;

@@ -19,17 +19,20 @@
 // With policy.steal_micro_batches (sync) the step's batch is cut into micro-batches; the
 // worker trains its own run of them, then steals from the others' queues until none is
 // left (policies/work_stealing.hpp), and pushes the sample-weighted mean gradient of what
-// it trained, with that many samples. A worker that fails takes its unstarted
-// micro-batches with it: the sync rule averages what the others push.
+// it trained, with that many samples. The step's workers are its members as shard 0
+// recorded them when the step's version was made (asked after the pulls): a worker that
+// fails during step k takes its unstarted micro-batches of step k with it (the sync rule
+// averages what the others push), and from step k + 1 the survivors share the whole batch.
 //
 // Accepts: (start_atom)        begin training
 //          (peers_atom, vector<actor>)  every worker, by index: the victims of steals
 //          (computed_atom)     internal: the emulated compute time is over
-//          (steal_atom, step) -> vector<int64_t>: micro-batches of `step` given to a
-//                              thief from the back of the queue (empty: none left)
+//          (steal_atom, step, members) -> vector<int64_t>: micro-batches of `step` given
+//                              to a thief from the back of the queue (empty: none left)
 // Sends:   pull/push/leave to the shards; worker_report to the coordinator. It leaves
 //          every shard and quits normally after its last step, and quits with an error
-//          at an injected failure (policy.stragglers.fail_at_step).
+//          at an injected failure (policy.stragglers.fail_at_step), once that step has
+//          begun.
 #include <chrono>
 #include <deque>
 #include <memory>
@@ -73,7 +76,9 @@ struct ps_worker_state {
   // of this step's micro-batches not yet started, and the step's sum of gradients.
   int64_t micro_size = 0;            // examples per micro-batch; 0: no stealing
   std::vector<caf::actor> peers;     // every worker, by index (this one included)
-  std::vector<int32_t> victims;      // whom to ask (all at once)
+  std::vector<int32_t> step_members; // the workers of the step pulled, from shard 0
+  std::vector<int32_t> members;      // ... of the step `queue` belongs to
+  std::vector<int32_t> victims;      // ... whom to ask (all at once)
   size_t asking = 0;                 // steal requests not yet answered
   bool got_work = false;             // ... and whether any answer had some
   bool back_to_back = false;         // the last micro-batch's emulated time just ran out

@@ -82,8 +82,17 @@ struct flags {
   uint32_t epochs = 8, seed = 1337, repeats = 1;
   std::vector<std::string> rules = experiment_policies(), profile_names;
   std::string out_dir = "runs/experiment_stragglers";
-  std::string lr_scaling = "none";  // policy.lr_scaling of the gradient rules
+  // policy.lr_scaling of the gradient rules; "auto": see lr_scaling_of.
+  std::string lr_scaling = "auto";
 };
+
+// --lr-scaling auto: Adam's square-root rule for every gradient rule but staleness-lr, whose
+// rule already divides the learning rate by the staleness (about workers - 1 when all are
+// asynchronous, so about the batch share a second scaling would divide by again).
+std::string lr_scaling_of(const flags& f, const std::string& rule) {
+  if (f.lr_scaling != "auto") return f.lr_scaling;
+  return rule == "staleness-lr" ? "none" : "sqrt";
+}
 
 struct run_result {
   std::string profile, rule;
@@ -143,7 +152,7 @@ run_result run_one(const flags& f, const profile& p, const std::string& rule,
                            R"(/metrics.jsonl"},
     "policy": {"name": ")" + rule_of(rule) + R"(", "workers": 4, "shards": 2, "sample_ms": )" + std::to_string(f.sample_ms) +
                            R"(, "time_limit_s": )" + std::to_string(f.max_s) + rule_knobs(rule) +
-                           (rule == "local-sgd" || rule == "diloco" ? "" : R"(, "lr_scaling": ")" + f.lr_scaling + "\"") +
+                           (rule == "local-sgd" || rule == "diloco" ? "" : R"(, "lr_scaling": ")" + lr_scaling_of(f, rule) + "\"") +
                            (p.stragglers_json.empty() ? "" : R"(, "stragglers": )" + p.stragglers_json) + "}}";
   const proto::JobSpec spec = parse_job_spec(json, "experiment stragglers");
   std::filesystem::remove_all(dir);
@@ -195,7 +204,7 @@ int experiment_main(const std::vector<std::string>& args) {
   const char* usage =
       "usage: troupe experiment stragglers [--policies LIST] [--profiles LIST] [--epochs N] [--sample-ms MS]\n"
       "                                    [--budget S] [--max-s S] [--target ACC] [--repeats N]\n"
-      "                                    [--lr-scaling none|linear|sqrt] [--out DIR]\n";
+      "                                    [--lr-scaling auto|none|linear|sqrt] [--out DIR]\n";
   if (!args.empty() && args[0] == "diloco") return experiment_diloco_main(args);
   if (args.empty() || args[0] != "stragglers") {
     std::fprintf(stderr, "%s       troupe experiment diloco [--workers LIST] [--sync-every LIST] [--steps N] ...\n", usage);
@@ -235,8 +244,8 @@ int experiment_main(const std::vector<std::string>& args) {
       if (!parse_number("stragglers", a, args[++i], 0.1, 1, f.target)) return 2;
     } else if (a == "--lr-scaling" && v) {
       f.lr_scaling = args[++i];
-      if (f.lr_scaling != "none" && f.lr_scaling != "linear" && f.lr_scaling != "sqrt") {
-        std::fprintf(stderr, "troupe experiment stragglers: --lr-scaling: unknown '%s' (none, linear, sqrt)\n",
+      if (f.lr_scaling != "auto" && f.lr_scaling != "none" && f.lr_scaling != "linear" && f.lr_scaling != "sqrt") {
+        std::fprintf(stderr, "troupe experiment stragglers: --lr-scaling: unknown '%s' (auto, none, linear, sqrt)\n",
                      f.lr_scaling.c_str());
         return 2;
       }
@@ -262,7 +271,7 @@ int experiment_main(const std::vector<std::string>& args) {
                 "NOTE: worker compute is EMULATED: a step lasts %.2f ms per example x the straggler factor (real\n"
                 "      forward+backward included), so 4 workers on this %d-core machine behave like 4 devices.\n"
                 "      Test accuracy from parameter snapshots every %.1f s, evaluated after each run.\n\n",
-                f.lr_scaling.c_str(), f.epochs, f.max_s, f.sample_ms, hardware_threads(), f.snapshot_s);
+                f.lr_scaling == "auto" ? "sqrt; staleness-lr none" : f.lr_scaling.c_str(), f.epochs, f.max_s, f.sample_ms, hardware_threads(), f.snapshot_s);
     std::vector<run_result> all;
     for (const std::string& pn : f.profile_names) {
       const profile& p = *std::find_if(profiles().begin(), profiles().end(), [&](const profile& x) { return x.name == pn; });
@@ -344,6 +353,8 @@ int experiment_main(const std::vector<std::string>& args) {
               ",\"mb_per_step\":" + std::to_string(r.mb_per_step) + ",\"dropped\":" + std::to_string(r.dropped) +
               ",\"worker_steps\":" + std::to_string(r.worker_steps) + ",\"seconds\":" + std::to_string(r.seconds) +
               ",\"cut\":" + (r.capped ? "true" : "false");
+      const bool local = r.rule == "local-sgd" || r.rule == "diloco";
+      json += ",\"lr_scaling\":\"" + (local ? std::string("n/a") : lr_scaling_of(f, r.rule)) + "\"";
       if (f.repeats > 1) {
         auto list = [](const std::vector<double>& v, const char* spec) {
           std::string out = "[";

@@ -5,11 +5,11 @@
 namespace troupe {
 
 std::deque<int64_t> own_micro_batches(int32_t worker, int32_t workers, int32_t micro_batches) {
-  TROUPE_CHECK(workers > 0 && worker >= 0 && worker < workers && micro_batches % workers == 0,
-               "own_micro_batches: needs 0 <= worker < workers and micro_batches a multiple of workers");
-  const int32_t per = micro_batches / workers;
+  TROUPE_CHECK(workers > 0 && worker >= 0 && worker < workers && micro_batches >= 0,
+               "own_micro_batches: needs 0 <= worker < workers and micro_batches >= 0");
   std::deque<int64_t> q;
-  for (int64_t j = int64_t(worker) * per; j < int64_t(worker + 1) * per; ++j) q.push_back(j);
+  const int64_t M = micro_batches;
+  for (int64_t j = int64_t(worker) * M / workers; j < int64_t(worker + 1) * M / workers; ++j) q.push_back(j);
   return q;
 }
 

@@ -11,6 +11,12 @@
 // gradients: the sync rule's sample-weighted mean over the pushes is the whole batch's
 // mean gradient, the single-process run's update.
 //
+// Membership: the workers of a step are the ones live when its version was made, as shard 0
+// recorded them, so every worker of a step cuts the batch the same way. A worker that fails
+// during step k (after its pull) takes its unstarted micro-batches of step k with it; the
+// sync rule averages what the others push. Version k + 1 cannot be made before shard 0
+// knows it has left, so from step k + 1 on the survivors own the whole batch again.
+//
 // Cost: a round of asking is W - 1 requests and replies between workers of the process
 // in parallel (one round trip, tens of microseconds); every round but a worker's last
 // brings it at least one micro-batch, so a step sends at most (M + W)(W - 1) steal
@@ -27,11 +33,14 @@
 
 namespace troupe {
 
-// The micro-batches worker `worker` of `workers` starts a step with: its contiguous run of
-// [0, micro_batches), in order. Needs micro_batches to be a multiple of workers.
+// The micro-batches worker `worker` of `workers` starts a step with: its contiguous run
+// [worker M / workers, (worker + 1) M / workers) of [0, M), in order (integer division:
+// runs of equal length when M is a multiple of workers, as at the start, and within one of
+// each other after a failure). `worker` and `workers` count the step's members only.
 std::deque<int64_t> own_micro_batches(int32_t worker, int32_t workers, int32_t micro_batches);
 
-// The workers `thief` asks: every other one, the next up first.
+// The workers `thief` asks: every other one, the next up first (as ranks among the
+// step's members).
 std::vector<int32_t> victim_order(int32_t thief, int32_t workers);
 
 // How many of a victim's `left` unstarted micro-batches it gives a thief, from the back

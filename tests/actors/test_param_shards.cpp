@@ -352,7 +352,7 @@ TEST_CASE("work stealing: idle workers take a slow worker's micro-batches, and s
   }
 }
 
-TEST_CASE("work stealing: a worker that fails takes only its own micro-batches with it") {
+TEST_CASE("work stealing: a worker that fails takes only its micro-batches of that step with it") {
   const proto::JobSpec spec = mlp_job(R"({"name": "sync", "workers": 3, "shards": 2, "steal_micro_batches": 6,
       "stragglers": [{"worker": 1, "fail_at_step": 5}]})");
   auto data = load_training_data(spec);
@@ -360,7 +360,22 @@ TEST_CASE("work stealing: a worker that fails takes only its own micro-batches w
   REQUIRE(out.failures.size() == 1);
   for (const shard_stats& st : out.shards) CHECK(st.version == 20);
   CHECK(out.step_workers.size() == 20);
-  // Steps 0-4 trained all 24 examples; from step 5 the two survivors share the batch but
-  // worker 1's own two micro-batches (8 examples) are lost each step.
-  CHECK(out.samples == 5 * 24 + 15 * 16);
+  // Steps 0-4 trained all 24 examples; step 5 lost worker 1's own two micro-batches (8
+  // examples); from step 6 the two survivors own the whole batch (3 micro-batches each).
+  CHECK(out.samples == 5 * 24 + 16 + 14 * 24);
+  for (int k = 0; k < 20; ++k) CHECK(out.step_workers[size_t(k)] == (k < 5 ? 3 : 2));
+  // And it is the single-process run whose step 5 lacks examples 8-15 (worker 1's run).
+  set_compute_threads(1);
+  const proto::JobSpec base = mlp_job(R"({"name": "sync"})");
+  trainer ref(base, 20);
+  batch_source src(base, data);
+  REQUIRE(out.step_loss.size() == 20);
+  for (int k = 0; k < 20; ++k) {
+    std::vector<int64_t> idx;
+    src.next_indices(idx);
+    if (k == 5) idx.erase(idx.begin() + 8, idx.begin() + 16);
+    const batch b = src.gather(idx);
+    CHECK(rel(out.step_loss[size_t(k)], ref.train_step(b.x, b.y).loss) < 1e-4);
+  }
+  CHECK(max_diff(final_params(spec, out), ref.params()) < 1e-4);
 }

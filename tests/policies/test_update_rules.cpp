@@ -295,6 +295,13 @@ TEST_CASE("speed-proportional batches: shares follow speed, sum to the batch, an
 TEST_CASE("work stealing: own runs, victim order, steal-half, and a simulated step trains each micro-batch once") {
   CHECK(own_micro_batches(1, 4, 8) == std::deque<int64_t>{2, 3});
   CHECK(own_micro_batches(0, 1, 3) == std::deque<int64_t>{0, 1, 2});
+  // After a failure the members need not divide M: runs within one of each other, covering
+  // [0, M) once, in order.
+  CHECK(own_micro_batches(0, 3, 8) == std::deque<int64_t>{0, 1});
+  CHECK(own_micro_batches(1, 3, 8) == std::deque<int64_t>{2, 3, 4});
+  CHECK(own_micro_batches(2, 3, 8) == std::deque<int64_t>{5, 6, 7});
+  CHECK(own_micro_batches(1, 3, 2) == std::deque<int64_t>{0});
+  CHECK(own_micro_batches(0, 3, 2).empty());
   CHECK(victim_order(2, 4) == std::vector<int32_t>{3, 0, 1});
   CHECK(victim_order(0, 1).empty());
   CHECK(steal_count(0) == 0);
@@ -311,7 +318,7 @@ TEST_CASE("work stealing: own runs, victim order, steal-half, and a simulated st
   // is claimed, and the last).
   troupe::rng g(11);
   for (int trial = 0; trial < 100; ++trial) {
-    const int W = 1 + int(g.next_u64() % 6), M = W * (1 + int(g.next_u64() % 8));
+    const int W = 1 + int(g.next_u64() % 6), M = W + int(g.next_u64() % (8 * size_t(W)));
     std::vector<double> time(static_cast<size_t>(W), 0.0), busy_until(static_cast<size_t>(W), 0.0);
     for (double& t : time) t = 1 + (g.uniform() < 0.3 ? 9 * g.uniform() : 0);
     std::vector<std::deque<int64_t>> queue;
