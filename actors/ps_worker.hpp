@@ -29,7 +29,8 @@
 //          (computed_atom)     internal: the emulated compute time is over
 //          (steal_atom, step, members) -> vector<int64_t>: micro-batches of `step` given
 //                              to a thief from the back of the queue (empty: none left)
-// Sends:   pull/push/leave to the shards; worker_report to the coordinator. It leaves
+// Sends:   pull/push/leave to the shards (and to shard 0 shares or members requests, and
+//          speed reports, as above); worker_report to the coordinator. It leaves
 //          every shard and quits normally after its last step, and quits with an error
 //          at an injected failure (policy.stragglers.fail_at_step), once that step has
 //          begun.

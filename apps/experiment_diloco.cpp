@@ -34,6 +34,7 @@ using experiment::split_list;
 struct flags {
   std::vector<int> workers = {2, 4}, hs = {1, 10, 50, 100};
   int steps = 400, batch = 8, eval_every = 50, eval_windows = 400;
+  double outer_lr = 0.7, outer_momentum = 0.9;  // diloco's outer Nesterov SGD (the paper's)
   bool sync = true;
   uint64_t seed = 1337;
   std::string out_dir = "runs/experiment_diloco";
@@ -53,7 +54,10 @@ proto::JobSpec make_spec(const flags& f, int workers, int h, bool plain, const s
   const std::string policy =
       h == 0 ? R"({"name": "sync", "workers": )" + std::to_string(workers) + R"(, "shards": 2})"
              : R"({"name": ")" + std::string(plain ? "local-sgd" : "diloco") + R"(", "workers": )" +
-                   std::to_string(workers) + R"(, "shards": 2, "sync_every": )" + std::to_string(h) + "}";
+                   std::to_string(workers) + R"(, "shards": 2, "sync_every": )" + std::to_string(h) +
+                   (plain ? "" : R"(, "outer_lr": )" + fmt(f.outer_lr, "%g") + R"(, "outer_momentum": )" +
+                                     fmt(f.outer_momentum, "%g")) +
+                   "}";
   // grad_clip 0: the synchronous reference cannot clip across shards, and both must see
   // the same inner recipe.
   return parse_job_spec(R"({"name": "diloco_w)" + std::to_string(workers) + "_" + (h ? "h" + std::to_string(h) : "sync") +
@@ -156,7 +160,8 @@ bool parse_int_list(const std::string& flag, const std::string& text, int lo, in
 int experiment_diloco_main(const std::vector<std::string>& args) {
   const char* usage =
       "usage: troupe experiment diloco [--workers LIST] [--sync-every LIST] [--steps N] [--batch B] [--no-sync]\n"
-      "                                [--eval-every N] [--eval-windows N] [--out DIR]\n";
+      "                                [--eval-every N] [--eval-windows N] [--outer-lr X] [--outer-momentum M]\n"
+      "                                [--out DIR]\n";
   flags f;
   for (size_t i = 1; i < args.size(); ++i) {
     const std::string& a = args[i];
@@ -171,6 +176,10 @@ int experiment_diloco_main(const std::vector<std::string>& args) {
       if (!parse_int(a, args[++i], 1, 1024, f.batch)) return 2;
     } else if (a == "--eval-windows" && v) {
       if (!parse_int(a, args[++i], 1, 100000, f.eval_windows)) return 2;
+    } else if (a == "--outer-lr" && v) {
+      if (!parse_number("diloco", a, args[++i], 1e-3, 10, f.outer_lr)) return 2;
+    } else if (a == "--outer-momentum" && v) {
+      if (!parse_number("diloco", a, args[++i], 0, 0.999, f.outer_momentum)) return 2;
     } else if (a == "--no-sync") {
       f.sync = false;
     } else if (a == "--out" && v) {
@@ -184,17 +193,18 @@ int experiment_diloco_main(const std::vector<std::string>& args) {
     std::filesystem::create_directories(f.out_dir);
     auto data = load_training_data(make_spec(f, f.workers[0], 0, false, f.out_dir));
     std::printf("experiment diloco: fortunes GPT (4 layers, d_model 128, context 128), %d steps per worker of batch %d,\n"
-                "2 parameter shards; inner AdamW lr 1e-3 (0.9/0.95, wd 0.1, constant), outer Nesterov SGD lr 0.7\n"
-                "momentum 0.9 ('H=1 plain': outer SGD lr 1, no momentum, i.e. local-sgd: the stronger H=1 reference);\n"
+                "2 parameter shards; inner AdamW lr 1e-3 (0.9/0.95, wd 0.1, constant), outer Nesterov SGD lr %g\n"
+                "momentum %g ('H=1 plain': outer SGD lr 1, no momentum, i.e. local-sgd: the stronger H=1 reference);\n"
                 "'sync' pushes every step's gradient (data parallel). Every run of a worker count sees the\n"
                 "same tokens; validation loss on the same %d held-out windows, from snapshots every %d steps.\n"
                 "Bytes: what the workers pull and push (parameters down, changes or gradients up), in process.\n\n",
-                f.steps, f.batch, f.eval_windows, f.eval_every);
+                f.steps, f.batch, f.outer_lr, f.outer_momentum, f.eval_windows, f.eval_every);
     std::vector<run_result> all;
     for (int w : f.workers) {
       std::printf("%d workers (%.2fM tokens per run)\n", w, double(w) * f.batch * 128 * f.steps / 1e6);
       std::printf("  %-10s %8s %10s %10s %10s %12s %10s %8s\n", "policy", "pushes", "MB sent", "val loss", "vs H=1",
                   "bytes / H=1", "tok/s", "run (s)");
+      std::printf("  (vs H=1, bytes / H=1: against diloco's own H=1 row)\n");
       std::vector<std::pair<int, bool>> rows;
       if (f.sync) rows.push_back({0, false});
       for (int h : f.hs) {
@@ -218,7 +228,8 @@ int experiment_diloco_main(const std::vector<std::string>& args) {
     // The bar: H = 50 within 0.02 of H = 1 at equal tokens, sending >= 50x fewer bytes. H = 1
     // under the paper's outer settings is its own (worse) optimizer, so the reference is the
     // better of the two H = 1 rows (diloco's, and plain: outer SGD lr 1 without momentum),
-    // on both sides; and the same is asked against sync, the every-step data-parallel run.
+    // and communicating less must not cost more than 0.02 against it (one-sided); both
+    // sides are asked against sync, the every-step data-parallel run.
     for (int w : f.workers) {
       const run_result *h1 = nullptr, *h50 = nullptr, *sync = nullptr;
       for (const run_result& r : all)
@@ -230,10 +241,10 @@ int experiment_diloco_main(const std::vector<std::string>& args) {
       if (!h50) continue;
       if (h1) {
         const double d = h50->final_loss - h1->final_loss, ratio = h1->mb / h50->mb;
-        std::printf("check: %d workers: H=50 val loss %.4f vs the better H=1 (%s) %.4f (%+.4f, bar within 0.02): %s; "
+        std::printf("check: %d workers: H=50 val loss %.4f vs the better H=1 (%s) %.4f (%+.4f, bar at most +0.02): %s; "
                     "%.1fx fewer bytes (bar >= 50x): %s\n",
                     w, h50->final_loss, row_name(1, h1->plain).c_str(), h1->final_loss, d,
-                    std::abs(d) <= 0.02 ? "met" : "NOT met", ratio, ratio >= 50 ? "met" : "NOT met");
+                    d <= 0.02 ? "met" : "NOT met", ratio, ratio >= 50 ? "met" : "NOT met");
       }
       if (sync) {
         const double d = h50->final_loss - sync->final_loss;
@@ -256,7 +267,9 @@ int experiment_diloco_main(const std::vector<std::string>& args) {
                         by_tokens);
     write_line_plot_svg(p2, "validation loss against bytes communicated", "log10 MB sent", "validation loss", by_bytes);
     std::string json = "{\"experiment\":\"diloco\",\"steps\":" + std::to_string(f.steps) +
-                       ",\"batch_per_worker\":" + std::to_string(f.batch) + ",\"runs\":[";
+                       ",\"batch_per_worker\":" + std::to_string(f.batch) +
+                       ",\"outer_lr\":" + fmt(f.outer_lr, "%g") + ",\"outer_momentum\":" + fmt(f.outer_momentum, "%g") +
+                       ",\"runs\":[";
     for (size_t i = 0; i < all.size(); ++i) {
       const run_result& r = all[i];
       json += std::string(i ? "," : "") + "{\"workers\":" + std::to_string(r.workers) + ",\"policy\":\"" +

@@ -19,7 +19,7 @@ struct straggler_profile {
   double exp_mean = 0;      // plus an exponential extra delay of this mean, in nominal steps
   double spike_factor = 1;  // with probability spike_prob a step takes spike_factor x instead of 1x
   double spike_prob = 0;
-  int64_t fail_at = -1;     // the worker fails as it reaches this step (-1: never)
+  int64_t fail_at = -1;     // the worker fails once this step has begun (pulled), before its compute (-1: never)
 };
 
 class straggler_injector {

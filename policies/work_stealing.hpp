@@ -7,7 +7,7 @@
 // is over when every answer is "none". A slow worker's unstarted micro-batches go to the fast
 // ones inside the step, so the round ends when the work does, whatever the delay's cause
 // (a constant slow-down, a random spike). Every micro-batch of the step is trained exactly
-// once, by somebody, and each worker pushes the sample-weighted mean of its micro-batches'
+// once, by somebody (at most once in the step a worker fails), and each worker pushes the sample-weighted mean of its micro-batches'
 // gradients: the sync rule's sample-weighted mean over the pushes is the whole batch's
 // mean gradient, the single-process run's update.
 //
@@ -15,10 +15,14 @@
 // recorded them, so every worker of a step cuts the batch the same way. A worker that fails
 // during step k (after its pull) takes its unstarted micro-batches of step k with it; the
 // sync rule averages what the others push. Version k + 1 cannot be made before shard 0
-// knows it has left, so from step k + 1 on the survivors own the whole batch again.
+// knows it has left, so from step k + 1 on the survivors own the whole batch again. (A
+// crash between a worker's push of step k and its next pull can race the coordinator's
+// leave to shard 0, so the dead worker may still be a member of step k + 1 and its run of
+// k + 1 be lost too; never trained twice. Injected failures strike after the pull.)
 //
-// Cost: a round of asking is W - 1 requests and replies between workers of the process
-// in parallel (one round trip, tens of microseconds); every round but a worker's last
+// Cost: one request to shard 0 for the members per step, after the pulls; a round of
+// asking is W - 1 requests and replies between workers of the process in parallel (one
+// round trip, tens of microseconds); every round but a worker's last
 // brings it at least one micro-batch, so a step sends at most (M + W)(W - 1) steal
 // requests, and with steal-half far fewer (with no straggler, W (W - 1): one empty
 // round each).
