@@ -167,6 +167,9 @@ TEST_CASE("cli: troupe experiment diloco trains every H, counts its bytes and wr
   CHECK(json.find("\"policy\":\"sync\",\"sync_every\":1,\"pushes\":16") != std::string::npos);
   CHECK(json.find("\"policy\":\"diloco\",\"sync_every\":1,\"pushes\":16") != std::string::npos);
   CHECK(json.find("\"policy\":\"diloco\",\"sync_every\":4,\"pushes\":4") != std::string::npos);
+  CHECK(json.find("\"policy\":\"local-sgd\",\"sync_every\":1,\"pushes\":16") != std::string::npos);  // H=1 plain
+  CHECK(r.output.find("H=1 plain") != std::string::npos);
+  CHECK(json.find("\"outer_lr\":0.7,\"outer_momentum\":0.9") != std::string::npos);
   // Curves at 0, 4 and 8 steps: 2 workers x 8 sequences x 128 tokens a step.
   CHECK(json.find("[0,0.000,5.") != std::string::npos);
   CHECK(json.find("[8192,") != std::string::npos);
@@ -179,6 +182,12 @@ TEST_CASE("cli: troupe experiment diloco trains every H, counts its bytes and wr
   r = run("experiment diloco --workers 2.5");
   CHECK(r.code == 2);
   CHECK(r.output.find("--workers expects integers") != std::string::npos);
+  r = run("experiment diloco --outer-momentum 1");
+  CHECK(r.code == 2);
+  CHECK(r.output.find("--outer-momentum expects a number in [0, 0.999], got '1'") != std::string::npos);
+  r = run("experiment stragglers --lr-scaling cube");
+  CHECK(r.code == 2);
+  CHECK(r.output.find("--lr-scaling: unknown 'cube' (auto, none, linear, sqrt)") != std::string::npos);
   r = run("experiment stragglers --policies hogwild");
   CHECK(r.code == 2);
   CHECK(r.output.find("unknown policy 'hogwild'") != std::string::npos);
