@@ -50,14 +50,14 @@ const std::vector<profile>& profiles() {
 }
 
 // Each rule's knob as the experiment sets it.
-std::string rule_knobs(const std::string& rule) {
+std::string rule_knobs(const std::string& rule, uint32_t steal_micro_batches) {
   if (rule == "backup") return R"(, "backup": 1)";
   if (rule == "k-async") return R"(, "k": 2)";
   if (rule == "ssp") return R"(, "staleness": 3)";
   if (rule == "dc-asgd") return R"(, "dc_lambda": 0.04)";
   if (rule == "local-sgd" || rule == "diloco") return R"(, "sync_every": 10)";
   if (rule == "balanced") return R"(, "balance_every": 5)";
-  if (rule == "stealing") return R"(, "steal_micro_batches": 16)";
+  if (rule == "stealing") return R"(, "steal_micro_batches": )" + std::to_string(steal_micro_batches);
   if (rule == "dc-asgd-a") return R"(, "dc_adaptive": true)";
   return "";
 }
@@ -80,6 +80,7 @@ std::string rule_of(const std::string& policy) {
 struct flags {
   double sample_ms = 0.15, budget_s = 12, max_s = 120, target = 0.88, snapshot_s = 0.5;
   uint32_t epochs = 8, seed = 1337, repeats = 1;
+  uint32_t steal_micro_batches = 16;  // "stealing": four micro-batches of 16 per worker
   std::vector<std::string> rules = experiment_policies(), profile_names;
   std::string out_dir = "runs/experiment_stragglers";
   // policy.lr_scaling of the gradient rules; "auto": see lr_scaling_of.
@@ -151,7 +152,7 @@ run_result run_one(const flags& f, const profile& p, const std::string& rule,
                            R"(, "threads": 1, "seed": )" + std::to_string(f.seed) + R"(, "metrics_file": ")" + dir +
                            R"(/metrics.jsonl"},
     "policy": {"name": ")" + rule_of(rule) + R"(", "workers": 4, "shards": 2, "sample_ms": )" + std::to_string(f.sample_ms) +
-                           R"(, "time_limit_s": )" + std::to_string(f.max_s) + rule_knobs(rule) +
+                           R"(, "time_limit_s": )" + std::to_string(f.max_s) + rule_knobs(rule, f.steal_micro_batches) +
                            (rule == "local-sgd" || rule == "diloco" ? "" : R"(, "lr_scaling": ")" + lr_scaling_of(f, rule) + "\"") +
                            (p.stragglers_json.empty() ? "" : R"(, "stragglers": )" + p.stragglers_json) + "}}";
   const proto::JobSpec spec = parse_job_spec(json, "experiment stragglers");
@@ -204,7 +205,8 @@ int experiment_main(const std::vector<std::string>& args) {
   const char* usage =
       "usage: troupe experiment stragglers [--policies LIST] [--profiles LIST] [--epochs N] [--sample-ms MS]\n"
       "                                    [--budget S] [--max-s S] [--target ACC] [--repeats N]\n"
-      "                                    [--lr-scaling auto|none|linear|sqrt] [--out DIR]\n";
+      "                                    [--lr-scaling auto|none|linear|sqrt] [--steal-micro-batches M]\n"
+      "                                    [--out DIR]\n";
   if (!args.empty() && args[0] == "diloco") return experiment_diloco_main(args);
   if (args.empty() || args[0] != "stragglers") {
     std::fprintf(stderr, "%s       troupe experiment diloco [--workers LIST] [--sync-every LIST] [--steps N] ...\n", usage);
@@ -249,6 +251,15 @@ int experiment_main(const std::vector<std::string>& args) {
                      f.lr_scaling.c_str());
         return 2;
       }
+    } else if (a == "--steal-micro-batches" && v) {
+      // The batch is 4 workers x 64: M must be a multiple of 4 that divides 256.
+      if (!parse_number("stragglers", a, args[++i], 4, 256, x)) return 2;
+      if (x != std::floor(x) || 256 % int(x) != 0 || int(x) % 4 != 0) {
+        std::fprintf(stderr, "troupe experiment stragglers: --steal-micro-batches: %s is not a multiple of the 4 "
+                     "workers dividing the batch of 256 (4, 8, 16, 32, 64, 128, 256)\n", args[i].c_str());
+        return 2;
+      }
+      f.steal_micro_batches = uint32_t(x);
     } else if (a == "--repeats" && v) {
       if (!parse_number("stragglers", a, args[++i], 1, 20, x)) return 2;
       f.repeats = uint32_t(x);
@@ -340,6 +351,7 @@ int experiment_main(const std::vector<std::string>& args) {
                       std::abs(r->final_acc - s0->final_acc) <= 0.005 ? "met" : "NOT met");
     std::string json = "{\"experiment\":\"stragglers\",\"repeats\":" + std::to_string(f.repeats) +
                        ",\"lr_scaling\":\"" + f.lr_scaling + "\"" +
+                       ",\"steal_micro_batches\":" + std::to_string(f.steal_micro_batches) +
                        ",\"sample_ms\":" + std::to_string(f.sample_ms) +
                        ",\"emulated_compute\":true,\"budget_s\":" + std::to_string(f.budget_s) +
                        ",\"target\":" + std::to_string(f.target) + ",\"runs\":[";

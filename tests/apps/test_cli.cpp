@@ -188,6 +188,10 @@ TEST_CASE("cli: troupe experiment diloco trains every H, counts its bytes and wr
   r = run("experiment stragglers --lr-scaling cube");
   CHECK(r.code == 2);
   CHECK(r.output.find("--lr-scaling: unknown 'cube' (auto, none, linear, sqrt)") != std::string::npos);
+  r = run("experiment stragglers --steal-micro-batches 12");
+  CHECK(r.code == 2);
+  CHECK(r.output.find("--steal-micro-batches: 12 is not a multiple of the 4 workers dividing the batch") !=
+        std::string::npos);
   r = run("experiment stragglers --policies hogwild");
   CHECK(r.code == 2);
   CHECK(r.output.find("unknown policy 'hogwild'") != std::string::npos);
