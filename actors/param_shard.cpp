@@ -55,9 +55,11 @@ void apply(param_shard_state& s, const update_plan& plan) {
                      float(plan.lr_scale * lr_batch_scale(s.cfg.spec.policy().lr_scaling(), samples, B));
     s.opt->step(s.params, s.combined, lr);
     ++s.version;
-    s.members.clear();
-    for (size_t w = 0; w < s.workers.live.size(); ++w)
-      if (s.workers.live[w]) s.members.push_back(int32_t(w));
+    if (s.tracks_members) {
+      s.members.clear();
+      for (size_t w = 0; w < s.workers.live.size(); ++w)
+        if (s.workers.live[w]) s.members.push_back(int32_t(w));
+    }
     s.applied_samples += samples;
     if (s.balancer) s.balancer->at_version(s.version);
     // Snapshots asked for this version, taken before anything else can change it.
@@ -122,6 +124,7 @@ caf::behavior param_shard(shard_actor* self, param_shard_config cfg) {
   s.workers.clock.assign(W, 0);
   s.workers.live.assign(W, true);
   for (size_t w = 0; w < W; ++w) s.members.push_back(int32_t(w));
+  s.tracks_members = s.cfg.layout->index == 0 && s.cfg.spec.policy().steal_micro_batches() > 0;
   if (s.cfg.spec.policy().name() == "dc-asgd") s.pulled_at.resize(W);
   if (s.cfg.spec.policy().dc_adaptive()) {
     s.dc_meansq = arena(table);

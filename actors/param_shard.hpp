@@ -17,9 +17,9 @@
 //          (shares_atom)              -> vector<int64_t>: each worker's share of the batch
 //                                        for the current version (policies/speed_batches.hpp);
 //                                        empty without policy.balance_every (equal slices)
-//          (members_atom)             -> vector<int32_t>: the workers live when the current
-//                                        version was made, in order (policy.steal_micro_batches:
-//                                        the step's members, policies/work_stealing.hpp)
+//          (members_atom)             -> vector<int32_t>: shard 0 with policy.steal_micro_batches:
+//                                        the workers live when the current version was made,
+//                                        in order (the step's members, policies/work_stealing.hpp)
 // Served parameter tensors are never written again (each version is a fresh copy that
 // the pulls of that version share), so workers read them without locks.
 #include <map>
@@ -70,7 +70,8 @@ struct param_shard_state {
   arena dc_meansq;                 // dc-asgd with policy.dc_adaptive: moving mean of g*g
   std::multimap<int64_t, caf::response_promise> version_waits;  // snapshots asked for ahead
   std::unique_ptr<speed_balancer> balancer;  // shard 0 with policy.balance_every
-  std::vector<int32_t> members;    // the workers live when `version` was made
+  std::vector<int32_t> members;    // the workers live when `version` was made ...
+  bool tracks_members = false;     // ... kept up by shard 0 with policy.steal_micro_batches
   shard_stats stats;
   static inline const char* name = "param_shard";
 };

@@ -64,7 +64,6 @@ void ensure_queue(worker_actor* self, const std::vector<int32_t>& members) {
   const auto me = std::find(members.begin(), members.end(), s.cfg.worker);
   if (me == members.end()) return;  // not a member (cannot happen while it lives): trains nothing
   const int32_t rank = int32_t(me - members.begin()), n = int32_t(members.size());
-  s.members = members;
   s.queue = own_micro_batches(rank, n, int32_t(s.cfg.spec.policy().steal_micro_batches()));
   for (int32_t r : victim_order(rank, n)) s.victims.push_back(members[size_t(r)]);
 }
@@ -114,7 +113,7 @@ void next_micro_batch(worker_actor* self) {
       finish_stolen_step(self);
   };
   for (int32_t v : s.victims)
-    self->request(s.peers[size_t(v)], caf::infinite, steal_atom::value, s.step, s.members)
+    self->request(s.peers[size_t(v)], caf::infinite, steal_atom::value, s.step, s.step_members)
         .then([=](const std::vector<int64_t>& got) { answered(got); },
               [=](caf::error&) { answered({}); });  // gone (finished or failed): nothing to give
 }
@@ -226,6 +225,20 @@ void step_done(worker_actor* self) {
   begin_step(self);
 }
 
+// After the pulls: asks shard 0 `what` (the shares of the batch, or the step's members),
+// keeps the answer in `into`, then computes. Shard 0 cannot move past this version before
+// this worker pushes to it, so its answer now is the one every worker of this step gets.
+template <class T, class Atom>
+void ask_shard0_then_compute(worker_actor* self, Atom what, std::vector<T> ps_worker_state::*into) {
+  self->request(self->state.cfg.shards[0], caf::infinite, what)
+      .then(
+          [=](const std::vector<T>& answer) {
+            self->state.*into = answer;
+            compute(self);
+          },
+          [=](caf::error& err) { self->quit(std::move(err)); });
+}
+
 void begin_step(worker_actor* self) {
   auto& s = self->state;
   if (s.step >= s.cfg.steps) {
@@ -249,29 +262,12 @@ void begin_step(worker_actor* self) {
               s.versions[k] = version;
               if (--s.awaiting > 0) return;
               if (s.opt) s.anchor.flat().copy_from(s.params.flat());
-              if (s.micro_size > 0) {  // the step's members, as shard 0 saw them at this version
-                self->request(s.cfg.shards[0], caf::infinite, members_atom::value)
-                    .then(
-                        [=](const std::vector<int32_t>& members) {
-                          self->state.step_members = members;
-                          compute(self);
-                        },
-                        [=](caf::error& err) { self->quit(std::move(err)); });
-                return;
-              }
-              if (!s.balancing) {
+              if (s.micro_size > 0)
+                ask_shard0_then_compute(self, members_atom::value, &ps_worker_state::step_members);
+              else if (s.balancing)
+                ask_shard0_then_compute(self, shares_atom::value, &ps_worker_state::shares);
+              else
                 compute(self);
-                return;
-              }
-              // Shard 0 cannot move past this version before this worker pushes to it,
-              // so its shares now are the ones every worker of this step gets.
-              self->request(s.cfg.shards[0], caf::infinite, shares_atom::value)
-                  .then(
-                      [=](const std::vector<int64_t>& shares) {
-                        self->state.shares = shares;
-                        compute(self);
-                      },
-                      [=](caf::error& err) { self->quit(std::move(err)); });
             },
             [=](caf::error& err) { self->quit(std::move(err)); });
   }

@@ -78,8 +78,7 @@ struct ps_worker_state {
   int64_t micro_size = 0;            // examples per micro-batch; 0: no stealing
   std::vector<caf::actor> peers;     // every worker, by index (this one included)
   std::vector<int32_t> step_members; // the workers of the step pulled, from shard 0
-  std::vector<int32_t> members;      // ... of the step `queue` belongs to
-  std::vector<int32_t> victims;      // ... whom to ask (all at once)
+  std::vector<int32_t> victims;      // ... whom to ask of them (all at once)
   size_t asking = 0;                 // steal requests not yet answered
   bool got_work = false;             // ... and whether any answer had some
   bool back_to_back = false;         // the last micro-batch's emulated time just ran out

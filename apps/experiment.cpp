@@ -49,13 +49,16 @@ const std::vector<profile>& profiles() {
   return p;
 }
 
+// The local rules: no gradients pushed, so no policy.lr_scaling.
+bool local_rule(const std::string& rule) { return rule == "local-sgd" || rule == "diloco"; }
+
 // Each rule's knob as the experiment sets it.
 std::string rule_knobs(const std::string& rule, uint32_t steal_micro_batches) {
   if (rule == "backup") return R"(, "backup": 1)";
   if (rule == "k-async") return R"(, "k": 2)";
   if (rule == "ssp") return R"(, "staleness": 3)";
   if (rule == "dc-asgd") return R"(, "dc_lambda": 0.04)";
-  if (rule == "local-sgd" || rule == "diloco") return R"(, "sync_every": 10)";
+  if (local_rule(rule)) return R"(, "sync_every": 10)";
   if (rule == "balanced") return R"(, "balance_every": 5)";
   if (rule == "stealing") return R"(, "steal_micro_batches": )" + std::to_string(steal_micro_batches);
   if (rule == "dc-asgd-a") return R"(, "dc_adaptive": true)";
@@ -153,7 +156,7 @@ run_result run_one(const flags& f, const profile& p, const std::string& rule,
                            R"(/metrics.jsonl"},
     "policy": {"name": ")" + rule_of(rule) + R"(", "workers": 4, "shards": 2, "sample_ms": )" + std::to_string(f.sample_ms) +
                            R"(, "time_limit_s": )" + std::to_string(f.max_s) + rule_knobs(rule, f.steal_micro_batches) +
-                           (rule == "local-sgd" || rule == "diloco" ? "" : R"(, "lr_scaling": ")" + lr_scaling_of(f, rule) + "\"") +
+                           (local_rule(rule) ? "" : R"(, "lr_scaling": ")" + lr_scaling_of(f, rule) + "\"") +
                            (p.stragglers_json.empty() ? "" : R"(, "stragglers": )" + p.stragglers_json) + "}}";
   const proto::JobSpec spec = parse_job_spec(json, "experiment stragglers");
   std::filesystem::remove_all(dir);
@@ -365,8 +368,7 @@ int experiment_main(const std::vector<std::string>& args) {
               ",\"mb_per_step\":" + std::to_string(r.mb_per_step) + ",\"dropped\":" + std::to_string(r.dropped) +
               ",\"worker_steps\":" + std::to_string(r.worker_steps) + ",\"seconds\":" + std::to_string(r.seconds) +
               ",\"cut\":" + (r.capped ? "true" : "false");
-      const bool local = r.rule == "local-sgd" || r.rule == "diloco";
-      json += ",\"lr_scaling\":\"" + (local ? std::string("n/a") : lr_scaling_of(f, r.rule)) + "\"";
+      json += ",\"lr_scaling\":\"" + (local_rule(r.rule) ? std::string("n/a") : lr_scaling_of(f, r.rule)) + "\"";
       if (f.repeats > 1) {
         auto list = [](const std::vector<double>& v, const char* spec) {
           std::string out = "[";
