@@ -24,6 +24,7 @@ struct coordinator_options {
   // links apart from other jobs' by `group`. Each runs replicas / world replicas.
   int rank = 0, world = 1;
   std::string rendezvous;
+  bool serve_store = true;  // rank 0 serves a tcp:// rendezvous (false: troupe launch does)
   uint64_t group = 0;
   std::string host = "127.0.0.1";  // the address this process listens on for its links
   progress_display display() const {

@@ -13,6 +13,9 @@ void register_message_types(caf::actor_system_config& cfg) {
   cfg.add_message_type<device_task>("device_task");
   cfg.add_message_type<worker_report>("worker_report");
   cfg.add_message_type<shard_stats>("shard_stats");
+  cfg.add_message_type<node_hello>("node_hello");
+  cfg.add_message_type<node_challenge>("node_challenge");
+  cfg.add_message_type<rank_assignment>("rank_assignment");
   cfg.add_message_type<std::vector<caf::actor>>("std::vector<caf::actor>");
   cfg.add_message_type<std::vector<tensor>>("std::vector<tensor>");
   cfg.add_message_type<std::vector<int64_t>>("std::vector<int64_t>");

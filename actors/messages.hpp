@@ -38,6 +38,13 @@ using speed_atom = caf::atom_constant<caf::atom("speed")>;
 using shares_atom = caf::atom_constant<caf::atom("shares")>;
 using steal_atom = caf::atom_constant<caf::atom("steal")>;
 using members_atom = caf::atom_constant<caf::atom("members")>;
+// Between the launcher's cluster_coordinator and the node agents (one per process).
+using join_atom = caf::atom_constant<caf::atom("join")>;
+using prove_atom = caf::atom_constant<caf::atom("prove")>;
+using assign_atom = caf::atom_constant<caf::atom("assign")>;
+using done_atom = caf::atom_constant<caf::atom("done")>;
+using stop_atom = caf::atom_constant<caf::atom("stop")>;
+using tick_atom = caf::atom_constant<caf::atom("tick")>;
 
 // One (micro-)batch of training data, or the whole evaluation set (step = -1).
 struct tensor_batch {
@@ -223,6 +230,49 @@ template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, shard_stats& x) {
   return f(caf::meta::type_name("shard_stats"), x.shard, x.version, x.pushes, x.applied, x.dropped, x.staleness,
            x.bytes_in, x.bytes_out, x.apply_s, x.shares);
+}
+
+// A node agent asking to join a job: where it runs, and the nonce the coordinator must
+// answer to prove it knows the job's secret (node_challenge).
+struct node_hello {
+  std::string host;    // the address this process listens on for its data links
+  int32_t pid = 0;
+  int32_t cores = 0;
+  int32_t slot = -1;   // started by troupe launch as its local process `slot`; -1: a node from elsewhere
+  std::string nonce;   // 16 random bytes, hex
+};
+
+// The coordinator's answer to a hello: its proof of the secret for the agent's nonce, and
+// a nonce of its own for the agent to prove the secret in turn (prove_atom).
+struct node_challenge {
+  std::string nonce;
+  std::string proof;
+};
+
+// What a node agent is asked to run: process `rank` of `world` of the job.
+struct rank_assignment {
+  int32_t rank = 0;
+  int32_t world = 1;
+  std::string spec;                // the job spec's JSON text
+  std::string path;                // where it was read from, on the launcher's host
+  std::vector<std::string> flags;  // troupe train flags (--steps, --threads, --quiet)
+  std::string rendezvous;          // a directory, or tcp://HOST:PORT served by the launcher
+  uint64_t group = 0;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, node_hello& x) {
+  return f(caf::meta::type_name("node_hello"), x.host, x.pid, x.cores, x.slot, x.nonce);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, node_challenge& x) {
+  return f(caf::meta::type_name("node_challenge"), x.nonce, x.proof);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, rank_assignment& x) {
+  return f(caf::meta::type_name("rank_assignment"), x.rank, x.world, x.spec, x.path, x.flags, x.rendezvous, x.group);
 }
 
 void register_message_types(caf::actor_system_config& cfg);

@@ -90,7 +90,7 @@ joined join_processes(const proto::JobSpec& spec, const coordinator_options& opt
   std::shared_ptr<rendezvous> store;
   if (opts.rendezvous.rfind("tcp://", 0) == 0) {
     auto [host, port] = parse_store_address(opts.rendezvous);
-    if (opts.rank == 0) out.server = std::make_shared<tcp_store_server>(host, port, base.secret);
+    if (opts.rank == 0 && opts.serve_store) out.server = std::make_shared<tcp_store_server>(host, port, base.secret);
     store = std::make_shared<tcp_rendezvous>(host, port, base.secret);
   } else {
     store = std::make_shared<file_rendezvous>(opts.rendezvous);

@@ -1,15 +1,20 @@
-// troupe launch --nproc N JOB.json [train flags]: starts N processes of `troupe train` on
-// this host for one job (as torchrun does): each gets --rank, --world, a fresh rendezvous
-// directory and the job's group id; rank 0 prints and writes everything. With --nodes M
-// --listen HOST:PORT the job has M more processes, one per `troupe node --coordinator
-// HOST:PORT` started on other machines: rank 0 serves the rendezvous store at HOST:PORT
-// (instead of the directory), the launcher publishes the job there (spec, flags, world,
-// group), and each node takes the next rank. TROUPE_SECRET must then be set, the same on
-// every machine. If one process
-// fails, the others are stopped (SIGTERM, then SIGKILL after 5 s) and launch exits with
-// the failed one's status, naming it. The children die with the launcher.
+// troupe launch --nproc N JOB.json [train flags]: runs one job as N processes on this host
+// (as torchrun does), or, with --nodes M --listen HOST:PORT, as N here plus M that join from
+// other machines (`troupe node --coordinator HOST:PORT`, TROUPE_SECRET the same on each).
+// The launcher publishes a cluster_coordinator (actors/cluster_coordinator.hpp) over CAF
+// and starts N processes that each run a node agent (`troupe node --slot K`); every agent
+// proves the job's secret, gets its rank, and is asked to spawn that rank's part of the
+// job; rank 0 prints and writes everything. The data links meet through a fresh
+// rendezvous directory, or, with nodes, a tcp store the launcher serves. If one process
+// fails, or its agent goes silent or away, the others are stopped (the agents are told;
+// local ones get SIGTERM, then SIGKILL after 5 s) and launch exits with the failed one's
+// status, naming it. The children die with the launcher.
 #include "apps/launch.hpp"
 
+#include <caf/io/all.hpp>  // the middleman: the coordinator is published for the agents
+
+#include "actors/cluster_coordinator.hpp"
+#include "apps/cluster.hpp"
 #include "transport/tcp/store.hpp"
 #include "transport/tcp/tcp.hpp"
 
@@ -18,12 +23,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <sstream>
 #include <string>
 #include <tuple>
@@ -98,8 +105,8 @@ int launch_main(const std::vector<std::string>& args) {
     std::fprintf(stderr, "troupe launch: --nproc N is required (%s)\n", usage);
     return 2;
   }
-  std::string store_host;
-  uint16_t store_port = 0;
+  std::string listen_host;
+  uint16_t listen_port = 0;
   if (nodes > 0) {
     if (listen.empty()) {
       std::fprintf(stderr, "troupe launch: --nodes needs --listen HOST:PORT, the address nodes reach (%s)\n", usage);
@@ -112,14 +119,14 @@ int launch_main(const std::vector<std::string>& args) {
       return 2;
     }
     try {
-      std::tie(store_host, store_port) = parse_store_address("tcp://" + listen);
+      std::tie(listen_host, listen_port) = parse_store_address("tcp://" + listen);
     } catch (const std::exception& e) {
       std::fprintf(stderr, "troupe launch: --listen: %s\n", e.what());
       return 2;
     }
-    if (store_host == "0.0.0.0" || store_host == "::") {
+    if (listen_host == "0.0.0.0" || listen_host == "::") {
       std::fprintf(stderr, "troupe launch: --listen needs this machine's address that the nodes reach, not %s\n",
-                   store_host.c_str());
+                   listen_host.c_str());
       return 2;
     }
     // Nodes are started by hand: give them minutes to join, not the default 30 s.
@@ -135,6 +142,25 @@ int launch_main(const std::vector<std::string>& args) {
       job_file = passed[i];
       break;
     }
+  }
+  std::string spec_text;
+  {
+    std::ifstream in(job_file);
+    std::stringstream text;
+    text << in.rdbuf();
+    if (job_file.empty() || !in) {
+      std::fprintf(stderr, "troupe launch: cannot read the job file '%s' (%s)\n", job_file.c_str(), usage);
+      return 2;
+    }
+    spec_text = text.str();
+  }
+  std::chrono::milliseconds silence, joining;
+  try {
+    silence = control_silence();
+    joining = join_deadline();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "troupe launch: %s\n", e.what());
+    return 2;
   }
   char dir_template[] = "/tmp/troupe-launch-XXXXXX";
   if (!::mkdtemp(dir_template)) {
@@ -152,106 +178,139 @@ int launch_main(const std::vector<std::string>& args) {
   // line, where other users could read it); one given in the environment is kept.
   if (!std::getenv("TROUPE_SECRET") || !*std::getenv("TROUPE_SECRET"))
     ::setenv("TROUPE_SECRET", make_job_secret().c_str(), 1);
-  std::vector<pid_t> pids;
-  std::vector<bool> running;
-  const int world = nproc + nodes;
-  const std::string rendezvous = nodes > 0 ? "tcp://" + listen : dir;
-  if (nodes > 0) ::setenv("TROUPE_HOST", store_host.c_str(), 1);  // the local processes listen there too
-  for (int r = 0; r < nproc; ++r) {
-    std::vector<std::string> argv_s = {"troupe", "train"};
-    argv_s.insert(argv_s.end(), passed.begin(), passed.end());
-    for (std::string x : {std::string("--rank"), std::to_string(r), std::string("--world"), std::to_string(world),
-                          std::string("--rendezvous"), rendezvous, std::string("--group"), std::to_string(group)})
-      argv_s.push_back(x);
-    std::vector<char*> argv;
-    for (auto& a : argv_s) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    pid_t pid = 0;
-    if (posix_spawn(&pid, "/proc/self/exe", nullptr, nullptr, argv.data(), environ) != 0) {
-      std::fprintf(stderr, "troupe launch: cannot start process %d\n", r);
-      stop_all(pids, running);
+  const std::string secret = std::getenv("TROUPE_SECRET");
+  // With nodes on other machines the rendezvous store is served here, by the launcher (the
+  // one process that lives as long as the job), on a port of its own.
+  std::unique_ptr<tcp_store_server> store;
+  std::string rendezvous = dir;
+  std::vector<std::string> flags;
+  for (const auto& a : passed)
+    if (a != job_file) flags.push_back(a);
+  if (nodes > 0) {
+    try {
+      store = std::make_unique<tcp_store_server>(listen_host, 0, secret);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "troupe launch: cannot serve the rendezvous store on %s: %s\n", listen_host.c_str(), e.what());
       return 1;
     }
-    pids.push_back(pid);
-    running.push_back(true);
+    rendezvous = "tcp://" + listen_host + ":" + std::to_string(store->port());
+    flags.push_back("--store-served");
+    ::setenv("TROUPE_HOST", listen_host.c_str(), 1);  // the local processes listen there too
   }
-  // The job, for the nodes: published in rank 0's store once it is up.
-  std::thread publisher;
-  if (nodes > 0) {
-    std::ifstream in(job_file);
-    std::stringstream spec;
-    spec << in.rdbuf();
-    std::string flags;
-    for (const auto& a : passed)
-      if (a != job_file) flags += a + "\n";
-    std::printf("troupe launch: %d local process%s; waiting for %d node%s: on each, run\n"
-                "  TROUPE_SECRET=<the same secret> troupe node --coordinator %s\n",
-                nproc, nproc == 1 ? "" : "es", nodes, nodes == 1 ? "" : "s", listen.c_str());
-    std::fflush(stdout);
-    publisher = std::thread([=, spec = spec.str()] {
-      try {
-        tcp_rendezvous store(store_host, store_port, std::getenv("TROUPE_SECRET"), std::chrono::milliseconds(60000));
-        store.set("job/spec", spec);
-        store.set("job/flags", flags);
-        store.set("job/group", std::to_string(group));
-        store.set("job/first_node_rank", std::to_string(nproc));
-        store.set("job/world", std::to_string(world));
-      } catch (const std::exception& e) {
-        std::fprintf(stderr, "troupe launch: cannot publish the job for the nodes: %s\n", e.what());
+  int code = 0;
+  {
+    caf::actor_system_config cfg;
+    configure_control_plane(cfg, silence);
+    caf::actor_system sys{cfg};
+    caf::scoped_actor self{sys};
+    cluster_options co;
+    co.secret = secret;
+    co.local = nproc;
+    co.remote = nodes;
+    co.job.spec = spec_text;
+    co.job.path = std::filesystem::absolute(job_file).string();
+    co.job.flags = flags;
+    co.job.rendezvous = rendezvous;
+    co.job.group = group;
+    co.join_deadline = joining;
+    co.launcher = self;
+    auto coordinator = sys.spawn(cluster_coordinator, co);
+    const std::string at_host = nodes > 0 ? listen_host : "127.0.0.1";
+    auto published = sys.middleman().publish(coordinator, nodes > 0 ? listen_port : 0, at_host.c_str(), true);
+    if (!published) {
+      std::fprintf(stderr, "troupe launch: cannot listen for the job's processes on %s:%u: %s\n", at_host.c_str(),
+                   unsigned(nodes > 0 ? listen_port : 0), sys.render(published.error()).c_str());
+      self->send_exit(coordinator, caf::exit_reason::kill);
+      std::error_code ec;
+      std::filesystem::remove_all(dir, ec);
+      return 1;
+    }
+    const std::string coordinator_at = at_host + ":" + std::to_string(*published);
+    if (nodes > 0) {
+      std::printf("troupe launch: %d local process%s; waiting for %d node%s: on each, run\n"
+                  "  TROUPE_SECRET=<the same secret> troupe node --coordinator %s\n",
+                  nproc, nproc == 1 ? "" : "es", nodes, nodes == 1 ? "" : "s", listen.c_str());
+      std::fflush(stdout);
+    }
+    std::vector<pid_t> pids;
+    std::vector<bool> running;
+    for (int r = 0; r < nproc; ++r) {
+      std::vector<std::string> argv_s = {"troupe", "node", "--coordinator", coordinator_at, "--slot", std::to_string(r)};
+      std::vector<char*> argv;
+      for (auto& a : argv_s) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      pid_t pid = 0;
+      if (posix_spawn(&pid, "/proc/self/exe", nullptr, nullptr, argv.data(), environ) != 0) {
+        std::fprintf(stderr, "troupe launch: cannot start process %d\n", r);
+        stop_all(pids, running);
+        self->send_exit(coordinator, caf::exit_reason::kill);
+        return 1;
       }
-    });
-  }
-  int code = 0, left = nproc;
-  while (left > 0) {
-    if (interrupted) {
-      std::fprintf(stderr, "troupe launch: interrupted: stopping the %d processes\n", left);
+      pids.push_back(pid);
+      running.push_back(true);
+    }
+    // Reaps the local processes that have ended; prints and returns the ones that failed.
+    auto reap = [&] {
+      std::vector<std::pair<size_t, int>> failed;
+      for (size_t k = 0; k < pids.size(); ++k) {
+        int st = 0;
+        if (running[k] && ::waitpid(pids[k], &st, WNOHANG) == pids[k]) {
+          running[k] = false;
+          if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) failed.push_back({k, st});
+        }
+      }
+      for (const auto& [k, st] : failed)
+        if (WIFEXITED(st))
+          std::fprintf(stderr, "troupe launch: process %zu (pid %d) exited with status %d\n", k, int(pids[k]),
+                       WEXITSTATUS(st));
+        else
+          std::fprintf(stderr, "troupe launch: process %zu (pid %d) was killed by signal %d\n", k, int(pids[k]),
+                       WTERMSIG(st));
+      return failed;
+    };
+    auto status_code = [](int st) { return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st); };
+    // Wait for the coordinator's word on the job, or for a local process to fail first.
+    bool over = false;
+    std::string why;
+    while (!over) {
+      self->receive([&](done_atom, int32_t c, const std::string& w) { over = true, code = c, why = w; },
+                    caf::after(std::chrono::milliseconds(50)) >> [] {});
+      if (over) break;
+      if (interrupted) {
+        code = 130, why = "interrupted: stopping the job";
+        self->send(coordinator, stop_atom::value, int32_t(code), std::string("troupe launch was interrupted"));
+        break;
+      }
+      auto failed = reap();
+      if (!failed.empty()) {
+        code = status_code(failed.front().second);
+        const auto k = failed.front().first;
+        const std::string what = "process " + std::to_string(k) + " (pid " + std::to_string(pids[k]) + ") " +
+                                 (WIFEXITED(failed.front().second) ? "failed" : "was killed");
+        self->send(coordinator, stop_atom::value, int32_t(code), what);
+        break;
+      }
+    }
+    if (code != 0) {
+      if (!why.empty()) std::fprintf(stderr, "troupe launch: %s\n", why.c_str());
+      // Others may have ended at the same moment (a peer's death breaks their links):
+      // report them all, the signalled ones (the likely cause) first in the status.
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      for (const auto& [k, st] : reap())
+        if (!WIFEXITED(st)) code = status_code(st);
+      const int left = int(std::count(running.begin(), running.end(), true));
+      if (left > 0) std::fprintf(stderr, "troupe launch: stopping the other %d process%s\n", left, left == 1 ? "" : "es");
       stop_all(pids, running);
-      code = 130;
-      break;
-    }
-    int status = 0;
-    pid_t pid = ::waitpid(-1, &status, WNOHANG);
-    if (pid <= 0) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-      continue;
-    }
-    size_t k = 0;
-    while (k < pids.size() && pids[k] != pid) ++k;
-    if (k == pids.size()) continue;
-    running[k] = false;
-    --left;
-    if (WIFEXITED(status) && WEXITSTATUS(status) == 0) continue;
-    // A failure. Others may have ended at the same moment (a peer's death breaks their
-    // links): report them all, the signalled ones (the likely cause) included.
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    std::vector<std::pair<size_t, int>> failed{{k, status}};
-    for (size_t j = 0; j < pids.size(); ++j) {
-      int st = 0;
-      if (running[j] && ::waitpid(pids[j], &st, WNOHANG) == pids[j]) {
-        running[j] = false;
-        --left;
-        if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) failed.push_back({j, st});
+    } else {
+      // Every rank has ended well: the agents exit as soon as their end is taken.
+      const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+      while (std::count(running.begin(), running.end(), true) > 0 && std::chrono::steady_clock::now() < until) {
+        for (const auto& [k, st] : reap()) code = status_code(st);
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
       }
+      stop_all(pids, running);
     }
-    for (const auto& [j, st] : failed) {
-      if (WIFEXITED(st))
-        std::fprintf(stderr, "troupe launch: process %zu (pid %d) exited with status %d\n", j, int(pids[j]),
-                     WEXITSTATUS(st));
-      else
-        std::fprintf(stderr, "troupe launch: process %zu (pid %d) was killed by signal %d\n", j, int(pids[j]),
-                     WTERMSIG(st));
-      if (code == 0 || !WIFEXITED(st)) code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-    }
-    std::fprintf(stderr, "troupe launch: stopping the other %d process%s\n", left, left == 1 ? "" : "es");
-    stop_all(pids, running);
-    break;
-  }
-  // After a failure the publisher may still be retrying a store that is gone: leave it.
-  if (publisher.joinable()) {
-    if (code == 0)
-      publisher.join();
-    else
-      publisher.detach();
+    self->send_exit(coordinator, caf::exit_reason::kill);
   }
   std::error_code ec;
   std::filesystem::remove_all(dir, ec);

@@ -4,6 +4,8 @@
 
 namespace troupe {
 
+// troupe train JOB.json [flags] (apps/main.cpp): what a node agent runs for its rank.
+int train_main(const std::vector<std::string>& args);
 // troupe launch --nproc N JOB.json [train flags] (apps/launch.cpp).
 int launch_main(const std::vector<std::string>& args);
 // troupe node --coordinator HOST:PORT (apps/node.cpp).

@@ -119,6 +119,8 @@ int train(const std::vector<std::string>& args) {
       place.rendezvous = args[++i];
     } else if (a == "--group" && i + 1 < args.size()) {
       place.group = std::strtoull(args[++i].c_str(), nullptr, 10);
+    } else if (a == "--store-served") {  // troupe launch serves the tcp:// store, not rank 0
+      place.serve_store = false;
     } else if (a == "--quiet") {
       quiet = true;
     } else if (a.rfind("--", 0) == 0) {
@@ -227,6 +229,8 @@ int train(const std::vector<std::string>& args) {
 }
 
 }  // namespace
+
+int troupe::train_main(const std::vector<std::string>& args) { return train(args); }
 
 int main(int argc, char** argv) {
   if (argc < 2) return usage(nullptr);

@@ -1,16 +1,16 @@
-// troupe node --coordinator HOST:PORT: joins, from this machine, a job that `troupe launch
-// --nodes M --listen HOST:PORT` started on another. It takes the next rank from the job's
-// rendezvous store (served by the job's rank 0 at HOST:PORT; every request proves the job's
-// secret, TROUPE_SECRET, which must be the launcher's), fetches the job spec and flags,
-// and runs that rank as a `troupe train` child listening on the address this machine
-// reaches the coordinator from. It exits with the child's status (and leaves it in the
-// store, job/exit/RANK, for whoever watches the job).
+// troupe node --coordinator HOST:PORT: one process of a multi-process job, as a node
+// agent (actors/node_agent.hpp). It connects to the launcher's cluster_coordinator over
+// CAF, proves the job's secret (TROUPE_SECRET, the launcher's) after the coordinator has
+// proven it, and runs the rank it is assigned: that process's part of the actor graph,
+// in this process, with this machine's address for its data links. It exits with the
+// rank's status, or non-zero when the coordinator stops the job or is lost. troupe launch
+// starts its own processes the same way, with --slot K (its local process K).
 #include "apps/launch.hpp"
 
+#include <caf/io/all.hpp>  // the middleman: remote_actor to the coordinator
+
 #include <signal.h>
-#include <spawn.h>
 #include <sys/prctl.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <utility>  // before Boost 1.74's asio (std::exchange under C++20)
@@ -21,29 +21,18 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include "actors/node_agent.hpp"
+#include "apps/cluster.hpp"
 #include "runtime/check.hpp"
 #include "transport/communicator.hpp"
 #include "transport/tcp/store.hpp"
 
-extern char** environ;
-
 namespace troupe {
 
 namespace {
-
-std::vector<std::string> lines_of(const std::string& text) {
-  std::vector<std::string> out;
-  size_t at = 0;
-  while (at < text.size()) {
-    size_t nl = text.find('\n', at);
-    if (nl == std::string::npos) nl = text.size();
-    if (nl > at) out.push_back(text.substr(at, nl - at));
-    at = nl + 1;
-  }
-  return out;
-}
 
 // The address of this machine's interface that reaches host:port (what peers dial).
 std::string local_address_towards(const std::string& host, uint16_t port) {
@@ -61,9 +50,18 @@ std::string local_address_towards(const std::string& host, uint16_t port) {
 int node_main(const std::vector<std::string>& args) {
   const char* usage = "usage: troupe node --coordinator HOST:PORT  (TROUPE_SECRET: the job's secret)";
   std::string coordinator;
+  int slot = -1;
   for (size_t i = 0; i < args.size(); ++i) {
     if (args[i] == "--coordinator" && i + 1 < args.size()) {
       coordinator = args[++i];
+    } else if (args[i] == "--slot" && i + 1 < args.size()) {  // troupe launch's own processes
+      char* end = nullptr;
+      const long v = std::strtol(args[++i].c_str(), &end, 10);
+      if (args[i].empty() || *end || v < 0 || v > 255) {
+        std::fprintf(stderr, "troupe node: --slot expects 0..255, got '%s'\n", args[i].c_str());
+        return 2;
+      }
+      slot = int(v);
     } else {
       std::fprintf(stderr, "troupe node: unknown or incomplete argument '%s' (%s)\n", args[i].c_str(), usage);
       return 2;
@@ -79,58 +77,78 @@ int node_main(const std::vector<std::string>& args) {
                          "least 32 characters)\n");
     return 2;
   }
-  std::string job_path;
+  if (slot >= 0) {
+    // Started by troupe launch: die with it (and not outlive it if it is already gone).
+    const char* launcher = std::getenv("TROUPE_LAUNCHER_PID");
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (!launcher || std::to_string(::getppid()) != launcher) return 1;
+  }
+  std::string job_path;  // a node from elsewhere writes the job it gets here
+  int code = 1;
   try {
-    const std::string address = "tcp://" + coordinator;
-    auto [host, port] = parse_store_address(address);
-    tcp_rendezvous store(host, port, secret, std::chrono::milliseconds(60000));
-    const auto wait = std::chrono::milliseconds(60000);
-    const int world = std::stoi(store.get("job/world", wait));
-    const int first = std::stoi(store.get("job/first_node_rank", wait));
-    const int64_t k = store.add("job/nodes", 1);
-    const int rank = first + int(k) - 1;
-    if (rank >= world) {
-      std::fprintf(stderr, "troupe node: the job at %s has all its %d processes already\n", coordinator.c_str(), world);
-      return 1;
+    const auto [host, port] = parse_store_address("tcp://" + coordinator);
+    const auto silence = control_silence();
+    const auto deadline = std::chrono::steady_clock::now() + join_deadline();
+    caf::actor_system_config cfg;
+    configure_control_plane(cfg, silence);
+    caf::actor_system sys{cfg};
+    // The coordinator may not listen yet: retry until the deadline.
+    caf::actor coord;
+    for (;;) {
+      auto got = sys.middleman().remote_actor(host, port);
+      if (got) {
+        coord = *got;
+        break;
+      }
+      if (std::chrono::steady_clock::now() >= deadline)
+        throw transport_error("cannot reach the coordinator at " + coordinator + ": " + sys.render(got.error()));
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
     }
-    const std::string group = store.get("job/group", wait);
-    const std::string spec = store.get("job/spec", wait);
-    const std::vector<std::string> flags = lines_of(store.get("job/flags", wait));
-    const std::string me = local_address_towards(host, port);
-    job_path = (std::filesystem::temp_directory_path() / ("troupe-node-" + std::to_string(::getpid()) + ".json")).string();
-    if (!(std::ofstream(job_path) << spec)) throw std::runtime_error("cannot write " + job_path);
-    std::printf("troupe node: joined the job at %s as process %d of %d (this host: %s)\n", coordinator.c_str(), rank,
-                world, me.c_str());
-    std::fflush(stdout);
-    std::vector<std::string> argv_s = {"troupe", "train", job_path};
-    argv_s.insert(argv_s.end(), flags.begin(), flags.end());
-    for (std::string x : {std::string("--rank"), std::to_string(rank), std::string("--world"), std::to_string(world),
-                          std::string("--rendezvous"), address, std::string("--group"), group})
-      argv_s.push_back(x);
-    std::vector<char*> argv;
-    for (auto& a : argv_s) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    ::setenv("TROUPE_HOST", me.c_str(), 1);
-    ::setenv("TROUPE_LAUNCHER_PID", std::to_string(::getpid()).c_str(), 1);  // the child dies with this agent
-    if (!std::getenv("TROUPE_CONNECT_MS")) ::setenv("TROUPE_CONNECT_MS", "600000", 1);  // the others join by hand too
-    pid_t pid = 0;
-    if (posix_spawn(&pid, "/proc/self/exe", nullptr, nullptr, argv.data(), environ) != 0)
-      throw std::runtime_error("cannot start troupe train");
-    int status = 0;
-    ::waitpid(pid, &status, 0);
-    const int rc = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    try {
-      store.set("job/exit/" + std::to_string(rank), std::to_string(rc));
-    } catch (const std::exception&) {  // the job (and its store) may be gone already
-    }
-    std::filesystem::remove(job_path);
-    if (rc != 0) std::fprintf(stderr, "troupe node: process %d ended with status %d\n", rank, rc);
-    return rc;
+    caf::scoped_actor self{sys};
+    node_agent_options o;
+    o.secret = secret;
+    o.hello.host = slot >= 0 ? (std::getenv("TROUPE_HOST") ? std::getenv("TROUPE_HOST") : "127.0.0.1")
+                             : local_address_towards(host, port);
+    o.hello.pid = int32_t(::getpid());
+    o.hello.cores = int32_t(std::thread::hardware_concurrency());
+    o.hello.slot = slot;
+    o.outcome = self;
+    const std::string me = o.hello.host;
+    o.run = [&job_path, slot, me, coordinator](const rank_assignment& a) {
+      std::string path = a.path;
+      if (slot < 0) {
+        // Another machine: the job's text, in a file of our own (its name says where from).
+        path = (std::filesystem::temp_directory_path() /
+                ("troupe-node-" + std::to_string(::getpid()) + "-" + std::filesystem::path(a.path).filename().string()))
+                   .string();
+        if (!(std::ofstream(path) << a.spec)) throw std::runtime_error("cannot write " + path);
+        job_path = path;
+        std::printf("troupe node: joined the job at %s as process %d of %d (this host: %s)\n", coordinator.c_str(),
+                    a.rank, a.world, me.c_str());
+        std::fflush(stdout);
+        ::setenv("TROUPE_HOST", me.c_str(), 1);
+      }
+      std::vector<std::string> argv = {path};
+      argv.insert(argv.end(), a.flags.begin(), a.flags.end());
+      for (std::string x : {std::string("--rank"), std::to_string(a.rank), std::string("--world"),
+                            std::to_string(a.world), std::string("--rendezvous"), a.rendezvous, std::string("--group"),
+                            std::to_string(a.group)})
+        argv.push_back(x);
+      return train_main(argv);
+    };
+    auto agent = sys.spawn(node_agent, coord, o);
+    std::string why;
+    self->receive([&](done_atom, int32_t c, const std::string& w) { code = c, why = w; });
+    if (code != 0 && !why.empty()) std::fprintf(stderr, "troupe node: %s\n", why.c_str());
   } catch (const std::exception& e) {
     std::fprintf(stderr, "troupe node: %s\n", e.what());
-    if (!job_path.empty()) std::filesystem::remove(job_path);
-    return 1;
+    code = 1;
   }
+  if (!job_path.empty()) std::filesystem::remove(job_path);
+  // The rank's runner may still be inside a collective that will never finish (the job was
+  // stopped): end the process here rather than wait for its threads.
+  std::fflush(nullptr);
+  std::_Exit(code);
 }
 
 }  // namespace troupe

@@ -120,6 +120,33 @@ TEST_CASE("messages: every message type round-trips through CAF serialization") 
   CHECK(sr2.peak_stash_bytes == 4096);
   CHECK(sr2.error == "stage 1 failed");
 
+  // The control plane's messages (troupe launch and its node agents).
+  std::vector<char> buf3;
+  caf::binary_serializer sink3{sys, buf3};
+  node_hello nh{"10.0.0.2", 4242, 16, -1, std::string(32, 'f')};
+  node_challenge nc{"n0nce", "pr00f"};
+  rank_assignment ra{3, 4, "{\"name\": \"j\"}", "/jobs/j.json", {"--steps", "5"}, "tcp://10.0.0.1:29500", 99};
+  REQUIRE(!sink3(nh, nc, ra));
+  node_hello nh2;
+  node_challenge nc2;
+  rank_assignment ra2;
+  caf::binary_deserializer source3{sys, buf3};
+  REQUIRE(!source3(nh2, nc2, ra2));
+  CHECK(nh2.host == "10.0.0.2");
+  CHECK(nh2.pid == 4242);
+  CHECK(nh2.cores == 16);
+  CHECK(nh2.slot == -1);
+  CHECK(nh2.nonce == nh.nonce);
+  CHECK(nc2.nonce == "n0nce");
+  CHECK(nc2.proof == "pr00f");
+  CHECK(ra2.rank == 3);
+  CHECK(ra2.world == 4);
+  CHECK(ra2.spec == ra.spec);
+  CHECK(ra2.path == "/jobs/j.json");
+  CHECK(ra2.flags == ra.flags);
+  CHECK(ra2.rendezvous == "tcp://10.0.0.1:29500");
+  CHECK(ra2.group == 99);
+
   // A shape whose size overflows is refused, not allocated.
   std::vector<char> huge;
   caf::binary_serializer huge_sink{sys, huge};

@@ -1,9 +1,13 @@
 // `troupe launch`: the GPT job split over 2 and 4 processes (stages x replicas, replicas
 // across processes, gradients and losses through shared memory or over tcp) gives the in-process run's per-step
 // losses; a split that does not divide is a clear error; a process killed with SIGKILL
-// ends the whole job within seconds with a message naming it, and leaves no process behind.
+// ends the whole job within seconds with a message naming it, and leaves no process behind;
+// with --nodes, a node with the wrong secret is refused (both sides say so) and the right
+// one joins.
 #include <doctest/doctest.h>
 
+#include <utility>  // before Boost 1.74's asio (std::exchange under C++20)
+#include <boost/asio.hpp>  // a free loopback port
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -188,4 +192,47 @@ TEST_CASE("launch: a process that hangs (SIGSTOP) is found by the heartbeats and
     ::kill(procs[1], SIGKILL);
     ::kill(launcher, SIGKILL);
   }
+}
+
+TEST_CASE("launch --nodes: a node with the wrong secret is refused and both sides say so; one with the right secret "
+          "joins, and the job gives the in-process run's losses") {
+  // A port that was free a moment ago, on loopback.
+  int port = 0;
+  {
+    namespace asio = boost::asio;
+    asio::io_context io;
+    asio::ip::tcp::acceptor a(io, asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
+    port = a.local_endpoint().port();
+  }
+  const std::string at = "127.0.0.1:" + std::to_string(port);
+  const std::string one = "/tmp/troupe_launch_n1.jsonl", nodes = "/tmp/troupe_launch_nn.jsonl";
+  auto r = run("train " + gpt_job("nodes_one", 2, one) + " --quiet");
+  REQUIRE_MESSAGE(r.code == 0, r.output);
+  const std::string secret = "launch-nodes-test-secret-0123456789abcdef";
+  ::setenv("TROUPE_SECRET", secret.c_str(), 1);
+  const std::string log = "/tmp/troupe_launch_nodes.log";
+  const pid_t launcher = spawn_troupe({"launch", "--nproc", "1", "--nodes", "1", "--listen", at,
+                                       gpt_job("nodes", 2, nodes), "--quiet"}, log);
+  ::setenv("TROUPE_SECRET", "not-the-job-secret-but-as-long-as-it-0123", 1);
+  r = run("node --coordinator " + at);
+  CHECK(r.code == 1);
+  CHECK(r.output.find("troupe node: the coordinator could not prove the job's secret (TROUPE_SECRET differs)") !=
+        std::string::npos);
+  ::setenv("TROUPE_SECRET", secret.c_str(), 1);
+  r = run("node --coordinator " + at);
+  CHECK_MESSAGE(r.code == 0, r.output);
+  CHECK(r.output.find("troupe node: joined the job at " + at + " as process 1 of 2 (this host: 127.0.0.1)") !=
+        std::string::npos);
+  const int code = wait_for(launcher, std::chrono::seconds(60));
+  const std::string text = read_all(log);
+  CAPTURE(text);
+  CHECK(code == 0);
+  CHECK(text.find("troupe launch: refused a node at 127.0.0.1") != std::string::npos);
+  CHECK(text.find("it found this launcher's proof of the secret wrong") != std::string::npos);
+  CHECK(text.find("joined as process 1 of 2") != std::string::npos);
+  const auto a = step_losses(one), b = step_losses(nodes);
+  REQUIRE(a.size() == 12);
+  REQUIRE(b.size() == a.size());
+  for (size_t i = 0; i < a.size(); ++i) CHECK(std::abs(b[i] - a[i]) <= 1e-4 * std::abs(a[i]));
+  ::unsetenv("TROUPE_SECRET");
 }

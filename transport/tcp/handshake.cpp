@@ -155,4 +155,23 @@ std::string random_hex(size_t bytes) {
   return hex;
 }
 
+std::string proof_hex(const std::string& secret, const std::string& message) {
+  std::array<uint8_t, kMac> mac;
+  unsigned len = 0;
+  if (!HMAC(EVP_sha256(), secret.data(), int(secret.size()), reinterpret_cast<const uint8_t*>(message.data()),
+            message.size(), mac.data(), &len) ||
+      len != kMac)
+    throw transport_error("HMAC-SHA256 failed (OpenSSL)");
+  std::string hex;
+  for (uint8_t x : mac) {
+    hex += "0123456789abcdef"[x >> 4];
+    hex += "0123456789abcdef"[x & 15];
+  }
+  return hex;
+}
+
+bool same_proof(const std::string& a, const std::string& b) {
+  return a.size() == b.size() && CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
+}
+
 }  // namespace troupe::handshake

@@ -47,5 +47,10 @@ void write_frame(socket& s, frame_kind kind, int src, uint64_t tag, const void* 
 
 // `bytes` random bytes (OpenSSL), as hex.
 std::string random_hex(size_t bytes);
+// HMAC-SHA256(secret, message) as hex: how the node agents and the launcher's coordinator
+// prove the secret to each other over CAF (actors/node_agent.hpp).
+std::string proof_hex(const std::string& secret, const std::string& message);
+// a == b in time that does not depend on where they differ.
+bool same_proof(const std::string& a, const std::string& b);
 
 }  // namespace troupe::handshake

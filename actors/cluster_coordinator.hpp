@@ -1,0 +1,58 @@
+#pragma once
+// cluster_coordinator: the launcher's side of a multi-process job (troupe launch). It is
+// published over CAF; every process of the job runs a node_agent that joins it. It admits
+// an agent only once the agent has proven the job's secret (node_agent.hpp has the
+// challenge-response; a wrong proof is refused and logged here, as the agent logs its
+// side), gives each admitted agent its rank (the launcher's own processes their slot, nodes
+// from other machines the next ranks in the order they proved themselves), prints where
+// each process runs, and once all `world` have joined asks each agent to spawn its rank's
+// runner. It monitors every agent and runner: the first that goes down before it has
+// reported its end, or reports a failure, stops the job (every other agent is told to stop)
+// and the launcher is told why. When every rank has ended well the launcher is told so.
+//
+// Accepts: (join_atom, node_hello)  -> node_challenge
+//          (prove_atom, proof)      -> int32 rank      (an error "wrong secret" if it is wrong)
+//          (done_atom, rank, code)  -> ok              from an admitted agent
+//          (stop_atom, code, why)   the launcher stops the job (interrupted)
+//          (tick_atom)              the join deadline
+//          down_msg                 an agent or runner went down
+// Sends:   (assign_atom, rank_assignment) -> runner to each agent; (stop_atom, code, why)
+//          to the agents; (done_atom, int32 code, string why) to opts.launcher, once.
+#include <chrono>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "actors/messages.hpp"
+
+namespace troupe {
+
+struct cluster_options {
+  std::string secret;
+  int32_t local = 0;   // processes troupe launch starts on this host: slots 0 .. local-1
+  int32_t remote = 0;  // nodes that join from other machines (troupe node)
+  rank_assignment job;  // everything but the rank, which each agent gets its own of
+  std::chrono::milliseconds join_deadline{30000};
+  caf::actor launcher;  // told (done_atom, code, why) when the job ends
+  bool quiet = false;   // no lines about nodes joining
+};
+
+struct cluster_member {
+  caf::actor agent, runner;
+  node_hello hello;
+  int32_t rank = -1;
+  bool ended = false;
+};
+
+struct cluster_state {
+  cluster_options opts;
+  std::map<caf::actor_addr, std::pair<node_hello, std::string>> pending;  // joined, not yet proven: our nonce
+  std::vector<cluster_member> members;                                     // admitted
+  int32_t remote_joined = 0;
+  bool started = false, finished = false;
+  static inline const char* name = "cluster_coordinator";
+};
+
+caf::behavior cluster_coordinator(caf::stateful_actor<cluster_state>* self, cluster_options opts);
+
+}  // namespace troupe
