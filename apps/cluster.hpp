@@ -4,6 +4,8 @@
 #include <caf/all.hpp>
 
 #include <chrono>
+#include <string>
+#include <vector>
 
 namespace troupe {
 
@@ -17,9 +19,34 @@ std::chrono::milliseconds control_silence();
 // a bad value.
 std::chrono::milliseconds join_deadline();
 
+// TLS on the control connections (CAF's OpenSSL module); off by default. `--tls` encrypts
+// them with an anonymous key exchange (the job's secret still decides who is admitted);
+// `--tls-cert F --tls-key K --tls-ca CA` (all three) also makes both ends verify each
+// other's certificate against the CA. The data links are not covered (docs/getting-started.md).
+struct control_tls {
+  bool on = false;
+  std::string cert, key, ca;
+  // The same settings as flags (troupe launch hands them to its own processes).
+  std::vector<std::string> flags() const;
+};
+
+// If args[i] is a TLS flag, takes it (and its value: i moves past it) into tls and returns
+// true. input_error for a flag without its value.
+bool take_tls_flag(const std::vector<std::string>& args, size_t& i, control_tls& tls);
+// input_error unless cert, key and CA are all given or none, each a file that can be read.
+void check_tls(const control_tls& tls);
+
 // An actor system config for the launcher's or an agent's control plane: our message
 // types, the middleman, heartbeats every silence / 4 (at most 1 s) and connections closed
 // after `silence` without a heartbeat; few scheduler threads (the training has the cores).
-void configure_control_plane(caf::actor_system_config& cfg, std::chrono::milliseconds silence);
+void configure_control_plane(caf::actor_system_config& cfg, std::chrono::milliseconds silence,
+                             const control_tls& tls);
+
+// Publishes the coordinator on host:port (0: any), over TLS when tls.on; the port.
+caf::expected<uint16_t> publish_control(caf::actor_system& sys, const caf::actor& whom, const std::string& host,
+                                        uint16_t port, const control_tls& tls);
+// The coordinator's handle, over TLS when tls.on.
+caf::expected<caf::actor> connect_control(caf::actor_system& sys, const std::string& host, uint16_t port,
+                                          const control_tls& tls);
 
 }  // namespace troupe

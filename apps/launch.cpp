@@ -71,9 +71,11 @@ void stop_all(const std::vector<pid_t>& pids, const std::vector<bool>& running) 
 
 int launch_main(const std::vector<std::string>& args) {
   const char* usage =
-      "usage: troupe launch --nproc N [--nodes M --listen HOST:PORT] JOB.json [--steps N] [--threads N] [--quiet]";
+      "usage: troupe launch --nproc N [--nodes M --listen HOST:PORT] [--tls | --tls-cert F --tls-key K --tls-ca CA] "
+      "JOB.json [--steps N] [--threads N] [--quiet]";
   int nproc = 0, nodes = 0;
   std::string listen;
+  control_tls tls;
   std::vector<std::string> passed;  // to every `troupe train`
   for (size_t i = 0; i < args.size(); ++i) {
     if (args[i] == "--nproc" && i + 1 < args.size()) {
@@ -93,7 +95,13 @@ int launch_main(const std::vector<std::string>& args) {
       }
       nodes = int(v);
     } else if (args[i] == "--listen" && i + 1 < args.size()) {
-      listen = args[++i];
+      listen = args[++i];    } else if (args[i].rfind("--tls", 0) == 0) {
+      try {
+        if (!take_tls_flag(args, i, tls)) throw input_error("unknown flag '" + args[i] + "'");
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "troupe launch: %s (%s)\n", e.what(), usage);
+        return 2;
+      }
     } else if (args[i] == "--rank" || args[i] == "--world" || args[i] == "--rendezvous" || args[i] == "--group") {
       std::fprintf(stderr, "troupe launch: %s is set by launch itself (%s)\n", args[i].c_str(), usage);
       return 2;
@@ -158,6 +166,7 @@ int launch_main(const std::vector<std::string>& args) {
   try {
     silence = control_silence();
     joining = join_deadline();
+    check_tls(tls);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "troupe launch: %s\n", e.what());
     return 2;
@@ -200,7 +209,7 @@ int launch_main(const std::vector<std::string>& args) {
   int code = 0;
   {
     caf::actor_system_config cfg;
-    configure_control_plane(cfg, silence);
+    configure_control_plane(cfg, silence, tls);
     caf::actor_system sys{cfg};
     caf::scoped_actor self{sys};
     cluster_options co;
@@ -216,7 +225,7 @@ int launch_main(const std::vector<std::string>& args) {
     co.launcher = self;
     auto coordinator = sys.spawn(cluster_coordinator, co);
     const std::string at_host = nodes > 0 ? listen_host : "127.0.0.1";
-    auto published = sys.middleman().publish(coordinator, nodes > 0 ? listen_port : 0, at_host.c_str(), true);
+    auto published = publish_control(sys, coordinator, at_host, nodes > 0 ? listen_port : 0, tls);
     if (!published) {
       std::fprintf(stderr, "troupe launch: cannot listen for the job's processes on %s:%u: %s\n", at_host.c_str(),
                    unsigned(nodes > 0 ? listen_port : 0), sys.render(published.error()).c_str());
@@ -228,14 +237,16 @@ int launch_main(const std::vector<std::string>& args) {
     const std::string coordinator_at = at_host + ":" + std::to_string(*published);
     if (nodes > 0) {
       std::printf("troupe launch: %d local process%s; waiting for %d node%s: on each, run\n"
-                  "  TROUPE_SECRET=<the same secret> troupe node --coordinator %s\n",
-                  nproc, nproc == 1 ? "" : "es", nodes, nodes == 1 ? "" : "s", listen.c_str());
+                  "  TROUPE_SECRET=<the same secret> troupe node --coordinator %s%s\n",
+                  nproc, nproc == 1 ? "" : "es", nodes, nodes == 1 ? "" : "s", listen.c_str(),
+                  !tls.on ? "" : tls.cert.empty() ? " --tls" : " --tls-cert <its cert> --tls-key <its key> --tls-ca <the CA>");
       std::fflush(stdout);
     }
     std::vector<pid_t> pids;
     std::vector<bool> running;
     for (int r = 0; r < nproc; ++r) {
       std::vector<std::string> argv_s = {"troupe", "node", "--coordinator", coordinator_at, "--slot", std::to_string(r)};
+      for (const auto& f : tls.flags()) argv_s.push_back(f);
       std::vector<char*> argv;
       for (auto& a : argv_s) argv.push_back(a.data());
       argv.push_back(nullptr);

@@ -48,11 +48,21 @@ std::string local_address_towards(const std::string& host, uint16_t port) {
 }  // namespace
 
 int node_main(const std::vector<std::string>& args) {
-  const char* usage = "usage: troupe node --coordinator HOST:PORT  (TROUPE_SECRET: the job's secret)";
+  const char* usage =
+      "usage: troupe node --coordinator HOST:PORT [--tls | --tls-cert F --tls-key K --tls-ca CA]  (TROUPE_SECRET: the "
+      "job's secret)";
   std::string coordinator;
   int slot = -1;
+  control_tls tls;
   for (size_t i = 0; i < args.size(); ++i) {
-    if (args[i] == "--coordinator" && i + 1 < args.size()) {
+    if (args[i].rfind("--tls", 0) == 0) {
+      try {
+        if (!take_tls_flag(args, i, tls)) throw input_error("unknown flag '" + args[i] + "'");
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "troupe node: %s (%s)\n", e.what(), usage);
+        return 2;
+      }
+    } else if (args[i] == "--coordinator" && i + 1 < args.size()) {
       coordinator = args[++i];
     } else if (args[i] == "--slot" && i + 1 < args.size()) {  // troupe launch's own processes
       char* end = nullptr;
@@ -69,6 +79,12 @@ int node_main(const std::vector<std::string>& args) {
   }
   if (coordinator.empty()) {
     std::fprintf(stderr, "troupe node: --coordinator HOST:PORT is required (%s)\n", usage);
+    return 2;
+  }
+  try {
+    check_tls(tls);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "troupe node: %s\n", e.what());
     return 2;
   }
   const char* secret = std::getenv("TROUPE_SECRET");
@@ -90,18 +106,24 @@ int node_main(const std::vector<std::string>& args) {
     const auto silence = control_silence();
     const auto deadline = std::chrono::steady_clock::now() + join_deadline();
     caf::actor_system_config cfg;
-    configure_control_plane(cfg, silence);
+    configure_control_plane(cfg, silence, tls);
     caf::actor_system sys{cfg};
-    // The coordinator may not listen yet: retry until the deadline.
+    // The coordinator may not listen yet: retry until the deadline (but a connection that
+    // fails after it was made, as when the TLS settings differ, is final).
     caf::actor coord;
     for (;;) {
-      auto got = sys.middleman().remote_actor(host, port);
+      auto got = connect_control(sys, host, port, tls);
       if (got) {
         coord = *got;
         break;
       }
-      if (std::chrono::steady_clock::now() >= deadline)
-        throw transport_error("cannot reach the coordinator at " + coordinator + ": " + sys.render(got.error()));
+      const bool not_up = got.error() == caf::sec::cannot_connect_to_node;
+      if (!not_up || std::chrono::steady_clock::now() >= deadline)
+        throw transport_error("cannot reach the coordinator at " + coordinator + ": " + sys.render(got.error()) +
+                              (not_up ? ""
+                               : tls.on ? " (is the launcher using the same TLS settings: --tls, or certificates "
+                                          "signed by the same CA?)"
+                                        : " (does the launcher use TLS? then give this node --tls or its certificates)"));
       std::this_thread::sleep_for(std::chrono::milliseconds(200));
     }
     caf::scoped_actor self{sys};

@@ -65,7 +65,7 @@ std::pair<int32_t, std::string> next_done(caf::scoped_actor& self, std::chrono::
 
 }  // namespace
 
-TEST_CASE("cluster: agents that prove the secret get their ranks and run them; the job ends when all have") {
+TEST_CASE("cluster: agents that prove the secret get their ranks and run them, and the job ends when all have") {
   test_config cfg;
   caf::actor_system sys{cfg};
   caf::scoped_actor launcher{sys}, agents{sys};

@@ -194,7 +194,7 @@ TEST_CASE("launch: a process that hangs (SIGSTOP) is found by the heartbeats and
   }
 }
 
-TEST_CASE("launch --nodes: a node with the wrong secret is refused and both sides say so; one with the right secret "
+TEST_CASE("launch --nodes: a node with the wrong secret is refused and both sides say so, one with the right secret "
           "joins, and the job gives the in-process run's losses") {
   // A port that was free a moment ago, on loopback.
   int port = 0;
@@ -235,4 +235,101 @@ TEST_CASE("launch --nodes: a node with the wrong secret is refused and both side
   REQUIRE(b.size() == a.size());
   for (size_t i = 0; i < a.size(); ++i) CHECK(std::abs(b[i] - a[i]) <= 1e-4 * std::abs(a[i]));
   ::unsetenv("TROUPE_SECRET");
+}
+
+namespace {
+
+// A CA, two certificates it signed (launcher, node) and one another CA signed, in `dir`
+// (the openssl command, which scripts/setup.sh installs).
+void make_certificates(const std::string& dir) {
+  std::filesystem::create_directories(dir);
+  const std::string quiet = " > /dev/null 2>&1";
+  auto sh = [&](const std::string& cmd) { REQUIRE_MESSAGE(std::system((cmd + quiet).c_str()) == 0, cmd); };
+  for (std::string ca : {"ca", "other_ca"})
+    sh("openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=" + ca + " -keyout " + dir + "/" + ca +
+       ".key -out " + dir + "/" + ca + ".pem");
+  for (auto [who, ca] : {std::pair{"launcher", "ca"}, {"node", "ca"}, {"stranger", "other_ca"}}) {
+    const std::string base = dir + "/" + who;
+    sh("openssl req -newkey rsa:2048 -nodes -subj /CN=" + std::string(who) + " -keyout " + base + ".key -out " + base +
+       ".csr");
+    sh("openssl x509 -req -days 1 -in " + base + ".csr -CA " + dir + "/" + ca + ".pem -CAkey " + dir + "/" + ca +
+       ".key -CAcreateserial -out " + base + ".pem");
+  }
+}
+
+std::string tls_flags(const std::string& dir, const std::string& who, const std::string& ca = "ca") {
+  return " --tls-cert " + dir + "/" + who + ".pem --tls-key " + dir + "/" + who + ".key --tls-ca " + dir + "/" + ca +
+         ".pem";
+}
+
+}  // namespace
+
+TEST_CASE("launch --tls: the control connections over TLS, anonymous or with certificates, give the in-process "
+          "losses, a node with another CA's certificate or without TLS is refused at once, bad files are input "
+          "errors") {
+  const std::string dir = "/tmp/troupe_launch_tls";
+  std::filesystem::remove_all(dir);
+  make_certificates(dir);
+  const std::string one = "/tmp/troupe_launch_t1.jsonl";
+  auto r = run("train " + gpt_job("tls_one", 2, one) + " --quiet");
+  REQUIRE_MESSAGE(r.code == 0, r.output);
+  const auto a = step_losses(one);
+  REQUIRE(a.size() == 12);
+  auto same_losses = [&](const std::string& metrics) {
+    const auto b = step_losses(metrics);
+    REQUIRE(b.size() == a.size());
+    for (size_t i = 0; i < a.size(); ++i) CHECK(std::abs(b[i] - a[i]) <= 1e-4 * std::abs(a[i]));
+  };
+  // Two local processes: one ends before the other, which must not break its connection.
+  r = run("launch --nproc 2 --tls " + gpt_job("tls_anon", 2, "/tmp/troupe_launch_ta.jsonl") + " --quiet");
+  CHECK_MESSAGE(r.code == 0, r.output);
+  same_losses("/tmp/troupe_launch_ta.jsonl");
+  r = run("launch --nproc 2" + tls_flags(dir, "launcher") + " " + gpt_job("tls_cert", 2, "/tmp/troupe_launch_tc.jsonl") +
+          " --quiet");
+  CHECK_MESSAGE(r.code == 0, r.output);
+  same_losses("/tmp/troupe_launch_tc.jsonl");
+
+  int port = 0;
+  {
+    namespace asio = boost::asio;
+    asio::io_context io;
+    asio::ip::tcp::acceptor acc(io, asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
+    port = acc.local_endpoint().port();
+  }
+  const std::string at = "127.0.0.1:" + std::to_string(port);
+  ::setenv("TROUPE_SECRET", "launch-tls-test-secret-0123456789abcdefgh", 1);
+  const std::string log = "/tmp/troupe_launch_tls.log";
+  std::vector<std::string> largs = {"launch", "--nproc", "1", "--nodes", "1", "--listen", at,
+                                    "--tls-cert", dir + "/launcher.pem", "--tls-key", dir + "/launcher.key",
+                                    "--tls-ca", dir + "/ca.pem", gpt_job("tls_nodes", 2, "/tmp/troupe_launch_tn.jsonl"),
+                                    "--quiet"};
+  const pid_t launcher = spawn_troupe(largs, log);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // listening
+  const auto t0 = std::chrono::steady_clock::now();
+  r = run("node --coordinator " + at + tls_flags(dir, "stranger", "other_ca"));
+  CHECK(r.code == 1);
+  CHECK(r.output.find("cannot reach the coordinator at " + at) != std::string::npos);
+  CHECK(r.output.find("is the launcher using the same TLS settings") != std::string::npos);
+  r = run("node --coordinator " + at);
+  CHECK(r.code == 1);
+  CHECK(r.output.find("does the launcher use TLS?") != std::string::npos);
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(10));  // refused, not retried to the deadline
+  r = run("node --coordinator " + at + tls_flags(dir, "node"));
+  CHECK_MESSAGE(r.code == 0, r.output);
+  CHECK(wait_for(launcher, std::chrono::seconds(60)) == 0);
+  same_losses("/tmp/troupe_launch_tn.jsonl");
+  ::unsetenv("TROUPE_SECRET");
+
+  r = run("launch --nproc 1 --tls-cert " + dir + "/node.pem --tls-key " + dir + "/launcher.key --tls-ca " + dir +
+          "/ca.pem apps/jobs/fortunes_gpt.json");
+  CHECK(r.code == 2);
+  CHECK_MESSAGE(r.output.find("or not the key of --tls-cert") != std::string::npos, r.output);
+  r = run("launch --nproc 1 --tls-cert " + dir + "/node.pem --tls-key " + dir + "/node.key --tls-ca " + dir +
+          "/node.key apps/jobs/fortunes_gpt.json");
+  CHECK(r.code == 2);
+  CHECK(r.output.find("/node.key: not a PEM CA certificate") != std::string::npos);
+  r = run("node --coordinator " + at + " --tls-cert " + dir + "/node.pem");
+  CHECK(r.code == 2);
+  CHECK(r.output.find("missing: --tls-key --tls-ca") != std::string::npos);
+  std::filesystem::remove_all(dir);
 }

@@ -186,7 +186,7 @@ naive_attention_result naive_attention(const vec& qkv, const vec& dout, int B, i
 
 // ============================================================================ linear
 
-TEST_CASE("linear: BLAS path matches a naive loop; gradients match finite differences") {
+TEST_CASE("linear: BLAS path matches a naive loop, gradients match finite differences") {
   use_threads(2);
   troupe::rng g(101);
   // Odd sizes; the larger case crosses OpenBLAS's blocking and splits unevenly on 2 threads.
@@ -459,7 +459,7 @@ TEST_CASE("embedding: gather forward, scatter-add backward with repeated tokens"
 
 // ============================================================================ attention
 
-TEST_CASE("attention: BLAS path matches a naive loop; gradients match finite differences") {
+TEST_CASE("attention: BLAS path matches a naive loop, gradients match finite differences") {
   use_threads(2);
   troupe::rng g(107);
   for (auto [B, T, C, NH] : {std::tuple{3, 5, 12, 3}, std::tuple{2, 37, 48, 4},

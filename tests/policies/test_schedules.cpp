@@ -104,7 +104,7 @@ TEST_CASE("schedules: 1F1B's order on a stage, written out") {
   CHECK(ofob->order(1, 3, 4) == want);
 }
 
-TEST_CASE("schedules: bad names and shapes are clear errors; broken orders are caught") {
+TEST_CASE("schedules: bad names and shapes are clear errors, broken orders are caught") {
   try {
     make_pipeline_schedule("zigzag");
     FAIL("expected an error");

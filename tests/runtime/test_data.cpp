@@ -222,7 +222,7 @@ TEST_CASE("byte_corpus: fortunes files are read sorted, without .dat/.u8/symlink
   }
 }
 
-TEST_CASE("epoch_sampler: each epoch is a permutation; batches repeat with the seed") {
+TEST_CASE("epoch_sampler: each epoch is a permutation, batches repeat with the seed") {
   const int64_t n = 103, B = 10;
   CHECK(batches_per_epoch(n, B) == 10);
   CHECK(batches_per_epoch(100, 10) == 10);

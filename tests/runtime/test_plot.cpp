@@ -33,7 +33,7 @@ TEST_CASE("plot: an SVG with one polyline per series, round ticks, escaped label
   CHECK(svg.find("nan") == std::string::npos);     // the NaN point is left out, not drawn
 }
 
-TEST_CASE("plot: empty series and a flat line still give a valid picture; a bad path is an input_error") {
+TEST_CASE("plot: empty series and a flat line still give a valid picture, a bad path is an input_error") {
   write_line_plot_svg("/tmp/troupe_test_plot_empty.svg", "empty", "x", "y", {plot_series{"none", {}, {}}});
   CHECK(slurp("/tmp/troupe_test_plot_empty.svg").find("</svg>") != std::string::npos);
   write_line_plot_svg("/tmp/troupe_test_plot_flat.svg", "flat", "x", "y", {plot_series{"c", {0, 1}, {2, 2}}});

@@ -176,7 +176,7 @@ TEST_CASE("bucketed all-reduce: ranges reported last-first average into the clos
   CHECK(wrong == 0);
 }
 
-TEST_CASE("bucketed all-reduce: a step that reports nothing is averaged whole; one that reports part is an error") {
+TEST_CASE("bucketed all-reduce: a step that reports nothing is averaged whole, one that reports part is an error") {
   auto group = make_group("inproc", 2);
   std::vector<std::vector<float>> data(2, std::vector<float>(10, 0.0f));
   data[1].assign(10, 4.0f);

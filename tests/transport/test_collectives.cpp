@@ -123,7 +123,7 @@ TEST_CASE("collectives: all-gather gives every rank every rank's chunk, f32 and 
     }
 }
 
-TEST_CASE("collectives: broadcast from every root reaches every rank; a root outside the group is an error") {
+TEST_CASE("collectives: broadcast from every root reaches every rank, a root outside the group is an error") {
   for (const char* transport : kTransports)
   for (int n = 1; n <= 8; ++n)
     for (int root = 0; root < n; ++root) {

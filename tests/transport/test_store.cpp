@@ -58,7 +58,7 @@ TEST_CASE("tcp store: a client with the wrong secret is refused") {
   CHECK_THROWS_AS(member.get("k", 100ms), transport_error);  // the intruder's set never landed
 }
 
-TEST_CASE("tcp store: a client started before the server waits for it; one with no server fails at its deadline") {
+TEST_CASE("tcp store: a client started before the server waits for it, one with no server fails at its deadline") {
   uint16_t port = 0;
   {
     tcp_store_server probe("127.0.0.1", 0, "x");
