@@ -24,6 +24,9 @@ caf::behavior cluster_coordinator(caf::stateful_actor<cluster_state>* self, clus
   auto& s = self->state;
   s.opts = std::move(opts);
   const int32_t world = s.opts.local + s.opts.remote;
+  if (s.opts.placement.local_ranks.empty() && s.opts.placement.hosts.empty())
+    s.opts.placement = place_processes({}, s.opts.local, s.opts.remote, "");
+  s.taken.assign(size_t(world), false);
   auto sender = [self] { return caf::actor_cast<caf::actor_addr>(self->current_sender()); };
   auto member_of = [self](const caf::actor_addr& a) -> cluster_member* {
     for (auto& m : self->state.members)
@@ -90,16 +93,21 @@ caf::behavior cluster_coordinator(caf::stateful_actor<cluster_state>* self, clus
         if (s.started || s.finished)
           return caf::make_error(caf::sec::invalid_argument,
                                  "prove: the job has all its " + std::to_string(world) + " processes already");
-        for (const auto& m : s.members)
-          if (h.slot >= 0 && m.hello.slot == h.slot)
-            return caf::make_error(caf::sec::invalid_argument, "prove: slot " + std::to_string(h.slot) + " has joined already");
-        if (h.slot < 0 && s.remote_joined >= s.opts.remote)
-          return caf::make_error(caf::sec::invalid_argument,
-                                 "prove: the job has all its " + std::to_string(s.opts.remote) + " nodes already");
+        const int32_t rank = h.slot >= 0 ? s.opts.placement.local_ranks[size_t(h.slot)]
+                                         : rank_for_node(s.opts.placement, s.taken, h.host);
+        if (rank < 0) {
+          std::fprintf(stderr, "troupe launch: refused %s: no process of the job is left for its host (parallel.hosts)\n",
+                       who.c_str());
+          return caf::make_error(caf::sec::invalid_argument, "the job has no process left for a node at " + h.host +
+                                                                 " (parallel.hosts, or all its nodes have joined)");
+        }
+        if (s.taken[size_t(rank)])
+          return caf::make_error(caf::sec::invalid_argument, "prove: slot " + std::to_string(h.slot) + " has joined already");
+        s.taken[size_t(rank)] = true;
         cluster_member m;
         m.agent = caf::actor_cast<caf::actor>(self->current_sender());
         m.hello = h;
-        m.rank = h.slot >= 0 ? h.slot : s.opts.local + s.remote_joined++;
+        m.rank = rank;
         self->monitor(m.agent);
         if (h.slot < 0 && !s.opts.quiet) {
           std::printf("troupe launch: a node at %s (pid %d, %d cores) joined as process %d of %d\n", h.host.c_str(), h.pid,

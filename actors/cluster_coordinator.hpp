@@ -3,9 +3,9 @@
 // published over CAF; every process of the job runs a node_agent that joins it. It admits
 // an agent only once the agent has proven the job's secret (node_agent.hpp has the
 // challenge-response; a wrong proof is refused and logged here, as the agent logs its
-// side), gives each admitted agent its rank (the launcher's own processes their slot, nodes
-// from other machines the next ranks in the order they proved themselves), prints where
-// each process runs, and once all `world` have joined asks each agent to spawn its rank's
+// side), gives each admitted agent its rank (policies/process_placement.hpp: the
+// launcher's own processes by their slot, nodes from other machines by their address and
+// parallel.hosts, else in the order they proved themselves), prints who joined, and once all `world` have joined asks each agent to spawn its rank's
 // runner. It monitors every agent and runner: the first that goes down before it has
 // reported its end, or reports a failure, stops the job (every other agent is told to stop)
 // and the launcher is told why. When every rank has ended well the launcher is told so.
@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "actors/messages.hpp"
+#include "policies/process_placement.hpp"
 
 namespace troupe {
 
@@ -32,6 +33,8 @@ struct cluster_options {
   int32_t local = 0;   // processes troupe launch starts on this host: slots 0 .. local-1
   int32_t remote = 0;  // nodes that join from other machines (troupe node)
   rank_assignment job;  // everything but the rank, which each agent gets its own of
+  process_placement placement;  // which ranks the local slots run, which host each other rank needs
+                                // (empty: slots 0.. local-1, the nodes the rest in join order)
   std::chrono::milliseconds join_deadline{30000};
   caf::actor launcher;  // told (done_atom, code, why) when the job ends
   bool quiet = false;   // no lines about nodes joining
@@ -48,7 +51,7 @@ struct cluster_state {
   cluster_options opts;
   std::map<caf::actor_addr, std::pair<node_hello, std::string>> pending;  // joined, not yet proven: our nonce
   std::vector<cluster_member> members;                                     // admitted
-  int32_t remote_joined = 0;
+  std::vector<bool> taken;  // rank -> admitted
   bool started = false, finished = false;
   static inline const char* name = "cluster_coordinator";
 };

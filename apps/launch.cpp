@@ -15,6 +15,9 @@
 
 #include "actors/cluster_coordinator.hpp"
 #include "apps/cluster.hpp"
+#include "policies/process_placement.hpp"
+#include "runtime/check.hpp"
+#include "runtime/job_spec.hpp"
 #include "transport/tcp/store.hpp"
 #include "transport/tcp/tcp.hpp"
 
@@ -162,6 +165,16 @@ int launch_main(const std::vector<std::string>& args) {
     }
     spec_text = text.str();
   }
+  // Where each process runs (parallel.hosts); a bad job file is reported here, once.
+  process_placement placement;
+  try {
+    const proto::JobSpec spec = load_job_spec(job_file);
+    const std::vector<std::string> hosts(spec.parallel().hosts().begin(), spec.parallel().hosts().end());
+    placement = place_processes(hosts, nproc, nodes, nodes > 0 ? listen_host : "127.0.0.1");
+  } catch (const input_error& e) {
+    std::fprintf(stderr, "troupe launch: error: %s\n", e.what());
+    return 1;
+  }
   std::chrono::milliseconds silence, joining;
   try {
     silence = control_silence();
@@ -222,6 +235,7 @@ int launch_main(const std::vector<std::string>& args) {
     co.job.rendezvous = rendezvous;
     co.job.group = group;
     co.join_deadline = joining;
+    co.placement = placement;
     co.launcher = self;
     auto coordinator = sys.spawn(cluster_coordinator, co);
     const std::string at_host = nodes > 0 ? listen_host : "127.0.0.1";

@@ -1,5 +1,7 @@
 #include "runtime/job_spec.hpp"
 
+#include <arpa/inet.h>  // inet_pton: parallel.hosts are addresses
+
 #include "runtime/partition.hpp"
 
 #include <google/protobuf/struct.pb.h>      // google::protobuf::Value: the JSON tree, before the schema
@@ -619,6 +621,16 @@ void check_values(const proto::JobSpec& s, const checker& c) {
   c.choice("parallel.schedule", par.schedule());
   c.choice("parallel.transport", par.transport());
   if (par.has_chunks()) c.number("parallel.chunks", par.chunks());
+  if (par.hosts_size() > 4096)
+    c.fail("parallel.hosts", cat("has ", par.hosts_size(), " entries: expected at most 4096 (one per process)"));
+  for (int i = 0; i < par.hosts_size(); ++i) {
+    const std::string& h = par.hosts(i);
+    unsigned char addr[16];
+    if (h != "any" && inet_pton(AF_INET, h.c_str(), addr) != 1 && inet_pton(AF_INET6, h.c_str(), addr) != 1)
+      c.fail(cat("parallel.hosts[", i, "]"),
+             cat("invalid value ", quoted(h), ": expected an IPv4 or IPv6 address (the one the process runs at) or "
+                                              "\"any\""));
+  }
   if (t.batch_size() % par.replicas() != 0)
     c.fail("parallel.replicas", cat("invalid value ", par.replicas(), ": expected a divisor of train.batch_size (",
                                     t.batch_size(), ")"));

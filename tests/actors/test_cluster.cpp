@@ -5,6 +5,7 @@
 // agent that goes down, stops the others and tells the launcher why.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <mutex>
@@ -14,6 +15,7 @@
 
 #include "actors/cluster_coordinator.hpp"
 #include "actors/node_agent.hpp"
+#include "policies/process_placement.hpp"
 
 using namespace troupe;
 
@@ -221,4 +223,42 @@ TEST_CASE("cluster: a rank that fails, or an agent that goes down, stops the oth
     release = true;
     launcher->send_exit(coord, caf::exit_reason::kill);
   }
+}
+
+TEST_CASE("cluster: with parallel.hosts a node takes the rank placed on its address, whatever order they join in, "
+          "and one at an address with no rank left is refused") {
+  test_config cfg;
+  caf::actor_system sys{cfg};
+  caf::scoped_actor launcher{sys}, agents{sys};
+  auto o = options(launcher, 1, 2);
+  o.placement = place_processes({"any", "10.0.0.3", "10.0.0.2"}, 1, 2, "10.0.0.1");
+  auto coord = sys.spawn(cluster_coordinator, o);
+  std::mutex mu;
+  std::vector<std::pair<int, std::string>> ran;  // rank, host of the agent that ran it
+  auto run_at = [&](std::string host) {
+    return [&, host](const rank_assignment& a) {
+      std::lock_guard<std::mutex> lock(mu);
+      ran.push_back({a.rank, host});
+      return 0;
+    };
+  };
+  auto at = [&](const std::string& host, int slot) {
+    auto ao = agent_options(agents, slot, kSecret, run_at(host));
+    ao.hello.host = host;
+    return ao;
+  };
+  sys.spawn(node_agent, coord, at("10.0.0.2", -1));
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  sys.spawn(node_agent, coord, at("10.0.0.9", -1));  // no rank for it
+  auto [code9, why9] = next_done(agents, std::chrono::milliseconds(3000));
+  CHECK(code9 == 1);
+  CHECK(why9.find("the job has no process left for a node at 10.0.0.9") != std::string::npos);
+  sys.spawn(node_agent, coord, at("10.0.0.3", -1));
+  sys.spawn(node_agent, coord, at("10.0.0.1", 0));
+  CHECK(next_done(launcher, std::chrono::milliseconds(5000)).first == 0);
+  for (int k = 0; k < 3; ++k) CHECK(next_done(agents, std::chrono::milliseconds(3000)).first == 0);
+  std::lock_guard<std::mutex> lock(mu);
+  std::sort(ran.begin(), ran.end());
+  CHECK(ran == std::vector<std::pair<int, std::string>>{{0, "10.0.0.1"}, {1, "10.0.0.3"}, {2, "10.0.0.2"}});
+  launcher->send_exit(coord, caf::exit_reason::kill);
 }

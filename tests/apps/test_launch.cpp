@@ -333,3 +333,14 @@ TEST_CASE("launch --tls: the control connections over TLS, anonymous or with cer
   CHECK(r.output.find("missing: --tls-key --tls-ca") != std::string::npos);
   std::filesystem::remove_all(dir);
 }
+
+TEST_CASE("launch: parallel.hosts that do not fit --nproc and --nodes is an error before anything starts") {
+  const std::string path = "/tmp/troupe_launch_hosts.json";
+  std::ofstream(path) << R"({"model": {"gpt": {"n_layer": 2, "n_head": 2, "d_model": 32, "context": 32}},
+    "data": {"dataset": "fortunes"}, "optimizer": {"adamw": {"lr": 1e-3}}, "train": {"batch_size": 8, "steps": 2},
+    "parallel": {"replicas": 2, "hosts": ["any", "any", "any"]}})";
+  auto r = run("launch --nproc 2 " + path);
+  CHECK(r.code == 1);
+  CHECK(r.output.find("troupe launch: error: parallel.hosts has 3 entries, expected one per process: 2 (--nproc 2 + "
+                      "--nodes 0)") != std::string::npos);
+}

@@ -6,7 +6,8 @@
 # no shared directory). Its per-step losses must match the in-process run of the same job
 # to 1e-4. Then the same job again as a launcher would run it across machines: troupe
 # launch --nproc 1 --nodes 2 --listen 10.77.0.1:29501 in the first namespace, troupe node
-# --coordinator 10.77.0.1:29501 in the other two; the same losses again. The job says
+# --coordinator 10.77.0.1:29501 in the other two, their ranks placed by address
+# (parallel.hosts); the same losses again. The job says
 # "transport": "tcp": the namespaces share one kernel, and shm would find its peers through
 # /dev/shm instead of the network under test. Skips (exit 77) with the reason where the
 # machine forbids namespaces.
@@ -52,7 +53,11 @@ cat > "$work/job.json" <<JOB
 JOB
 sed "s|METRICS|one.jsonl|" "$work/job.json" > "$work/one.json"
 sed "s|METRICS|three.jsonl|" "$work/job.json" > "$work/three.json"
-sed "s|METRICS|nodes.jsonl|" "$work/job.json" > "$work/nodes.json"
+# The launcher's job places its processes by address (parallel.hosts), against the order
+# of the namespaces: the node in b (10.77.0.2) must become process 2, the one in c process 1.
+sed "s|METRICS|nodes.jsonl|; s|\"transport\": \"tcp\"|\"transport\": \"tcp\", \"hosts\": [\"10.77.0.1\", \"10.77.0.3\", \"10.77.0.2\"]|" \
+  "$work/job.json" > "$work/nodes.json"
+grep -q '"hosts"' "$work/nodes.json" || { echo "the job file did not get its parallel.hosts"; exit 1; }
 "$troupe" train "$work/one.json" --quiet > "$work/one.log" 2>&1 || { cat "$work/one.log"; exit 1; }
 
 export TROUPE_SECRET="netns-test-$$-$RANDOM-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d " \n")"
@@ -78,7 +83,8 @@ done
 wait "$launcher" || { echo "launch failed:"; cat "$work/launch.log"; failed=1; }
 for k in 1 2; do wait "${agents[$((k - 1))]}" || { echo "node $k failed:"; cat "$work/node$k.log"; failed=1; }; done
 [ "$failed" -eq 0 ] || exit 1
-grep -q "as process [12] of 3 (this host: 10.77.0.2)" "$work/node1.log" || { cat "$work/node1.log"; exit 1; }
+grep -q "as process 2 of 3 (this host: 10.77.0.2)" "$work/node1.log" || { cat "$work/node1.log"; exit 1; }
+grep -q "as process 1 of 3 (this host: 10.77.0.3)" "$work/node2.log" || { cat "$work/node2.log"; exit 1; }
 
 python3 - "$work/one.jsonl" "$work/three.jsonl" "$work/nodes.jsonl" <<'PY'
 import json, sys

@@ -430,6 +430,9 @@ TEST_CASE("job spec: the parallel section has defaults and clear errors") {
   proto::JobSpec two = parse_job_spec(with_parallel(R"({"stages": 2})"), "job.json");
   CHECK(two.parallel().micro_batches() == 4);
   CHECK(parse_job_spec(with_parallel(R"({"stages": 2, "schedule": "interleaved"})"), "job.json").parallel().chunks() == 2);
+  const auto hosts = parse_job_spec(with_parallel(R"({"hosts": ["10.0.0.1", "any", "fd00::2"]})"), "job.json");
+  CHECK(hosts.parallel().hosts_size() == 3);
+  CHECK(hosts.parallel().hosts(2) == "fd00::2");
 
   const std::vector<std::pair<std::string, std::string>> bad = {
       {R"({"stages": 2, "micro_batches": 3})",
@@ -445,6 +448,10 @@ TEST_CASE("job spec: the parallel section has defaults and clear errors") {
       {R"({"stages": 0})", "parallel.stages: invalid value 0"},
       {R"({"stages": 4, "micro_batches": 4, "schedule": "interleaved", "chunks": 2})",
        "the model has 4 layers, too few for 8"},
+      {R"({"hosts": ["10.0.0.1", "node7"]})",
+       "job.json: parallel.hosts[1]: invalid value \"node7\": expected an IPv4 or IPv6 address (the one the process "
+       "runs at) or \"any\""},
+      {R"({"hosts": "10.0.0.1"})", "parallel.hosts: invalid value \"10.0.0.1\": expected a list [ ... ]"},
       {R"({"stages": 2, "replicas": 2, "devices": 3})",
        "job.json: parallel.devices: invalid value 3: expected 0 (one device per stage actor) or a multiple of "
        "parallel.replicas (2), so that replicas never share a device"},
