@@ -10,6 +10,9 @@
 //   openmpi      baseline: MPI_Allreduce of Debian's Open MPI (tests/reference/mpi_allreduce.c,
 //                built beside this binary), processes, its shared-memory path
 //   gloo         baseline: PyTorch 1.13's gloo all_reduce (tests/reference/gloo_allreduce.py)
+//   nccl         ranks are threads, one GPU each, device buffers through NCCL
+//                (transport/nccl/); not in the default list, skipped with a note where
+//                the build or a GPU is missing
 // The baselines use the same sizes, rounds and check; one that is not installed is skipped
 // with a note. Below the table, the bars: ours against Open MPI and Gloo.
 // The first line is the ceiling: single-thread memcpy bandwidth of this machine. Every row
@@ -36,6 +39,7 @@
 
 #include "apps/bench.hpp"
 #include "transport/collectives.hpp"
+#include "transport/nccl/nccl.hpp"
 #include "transport/tcp/tcp.hpp"
 #include "transport/transports.hpp"
 
@@ -104,6 +108,65 @@ std::vector<result> on_threads(const std::string& variant, int n, const std::vec
     });
   for (auto& t : threads) t.join();
   return results[0];
+}
+
+// NCCL on device buffers, rank r a thread on GPU r: the same rounds and check as run_rank.
+std::vector<result> on_nccl(int n, const std::vector<size_t>& sizes) {
+  auto group = make_nccl_threads(n);
+  // per_round[r][k][round]: rank r's mean time per all-reduce of sizes[k]; wrong[r][k].
+  std::vector<std::vector<std::vector<double>>> per_round(static_cast<size_t>(n));
+  std::vector<std::vector<size_t>> wrong(static_cast<size_t>(n));
+  std::vector<std::exception_ptr> errors(static_cast<size_t>(n));
+  std::vector<std::thread> threads;
+  for (int r = 0; r < n; ++r)
+    threads.emplace_back([&, r] {
+      try {
+        nccl_group& g = *group[size_t(r)];
+        for (size_t bytes : sizes) {
+          const size_t count = bytes / 4;
+          const int iters = int(std::clamp<size_t>((size_t(64) << 20) / bytes, 5, 200));
+          device_buffer d(bytes, g.device());
+          std::vector<float> host(count, 0.0f);
+          d.upload(host.data(), bytes);
+          std::vector<double> rounds;
+          for (int round = 0; round < 4; ++round) {
+            g.barrier();
+            auto t0 = std::chrono::steady_clock::now();
+            for (int i = 0; i < iters; ++i) g.all_reduce_sum(static_cast<float*>(d.data()), count);
+            rounds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / iters);
+          }
+          per_round[size_t(r)].push_back(rounds);
+          for (size_t i = 0; i < count; ++i) host[i] = float((r + 1) * int(1 + i % 7));
+          d.upload(host.data(), bytes);
+          g.all_reduce_sum(static_cast<float*>(d.data()), count);
+          d.download(host.data(), bytes);
+          const float ranks_sum = float(n * (n + 1) / 2);
+          size_t bad = 0;
+          for (size_t i = 0; i < count; ++i) bad += host[i] != ranks_sum * float(1 + i % 7);
+          wrong[size_t(r)].push_back(bad);
+        }
+      } catch (...) {
+        errors[size_t(r)] = std::current_exception();
+        for (auto& g : group) g->abort("another rank failed");
+      }
+    });
+  for (auto& t : threads) t.join();
+  for (auto& e : errors)
+    if (e) std::rethrow_exception(e);
+  std::vector<result> out;
+  for (size_t k = 0; k < sizes.size(); ++k) {
+    std::vector<double> slowest;
+    for (int round = 1; round < 4; ++round) {
+      double worst = 0;
+      for (int r = 0; r < n; ++r) worst = std::max(worst, per_round[size_t(r)][k][size_t(round)]);
+      slowest.push_back(worst * 1e6);
+    }
+    std::sort(slowest.begin(), slowest.end());
+    size_t bad = 0;
+    for (int r = 0; r < n; ++r) bad += wrong[size_t(r)][k];
+    out.push_back({slowest[1], bad});
+  }
+  return out;
 }
 
 // Ranks 1..n-1 as worker processes of this binary, rank 0 here; they meet through a file
@@ -224,7 +287,7 @@ bool parse_number(const std::string& text, long long lo, long long hi, long long
 int bench_allreduce_main(const std::vector<std::string>& args) {
   const char* usage =
       "usage: troupe bench allreduce [--ranks N[,N...]] [--max-bytes B] "
-      "[--transports inproc,inproc-copy,tcp,shm,ucx,openmpi,gloo] "
+      "[--transports inproc,inproc-copy,tcp,shm,ucx,openmpi,gloo,nccl] "
       "[--json FILE]";
   std::vector<int> ranks{2, 4};
   std::vector<std::string> transports{"inproc", "inproc-copy", "tcp", "shm", "ucx", "openmpi", "gloo"};
@@ -258,8 +321,8 @@ int bench_allreduce_main(const std::vector<std::string>& args) {
         size_t comma = std::min(list.find(',', at), list.size());
         std::string t = list.substr(at, comma - at);
         if (t != "inproc" && t != "inproc-copy" && t != "tcp" && t != "shm" && t != "ucx" && t != "openmpi" &&
-            t != "gloo")
-          return bad(a, "inproc, inproc-copy, tcp, shm, ucx, openmpi or gloo", t);
+            t != "gloo" && t != "nccl")
+          return bad(a, "inproc, inproc-copy, tcp, shm, ucx, openmpi, gloo or nccl", t);
         transports.push_back(t);
         at = comma + 1;
       }
@@ -334,6 +397,15 @@ int bench_allreduce_main(const std::vector<std::string>& args) {
                                                   sizes)});
           continue;
         }
+        if (t == "nccl") {
+          std::string why;
+          if (!nccl_available(&why)) {
+            std::printf("(nccl skipped: %s)\n", why.c_str());
+            continue;
+          }
+          by_transport.push_back({t, on_nccl(n, sizes)});
+          continue;
+        }
         by_transport.push_back(
             {t, is_process_transport(t) ? on_processes(t, n, max_bytes) : on_threads(t, n, sizes)});
       } catch (const std::exception& e) {
@@ -353,7 +425,8 @@ int bench_allreduce_main(const std::vector<std::string>& args) {
         const double algbw = x.us > 0 ? double(bytes) / (x.us * 1e-6) / 1e9 : 0.0;
         const double busbw = algbw * (n > 1 ? 2.0 * (n - 1) / n : 0.0);
         std::printf("%12zu %12zu %6s %6s  %-12s %-9s %12.1f %8.2f %8.2f %7zu\n", bytes, bytes / 4, "float", "sum",
-                    t.c_str(), t.rfind("inproc", 0) == 0 ? "threads" : "processes", x.us, algbw, busbw, x.wrong);
+                    t.c_str(), t.rfind("inproc", 0) == 0 ? "threads" : t == "nccl" ? "GPUs" : "processes", x.us, algbw,
+                    busbw, x.wrong);
         all_ok = all_ok && x.wrong == 0;
         measured[std::make_tuple(n, bytes, t)] = x.us;
         char row[320];

@@ -55,6 +55,9 @@ bool is_process_transport(const std::string& transport) {
 namespace {
 
 void check_process_transport(const std::string& transport) {
+  if (transport == "nccl")
+    throw input_error("transport 'nccl' moves device memory: it is an nccl_group (transport/nccl/nccl.hpp), not a "
+                      "communicator of host memory (known for processes: tcp, shm, ucx)");
   if (!is_process_transport(transport))
     throw input_error("unknown transport '" + transport + "' for processes (known: tcp, shm, ucx)");
 }
@@ -90,6 +93,9 @@ std::vector<std::shared_ptr<communicator>> join_group_ranks(const std::string& t
 }
 
 std::vector<std::shared_ptr<communicator>> make_group(const std::string& transport, int size) {
+  if (transport == "nccl")
+    throw input_error("transport 'nccl' moves device memory: it is an nccl_group (transport/nccl/nccl.hpp), made by "
+                      "make_nccl_threads; host-memory transports: inproc, tcp, shm, ucx");
   if (transport != "inproc" && transport != "tcp" && transport != "shm" && transport != "ucx")
     throw input_error("unknown transport '" + transport + "' (known: inproc, tcp, shm, ucx)");
   if (size < 1) throw input_error("a communicator group needs at least 1 rank, got " + std::to_string(size));
