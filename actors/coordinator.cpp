@@ -10,6 +10,17 @@ namespace {
 
 void finish(caf::stateful_actor<coordinator_state>* self) {
   auto& s = self->state;
+  if (s.writer) {
+    try {
+      s.writer->flush();  // every checkpoint taken is on disk before the job reports its end
+    } catch (const std::exception& e) {
+      s.done.deliver(caf::make_error(caf::sec::runtime_error, std::string("checkpoint failed: ") + e.what()));
+      self->send_exit(s.feeder, caf::exit_reason::user_shutdown);
+      self->send_exit(s.dev, caf::exit_reason::user_shutdown);
+      self->quit();
+      return;
+    }
+  }
   self->request(s.feeder, caf::infinite, eval_atom::value).then([=](tensor_batch& eval_set) {
     auto& s = self->state;
     self->request(s.dev, caf::infinite, eval_atom::value, std::move(eval_set)).then([=](const eval_report& ev) {
@@ -53,8 +64,16 @@ caf::behavior coordinator(caf::stateful_actor<coordinator_state>* self, proto::J
           s.done.deliver(caf::make_error(caf::sec::runtime_error, e.what()));
           return;
         }
+        std::shared_ptr<const checkpoint_shard> restore;
+        if (s.opts.resume_from) {
+          s.first_step = s.opts.resume_from->step;
+          restore = std::shared_ptr<const checkpoint_shard>(s.opts.resume_from, &s.opts.resume_from->shards.at("device"));
+        }
+        if (s.spec.train().checkpoint_every() > 0)
+          s.writer = std::make_unique<checkpoint_writer>(s.spec.train().checkpoint_dir(),
+                                                         int(s.spec.train().checkpoint_keep()));
         s.dev = self->spawn<caf::detached + caf::monitored>(device, s.spec, s.total_steps,
-                                                             caf::actor_cast<caf::actor>(self));
+                                                             caf::actor_cast<caf::actor>(self), restore);
         s.feeder = self->spawn<caf::monitored>(data_feeder, s.spec, s.data);
         // A child that stops before the job ends fails the job: never a silent hang.
         self->set_down_handler([=](caf::down_msg& dm) {
@@ -66,7 +85,11 @@ caf::behavior coordinator(caf::stateful_actor<coordinator_state>* self, proto::J
           self->send_exit(s.dev, caf::exit_reason::user_shutdown);
           self->quit();
         });
-        self->send(s.feeder, start_atom::value, s.dev, s.total_steps, s.opts.prefetch);
+        self->send(s.feeder, start_atom::value, s.dev, s.first_step, s.total_steps, s.opts.prefetch);
+      },
+      [=](const checkpoint_msg& c) {
+        auto& s = self->state;
+        if (s.writer && c.shard) s.writer->submit(c.step, {{"device", *c.shard}});
       },
       [=](const step_report& r) {
         self->state.progress->step(r.step, r.loss, r.lr, r.grad_norm, r.samples, r.tokens, r.compute_s);

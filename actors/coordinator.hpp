@@ -5,6 +5,7 @@
 //
 // Accepts: (run_atom)        -> replies (eval_report, string sample) when the job ends
 //          step_report       from the device
+//          checkpoint_msg    from the device: phase 1 done, handed to the background writer
 // Sends:   (start_atom, ...) to the feeder; (eval_atom, tensor_batch) and
 //          (generate_atom, ...) requests to the device.
 #include <memory>
@@ -24,7 +25,9 @@ struct coordinator_options {
   // links apart from other jobs' by `group`. Each runs replicas / world replicas.
   int rank = 0, world = 1;
   std::string rendezvous;
-  bool serve_store = true;  // rank 0 serves a tcp:// rendezvous (false: troupe launch does)
+  bool serve_store = true;
+  // A checkpoint to continue from (troupe train --resume): its "device" shard and step.
+  std::shared_ptr<const checkpoint_version> resume_from;  // rank 0 serves a tcp:// rendezvous (false: troupe launch does)
   uint64_t group = 0;
   std::string host = "127.0.0.1";  // the address this process listens on for its links
   progress_display display() const {
@@ -38,6 +41,8 @@ struct coordinator_state {
   coordinator_options opts;
   int64_t total_steps = 0;
   caf::actor feeder, dev;
+  int64_t first_step = 0;                     // > 0: resumed from a checkpoint of that step
+  std::unique_ptr<checkpoint_writer> writer;  // train.checkpoint_every > 0
   caf::response_promise done;
   std::unique_ptr<progress_log> progress;
   static inline const char* name = "coordinator";

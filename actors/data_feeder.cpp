@@ -17,9 +17,11 @@ caf::behavior data_feeder(caf::stateful_actor<data_feeder_state>* self, proto::J
                           std::shared_ptr<const training_data> data) {
   self->state.source = std::make_unique<batch_source>(spec, std::move(data));
   return {
-      [=](start_atom, const caf::actor& device, int64_t total_steps, int32_t window) {
+      [=](start_atom, const caf::actor& device, int64_t first_step, int64_t total_steps, int32_t window) {
         auto& s = self->state;
         s.device = device;
+        s.source->skip(first_step);
+        s.next_step = first_step;
         s.total_steps = total_steps;
         for (int32_t i = 0; i < window; ++i) push_next(self);
       },

@@ -3,7 +3,9 @@
 // `window` batches in flight (credit-based backpressure: a device returns one credit
 // per batch it has consumed).
 //
-// Accepts: (start_atom, actor device, int64 total_steps, int32 window)
+// Accepts: (start_atom, actor device, int64 first_step, int64 total_steps, int32 window)
+//                                       first_step > 0: a resumed job, whose earlier batches
+//                                       are drawn and dropped (the sampler's sequence holds)
 //          (credit_atom)                -> sends the next tensor_batch to the device
 //          (eval_atom)                  -> replies tensor_batch (step -1): the eval set
 // Sends:   tensor_batch to the device.

@@ -15,12 +15,14 @@ void use_threads(int threads) {
 }  // namespace
 
 caf::behavior device(caf::stateful_actor<device_state>* self, proto::JobSpec spec, int64_t total_steps,
-                     caf::actor coordinator) {
+                     caf::actor coordinator, std::shared_ptr<const checkpoint_shard> restore) {
   auto& s = self->state;
   s.threads = spec.train().threads();
   s.eval_chunk = spec.train().batch_size();
   s.coordinator = std::move(coordinator);
   s.replica = std::make_unique<trainer>(spec, total_steps);
+  s.checkpoint_every = spec.train().checkpoint_every();
+  if (restore) s.replica->restore(*restore);  // checked by the coordinator before it spawned us
   return {
       [=](const tensor_batch& b) {
         auto& s = self->state;
@@ -33,6 +35,9 @@ caf::behavior device(caf::stateful_actor<device_state>* self, proto::JobSpec spe
         int64_t tokens = s.replica->net().kind == model_kind::gpt ? b.x.numel() : 0;
         self->send(caf::actor_cast<caf::actor>(self->current_sender()), credit_atom::value);
         self->send(s.coordinator, step_report{b.step, r.loss, r.grad_norm, r.lr, samples, tokens, dt});
+        const int64_t done = s.replica->steps_done();
+        if (s.checkpoint_every > 0 && done % s.checkpoint_every == 0)
+          self->send(s.coordinator, checkpoint_msg{done, std::make_shared<const checkpoint_shard>(s.replica->snapshot())});
       },
       [=](eval_atom, const tensor_batch& b) {
         auto& s = self->state;

@@ -23,11 +23,14 @@ struct device_state {
   caf::actor coordinator;
   int threads = 1;
   int64_t eval_chunk = 1;
+  int64_t checkpoint_every = 0;
   static inline const char* name = "device";
 };
 
+// `restore`: a checkpoint shard to start from (null: fresh). With train.checkpoint_every
+// it sends the coordinator a checkpoint_msg after every that many steps.
 caf::behavior device(caf::stateful_actor<device_state>* self, proto::JobSpec spec, int64_t total_steps,
-                     caf::actor coordinator);
+                     caf::actor coordinator, std::shared_ptr<const checkpoint_shard> restore);
 caf::behavior stage_device(caf::stateful_actor<device_state>* self, int threads);
 
 }  // namespace troupe

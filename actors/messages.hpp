@@ -13,6 +13,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "runtime/checkpoint.hpp"
 #include "runtime/tensor.hpp"
 
 namespace troupe {
@@ -143,6 +144,23 @@ struct shard_stats {
 struct device_task {
   std::shared_ptr<std::function<void()>> work;
 };
+
+// Phase 1 of a checkpoint: the device's copy of its state after `step` steps, for the
+// coordinator's background writer. In-process only (the shard is shared, never copied).
+struct checkpoint_msg {
+  int64_t step = 0;
+  std::shared_ptr<const checkpoint_shard> shard;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, checkpoint_msg& x) {
+  if constexpr (std::is_base_of<caf::serializer, Inspector>::value ||
+                std::is_base_of<caf::deserializer, Inspector>::value) {
+    return caf::make_error(caf::sec::invalid_argument, "checkpoint_msg: a shard in this process, not serializable");
+  } else {
+    return f(caf::meta::type_name("checkpoint_msg"), x.step);
+  }
+}
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, device_task&) {

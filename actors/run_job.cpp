@@ -223,6 +223,23 @@ job_outcome run_job(const proto::JobSpec& spec, const coordinator_options& opts)
   if (out.steps == 0)
     throw input_error("train: the job has 0 steps (batch_size " + std::to_string(spec.train().batch_size()) +
                       " is larger than the training set)");
+  const bool single = spec.policy().name() == "allreduce" && opts.world == 1 && spec.parallel().stages() == 1 &&
+                      spec.parallel().replicas() == 1;
+  if ((spec.train().checkpoint_every() > 0 || opts.resume_from) && !single)
+    throw input_error(std::string(opts.resume_from ? "--resume" : "train.checkpoint_every") +
+                      ": checkpoints are taken by the single-process job of 1 stage x 1 replica with the parallel "
+                      "section's all-reduce so far; pipelines, replicas, policies and troupe launch jobs do not "
+                      "checkpoint yet");
+  if (opts.resume_from) {
+    if (!opts.resume_from->shards.count("device"))
+      throw input_error("--resume " + opts.resume_from->dir.string() + ": the checkpoint has no \"device\" shard");
+    if (opts.resume_from->step >= out.steps)
+      throw input_error("--resume " + opts.resume_from->dir.string() + ": the checkpoint is at step " +
+                        std::to_string(opts.resume_from->step) + ", the job has " + std::to_string(out.steps) +
+                        " steps: nothing is left to train");
+    // Check it against this job's model and optimizer before any actor starts.
+    trainer(spec, out.steps).restore(opts.resume_from->shards.at("device"));
+  }
   if (spec.policy().name() != "allreduce") {
     if (opts.world > 1)
       throw input_error("policy.name \"" + spec.policy().name() +

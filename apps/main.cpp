@@ -6,6 +6,7 @@
 
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -23,7 +24,7 @@ int usage(const char* why) {
   if (why) std::fprintf(stderr, "troupe: %s\n\n", why);
   std::fprintf(stderr,
                "usage:\n"
-               "  troupe train JOB.json [--steps N] [--threads N] [--quiet]\n"
+               "  troupe train JOB.json [--steps N] [--threads N] [--quiet] [--resume CHECKPOINT_DIR]\n"
                "      run a training job (see docs/job-spec.md); flags override the spec\n"
                "  troupe launch --nproc N [--nodes M --listen HOST:PORT] JOB.json [--steps N] [--threads N] [--quiet]\n"
                "      the job as N processes on this host (replicas split over them, tcp between them),\n"
@@ -94,7 +95,7 @@ bool place_from_env(troupe::coordinator_options& o, bool rank_set, bool world_se
 }
 
 int train(const std::vector<std::string>& args) {
-  std::string path;
+  std::string path, resume;
   uint32_t steps = 0, threads = 0;
   bool quiet = false;
   troupe::coordinator_options place;
@@ -119,6 +120,8 @@ int train(const std::vector<std::string>& args) {
       place.rendezvous = args[++i];
     } else if (a == "--group" && i + 1 < args.size()) {
       place.group = std::strtoull(args[++i].c_str(), nullptr, 10);
+    } else if (a == "--resume" && i + 1 < args.size()) {
+      resume = args[++i];
     } else if (a == "--store-served") {  // troupe launch serves the tcp:// store, not rank 0
       place.serve_store = false;
     } else if (a == "--quiet") {
@@ -169,6 +172,26 @@ int train(const std::vector<std::string>& args) {
     }
     int nthreads = spec.train().threads() ? int(spec.train().threads()) : troupe::hardware_threads();
     troupe::coordinator_options opts = place;
+    if (!resume.empty()) {
+      // A version directory (it has a MANIFEST), or a checkpoint directory: its newest
+      // version that reads cleanly, the ones passed over named with why.
+      namespace fs = std::filesystem;
+      auto v = std::make_shared<troupe::checkpoint_version>();
+      if (fs::exists(fs::path(resume) / "MANIFEST")) {
+        *v = troupe::load_checkpoint_version(resume);
+      } else {
+        if (!fs::is_directory(resume))
+          throw troupe::input_error("--resume " + resume + ": no such checkpoint directory");
+        *v = troupe::load_latest_checkpoint(resume);
+        for (const auto& why : v->skipped) std::fprintf(stderr, "troupe: skipped a checkpoint: %s\n", why.c_str());
+        if (v->step < 0)
+          throw troupe::input_error("--resume " + resume + ": no checkpoint in it reads cleanly" +
+                                    (v->skipped.empty() ? std::string(" (it holds none)") : " (reasons above)"));
+      }
+      if (reporter)
+        std::printf("resume: from %s, after step %lld\n", v->dir.string().c_str(), static_cast<long long>(v->step));
+      opts.resume_from = v;
+    }
     opts.quiet = quiet || !reporter;
     opts.live_progress = isatty(STDOUT_FILENO);
     if (!reporter) {

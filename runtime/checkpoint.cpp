@@ -278,6 +278,43 @@ fs::path commit_checkpoint(const fs::path& dir, int64_t step, const std::map<std
   return version;
 }
 
+checkpoint_version load_checkpoint_version(const fs::path& version_dir) {
+  fs::path v = version_dir.lexically_normal();
+  if (v.filename().empty()) v = v.parent_path();  // "DIR/step-N/"
+  const fs::path mpath = v / "MANIFEST";
+  if (!fs::exists(mpath)) throw checkpoint_error(v.string() + ": no MANIFEST (the version was never committed)");
+  const auto mbytes = read_all_bytes(mpath);
+  std::istringstream m(std::string(mbytes.begin(), mbytes.end()));
+  std::string word, format;
+  int64_t step = -1;
+  uint32_t fver = 0;
+  if (!(m >> word >> format >> fver) || word != "troupe" || format != "checkpoint" || fver != kVersion)
+    throw checkpoint_error(mpath.string() + ": not a troupe checkpoint manifest of version " + std::to_string(kVersion));
+  if (!(m >> word >> step) || word != "step" || step < 0)
+    throw checkpoint_error(mpath.string() + ": expected \"step N\" on its second line");
+  if (v.filename().string() != step_dir_name(step))
+    throw checkpoint_error(mpath.string() + ": says step " + std::to_string(step) + " in directory " +
+                           v.filename().string());
+  checkpoint_version got;
+  got.step = step;
+  got.dir = v;
+  std::string name;
+  uint64_t bytes = 0;
+  uint32_t crc = 0;
+  while (m >> word) {
+    if (word != "shard" || !(m >> name >> bytes >> crc) || !valid_shard_name(name))
+      throw checkpoint_error(mpath.string() + ": expected lines \"shard NAME BYTES CRC\"");
+    const auto file = read_all_bytes(v / name);
+    if (file.size() != bytes)
+      throw checkpoint_error((v / name).string() + ": " + std::to_string(file.size()) + " bytes, the manifest says " +
+                             std::to_string(bytes) + " (torn or truncated)");
+    if (crc_of(file.data(), file.size()) != crc)
+      throw checkpoint_error((v / name).string() + ": checksum differs from the manifest's (corrupt)");
+    got.shards.emplace(name, parse_shard(file.data(), file.size(), (v / name).string()));
+  }
+  return got;
+}
+
 checkpoint_version load_latest_checkpoint(const fs::path& dir) {
   checkpoint_version out;
   std::error_code ec;
@@ -288,37 +325,7 @@ checkpoint_version load_latest_checkpoint(const fs::path& dir) {
   std::sort(versions.rbegin(), versions.rend());
   for (const auto& v : versions) {
     try {
-      const fs::path mpath = v / "MANIFEST";
-      if (!fs::exists(mpath)) throw checkpoint_error(v.string() + ": no MANIFEST (the version was never committed)");
-      const auto mbytes = read_all_bytes(mpath);
-      std::istringstream m(std::string(mbytes.begin(), mbytes.end()));
-      std::string word, format;
-      int64_t step = -1;
-      uint32_t fver = 0;
-      if (!(m >> word >> format >> fver) || word != "troupe" || format != "checkpoint" || fver != kVersion)
-        throw checkpoint_error(mpath.string() + ": not a troupe checkpoint manifest of version " + std::to_string(kVersion));
-      if (!(m >> word >> step) || word != "step" || step < 0)
-        throw checkpoint_error(mpath.string() + ": expected \"step N\" on its second line");
-      if (v.filename().string() != step_dir_name(step))
-        throw checkpoint_error(mpath.string() + ": says step " + std::to_string(step) + " in directory " +
-                               v.filename().string());
-      checkpoint_version got;
-      got.step = step;
-      got.dir = v;
-      std::string name;
-      uint64_t bytes = 0;
-      uint32_t crc = 0;
-      while (m >> word) {
-        if (word != "shard" || !(m >> name >> bytes >> crc) || !valid_shard_name(name))
-          throw checkpoint_error(mpath.string() + ": expected lines \"shard NAME BYTES CRC\"");
-        const auto file = read_all_bytes(v / name);
-        if (file.size() != bytes)
-          throw checkpoint_error((v / name).string() + ": " + std::to_string(file.size()) + " bytes, the manifest says " +
-                                 std::to_string(bytes) + " (torn or truncated)");
-        if (crc_of(file.data(), file.size()) != crc)
-          throw checkpoint_error((v / name).string() + ": checksum differs from the manifest's (corrupt)");
-        got.shards.emplace(name, parse_shard(file.data(), file.size(), (v / name).string()));
-      }
+      checkpoint_version got = load_checkpoint_version(v);
       got.skipped = std::move(out.skipped);
       return got;
     } catch (const checkpoint_error& e) {

@@ -64,6 +64,9 @@ struct checkpoint_version {
 // newest `keep` versions (0: all). Shard names: letters, digits, '_', '-', '.'.
 std::filesystem::path commit_checkpoint(const std::filesystem::path& dir, int64_t step,
                                         const std::map<std::string, checkpoint_shard>& shards, int keep);
+// One version directory (DIR/step-N), checked as load_latest_checkpoint checks each;
+// checkpoint_error naming what is wrong.
+checkpoint_version load_checkpoint_version(const std::filesystem::path& version_dir);
 // The newest version under DIR whose manifest and every shard read cleanly (step -1 if
 // none does); the ones it passed over are in `skipped`.
 checkpoint_version load_latest_checkpoint(const std::filesystem::path& dir);

@@ -64,6 +64,8 @@ const numeric_rule numeric_rules[] = {
     {"train.log_every", true, 1, inf, false, false, ""},
     {"train.eval_batches", true, 1, inf, false, false, ""},
     {"train.sample_tokens", true, 0, 10000, false, false, ""},
+    {"train.checkpoint_every", true, 0, 1000000000, false, false, "0 = no checkpoints"},
+    {"train.checkpoint_keep", true, 0, 1000000, false, false, "0 = keep all"},
     {"parallel.stages", true, 1, 64, false, false, ""},
     {"parallel.micro_batches", true, 1, 1048576, false, false, "a divisor of train.batch_size / parallel.replicas"},
     {"parallel.replicas", true, 1, 64, false, false, "data-parallel copies of the pipeline"},
@@ -504,6 +506,8 @@ void fill_defaults(proto::JobSpec& s) {
   if (!t.has_threads()) t.set_threads(0);
   if (!t.has_log_every()) t.set_log_every(10);
   if (!t.has_metrics_file()) t.set_metrics_file(cat("runs/", s.name(), "/metrics.jsonl"));
+  if (!t.has_checkpoint_dir()) t.set_checkpoint_dir(cat("runs/", s.name(), "/checkpoints"));
+  if (!t.has_checkpoint_keep()) t.set_checkpoint_keep(3);
   if (!t.has_eval_batches()) t.set_eval_batches(50);
   if (s.model().has_gpt() && !t.has_sample_tokens()) t.set_sample_tokens(200);
 
@@ -603,6 +607,9 @@ void check_values(const proto::JobSpec& s, const checker& c) {
   c.number("train.threads", t.threads());
   c.number("train.log_every", t.log_every());
   c.non_empty("train.metrics_file", t.metrics_file());
+  c.number("train.checkpoint_every", t.checkpoint_every());
+  c.non_empty("train.checkpoint_dir", t.checkpoint_dir());
+  c.number("train.checkpoint_keep", t.checkpoint_keep());
   c.number("train.eval_batches", t.eval_batches());
   if (t.has_sample_tokens()) c.number("train.sample_tokens", t.sample_tokens());
 

@@ -1,6 +1,8 @@
 #include "runtime/optimizer.hpp"
 
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 
 #include "kernels/cpu/optim.hpp"
 
@@ -8,10 +10,54 @@ namespace troupe {
 
 namespace {
 
+tensor copy_of(const tensor& t) {
+  tensor c = tensor::empty(t.shape(), t.type());
+  if (t.bytes()) std::memcpy(c.raw(), t.raw(), t.bytes());
+  return c;
+}
+
+const tensor& entry_of(const checkpoint_shard& in, const std::string& name, const tensor& like) {
+  auto it = in.tensors.find(name);
+  if (it == in.tensors.end()) throw checkpoint_error("checkpoint: no entry \"" + name + "\" (optimizer state)");
+  if (it->second.type() != like.type() || it->second.shape() != like.shape())
+    throw checkpoint_error("checkpoint: \"" + name + "\" has shape " + shape_str(it->second.shape()) +
+                           ", this job's optimizer state has " + shape_str(like.shape()) + " (another model?)");
+  return it->second;
+}
+
+void save_common(checkpoint_shard& out, const char* name, int64_t steps) {
+  out.texts["optim.name"] = name;
+  out.texts["optim.steps"] = std::to_string(steps);
+}
+
+int64_t load_common(const checkpoint_shard& in, const char* name) {
+  auto n = in.texts.find("optim.name");
+  if (n == in.texts.end() || n->second != name)
+    throw checkpoint_error(std::string("checkpoint: the optimizer state is ") +
+                           (n == in.texts.end() ? "missing" : "\"" + n->second + "\"") + ", this job uses " + name);
+  auto st = in.texts.find("optim.steps");
+  char* end = nullptr;
+  const long long v = st == in.texts.end() ? -1 : std::strtoll(st->second.c_str(), &end, 10);
+  if (st == in.texts.end() || st->second.empty() || *end || v < 0)
+    throw checkpoint_error("checkpoint: \"optim.steps\" is missing or not a count");
+  return v;
+}
+
+void load_into(arena& a, const tensor& from) { std::memcpy(a.flat().raw(), from.raw(), from.bytes()); }
+
 class sgd_optimizer : public optimizer {
  public:
   sgd_optimizer(const proto::SgdSpec& s, const param_table& t) : spec_(s), momentum_(t) {}
   const char* name() const override { return "sgd"; }
+  void save_state(checkpoint_shard& out) const override {
+    save_common(out, name(), steps_);
+    out.tensors["optim.momentum"] = copy_of(momentum_.flat());
+  }
+  void load_state(const checkpoint_shard& in) override {
+    const int64_t steps = load_common(in, name());
+    load_into(momentum_, entry_of(in, "optim.momentum", momentum_.flat()));
+    steps_ = steps;
+  }
   void step(arena& params, const arena& grads, float lr) override {
     ++steps_;
     const auto& entries = params.table().entries();
@@ -31,6 +77,19 @@ class adamw_optimizer : public optimizer {
  public:
   adamw_optimizer(const proto::AdamWSpec& s, const param_table& t) : spec_(s), m_(t), v_(t) {}
   const char* name() const override { return "adamw"; }
+  void save_state(checkpoint_shard& out) const override {
+    save_common(out, name(), steps_);
+    out.tensors["optim.m"] = copy_of(m_.flat());
+    out.tensors["optim.v"] = copy_of(v_.flat());
+  }
+  void load_state(const checkpoint_shard& in) override {
+    const int64_t steps = load_common(in, name());
+    const tensor& m = entry_of(in, "optim.m", m_.flat());
+    const tensor& v = entry_of(in, "optim.v", v_.flat());
+    load_into(m_, m);
+    load_into(v_, v);
+    steps_ = steps;
+  }
   void step(arena& params, const arena& grads, float lr) override {
     ++steps_;
     const auto& entries = params.table().entries();

@@ -4,6 +4,7 @@
 #include <memory>
 
 #include "runtime/arena.hpp"
+#include "runtime/checkpoint.hpp"
 #include "runtime/proto/job.pb.h"
 
 namespace troupe {
@@ -15,6 +16,10 @@ class optimizer {
   virtual void step(arena& params, const arena& grads, float lr) = 0;
   virtual const char* name() const = 0;
   int64_t steps_taken() const { return steps_; }
+  // Its state into / out of a checkpoint shard (entries "optim.*"); load throws
+  // checkpoint_error when the shard holds another optimizer's state or another layout's.
+  virtual void save_state(checkpoint_shard& out) const = 0;
+  virtual void load_state(const checkpoint_shard& in) = 0;
 
  protected:
   int64_t steps_ = 0;

@@ -1,5 +1,8 @@
 #include "runtime/training.hpp"
 
+#include <cstdlib>
+#include <cstring>
+
 #include <algorithm>
 #include <cmath>
 
@@ -50,6 +53,11 @@ batch batch_source::next() {
   return gather(idx_);
 }
 
+void batch_source::skip(int64_t steps) {
+  std::vector<int64_t> idx;
+  for (int64_t k = 0; k < steps; ++k) next_indices(idx);
+}
+
 void batch_source::next_indices(std::vector<int64_t>& idx) {
   int64_t B = spec_.train().batch_size();
   if (windows_)
@@ -94,6 +102,47 @@ step_result trainer::train_step(const tensor& x, const tensor& y) {
   optimizer_->step(params_, grads_, r.lr);
   ++step_;
   return r;
+}
+
+namespace {
+
+// The parameter table as text: a checkpoint of another model is refused by it.
+std::string layout_of(const param_table& t) {
+  std::string out;
+  for (const auto& e : t.entries()) out += e.name + " " + shape_str(e.shape) + "\n";
+  return out;
+}
+
+}  // namespace
+
+checkpoint_shard trainer::snapshot() const {
+  checkpoint_shard s;
+  const tensor& flat = params_.flat();
+  tensor copy = tensor::empty(flat.shape(), flat.type());
+  std::memcpy(copy.raw(), flat.raw(), flat.bytes());
+  s.tensors["params"] = copy;
+  s.texts["params.layout"] = layout_of(params_.table());
+  s.texts["step"] = std::to_string(step_);
+  optimizer_->save_state(s);
+  return s;
+}
+
+void trainer::restore(const checkpoint_shard& s) {
+  auto layout = s.texts.find("params.layout");
+  if (layout == s.texts.end() || layout->second != layout_of(params_.table()))
+    throw checkpoint_error("checkpoint: its parameters are laid out for another model than this job's (" +
+                           std::string(layout == s.texts.end() ? "no params.layout" : "params.layout differs") + ")");
+  auto p = s.tensors.find("params");
+  if (p == s.tensors.end() || p->second.type() != dtype::f32 || p->second.shape() != params_.flat().shape())
+    throw checkpoint_error("checkpoint: no \"params\" of this model's " + shape_str(params_.flat().shape()) + " floats");
+  auto st = s.texts.find("step");
+  char* end = nullptr;
+  const long long step = st == s.texts.end() ? -1 : std::strtoll(st->second.c_str(), &end, 10);
+  if (st == s.texts.end() || st->second.empty() || *end || step < 0)
+    throw checkpoint_error("checkpoint: \"step\" is missing or not a count");
+  optimizer_->load_state(s);  // first: it checks before anything changes
+  std::memcpy(params_.flat().raw(), p->second.raw(), p->second.bytes());
+  step_ = step;
 }
 
 eval_result trainer::evaluate(const tensor& x, const tensor& y, int64_t chunk_rows) const {

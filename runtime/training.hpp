@@ -31,6 +31,8 @@ class batch_source {
   // takes, and the batch of any of them. gather() only reads the data: any thread may
   // call it while another draws indices.
   void next_indices(std::vector<int64_t>& idx);
+  // Draws and drops the next `steps` steps' indices: where a resumed job's batches start.
+  void skip(int64_t steps);
   batch gather(const std::vector<int64_t>& idx) const;
   // The whole evaluation set: the test images, or eval_batches x batch_size validation
   // windows at fixed offsets.
@@ -64,6 +66,12 @@ class trainer {
   std::string generate(const std::string& prompt, int count, uint64_t seed) const;
 
   const model& net() const { return *model_; }
+  int64_t steps_done() const { return step_; }
+  // Phase 1 of a checkpoint: copies of the parameters, the optimizer state and the step
+  // (entries "params", "params.layout", "step", "optim.*").
+  checkpoint_shard snapshot() const;
+  // Back to a snapshot's state; checkpoint_error when it is another model's or optimizer's.
+  void restore(const checkpoint_shard& s);
   arena& params() { return params_; }
   arena& grads() { return grads_; }
 

@@ -1,0 +1,129 @@
+// troupe train with train.checkpoint_every and --resume: a job stopped after step 8 and
+// continued gives the uninterrupted run's steps 9-12 and its final parameters and
+// optimizer state bit for bit; a torn newest checkpoint is skipped with a message and the
+// one before used; bad resumes are clear errors.
+#include <doctest/doctest.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "runtime/checkpoint.hpp"
+#include "tests/support/processes.hpp"
+
+using namespace troupe;
+using namespace troupe::testing;
+namespace fs = std::filesystem;
+
+namespace {
+
+// The MLP job with a cosine schedule (the learning rate depends on the step: a resume
+// that lost its place would show), checkpoints every 4 steps into `ckpt`.
+std::string job(const std::string& name, const std::string& ckpt, const std::string& extra = "") {
+  const std::string path = "/tmp/troupe_resume_" + name + ".json";
+  std::ofstream(path) << R"({"name": ")" << name << R"(",
+ "model": {"mlp": {"widths": [784, 64, 10]}}, "data": {"dataset": "fashion_mnist"},
+ "optimizer": {"adamw": {"lr": 3e-3, "weight_decay": 0.01}, "lr_schedule": "cosine", "warmup_steps": 2},
+ "train": {"batch_size": 32, "steps": 12, "threads": 2, "metrics_file": "/tmp/troupe_resume_)"
+                      << name << R"(.jsonl", "checkpoint_every": 4, "checkpoint_dir": ")" << ckpt
+                      << R"(", "checkpoint_keep": 0})" << extra << "}";
+  fs::remove("/tmp/troupe_resume_" + name + ".jsonl");
+  fs::remove_all(ckpt);
+  return path;
+}
+
+std::vector<std::string> step_lines(const std::string& name) {
+  std::ifstream in("/tmp/troupe_resume_" + name + ".jsonl");
+  std::vector<std::string> out;
+  std::string line;
+  while (std::getline(in, line))
+    if (line.find("\"event\":\"step\"") != std::string::npos) out.push_back(line.substr(0, line.find(",\"samples\"")));
+  return out;
+}
+
+void check_bits(const checkpoint_shard& a, const checkpoint_shard& b) {
+  for (const char* name : {"params", "optim.m", "optim.v"}) {
+    CAPTURE(name);
+    REQUIRE(a.tensors.count(name) == 1);
+    REQUIRE(b.tensors.count(name) == 1);
+    const tensor &x = a.tensors.at(name), &y = b.tensors.at(name);
+    REQUIRE(x.bytes() == y.bytes());
+    CHECK(std::memcmp(x.raw(), y.raw(), x.bytes()) == 0);
+  }
+  CHECK(a.texts.at("optim.steps") == b.texts.at("optim.steps"));
+  CHECK(a.texts.at("step") == b.texts.at("step"));
+}
+
+}  // namespace
+
+TEST_CASE("resume: a job continued from its step-8 checkpoint equals the uninterrupted run bit for bit") {
+  const std::string a_dir = "/tmp/troupe_resume_a_ckpt", b_dir = "/tmp/troupe_resume_b_ckpt";
+  auto r = run("train " + job("a", a_dir) + " --quiet");
+  REQUIRE_MESSAGE(r.code == 0, r.output);
+  const auto a = load_latest_checkpoint(a_dir);
+  REQUIRE(a.step == 12);
+  for (const char* version : {"step-000000000004", "step-000000000008", "step-000000000012"})
+    CHECK(fs::exists(fs::path(a_dir) / version / "MANIFEST"));
+  r = run("train " + job("b", b_dir) + " --quiet --resume " + a_dir + "/step-000000000008");
+  REQUIRE_MESSAGE(r.code == 0, r.output);
+  CHECK(r.output.find("resume: from " + a_dir + "/step-000000000008, after step 8") != std::string::npos);
+  const auto la = step_lines("a"), lb = step_lines("b");
+  REQUIRE(la.size() == 12);
+  REQUIRE(lb.size() == 4);  // steps 9..12 only
+  for (size_t k = 0; k < 4; ++k) CHECK(lb[k] == la[8 + k]);
+  const auto b = load_latest_checkpoint(b_dir);
+  REQUIRE(b.step == 12);
+  check_bits(a.shards.at("device"), b.shards.at("device"));
+
+  // Tear the newest of a's checkpoints: --resume DIR skips it, says why, and uses step 8.
+  const fs::path torn = fs::path(a_dir) / "step-000000000012" / "device";
+  fs::resize_file(torn, fs::file_size(torn) / 3);
+  r = run("train " + job("c", "/tmp/troupe_resume_c_ckpt") + " --quiet --resume " + a_dir);
+  REQUIRE_MESSAGE(r.code == 0, r.output);
+  CHECK(r.output.find("troupe: skipped a checkpoint: " + torn.string()) != std::string::npos);
+  CHECK(r.output.find("(torn or truncated)") != std::string::npos);
+  CHECK(r.output.find("after step 8") != std::string::npos);
+  const auto lc = step_lines("c");
+  REQUIRE(lc.size() == 4);
+  for (size_t k = 0; k < 4; ++k) CHECK(lc[k] == la[8 + k]);
+  check_bits(a.shards.at("device"), load_latest_checkpoint("/tmp/troupe_resume_c_ckpt").shards.at("device"));
+  for (const std::string d : {a_dir, b_dir, std::string("/tmp/troupe_resume_c_ckpt")}) fs::remove_all(d);
+}
+
+TEST_CASE("resume: a missing or empty directory, another model's checkpoint, a finished one and a pipeline job are "
+          "clear errors") {
+  const std::string dir = "/tmp/troupe_resume_e_ckpt";
+  auto r = run("train " + job("e", dir) + " --quiet --resume /tmp/troupe_resume_nowhere");
+  CHECK(r.code == 1);
+  CHECK(r.output.find("--resume /tmp/troupe_resume_nowhere: no such checkpoint directory") != std::string::npos);
+  fs::create_directories("/tmp/troupe_resume_empty");
+  r = run("train " + job("e", dir) + " --quiet --resume /tmp/troupe_resume_empty");
+  CHECK(r.code == 1);
+  CHECK(r.output.find("no checkpoint in it reads cleanly (it holds none)") != std::string::npos);
+  fs::remove_all("/tmp/troupe_resume_empty");
+  r = run("train " + job("e", dir) + " --quiet");
+  REQUIRE_MESSAGE(r.code == 0, r.output);
+  r = run("train " + job("f", "/tmp/troupe_resume_f_ckpt") + " --quiet --resume " + dir);  // job() cleared nothing of e's
+  CHECK(r.code == 1);
+  CHECK(r.output.find("the checkpoint is at step 12, the job has 12 steps: nothing is left to train") != std::string::npos);
+  // Another model (wider hidden layer): refused before training starts.
+  std::string wide = job("g", "/tmp/troupe_resume_g_ckpt");
+  {
+    std::ifstream in(wide);
+    std::stringstream text;
+    text << in.rdbuf();
+    std::string t = text.str();
+    t.replace(t.find("[784, 64, 10]"), 13, "[784, 32, 10]");
+    std::ofstream(wide) << t;
+  }
+  r = run("train " + wide + " --quiet --resume " + dir + "/step-000000000004");
+  CHECK(r.code == 1);
+  CHECK(r.output.find("laid out for another model than this job's") != std::string::npos);
+  r = run("train " + job("h", "/tmp/troupe_resume_h_ckpt", R"(, "parallel": {"stages": 2})") + " --quiet");
+  CHECK(r.code == 1);
+  CHECK(r.output.find("train.checkpoint_every: checkpoints are taken by the single-process job") != std::string::npos);
+  fs::remove_all(dir);
+}
