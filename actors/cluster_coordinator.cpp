@@ -10,9 +10,11 @@ namespace troupe {
 
 namespace {
 
-// At most this many joins may wait for their proof: a peer that only ever says hello
-// cannot fill the coordinator's memory.
-constexpr size_t kMaxPending = 1024;
+// At most this many joins may wait for their proof, this many from one node, each at
+// most kProofWait: a peer that only ever says hello can neither fill the coordinator's
+// memory nor crowd out the real joins.
+constexpr size_t kMaxPending = 1024, kMaxPendingPerNode = 16;
+constexpr std::chrono::seconds kProofWait{30};
 
 std::string describe(const cluster_member& m) {
   return "process " + std::to_string(m.rank) + " (host " + m.hello.host + ", pid " + std::to_string(m.hello.pid) + ")";
@@ -45,7 +47,6 @@ caf::behavior cluster_coordinator(caf::stateful_actor<cluster_state>* self, clus
   };
   self->set_down_handler([=](caf::down_msg& dm) {
     auto& s = self->state;
-    s.pending.erase(dm.source);
     for (auto& m : s.members) {
       if (m.ended) continue;
       if (dm.source == m.agent.address())
@@ -70,10 +71,21 @@ caf::behavior cluster_coordinator(caf::stateful_actor<cluster_state>* self, clus
                                  "join: this job takes no nodes from other machines (troupe launch without --nodes)");
         if (h.nonce.size() != 32)
           return caf::make_error(caf::sec::invalid_argument, "join: expected a nonce of 32 hex digits");
-        if (s.pending.size() >= kMaxPending)
+        const auto now = std::chrono::steady_clock::now();
+        size_t from_node = 0;
+        const auto node = self->current_sender() ? self->current_sender()->node() : caf::node_id{};
+        for (auto it = s.pending.begin(); it != s.pending.end();) {
+          if (now - it->second.at > kProofWait) {
+            it = s.pending.erase(it);
+          } else {
+            from_node += it->first.node() == node;
+            ++it;
+          }
+        }
+        if (s.pending.size() >= kMaxPending || from_node >= kMaxPendingPerNode)
           return caf::make_error(caf::sec::invalid_argument, "join: too many joins wait for their proof");
         const std::string nonce = handshake::random_hex(16);
-        s.pending[sender()] = {h, nonce};
+        s.pending[sender()] = {h, nonce, now};
         return node_challenge{nonce, coordinator_proof(s.opts.secret, h.nonce, nonce)};
       },
       [=](prove_atom, const std::string& proof) -> caf::result<int32_t> {
@@ -81,7 +93,8 @@ caf::behavior cluster_coordinator(caf::stateful_actor<cluster_state>* self, clus
         auto it = s.pending.find(sender());
         if (it == s.pending.end())
           return caf::make_error(caf::sec::invalid_argument, "prove: this node has not joined (join_atom) first");
-        const auto [h, nonce] = it->second;
+        const node_hello h = it->second.hello;
+        const std::string nonce = it->second.nonce;
         s.pending.erase(it);
         const std::string who = "a node at " + h.host + " (pid " + std::to_string(h.pid) + ")";
         if (!handshake::same_proof(proof, agent_proof(s.opts.secret, nonce, h.nonce))) {
@@ -119,9 +132,9 @@ caf::behavior cluster_coordinator(caf::stateful_actor<cluster_state>* self, clus
         if (int32_t(s.members.size()) == world) self->send(self, assign_atom::value);
         return m.rank;
       },
-      [=](assign_atom) {  // all have joined: each agent spawns its rank's runner
+      [=](assign_atom) {  // from itself, once all have joined: each agent spawns its rank's runner
         auto& s = self->state;
-        if (s.started || s.finished) return;
+        if (sender() != self->address() || s.started || s.finished || int32_t(s.members.size()) != world) return;
         s.started = true;
         std::sort(s.members.begin(), s.members.end(),
                   [](const cluster_member& a, const cluster_member& b) { return a.rank < b.rank; });
@@ -147,7 +160,7 @@ caf::behavior cluster_coordinator(caf::stateful_actor<cluster_state>* self, clus
       [=](done_atom, int32_t rank, int32_t code) -> caf::result<void> {
         auto& s = self->state;
         cluster_member* m = member_of(sender());
-        if (!m || m->rank != rank)
+        if (!s.started || !m || m->rank != rank)
           return caf::make_error(caf::sec::invalid_argument,
                                  "done: not from the agent of process " + std::to_string(rank));
         m->ended = true;
@@ -161,9 +174,9 @@ caf::behavior cluster_coordinator(caf::stateful_actor<cluster_state>* self, clus
       [=](stop_atom, int32_t code, const std::string& why) {
         if (sender() == self->state.opts.launcher.address()) finish(code, why);
       },
-      [=](tick_atom) {
+      [=](tick_atom) {  // from itself: the join deadline
         auto& s = self->state;
-        if (s.started || s.finished) return;
+        if (sender() != self->address() || s.started || s.finished) return;
         finish(1, "only " + std::to_string(s.members.size()) + " of " + std::to_string(world) + " processes joined within " +
                       std::to_string(s.opts.join_deadline.count() / 1000) + " s");
       },

@@ -49,7 +49,12 @@ struct cluster_member {
 
 struct cluster_state {
   cluster_options opts;
-  std::map<caf::actor_addr, std::pair<node_hello, std::string>> pending;  // joined, not yet proven: our nonce
+  struct pending_join {
+    node_hello hello;
+    std::string nonce;  // ours, for its proof
+    std::chrono::steady_clock::time_point at;
+  };
+  std::map<caf::actor_addr, pending_join> pending;  // joined, not yet proven
   std::vector<cluster_member> members;                                     // admitted
   std::vector<bool> taken;  // rank -> admitted
   bool started = false, finished = false;

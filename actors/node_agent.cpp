@@ -82,6 +82,7 @@ caf::behavior node_agent(caf::stateful_actor<node_agent_state>* self, caf::actor
       },
       [=](done_atom, int32_t code) {  // from the runner: the rank has ended
         auto& s = self->state;
+        if (!s.runner || caf::actor_cast<caf::actor_addr>(self->current_sender()) != s.runner.address()) return;
         self->request(s.coordinator, s.opts.answer_deadline, done_atom::value, s.rank, code)
             .then([=] { finish(code, code ? rank_name() + " ended with status " + std::to_string(code) : ""); },
                   [=](caf::error& e) {

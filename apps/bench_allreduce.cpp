@@ -151,6 +151,7 @@ std::vector<result> on_nccl(int n, const std::vector<size_t>& sizes) {
       }
     });
   for (auto& t : threads) t.join();
+  destroy_nccl_threads(group);
   for (auto& e : errors)
     if (e) std::rethrow_exception(e);
   std::vector<result> out;

@@ -145,7 +145,7 @@ int launch_main(const std::vector<std::string>& args) {
   }
   std::string job_file;  // the first argument that is not a flag's value
   for (size_t i = 0; i < passed.size(); ++i) {
-    if (passed[i] == "--steps" || passed[i] == "--threads") {
+    if (passed[i] == "--steps" || passed[i] == "--threads" || passed[i] == "--resume") {
       ++i;
       continue;
     }
@@ -286,10 +286,10 @@ int launch_main(const std::vector<std::string>& args) {
       }
       for (const auto& [k, st] : failed)
         if (WIFEXITED(st))
-          std::fprintf(stderr, "troupe launch: process %zu (pid %d) exited with status %d\n", k, int(pids[k]),
+          std::fprintf(stderr, "troupe launch: process %d (pid %d) exited with status %d\n", placement.local_ranks[k], int(pids[k]),
                        WEXITSTATUS(st));
         else
-          std::fprintf(stderr, "troupe launch: process %zu (pid %d) was killed by signal %d\n", k, int(pids[k]),
+          std::fprintf(stderr, "troupe launch: process %d (pid %d) was killed by signal %d\n", placement.local_ranks[k], int(pids[k]),
                        WTERMSIG(st));
       return failed;
     };
@@ -310,7 +310,7 @@ int launch_main(const std::vector<std::string>& args) {
       if (!failed.empty()) {
         code = status_code(failed.front().second);
         const auto k = failed.front().first;
-        const std::string what = "process " + std::to_string(k) + " (pid " + std::to_string(pids[k]) + ") " +
+        const std::string what = "process " + std::to_string(placement.local_ranks[k]) + " (pid " + std::to_string(pids[k]) + ") " +
                                  (WIFEXITED(failed.front().second) ? "failed" : "was killed");
         self->send(coordinator, stop_atom::value, int32_t(code), what);
         break;
@@ -339,7 +339,8 @@ int launch_main(const std::vector<std::string>& args) {
   }
   std::error_code ec;
   std::filesystem::remove_all(dir, ec);
-  return code;
+  // A status from a node can be anything an int32 holds: never let a failure read as 0.
+  return code == 0 ? 0 : (code >= 1 && code <= 255 ? code : 1);
 }
 
 }  // namespace troupe

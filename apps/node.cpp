@@ -162,13 +162,16 @@ int node_main(const std::vector<std::string>& args) {
     std::string why;
     self->receive([&](done_atom, int32_t c, const std::string& w) { code = c, why = w; });
     if (code != 0 && !why.empty()) std::fprintf(stderr, "troupe node: %s\n", why.c_str());
+    // End here, inside the actor system's scope: its destructor would wait for the rank's
+    // runner, which may be inside a collective that never finishes (the job was stopped).
+    if (!job_path.empty()) std::filesystem::remove(job_path);
+    std::fflush(nullptr);
+    std::_Exit(code == 0 ? 0 : (code >= 1 && code <= 255 ? code : 1));
   } catch (const std::exception& e) {
     std::fprintf(stderr, "troupe node: %s\n", e.what());
     code = 1;
   }
   if (!job_path.empty()) std::filesystem::remove(job_path);
-  // The rank's runner may still be inside a collective that will never finish (the job was
-  // stopped): end the process here rather than wait for its threads.
   std::fflush(nullptr);
   std::_Exit(code);
 }

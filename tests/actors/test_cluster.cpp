@@ -175,6 +175,10 @@ TEST_CASE("cluster: the coordinator proves the secret first, and refuses a wrong
   CHECK(error_of(other, join_atom::value, h).find("takes no nodes from other machines") != std::string::npos);
   h.slot = 1, h.nonce = "short";
   CHECK(error_of(other, join_atom::value, h).find("expected a nonce of 32 hex digits") != std::string::npos);
+  // Its own start and deadline messages, sent by anybody else, change nothing.
+  other->send(coord, assign_atom::value);
+  other->send(coord, tick_atom::value);
+  CHECK(next_done(launcher, std::chrono::milliseconds(200)).first == -1);
   // Only the launcher may stop the job.
   client->send(coord, stop_atom::value, int32_t(9), std::string("not yours to stop"));
   CHECK(next_done(launcher, std::chrono::milliseconds(200)).first == -1);

@@ -34,6 +34,10 @@ TEST_CASE("placement: parallel.hosts puts each rank on its address, the launcher
   CHECK(place_processes({"any", "10.0.0.1", "10.0.0.1"}, 2, 1, "10.0.0.1").local_ranks ==
         std::vector<int32_t>{0, 1});
   CHECK(place_processes({"any", "any", "10.0.0.1"}, 2, 1, "10.0.0.1").local_ranks == std::vector<int32_t>{0, 2});
+  // An address is the same host however it is spelled.
+  const auto v6 = place_processes({"FD00::1", "fd00:0::2"}, 1, 1, "fd00:0:0::1");
+  CHECK(v6.local_ranks == std::vector<int32_t>{0});
+  CHECK(rank_for_node(v6, {true, false}, "fd00::2") == 1);
 }
 
 TEST_CASE("placement: hosts that do not fit the processes are input errors naming what is wrong") {

@@ -124,6 +124,7 @@ TEST_CASE("nccl: every collective over 1 .. min(GPUs, 8) ranks and counts 0, 1, 
         }
         g.barrier();
       });
+      destroy_nccl_threads(group);
       for (int r = 0; r < n; ++r) CHECK(wrong[size_t(r)] == 0);
     }
 }
@@ -147,6 +148,7 @@ TEST_CASE("nccl: a rank that never calls fails the others within the deadline, n
   CHECK(what.find("nccl: rank 0: all_reduce_sum: did not finish within 2000 ms") == 0);
   CHECK(took < 10.0);
   group[1]->abort("the test is over");
+  destroy_nccl_threads(group);
 }
 
 TEST_CASE("nccl: troupe bench allreduce --transports nccl checks its rows where GPUs are and says why it skips elsewhere") {

@@ -12,8 +12,10 @@
 #include <cuda_runtime.h>
 #include <nccl.h>
 
+#include <atomic>
 #include <cstring>
 #include <exception>
+#include <mutex>
 #include <thread>
 
 #include "runtime/check.hpp"
@@ -67,15 +69,44 @@ struct nccl_group::impl {
   ncclComm_t comm = nullptr;
   cudaStream_t stream = nullptr;
   cudaEvent_t done = nullptr;
-  std::string aborted;  // why, once aborted
+  std::string aborted;  // why, once aborted (the owner thread's)
+  // abort() from any thread only asks; the owner thread, polling, aborts the communicator.
+  std::atomic<bool> abort_requested{false};
+  std::mutex why_mu;
+  std::string abort_why;
+
+  ~impl() {
+    if (comm) {
+      cudaSetDevice(device);
+      ncclCommAbort(comm);
+    }
+    if (done) cudaEventDestroy(done);
+    if (stream) cudaStreamDestroy(stream);
+  }
+
+  std::string requested_why() {
+    std::lock_guard<std::mutex> lock(why_mu);
+    return abort_why;
+  }
 
   [[noreturn]] void fail(const std::string& op, const std::string& why) {
     if (aborted.empty()) {
       aborted = why;
-      ncclCommAbort(comm);
+      if (comm) ncclCommAbort(comm);
       comm = nullptr;
     }
     throw transport_error("nccl: rank " + std::to_string(rank) + ": " + op + ": " + why);
+  }
+
+  // The communicator's asynchronous state; an abort asked for, or an error, fails `op`.
+  ncclResult_t poll(const std::string& op) {
+    if (abort_requested) fail(op, "aborted: " + requested_why());
+    ncclResult_t state = ncclSuccess;
+    const ncclResult_t r = ncclCommGetAsyncError(comm, &state);
+    if (r != ncclSuccess) fail(op, std::string("ncclCommGetAsyncError: ") + ncclGetErrorString(r));
+    if (state != ncclSuccess && state != ncclInProgress)
+      fail(op, std::string(ncclGetErrorString(state)) + ": " + ncclGetLastError(comm));
+    return state;
   }
 
   // Waits for the communicator to leave ncclInProgress (an enqueue or the init), then, if
@@ -85,11 +116,7 @@ struct nccl_group::impl {
     if (issued != ncclSuccess && issued != ncclInProgress)
       fail(op, std::string(ncclGetErrorString(issued)) + ": " + ncclGetLastError(comm));
     for (;;) {
-      ncclResult_t state = ncclSuccess;
-      ncclCommGetAsyncError(comm, &state);
-      if (state != ncclSuccess && state != ncclInProgress)
-        fail(op, std::string(ncclGetErrorString(state)) + ": " + ncclGetLastError(comm));
-      if (state == ncclSuccess) break;
+      if (poll(op) == ncclSuccess) break;
       if (clock::now() >= until) fail(op, "not enqueued within " + std::to_string(deadline.count()) + " ms");
       std::this_thread::sleep_for(std::chrono::microseconds(20));
     }
@@ -99,10 +126,7 @@ struct nccl_group::impl {
       const cudaError_t e = cudaEventQuery(done);
       if (e == cudaSuccess) return;
       if (e != cudaErrorNotReady) fail(op, std::string("CUDA: ") + cudaGetErrorString(e));
-      ncclResult_t state = ncclSuccess;
-      ncclCommGetAsyncError(comm, &state);
-      if (state != ncclSuccess && state != ncclInProgress)
-        fail(op, std::string(ncclGetErrorString(state)) + ": " + ncclGetLastError(comm));
+      poll(op);
       if (clock::now() >= until)
         fail(op, "did not finish within " + std::to_string(deadline.count()) +
                      " ms (a peer died, hangs or never called it): the communicator is aborted");
@@ -111,6 +135,7 @@ struct nccl_group::impl {
   }
 
   void ready(const char* op) {
+    if (abort_requested && aborted.empty()) fail(op, "aborted: " + requested_why());
     if (!aborted.empty()) throw transport_error("nccl: rank " + std::to_string(rank) + ": " + op + ": aborted: " + aborted);
     TROUPE_CUDA(cudaSetDevice(device));
   }
@@ -184,24 +209,20 @@ void device_buffer::download(void* host, size_t bytes) const {
 nccl_group::nccl_group(std::unique_ptr<impl> p) : impl_(std::move(p)) {}
 
 nccl_group::~nccl_group() {
-  if (!impl_) return;
+  if (!impl_ || !impl_->comm) return;  // ~impl frees the stream and event
   cudaSetDevice(impl_->device);
-  if (impl_->comm) {
-    // A non-blocking destroy may return ncclInProgress: finalize first, bounded, then free.
-    ncclCommFinalize(impl_->comm);
-    const auto until = clock::now() + std::chrono::seconds(5);
-    ncclResult_t state = ncclInProgress;
-    while (state == ncclInProgress && clock::now() < until) {
-      ncclCommGetAsyncError(impl_->comm, &state);
-      if (state == ncclInProgress) std::this_thread::sleep_for(std::chrono::microseconds(50));
-    }
-    if (state == ncclSuccess)
-      ncclCommDestroy(impl_->comm);
-    else
-      ncclCommAbort(impl_->comm);
+  if (impl_->abort_requested || !impl_->aborted.empty()) return;  // ~impl aborts the communicator
+  // A clean end: finalize (non-blocking: poll it, bounded), then destroy; ~impl aborts it
+  // instead when the finalize does not finish.
+  const ncclResult_t finalize = ncclCommFinalize(impl_->comm);
+  if (finalize != ncclSuccess && finalize != ncclInProgress) return;
+  const auto until = clock::now() + std::chrono::seconds(5);
+  ncclResult_t state = ncclInProgress;
+  while (state == ncclInProgress && clock::now() < until) {
+    if (ncclCommGetAsyncError(impl_->comm, &state) != ncclSuccess) return;
+    if (state == ncclInProgress) std::this_thread::sleep_for(std::chrono::microseconds(50));
   }
-  if (impl_->done) cudaEventDestroy(impl_->done);
-  if (impl_->stream) cudaStreamDestroy(impl_->stream);
+  if (state == ncclSuccess && ncclCommDestroy(impl_->comm) == ncclSuccess) impl_->comm = nullptr;
 }
 
 int nccl_group::rank() const { return impl_->rank; }
@@ -258,10 +279,20 @@ void nccl_group::exchange(int peer, const void* send, void* recv, size_t count, 
 }
 
 void nccl_group::abort(const std::string& why) {
-  if (!impl_->aborted.empty()) return;
-  impl_->aborted = why;
-  if (impl_->comm) ncclCommAbort(impl_->comm);
-  impl_->comm = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(impl_->why_mu);
+    if (impl_->abort_requested) return;
+    impl_->abort_why = why;
+  }
+  impl_->abort_requested = true;
+}
+
+void destroy_nccl_threads(std::vector<std::unique_ptr<nccl_group>>& group) {
+  std::vector<std::thread> ending;
+  for (auto& g : group)
+    if (g) ending.emplace_back([&g] { g.reset(); });
+  for (auto& t : ending) t.join();
+  group.clear();
 }
 
 std::vector<std::unique_ptr<nccl_group>> make_nccl_threads(int size) {
@@ -289,7 +320,11 @@ std::vector<std::unique_ptr<nccl_group>> make_nccl_threads(int size) {
   std::vector<std::unique_ptr<nccl_group>> out;
   for (auto& p : impls) out.push_back(p ? std::make_unique<nccl_group>(std::move(p)) : nullptr);
   for (auto& e : errors)
-    if (e) std::rethrow_exception(e);
+    if (e) {
+      for (auto& g : out)  // the joined ones end by abort (local), never waiting for the one that failed
+        if (g) g->abort("another rank failed to join");
+      std::rethrow_exception(e);
+    }
   return out;
 }
 

@@ -72,7 +72,8 @@ class nccl_group {
   // Sends `count` elements to `peer` and receives as many from it, as one NCCL group (so
   // neither end's send can wait on the other's).
   void exchange(int peer, const void* send, void* recv, size_t count, dtype type);
-  // Aborts the communicator: every operation in flight or later fails with `why`.
+  // Asks for the communicator to be aborted, from any thread: the operation in flight (on
+  // the group's own thread) and every later one fail with `why`.
   void abort(const std::string& why);
   std::chrono::milliseconds deadline{30000};
 
@@ -84,6 +85,9 @@ class nccl_group {
 // (ncclCommInitAll); each rank's operations must come from its own thread.
 // transport_error when there are fewer devices than ranks.
 std::vector<std::unique_ptr<nccl_group>> make_nccl_threads(int size);
+// Ends such a group: every rank's communicator at once, each on a thread of its own
+// (ending one may wait for its peers). Leaves `group` empty.
+void destroy_nccl_threads(std::vector<std::unique_ptr<nccl_group>>& group);
 
 // This process's member `rank` of a group of `size` processes, on `device`: rank 0 makes
 // the NCCL unique id and puts it in the store under `key`, the others take it from there.

@@ -42,6 +42,7 @@ void nccl_group::exchange(int, const void*, void*, size_t, dtype) { not_built();
 void nccl_group::abort(const std::string&) {}
 
 std::vector<std::unique_ptr<nccl_group>> make_nccl_threads(int) { not_built(); }
+void destroy_nccl_threads(std::vector<std::unique_ptr<nccl_group>>& group) { group.clear(); }
 std::unique_ptr<nccl_group> join_nccl_group(int, int, rendezvous&, const std::string&, int, std::chrono::milliseconds) {
   not_built();
 }
