@@ -64,23 +64,11 @@ joined join_processes(const proto::JobSpec& spec, const coordinator_options& opt
   base.host = opts.host;
   if (const char* secret = std::getenv("TROUPE_SECRET")) base.secret = secret;
   // How long a silent link may stay up (tcp_options::silence): TROUPE_SILENCE_MS.
-  if (const char* ms = std::getenv("TROUPE_SILENCE_MS")) {
-    char* end = nullptr;
-    const long v = std::strtol(ms, &end, 10);
-    if (!*ms || *end || v < 100 || v > 3600000)
-      throw input_error("TROUPE_SILENCE_MS: expected milliseconds 100..3600000, got '" + std::string(ms) + "'");
-    base.silence = std::chrono::milliseconds(v);
-    base.heartbeat = std::min(base.heartbeat, std::chrono::milliseconds(v / 4));
-  }
+  base.silence = env_milliseconds("TROUPE_SILENCE_MS", base.silence, 100, 3600000);
+  base.heartbeat = std::min(base.heartbeat, base.silence / 4);
   // How long a process waits for the others to join (tcp_options::connect_deadline):
   // TROUPE_CONNECT_MS; troupe launch --nodes raises it, since nodes are started by hand.
-  if (const char* ms = std::getenv("TROUPE_CONNECT_MS")) {
-    char* end = nullptr;
-    const long v = std::strtol(ms, &end, 10);
-    if (!*ms || *end || v < 100 || v > 86400000)
-      throw input_error("TROUPE_CONNECT_MS: expected milliseconds 100..86400000, got '" + std::string(ms) + "'");
-    base.connect_deadline = std::chrono::milliseconds(v);
-  }
+  base.connect_deadline = env_milliseconds("TROUPE_CONNECT_MS", base.connect_deadline, 100, 86400000);
   if (base.secret.empty())
     throw input_error("train: a job of " + std::to_string(opts.world) +
                       " processes needs the job's secret in TROUPE_SECRET (troupe launch makes one)");

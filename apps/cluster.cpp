@@ -17,23 +17,11 @@
 namespace troupe {
 
 std::chrono::milliseconds control_silence() {
-  const char* ms = std::getenv("TROUPE_SILENCE_MS");
-  if (!ms) return std::chrono::milliseconds(10000);
-  char* end = nullptr;
-  const long v = std::strtol(ms, &end, 10);
-  if (!*ms || *end || v < 100 || v > 3600000)
-    throw input_error("TROUPE_SILENCE_MS: expected milliseconds 100..3600000, got '" + std::string(ms) + "'");
-  return std::chrono::milliseconds(v);
+  return env_milliseconds("TROUPE_SILENCE_MS", std::chrono::milliseconds(10000), 100, 3600000);
 }
 
 std::chrono::milliseconds join_deadline() {
-  const char* ms = std::getenv("TROUPE_CONNECT_MS");
-  if (!ms) return std::chrono::milliseconds(60000);
-  char* end = nullptr;
-  const long v = std::strtol(ms, &end, 10);
-  if (!*ms || *end || v < 100 || v > 86400000)
-    throw input_error("TROUPE_CONNECT_MS: expected milliseconds 100..86400000, got '" + std::string(ms) + "'");
-  return std::chrono::milliseconds(v);
+  return env_milliseconds("TROUPE_CONNECT_MS", std::chrono::milliseconds(60000), 100, 86400000);
 }
 
 std::vector<std::string> control_tls::flags() const {

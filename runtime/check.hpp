@@ -2,6 +2,7 @@
 // Invariant checks (abort with file:line and the values involved) and the error type
 // for bad input from outside (job specs, data files, flags), which callers turn into a
 // clear message and a non-zero exit.
+#include <chrono>
 #include <exception>
 #include <sstream>
 #include <stdexcept>
@@ -14,6 +15,10 @@ class input_error : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
 };
+
+// The environment variable `name` as milliseconds in lo..hi, or `fallback` when it is not
+// set; input_error naming the variable, its value and the range otherwise.
+std::chrono::milliseconds env_milliseconds(const char* name, std::chrono::milliseconds fallback, long lo, long hi);
 
 // The message of a caught exception (what() of a std::exception, else "unknown
 // exception"): for handlers that get an exception_ptr.

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -109,6 +110,15 @@ std::string manifest_text(int64_t step, const std::map<std::string, std::vector<
 }
 
 }  // namespace
+
+int64_t checkpoint_count(const checkpoint_shard& s, const std::string& key) {
+  auto it = s.texts.find(key);
+  char* end = nullptr;
+  const long long v = it == s.texts.end() ? -1 : std::strtoll(it->second.c_str(), &end, 10);
+  if (it == s.texts.end() || it->second.empty() || *end || v < 0)
+    throw checkpoint_error("checkpoint: \"" + key + "\" is missing or not a count");
+  return v;
+}
 
 std::vector<uint8_t> encode_shard(const checkpoint_shard& s) {
   std::vector<uint8_t> out;

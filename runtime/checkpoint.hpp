@@ -45,6 +45,9 @@ struct checkpoint_shard {
   std::map<std::string, std::string> texts;
 };
 
+// The text entry `key` as a count (>= 0); checkpoint_error when it is missing or is not one.
+int64_t checkpoint_count(const checkpoint_shard& s, const std::string& key);
+
 // The bytes of a shard file, and back. parse throws checkpoint_error naming `origin`.
 std::vector<uint8_t> encode_shard(const checkpoint_shard& s);
 checkpoint_shard parse_shard(const uint8_t* data, size_t size, const std::string& origin);

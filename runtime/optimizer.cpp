@@ -1,20 +1,12 @@
 #include "runtime/optimizer.hpp"
 
 #include <cmath>
-#include <cstdlib>
-#include <cstring>
 
 #include "kernels/cpu/optim.hpp"
 
 namespace troupe {
 
 namespace {
-
-tensor copy_of(const tensor& t) {
-  tensor c = tensor::empty(t.shape(), t.type());
-  if (t.bytes()) std::memcpy(c.raw(), t.raw(), t.bytes());
-  return c;
-}
 
 const tensor& entry_of(const checkpoint_shard& in, const std::string& name, const tensor& like) {
   auto it = in.tensors.find(name);
@@ -35,15 +27,10 @@ int64_t load_common(const checkpoint_shard& in, const char* name) {
   if (n == in.texts.end() || n->second != name)
     throw checkpoint_error(std::string("checkpoint: the optimizer state is ") +
                            (n == in.texts.end() ? "missing" : "\"" + n->second + "\"") + ", this job uses " + name);
-  auto st = in.texts.find("optim.steps");
-  char* end = nullptr;
-  const long long v = st == in.texts.end() ? -1 : std::strtoll(st->second.c_str(), &end, 10);
-  if (st == in.texts.end() || st->second.empty() || *end || v < 0)
-    throw checkpoint_error("checkpoint: \"optim.steps\" is missing or not a count");
-  return v;
+  return checkpoint_count(in, "optim.steps");
 }
 
-void load_into(arena& a, const tensor& from) { std::memcpy(a.flat().raw(), from.raw(), from.bytes()); }
+void load_into(arena& a, const tensor& from) { a.flat().copy_from(from); }
 
 class sgd_optimizer : public optimizer {
  public:
@@ -51,7 +38,7 @@ class sgd_optimizer : public optimizer {
   const char* name() const override { return "sgd"; }
   void save_state(checkpoint_shard& out) const override {
     save_common(out, name(), steps_);
-    out.tensors["optim.momentum"] = copy_of(momentum_.flat());
+    out.tensors["optim.momentum"] = momentum_.flat().clone();
   }
   void load_state(const checkpoint_shard& in) override {
     const int64_t steps = load_common(in, name());
@@ -79,8 +66,8 @@ class adamw_optimizer : public optimizer {
   const char* name() const override { return "adamw"; }
   void save_state(checkpoint_shard& out) const override {
     save_common(out, name(), steps_);
-    out.tensors["optim.m"] = copy_of(m_.flat());
-    out.tensors["optim.v"] = copy_of(v_.flat());
+    out.tensors["optim.m"] = m_.flat().clone();
+    out.tensors["optim.v"] = v_.flat().clone();
   }
   void load_state(const checkpoint_shard& in) override {
     const int64_t steps = load_common(in, name());

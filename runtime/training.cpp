@@ -1,8 +1,5 @@
 #include "runtime/training.hpp"
 
-#include <cstdlib>
-#include <cstring>
-
 #include <algorithm>
 #include <cmath>
 
@@ -117,10 +114,7 @@ std::string layout_of(const param_table& t) {
 
 checkpoint_shard trainer::snapshot() const {
   checkpoint_shard s;
-  const tensor& flat = params_.flat();
-  tensor copy = tensor::empty(flat.shape(), flat.type());
-  std::memcpy(copy.raw(), flat.raw(), flat.bytes());
-  s.tensors["params"] = copy;
+  s.tensors["params"] = params_.flat().clone();
   s.texts["params.layout"] = layout_of(params_.table());
   s.texts["step"] = std::to_string(step_);
   optimizer_->save_state(s);
@@ -135,13 +129,9 @@ void trainer::restore(const checkpoint_shard& s) {
   auto p = s.tensors.find("params");
   if (p == s.tensors.end() || p->second.type() != dtype::f32 || p->second.shape() != params_.flat().shape())
     throw checkpoint_error("checkpoint: no \"params\" of this model's " + shape_str(params_.flat().shape()) + " floats");
-  auto st = s.texts.find("step");
-  char* end = nullptr;
-  const long long step = st == s.texts.end() ? -1 : std::strtoll(st->second.c_str(), &end, 10);
-  if (st == s.texts.end() || st->second.empty() || *end || step < 0)
-    throw checkpoint_error("checkpoint: \"step\" is missing or not a count");
+  const int64_t step = checkpoint_count(s, "step");
   optimizer_->load_state(s);  // first: it checks before anything changes
-  std::memcpy(params_.flat().raw(), p->second.raw(), p->second.bytes());
+  params_.flat().copy_from(p->second);
   step_ = step;
 }
 

@@ -6,8 +6,6 @@
 // one joins.
 #include <doctest/doctest.h>
 
-#include <utility>  // before Boost 1.74's asio (std::exchange under C++20)
-#include <boost/asio.hpp>  // a free loopback port
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -196,14 +194,7 @@ TEST_CASE("launch: a process that hangs (SIGSTOP) is found by the heartbeats and
 
 TEST_CASE("launch --nodes: a node with the wrong secret is refused and both sides say so, one with the right secret "
           "joins, and the job gives the in-process run's losses") {
-  // A port that was free a moment ago, on loopback.
-  int port = 0;
-  {
-    namespace asio = boost::asio;
-    asio::io_context io;
-    asio::ip::tcp::acceptor a(io, asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
-    port = a.local_endpoint().port();
-  }
+  const int port = free_loopback_port();
   const std::string at = "127.0.0.1:" + std::to_string(port);
   const std::string one = "/tmp/troupe_launch_n1.jsonl", nodes = "/tmp/troupe_launch_nn.jsonl";
   auto r = run("train " + gpt_job("nodes_one", 2, one) + " --quiet");
@@ -289,13 +280,7 @@ TEST_CASE("launch --tls: the control connections over TLS, anonymous or with cer
   CHECK_MESSAGE(r.code == 0, r.output);
   same_losses("/tmp/troupe_launch_tc.jsonl");
 
-  int port = 0;
-  {
-    namespace asio = boost::asio;
-    asio::io_context io;
-    asio::ip::tcp::acceptor acc(io, asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
-    port = acc.local_endpoint().port();
-  }
+  const int port = free_loopback_port();
   const std::string at = "127.0.0.1:" + std::to_string(port);
   ::setenv("TROUPE_SECRET", "launch-tls-test-secret-0123456789abcdefgh", 1);
   const std::string log = "/tmp/troupe_launch_tls.log";

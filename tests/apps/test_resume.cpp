@@ -90,7 +90,7 @@ TEST_CASE("resume: a job continued from its step-8 checkpoint equals the uninter
   REQUIRE(lc.size() == 4);
   for (size_t k = 0; k < 4; ++k) CHECK(lc[k] == la[8 + k]);
   check_bits(a.shards.at("device"), load_latest_checkpoint("/tmp/troupe_resume_c_ckpt").shards.at("device"));
-  for (const std::string d : {a_dir, b_dir, std::string("/tmp/troupe_resume_c_ckpt")}) fs::remove_all(d);
+  for (const std::string& d : {a_dir, b_dir, std::string("/tmp/troupe_resume_c_ckpt")}) fs::remove_all(d);
 }
 
 TEST_CASE("resume: a missing or empty directory, another model's checkpoint, a finished one and a pipeline job are "

@@ -5,9 +5,6 @@
 // the deadline. Those cases say they were skipped when the machine has too few GPUs.
 #include <doctest/doctest.h>
 
-#include <sys/wait.h>
-
-#include <cstdio>
 #include <functional>
 #include <string>
 #include <thread>
@@ -16,6 +13,7 @@
 #include "runtime/check.hpp"
 #include "transport/nccl/nccl.hpp"
 #include "transport/rendezvous.hpp"
+#include "tests/support/processes.hpp"
 
 using namespace troupe;
 
@@ -152,18 +150,11 @@ TEST_CASE("nccl: a rank that never calls fails the others within the deadline, n
 }
 
 TEST_CASE("nccl: troupe bench allreduce --transports nccl checks its rows where GPUs are and says why it skips elsewhere") {
-  const std::string cmd = std::string(TROUPE_BINARY) + " bench allreduce --ranks 1 --transports nccl,inproc --max-bytes 16384 "
-                          "--json /tmp/troupe_bench_nccl.json 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  REQUIRE(p != nullptr);
-  std::string out;
-  char buf[4096];
-  size_t got;
-  while ((got = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, got);
-  const int status = pclose(p);
+  const auto r = troupe::testing::run("bench allreduce --ranks 1 --transports nccl,inproc --max-bytes 16384 "
+                                      "--json /tmp/troupe_bench_nccl.json");
+  const std::string& out = r.output;
   CAPTURE(out);
-  CHECK(WIFEXITED(status));
-  CHECK(WEXITSTATUS(status) == 0);
+  CHECK(r.code == 0);
   if (cuda_device_count() < 1) {
     CHECK(out.find("(nccl skipped: ") != std::string::npos);
   } else {

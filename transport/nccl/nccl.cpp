@@ -19,6 +19,7 @@
 #include <thread>
 
 #include "runtime/check.hpp"
+#include "transport/tcp/handshake.hpp"  // to_hex
 
 namespace troupe {
 
@@ -40,16 +41,6 @@ ncclDataType_t nccl_type(dtype t) {
     case dtype::u8: return ncclUint8;
   }
   throw input_error("nccl: no NCCL type for dtype " + std::string(dtype_name(t)));
-}
-
-std::string to_hex(const void* p, size_t n) {
-  std::string out;
-  for (size_t i = 0; i < n; ++i) {
-    const uint8_t b = static_cast<const uint8_t*>(p)[i];
-    out += "0123456789abcdef"[b >> 4];
-    out += "0123456789abcdef"[b & 15];
-  }
-  return out;
 }
 
 void from_hex(const std::string& hex, void* p, size_t n) {
@@ -337,7 +328,7 @@ std::unique_ptr<nccl_group> join_nccl_group(int rank, int size, rendezvous& stor
   ncclUniqueId id;
   if (rank == 0) {
     if (ncclGetUniqueId(&id) != ncclSuccess) throw transport_error("nccl: ncclGetUniqueId failed");
-    store.set(key, to_hex(&id, sizeof id));
+    store.set(key, handshake::to_hex(&id, sizeof id));
   } else {
     from_hex(store.get(key, deadline), &id, sizeof id);
   }

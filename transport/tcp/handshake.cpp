@@ -144,15 +144,21 @@ void dial_side(socket& s, const std::string& secret, uint64_t group, int me, int
   expect_auth(s, world, kAuthWelcome, 0, peer, until);
 }
 
-std::string random_hex(size_t bytes) {
-  std::vector<uint8_t> b(bytes);
-  if (bytes && RAND_bytes(b.data(), int(bytes)) != 1) throw transport_error("no random bytes (OpenSSL RAND_bytes)");
+std::string to_hex(const void* data, size_t n) {
   std::string hex;
-  for (uint8_t x : b) {
+  hex.reserve(2 * n);
+  for (size_t i = 0; i < n; ++i) {
+    const uint8_t x = static_cast<const uint8_t*>(data)[i];
     hex += "0123456789abcdef"[x >> 4];
     hex += "0123456789abcdef"[x & 15];
   }
   return hex;
+}
+
+std::string random_hex(size_t bytes) {
+  std::vector<uint8_t> b(bytes);
+  if (bytes && RAND_bytes(b.data(), int(bytes)) != 1) throw transport_error("no random bytes (OpenSSL RAND_bytes)");
+  return to_hex(b.data(), b.size());
 }
 
 std::string proof_hex(const std::string& secret, const std::string& message) {
@@ -162,12 +168,7 @@ std::string proof_hex(const std::string& secret, const std::string& message) {
             message.size(), mac.data(), &len) ||
       len != kMac)
     throw transport_error("HMAC-SHA256 failed (OpenSSL)");
-  std::string hex;
-  for (uint8_t x : mac) {
-    hex += "0123456789abcdef"[x >> 4];
-    hex += "0123456789abcdef"[x & 15];
-  }
-  return hex;
+  return to_hex(mac.data(), mac.size());
 }
 
 bool same_proof(const std::string& a, const std::string& b) {

@@ -45,6 +45,8 @@ void read_exact(socket& s, void* data, size_t n, clock::time_point until);
 frame_header read_frame(socket& s, const frame_limits& limits, std::vector<uint8_t>& payload, clock::time_point until);
 void write_frame(socket& s, frame_kind kind, int src, uint64_t tag, const void* data, size_t bytes);
 
+// `n` bytes as lowercase hex.
+std::string to_hex(const void* data, size_t n);
 // `bytes` random bytes (OpenSSL), as hex.
 std::string random_hex(size_t bytes);
 // HMAC-SHA256(secret, message) as hex: how the node agents and the launcher's coordinator
