@@ -1,8 +1,12 @@
 #include "actors/cluster_coordinator.hpp"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdio>
+#include <fstream>
 
+#include "actors/elastic_job.hpp"
 #include "actors/node_agent.hpp"
 #include "transport/tcp/handshake.hpp"
 
@@ -18,6 +22,47 @@ constexpr std::chrono::seconds kProofWait{30};
 
 std::string describe(const cluster_member& m) {
   return "process " + std::to_string(m.rank) + " (host " + m.hello.host + ", pid " + std::to_string(m.hello.pid) + ")";
+}
+
+double monotonic_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// One line of the events file, stamped with the machine's monotonic clock.
+void record_event(const cluster_options& o, const std::string& fields) {
+  if (o.events.empty()) return;
+  std::ofstream out(o.events, std::ios::app);
+  char t[48];
+  std::snprintf(t, sizeof t, ",\"t_mono\":%.6f}", monotonic_s());
+  out << "{" << fields << t << "\n";
+}
+
+// `text` as a JSON string's contents.
+std::string json_text(const std::string& text) {
+  std::string out;
+  for (char c : text) {
+    if (c == '"' || c == '\\') out += '\\';
+    if (static_cast<unsigned char>(c) < 0x20) c = ' ';
+    out += c;
+  }
+  return out;
+}
+
+// Whether every member that is in the job has ended. A replacement is in once a view
+// with it has trained a step (at/<g> in the store); one that is not when the others have
+// all ended never will be.
+bool every_member_ended(cluster_state& s) {
+  for (auto& x : s.members)
+    if (x.in_view && !x.confirmed && !x.lost && !x.ended) {
+      try {
+        s.opts.store->get(elastic_key(s.opts.job.group, "at/" + std::to_string(x.first_view)),
+                          std::chrono::milliseconds(1));
+        x.confirmed = true;
+      } catch (const std::exception&) {
+      }
+    }
+  return std::all_of(s.members.begin(), s.members.end(),
+                     [](const cluster_member& x) { return x.ended || x.lost || !x.in_view || !x.confirmed; });
 }
 
 }  // namespace
@@ -40,26 +85,67 @@ caf::behavior cluster_coordinator(caf::stateful_actor<cluster_state>* self, clus
     auto& s = self->state;
     if (s.finished) return;
     s.finished = true;
-    if (code != 0)
-      for (auto& m : s.members)
-        if (!m.ended) self->send(m.agent, stop_atom::value, code, why);
+    for (auto& m : s.members)
+      if (!m.ended && !m.lost && (code != 0 || !m.in_view || !m.confirmed))
+        self->send(m.agent, stop_atom::value, code, code ? why : std::string("the job ended before it could join"));
     self->send(s.opts.launcher, done_atom::value, code, why);
+  };
+  // Elastic: the next view goes to the store, where the workers look for it.
+  auto publish = [self](const elastic_view& v) {
+    auto& s = self->state;
+    s.view = v;
+    s.opts.store->set(elastic_key(s.opts.job.group, "view/" + std::to_string(v.generation)), v.encode());
+    s.opts.store->set(elastic_key(s.opts.job.group, "latest"), std::to_string(v.generation));
+    std::string ids;
+    for (int32_t m : v.members) ids += (ids.empty() ? "" : ",") + std::to_string(m);
+    record_event(s.opts, "\"event\":\"view\",\"generation\":" + std::to_string(v.generation) + ",\"members\":[" +
+                             ids + "]");
+  };
+  // A member is gone: before the start, or without elasticity, the job ends; else it goes on
+  // without it, and the launcher may start a replacement.
+  auto lose = [=](cluster_member& m, const std::string& why) {
+    auto& s = self->state;
+    if (m.lost || s.finished) return;
+    if (!s.opts.elastic || !s.started) {
+      record_event(s.opts, "\"event\":\"failed\",\"member\":" + std::to_string(m.rank) + ",\"why\":\"" +
+                               json_text(why) + "\"");
+      return finish(1, why);
+    }
+    m.lost = true;
+    record_event(s.opts, "\"event\":\"lost\",\"member\":" + std::to_string(m.rank) + ",\"pid\":" +
+                             std::to_string(m.hello.pid) + ",\"slot\":" + std::to_string(m.hello.slot) + ",\"why\":\"" +
+                             json_text(why) + "\"");
+    if (m.in_view) {
+      const elastic_view next = view_without(s.view, m.rank);
+      if (!view_viable(next, s.opts.min_workers))
+        return finish(1, why + "; " + std::to_string(next.members.size()) + " workers are left, fewer than "
+                                   "elastic.min_workers (" + std::to_string(s.opts.min_workers) + ")");
+      publish(next);
+      if (!s.opts.quiet) {
+        std::printf("troupe launch: %s; going on with %zu workers (view %lld)\n", why.c_str(), next.members.size(),
+                    (long long)next.generation);
+        std::fflush(stdout);
+      }
+    }
+    self->send(s.opts.launcher, lost_atom::value, m.hello.slot, m.hello.pid, why);
+    if (every_member_ended(s)) finish(0, "");
   };
   self->set_down_handler([=](caf::down_msg& dm) {
     auto& s = self->state;
     for (auto& m : s.members) {
       if (m.ended) continue;
+      if (m.lost) continue;
       if (dm.source == m.agent.address())
-        finish(1, "lost " + describe(m) + ": its node agent went down (" + self->system().render(dm.reason) + ")");
+        lose(m, "lost " + describe(m) + ": its node agent went down (" + self->system().render(dm.reason) + ")");
       else if (m.runner && dm.source == m.runner.address() && dm.reason)
-        finish(1, "the runner of " + describe(m) + " failed (" + self->system().render(dm.reason) + ")");
+        lose(m, "the runner of " + describe(m) + " failed (" + self->system().render(dm.reason) + ")");
     }
   });
   self->delayed_send(self, s.opts.join_deadline, tick_atom::value);
   return {
       [=](join_atom, const node_hello& h) -> caf::result<node_challenge> {
         auto& s = self->state;
-        if (s.started || s.finished)
+        if ((s.started && !s.opts.elastic) || s.finished)
           return caf::make_error(caf::sec::invalid_argument,
                                  "join: the job has all its " + std::to_string(world) + " processes already");
         if (h.slot < -1 || h.slot >= s.opts.local)
@@ -103,9 +189,46 @@ caf::behavior cluster_coordinator(caf::stateful_actor<cluster_state>* self, clus
                                                       : "it could not prove the job's secret (wrong secret)");
           return caf::make_error(caf::sec::invalid_argument, "wrong secret: this node's TROUPE_SECRET is not the job's");
         }
-        if (s.started || s.finished)
+        if ((s.started && !s.opts.elastic) || s.finished)
           return caf::make_error(caf::sec::invalid_argument,
                                  "prove: the job has all its " + std::to_string(world) + " processes already");
+        if (s.started) {  // elastic: a replacement, for a lost slot of ours or from another machine
+          const bool lost_slot = std::any_of(s.members.begin(), s.members.end(), [&](const cluster_member& x) {
+            return x.lost && h.slot >= 0 && x.hello.slot == h.slot;
+          });
+          const bool slot_busy = std::any_of(s.members.begin(), s.members.end(), [&](const cluster_member& x) {
+            return !x.lost && h.slot >= 0 && x.hello.slot == h.slot;
+          });
+          const size_t live = size_t(std::count_if(s.members.begin(), s.members.end(),
+                                                   [](const cluster_member& x) { return !x.lost && !x.ended; }));
+          const size_t most = s.opts.max_workers ? s.opts.max_workers : size_t(world);
+          if ((h.slot >= 0 && (!lost_slot || slot_busy)) || (h.slot < 0 && s.opts.remote == 0) || live >= most)
+            return caf::make_error(caf::sec::invalid_argument,
+                                   "prove: the job has no place for another process now (" + std::to_string(live) +
+                                       " live, at most " + std::to_string(most) + ")");
+          cluster_member m;
+          m.agent = caf::actor_cast<caf::actor>(self->current_sender());
+          m.hello = h;
+          m.rank = s.next_id++;
+          m.in_view = false;
+          m.confirmed = false;
+          self->monitor(m.agent);
+          s.members.push_back(m);
+          record_event(s.opts, "\"event\":\"admitted\",\"member\":" + std::to_string(m.rank) + ",\"pid\":" +
+                                   std::to_string(h.pid) + ",\"slot\":" + std::to_string(h.slot));
+          if (!s.opts.quiet) {
+            std::printf("troupe launch: a replacement (host %s, pid %d) joined as process %d\n", h.host.c_str(), h.pid,
+                        m.rank);
+            std::fflush(stdout);
+          }
+          // After this reply has gone out (the agent learns its id first).
+          self->send(self, assign_atom::value, m.rank);
+          if (!s.polling) {
+            s.polling = true;
+            self->send(self, poll_atom::value);
+          }
+          return m.rank;
+        }
         const int32_t rank = h.slot >= 0 ? s.opts.placement.local_ranks[size_t(h.slot)]
                                          : rank_for_node(s.opts.placement, s.taken, h.host);
         if (rank < 0) {
@@ -138,6 +261,12 @@ caf::behavior cluster_coordinator(caf::stateful_actor<cluster_state>* self, clus
         s.started = true;
         std::sort(s.members.begin(), s.members.end(),
                   [](const cluster_member& a, const cluster_member& b) { return a.rank < b.rank; });
+        if (s.opts.elastic) {
+          s.next_id = world;
+          elastic_view first;
+          for (const auto& m : s.members) first.members.push_back(m.rank);
+          publish(first);
+        }
         for (const auto& m : s.members) {
           rank_assignment a = s.opts.job;
           a.rank = m.rank;
@@ -157,22 +286,83 @@ caf::behavior cluster_coordinator(caf::stateful_actor<cluster_state>* self, clus
                   });
         }
       },
+      [=](assign_atom, int32_t id) {  // from itself: a replacement, once it knows its id, spawns its runner
+        auto& s = self->state;
+        if (sender() != self->address() || s.finished) return;
+        cluster_member* m = nullptr;
+        for (auto& x : s.members)
+          if (x.rank == id) m = &x;
+        if (!m || m->lost) return;
+        rank_assignment a = s.opts.job;
+        a.rank = id;
+        a.world = world;
+        a.flags.push_back("--elastic-join");
+        self->request(m->agent, std::chrono::seconds(30), assign_atom::value, a)
+            .then(
+                [=](const caf::actor& runner) {
+                  for (auto& x : self->state.members)
+                    if (x.rank == id) {
+                      x.runner = runner;
+                      self->monitor(runner);
+                    }
+                },
+                [=](caf::error& e) {
+                  for (auto& x : self->state.members)
+                    if (x.rank == id) lose(x, "replacement " + std::to_string(id) + " could not start: " +
+                                                  self->system().render(e));
+                });
+      },
       [=](done_atom, int32_t rank, int32_t code) -> caf::result<void> {
         auto& s = self->state;
         cluster_member* m = member_of(sender());
         if (!s.started || !m || m->rank != rank)
           return caf::make_error(caf::sec::invalid_argument,
                                  "done: not from the agent of process " + std::to_string(rank));
-        m->ended = true;
-        if (code != 0) {
+        if (code != 0 && s.opts.elastic) {
+          lose(*m, describe(*m) + " ended with status " + std::to_string(code));
+          m->ended = true;
+        } else if (code != 0) {
+          m->ended = true;
           finish(code, describe(*m) + " ended with status " + std::to_string(code));
-        } else if (std::all_of(s.members.begin(), s.members.end(), [](const cluster_member& x) { return x.ended; })) {
-          finish(0, "");
+        } else {
+          m->ended = true;
+          if (every_member_ended(s)) finish(0, "");
         }
         return caf::unit;
       },
       [=](stop_atom, int32_t code, const std::string& why) {
         if (sender() == self->state.opts.launcher.address()) finish(code, why);
+      },
+      [=](poll_atom) {  // from itself: a replacement that is ready joins the next view
+        auto& s = self->state;
+        if (sender() != self->address() || s.finished) return;
+        bool waiting = false;
+        auto known = [&](const std::string& what) {
+          try {
+            s.opts.store->get(elastic_key(s.opts.job.group, what), std::chrono::milliseconds(1));
+            return true;
+          } catch (const std::exception&) {
+            return false;
+          }
+        };
+        for (auto& m : s.members) {
+          if (m.lost || m.in_view) continue;
+          waiting = true;
+          // Only once the view in force has trained a step: views change at step boundaries.
+          if (known("ready/" + std::to_string(m.rank)) && known("at/" + std::to_string(s.view.generation))) {
+            m.in_view = true;
+            publish(view_with(s.view, m.rank));
+            m.first_view = s.view.generation;
+            if (!s.opts.quiet) {
+              std::printf("troupe launch: process %d is ready: growing to %zu workers (view %lld)\n", m.rank,
+                          s.view.members.size(), (long long)s.view.generation);
+              std::fflush(stdout);
+            }
+            break;  // one view change at a time
+          }
+        }
+        s.polling = waiting;
+        if (waiting) self->delayed_send(self, std::chrono::milliseconds(10), poll_atom::value);
       },
       [=](tick_atom) {  // from itself: the join deadline
         auto& s = self->state;

@@ -18,13 +18,27 @@
 //          down_msg                 an agent or runner went down
 // Sends:   (assign_atom, rank_assignment) -> runner to each agent; (stop_atom, code, why)
 //          to the agents; (done_atom, int32 code, string why) to opts.launcher, once.
+//
+// Elastic (opts.elastic, elastic.mode "respawn"): a process lost after the start does not
+// stop the job. The coordinator publishes the next membership view without it in
+// opts.store (actors/elastic_job.hpp has the keys), tells the launcher (lost_atom, slot,
+// pid, why) so it can kill what is left of it and start a replacement, and admits the
+// replacement's agent (a lost slot, or a node from elsewhere) under a fresh member id. Once
+// the replacement says it is ready and the current view has completed a step, the next
+// view takes it in. Fewer than opts.min_workers in a view ends the job.
+//          (poll_atom)              from itself: checks the replacements
+//          (lost_atom, slot, pid, why) -> opts.launcher
 #include <chrono>
 #include <map>
 #include <string>
 #include <vector>
 
+#include <memory>
+
 #include "actors/messages.hpp"
+#include "policies/elastic_membership.hpp"
 #include "policies/process_placement.hpp"
+#include "transport/rendezvous.hpp"
 
 namespace troupe {
 
@@ -38,13 +52,22 @@ struct cluster_options {
   std::chrono::milliseconds join_deadline{30000};
   caf::actor launcher;  // told (done_atom, code, why) when the job ends
   bool quiet = false;   // no lines about nodes joining
+  bool elastic = false;            // elastic.mode "respawn"
+  uint32_t min_workers = 1, max_workers = 0;  // 0: the processes launched
+  std::shared_ptr<rendezvous> store;  // the job's rendezvous: where the views go
+  std::string events;                 // a JSON-lines file of losses, views and admissions ("": none)
 };
 
 struct cluster_member {
   caf::actor agent, runner;
   node_hello hello;
-  int32_t rank = -1;
+  int32_t rank = -1;  // the member id, for elastic replacements beyond the launched ranks
   bool ended = false;
+  bool lost = false;     // elastic: gone, and the job went on without it
+  bool in_view = true;   // elastic: a member of the published view (a replacement not yet)
+  bool confirmed = true; // elastic: a view with it has trained a step (a replacement in a view may never get in:
+                         // the others can end first)
+  int64_t first_view = 0;  // elastic: the generation of the first view it is a member of
 };
 
 struct cluster_state {
@@ -58,6 +81,9 @@ struct cluster_state {
   std::vector<cluster_member> members;                                     // admitted
   std::vector<bool> taken;  // rank -> admitted
   bool started = false, finished = false;
+  elastic_view view;          // elastic: the view published last
+  int32_t next_id = 0;        // elastic: the next replacement's member id
+  bool polling = false;
   static inline const char* name = "cluster_coordinator";
 };
 

@@ -29,6 +29,9 @@ struct coordinator_options {
   // A checkpoint to continue from (troupe train --resume): its "device" shard and step.
   std::shared_ptr<const checkpoint_version> resume_from;  // rank 0 serves a tcp:// rendezvous (false: troupe launch does)
   uint64_t group = 0;
+  // elastic.mode "respawn": this process replaces a lost one (troupe launch respawned it);
+  // `rank` is its member id, which may be beyond `world`.
+  bool elastic_join = false;
   std::string host = "127.0.0.1";  // the address this process listens on for its links
   progress_display display() const {
     return quiet ? progress_display::quiet : live_progress ? progress_display::live_line : progress_display::log_lines;

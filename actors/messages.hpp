@@ -46,6 +46,8 @@ using assign_atom = caf::atom_constant<caf::atom("assign")>;
 using done_atom = caf::atom_constant<caf::atom("done")>;
 using stop_atom = caf::atom_constant<caf::atom("stop")>;
 using tick_atom = caf::atom_constant<caf::atom("tick")>;
+using lost_atom = caf::atom_constant<caf::atom("lost")>;  // coordinator -> launcher: kill, respawn
+using poll_atom = caf::atom_constant<caf::atom("poll")>;  // coordinator -> itself: replacements ready?
 
 // One (micro-)batch of training data, or the whole evaluation set (step = -1).
 struct tensor_batch {

@@ -91,7 +91,8 @@ caf::behavior node_agent(caf::stateful_actor<node_agent_state>* self, caf::actor
                   });
       },
       [=](stop_atom, int32_t code, const std::string& why) {
-        if (from_coordinator()) finish(code ? code : 1, "stopped by the coordinator: " + why);
+        // Status 0: the job ended well before this replacement could take part.
+        if (from_coordinator()) finish(code, code ? "stopped by the coordinator: " + why : why);
       },
   };
 }

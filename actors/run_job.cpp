@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <thread>
 
+#include "actors/elastic_job.hpp"
 #include "actors/pipeline_job.hpp"
 #include "actors/ps_job.hpp"
 #include "runtime/threads.hpp"
@@ -21,6 +22,34 @@
 #include "transport/transports.hpp"
 
 namespace troupe {
+
+tcp_options process_link_options(const coordinator_options& opts) {
+  tcp_options base;
+  base.group = opts.group;
+  base.host = opts.host;
+  if (const char* secret = std::getenv("TROUPE_SECRET")) base.secret = secret;
+  // How long a silent link may stay up (tcp_options::silence): TROUPE_SILENCE_MS.
+  base.silence = env_milliseconds("TROUPE_SILENCE_MS", base.silence, 100, 3600000);
+  base.heartbeat = std::min(base.heartbeat, base.silence / 4);
+  // How long a process waits for the others to join (tcp_options::connect_deadline):
+  // TROUPE_CONNECT_MS; troupe launch --nodes raises it, since nodes are started by hand.
+  base.connect_deadline = env_milliseconds("TROUPE_CONNECT_MS", base.connect_deadline, 100, 86400000);
+  if (base.secret.empty())
+    throw input_error("train: a job of " + std::to_string(opts.world) +
+                      " processes needs the job's secret in TROUPE_SECRET (troupe launch makes one)");
+  return base;
+}
+
+std::shared_ptr<rendezvous> process_store(const coordinator_options& opts, const tcp_options& base,
+                                          std::shared_ptr<tcp_store_server>& server) {
+  if (opts.rendezvous.rfind("tcp://", 0) == 0) {
+    auto [host, port] = parse_store_address(opts.rendezvous);
+    if (opts.rank == 0 && opts.serve_store && !opts.elastic_join)
+      server = std::make_shared<tcp_store_server>(host, port, base.secret);
+    return std::make_shared<tcp_rendezvous>(host, port, base.secret);
+  }
+  return std::make_shared<file_rendezvous>(opts.rendezvous);
+}
 
 namespace {
 
@@ -59,30 +88,11 @@ joined join_processes(const proto::JobSpec& spec, const coordinator_options& opt
   const int kr = opts.rank / sp.world_s, ks = opts.rank % sp.world_s;
   const int R = popts.replicas, L = R / sp.world_r, f = kr * L;
   const int P = popts.stages, LS = P / sp.world_s, fs = ks * LS;
-  tcp_options base;
-  base.group = opts.group;
-  base.host = opts.host;
-  if (const char* secret = std::getenv("TROUPE_SECRET")) base.secret = secret;
-  // How long a silent link may stay up (tcp_options::silence): TROUPE_SILENCE_MS.
-  base.silence = env_milliseconds("TROUPE_SILENCE_MS", base.silence, 100, 3600000);
-  base.heartbeat = std::min(base.heartbeat, base.silence / 4);
-  // How long a process waits for the others to join (tcp_options::connect_deadline):
-  // TROUPE_CONNECT_MS; troupe launch --nodes raises it, since nodes are started by hand.
-  base.connect_deadline = env_milliseconds("TROUPE_CONNECT_MS", base.connect_deadline, 100, 86400000);
-  if (base.secret.empty())
-    throw input_error("train: a job of " + std::to_string(opts.world) +
-                      " processes needs the job's secret in TROUPE_SECRET (troupe launch makes one)");
+  tcp_options base = process_link_options(opts);
   // tcp://HOST:PORT: rank 0 serves the store there (hosts without a shared directory);
   // anything else is a directory all the processes see.
   joined out;
-  std::shared_ptr<rendezvous> store;
-  if (opts.rendezvous.rfind("tcp://", 0) == 0) {
-    auto [host, port] = parse_store_address(opts.rendezvous);
-    if (opts.rank == 0 && opts.serve_store) out.server = std::make_shared<tcp_store_server>(host, port, base.secret);
-    store = std::make_shared<tcp_rendezvous>(host, port, base.secret);
-  } else {
-    store = std::make_shared<file_rendezvous>(opts.rendezvous);
-  }
+  std::shared_ptr<rendezvous> store = process_store(opts, base, out.server);
   // Where this process is, for rank 0's placement table; the control group's links are up
   // only once every process has joined, so then every one has said where it is.
   const std::string where_key = "job/" + std::to_string(opts.group) + "/where/";
@@ -213,11 +223,12 @@ job_outcome run_job(const proto::JobSpec& spec, const coordinator_options& opts)
                       " is larger than the training set)");
   const bool single = spec.policy().name() == "allreduce" && opts.world == 1 && spec.parallel().stages() == 1 &&
                       spec.parallel().replicas() == 1;
+  if (spec.elastic().mode() != "off") return run_elastic_job(spec, data, opts);
   if ((spec.train().checkpoint_every() > 0 || opts.resume_from) && !single)
     throw input_error(std::string(opts.resume_from ? "--resume" : "train.checkpoint_every") +
                       ": checkpoints are taken by the single-process job of 1 stage x 1 replica with the parallel "
-                      "section's all-reduce so far; pipelines, replicas, policies and troupe launch jobs do not "
-                      "checkpoint yet");
+                      "section's all-reduce so far; pipelines, replicas and policies do not "
+                      "checkpoint yet, and troupe launch jobs checkpoint with elastic.mode set");
   if (opts.resume_from) {
     if (!opts.resume_from->shards.count("device"))
       throw input_error("--resume " + opts.resume_from->dir.string() + ": the checkpoint has no \"device\" shard");

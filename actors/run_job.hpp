@@ -5,6 +5,9 @@
 #include <vector>
 
 #include "actors/coordinator.hpp"
+#include "transport/rendezvous.hpp"
+#include "transport/tcp/store.hpp"
+#include "transport/tcp/tcp.hpp"
 
 namespace troupe {
 
@@ -21,6 +24,13 @@ struct job_outcome {
 // opts.world > 1 this is one process of the job: rank 0 reports, evaluates and writes
 // the metrics, trace and pictures; the others train their replicas quietly.
 job_outcome run_job(const proto::JobSpec& spec, const coordinator_options& opts);
+// What a process of a multi-process job links with: its address, the job's secret
+// (TROUPE_SECRET), the silence and connect deadlines (TROUPE_SILENCE_MS, TROUPE_CONNECT_MS).
+tcp_options process_link_options(const coordinator_options& opts);
+// The job's rendezvous store: a directory, or tcp://HOST:PORT (which rank 0 serves into
+// `server` unless troupe launch does).
+std::shared_ptr<rendezvous> process_store(const coordinator_options& opts, const tcp_options& base,
+                                          std::shared_ptr<tcp_store_server>& server);
 // The part of a process other than rank 0 (run_job calls it).
 job_outcome run_job_worker(caf::actor_system& sys, const proto::JobSpec& spec, const coordinator_options& opts,
                            int64_t steps);

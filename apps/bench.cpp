@@ -170,8 +170,9 @@ int bench_main(const std::vector<std::string>& args) {
   if (!args.empty() && args[0] == "parallel") return bench_parallel_main({args.begin() + 1, args.end()});
   if (!args.empty() && args[0] == "allreduce") return bench_allreduce_main({args.begin() + 1, args.end()});
   if (!args.empty() && args[0] == "checkpoint") return bench_checkpoint_main({args.begin() + 1, args.end()});
+  if (!args.empty() && args[0] == "recovery") return bench_recovery_main({args.begin() + 1, args.end()});
   if (args.empty() || args[0] != "train") {
-    std::fprintf(stderr, "troupe bench: expected 'train', 'pipeline', 'actors', 'parallel', 'allreduce' or 'checkpoint' (%s)\n", usage);
+    std::fprintf(stderr, "troupe bench: expected 'train', 'pipeline', 'actors', 'parallel', 'allreduce', 'checkpoint' or 'recovery' (%s)\n", usage);
     return 2;
   }
   bench_flags flags;

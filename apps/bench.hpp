@@ -23,4 +23,5 @@ int bench_actors_main(const std::vector<std::string>& args);
 int bench_parallel_main(const std::vector<std::string>& args);
 int bench_allreduce_main(const std::vector<std::string>& args);
 int bench_checkpoint_main(const std::vector<std::string>& args);
+int bench_recovery_main(const std::vector<std::string>& args);
 }

@@ -75,9 +75,9 @@ void stop_all(const std::vector<pid_t>& pids, const std::vector<bool>& running) 
 int launch_main(const std::vector<std::string>& args) {
   const char* usage =
       "usage: troupe launch --nproc N [--nodes M --listen HOST:PORT] [--tls | --tls-cert F --tls-key K --tls-ca CA] "
-      "JOB.json [--steps N] [--threads N] [--quiet]";
+      "[--events FILE] JOB.json [--steps N] [--threads N] [--quiet]";
   int nproc = 0, nodes = 0;
-  std::string listen;
+  std::string listen, events;
   control_tls tls;
   std::vector<std::string> passed;  // to every `troupe train`
   for (size_t i = 0; i < args.size(); ++i) {
@@ -98,7 +98,10 @@ int launch_main(const std::vector<std::string>& args) {
       }
       nodes = int(v);
     } else if (args[i] == "--listen" && i + 1 < args.size()) {
-      listen = args[++i];    } else if (args[i].rfind("--tls", 0) == 0) {
+      listen = args[++i];
+    } else if (args[i] == "--events" && i + 1 < args.size()) {
+      events = args[++i];
+    } else if (args[i].rfind("--tls", 0) == 0) {
       try {
         if (!take_tls_flag(args, i, tls)) throw input_error("unknown flag '" + args[i] + "'");
       } catch (const std::exception& e) {
@@ -167,8 +170,13 @@ int launch_main(const std::vector<std::string>& args) {
   }
   // Where each process runs (parallel.hosts); a bad job file is reported here, once.
   process_placement placement;
+  proto::ElasticSpec elastic;
   try {
     const proto::JobSpec spec = load_job_spec(job_file);
+    elastic = spec.elastic();
+    if (elastic.mode() == "restart_all" && nodes > 0)
+      throw input_error("elastic.mode \"restart_all\" restarts the processes this launcher starts: it takes no --nodes "
+                        "(use \"respawn\", where the others go on)");
     const std::vector<std::string> hosts(spec.parallel().hosts().begin(), spec.parallel().hosts().end());
     placement = place_processes(hosts, nproc, nodes, nodes > 0 ? listen_host : "127.0.0.1");
   } catch (const input_error& e) {
@@ -219,8 +227,21 @@ int launch_main(const std::vector<std::string>& args) {
     flags.push_back("--store-served");
     ::setenv("TROUPE_HOST", listen_host.c_str(), 1);  // the local processes listen there too
   }
+  // One attempt of the job. Without elastic.mode "restart_all" there is only the first;
+  // with it, a failed attempt is followed by another from the newest checkpoint, up to
+  // elastic.restarts times (torchrun's way, for comparison with "respawn").
+  auto record = [&](const std::string& fields) {
+    if (events.empty()) return;
+    std::ofstream out(events, std::ios::app);
+    char t[48];
+    std::snprintf(t, sizeof t, ",\"t_mono\":%.6f}",
+                  std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count());
+    out << "{" << fields << t << "\n";
+  };
+  const bool respawning = elastic.mode() == "respawn";
   int code = 0;
-  {
+  for (uint32_t attempt = 0;; ++attempt) {
+    bool lost_process = false;  // the attempt failed because a process died or hung (restartable)
     caf::actor_system_config cfg;
     configure_control_plane(cfg, silence, tls);
     caf::actor_system sys{cfg};
@@ -232,11 +253,25 @@ int launch_main(const std::vector<std::string>& args) {
     co.job.spec = spec_text;
     co.job.path = std::filesystem::absolute(job_file).string();
     co.job.flags = flags;
-    co.job.rendezvous = rendezvous;
-    co.job.group = group;
+    if (attempt > 0) co.job.flags.push_back("--resume-latest");
+    co.job.rendezvous = attempt == 0 || nodes > 0 ? rendezvous : dir + "/attempt-" + std::to_string(attempt);
+    co.job.group = group + (uint64_t(attempt) << 40);
     co.join_deadline = joining;
     co.placement = placement;
     co.launcher = self;
+    co.events = events;
+    co.elastic = respawning;
+    co.min_workers = elastic.min_workers();
+    co.max_workers = elastic.max_workers();
+    try {
+      if (nodes > 0)
+        co.store = std::make_shared<tcp_rendezvous>(listen_host, store->port(), secret);
+      else
+        co.store = std::make_shared<file_rendezvous>(co.job.rendezvous);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "troupe launch: cannot open the job's rendezvous: %s\n", e.what());
+      return 1;
+    }
     auto coordinator = sys.spawn(cluster_coordinator, co);
     const std::string at_host = nodes > 0 ? listen_host : "127.0.0.1";
     auto published = publish_control(sys, coordinator, at_host, nodes > 0 ? listen_port : 0, tls);
@@ -249,7 +284,7 @@ int launch_main(const std::vector<std::string>& args) {
       return 1;
     }
     const std::string coordinator_at = at_host + ":" + std::to_string(*published);
-    if (nodes > 0) {
+    if (nodes > 0 && attempt == 0) {
       std::printf("troupe launch: %d local process%s; waiting for %d node%s: on each, run\n"
                   "  TROUPE_SECRET=<the same secret> troupe node --coordinator %s%s\n",
                   nproc, nproc == 1 ? "" : "es", nodes, nodes == 1 ? "" : "s", listen.c_str(),
@@ -257,49 +292,82 @@ int launch_main(const std::vector<std::string>& args) {
       std::fflush(stdout);
     }
     std::vector<pid_t> pids;
-    std::vector<bool> running;
-    for (int r = 0; r < nproc; ++r) {
-      std::vector<std::string> argv_s = {"troupe", "node", "--coordinator", coordinator_at, "--slot", std::to_string(r)};
+    std::vector<bool> running, expected;  // expected: a loss the job went on without (elastic)
+    std::vector<int> slot_of;
+    auto start_process = [&](int slot) {
+      std::vector<std::string> argv_s = {"troupe", "node", "--coordinator", coordinator_at, "--slot", std::to_string(slot)};
       for (const auto& f : tls.flags()) argv_s.push_back(f);
       std::vector<char*> argv;
       for (auto& a : argv_s) argv.push_back(a.data());
       argv.push_back(nullptr);
       pid_t pid = 0;
-      if (posix_spawn(&pid, "/proc/self/exe", nullptr, nullptr, argv.data(), environ) != 0) {
+      if (posix_spawn(&pid, "/proc/self/exe", nullptr, nullptr, argv.data(), environ) != 0) return false;
+      pids.push_back(pid);
+      running.push_back(true);
+      expected.push_back(false);
+      slot_of.push_back(slot);
+      return true;
+    };
+    for (int r = 0; r < nproc; ++r)
+      if (!start_process(r)) {
         std::fprintf(stderr, "troupe launch: cannot start process %d\n", r);
         stop_all(pids, running);
         self->send_exit(coordinator, caf::exit_reason::kill);
         return 1;
       }
-      pids.push_back(pid);
-      running.push_back(true);
-    }
-    // Reaps the local processes that have ended; prints and returns the ones that failed.
+    auto name_of = [&](size_t k) {
+      return "process " + (k < size_t(nproc) ? std::to_string(placement.local_ranks[k])
+                                             : "replacing slot " + std::to_string(slot_of[k])) +
+             " (pid " + std::to_string(pids[k]) + ")";
+    };
+    // Reaps the local processes that have ended; prints and returns the ones that failed
+    // (a loss the job already went on without is not a failure).
     auto reap = [&] {
       std::vector<std::pair<size_t, int>> failed;
       for (size_t k = 0; k < pids.size(); ++k) {
         int st = 0;
         if (running[k] && ::waitpid(pids[k], &st, WNOHANG) == pids[k]) {
           running[k] = false;
-          if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) failed.push_back({k, st});
+          if ((!WIFEXITED(st) || WEXITSTATUS(st) != 0) && !expected[k]) failed.push_back({k, st});
         }
       }
       for (const auto& [k, st] : failed)
         if (WIFEXITED(st))
-          std::fprintf(stderr, "troupe launch: process %d (pid %d) exited with status %d\n", placement.local_ranks[k], int(pids[k]),
-                       WEXITSTATUS(st));
+          std::fprintf(stderr, "troupe launch: %s exited with status %d\n", name_of(k).c_str(), WEXITSTATUS(st));
         else
-          std::fprintf(stderr, "troupe launch: process %d (pid %d) was killed by signal %d\n", placement.local_ranks[k], int(pids[k]),
-                       WTERMSIG(st));
+          std::fprintf(stderr, "troupe launch: %s was killed by signal %d\n", name_of(k).c_str(), WTERMSIG(st));
       return failed;
     };
     auto status_code = [](int st) { return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st); };
     // Wait for the coordinator's word on the job, or for a local process to fail first.
     bool over = false;
     std::string why;
+    code = 0;
     while (!over) {
-      self->receive([&](done_atom, int32_t c, const std::string& w) { over = true, code = c, why = w; },
-                    caf::after(std::chrono::milliseconds(50)) >> [] {});
+      self->receive(
+          [&](done_atom, int32_t c, const std::string& w) { over = true, code = c, why = w; },
+          [&](lost_atom, int32_t slot, int32_t pid, const std::string& w) {
+            // Elastic: the job went on without it. What is left of it (a hung process) is
+            // killed, so it cannot come back, and a replacement starts in its slot.
+            for (size_t k = 0; k < pids.size(); ++k)
+              if (pids[k] == pid) {
+                expected[k] = true;
+                if (running[k]) {
+                  ::kill(pids[k], SIGKILL);
+                  int st = 0;
+                  ::waitpid(pids[k], &st, 0);
+                  running[k] = false;
+                }
+              }
+            if (slot >= 0 && elastic.respawn()) {
+              if (start_process(slot)) {
+                record("\"event\":\"respawn\",\"slot\":" + std::to_string(slot) + ",\"pid\":" + std::to_string(pids.back()));
+              } else {
+                std::fprintf(stderr, "troupe launch: cannot start a replacement for slot %d (%s)\n", slot, w.c_str());
+              }
+            }
+          },
+          caf::after(std::chrono::milliseconds(50)) >> [] {});
       if (over) break;
       if (interrupted) {
         code = 130, why = "interrupted: stopping the job";
@@ -307,15 +375,18 @@ int launch_main(const std::vector<std::string>& args) {
         break;
       }
       auto failed = reap();
-      if (!failed.empty()) {
+      if (!failed.empty() && !respawning) {
         code = status_code(failed.front().second);
         const auto k = failed.front().first;
-        const std::string what = "process " + std::to_string(placement.local_ranks[k]) + " (pid " + std::to_string(pids[k]) + ") " +
-                                 (WIFEXITED(failed.front().second) ? "failed" : "was killed");
+        const std::string what = name_of(k) + " " + (WIFEXITED(failed.front().second) ? "failed" : "was killed");
+        record("\"event\":\"failed\",\"slot\":" + std::to_string(slot_of[k]) + ",\"pid\":" + std::to_string(pids[k]));
         self->send(coordinator, stop_atom::value, int32_t(code), what);
+        lost_process = true;
         break;
       }
+      // respawn: the coordinator decides, from the process's agent going down.
     }
+    if (code != 0 && code != 130) lost_process = true;  // restart_all restarts after any failure but ^C
     if (code != 0) {
       if (!why.empty()) std::fprintf(stderr, "troupe launch: %s\n", why.c_str());
       // Others may have ended at the same moment (a peer's death breaks their links):
@@ -336,6 +407,12 @@ int launch_main(const std::vector<std::string>& args) {
       stop_all(pids, running);
     }
     self->send_exit(coordinator, caf::exit_reason::kill);
+    if (code == 0 || interrupted || elastic.mode() != "restart_all" || !lost_process || attempt >= elastic.restarts())
+      break;
+    std::printf("troupe launch: restarting all %d processes from the newest checkpoint (restart %u of at most %u)\n",
+                nproc, attempt + 1, elastic.restarts());
+    std::fflush(stdout);
+    record("\"event\":\"restart\",\"attempt\":" + std::to_string(attempt + 1));
   }
   std::error_code ec;
   std::filesystem::remove_all(dir, ec);

@@ -97,7 +97,7 @@ bool place_from_env(troupe::coordinator_options& o, bool rank_set, bool world_se
 int train(const std::vector<std::string>& args) {
   std::string path, resume;
   uint32_t steps = 0, threads = 0;
-  bool quiet = false;
+  bool quiet = false, resume_latest = false;
   troupe::coordinator_options place;
   bool rank_set = false, world_set = false;
   for (size_t i = 0; i < args.size(); ++i) {
@@ -124,6 +124,10 @@ int train(const std::vector<std::string>& args) {
       resume = args[++i];
     } else if (a == "--store-served") {  // troupe launch serves the tcp:// store, not rank 0
       place.serve_store = false;
+    } else if (a == "--elastic-join") {  // troupe launch: this process replaces a lost one
+      place.elastic_join = true;
+    } else if (a == "--resume-latest") {  // troupe launch, restarting a job: its newest checkpoint, if any
+      resume_latest = true;
     } else if (a == "--quiet") {
       quiet = true;
     } else if (a.rfind("--", 0) == 0) {
@@ -136,7 +140,7 @@ int train(const std::vector<std::string>& args) {
   }
   if (path.empty()) return usage("train needs a job file");
   if (!place_from_env(place, rank_set, world_set)) return 2;
-  if (place.rank >= place.world) {
+  if (place.rank >= place.world && !place.elastic_join) {
     std::fprintf(stderr, "troupe: --rank %d is not below --world %d\n", place.rank, place.world);
     return 2;
   }
@@ -172,6 +176,19 @@ int train(const std::vector<std::string>& args) {
     }
     int nthreads = spec.train().threads() ? int(spec.train().threads()) : troupe::hardware_threads();
     troupe::coordinator_options opts = place;
+    if (resume_latest && resume.empty()) {
+      // A restart of the whole job (elastic.mode "restart_all"): from its newest checkpoint
+      // that reads cleanly, or from the start while it has none.
+      auto v = std::make_shared<troupe::checkpoint_version>(
+          troupe::load_latest_checkpoint(spec.train().checkpoint_dir()));
+      for (const auto& why : v->skipped)
+        if (reporter) std::fprintf(stderr, "troupe: skipped a checkpoint: %s\n", why.c_str());
+      if (v->step >= 0) {
+        if (reporter)
+          std::printf("resume: from %s, after step %lld\n", v->dir.string().c_str(), static_cast<long long>(v->step));
+        opts.resume_from = v;
+      }
+    }
     if (!resume.empty()) {
       // A version directory (it has a MANIFEST), or a checkpoint directory: its newest
       // version that reads cleanly, the ones passed over named with why.
@@ -194,6 +211,24 @@ int train(const std::vector<std::string>& args) {
     }
     opts.quiet = quiet || !reporter;
     opts.live_progress = isatty(STDOUT_FILENO);
+    if (spec.elastic().mode() != "off") {
+      // Whichever process leads the last view reports (the first one may be lost).
+      opts.quiet = quiet;
+      if (reporter && !place.elastic_join) std::printf("troupe: %s\n        %d processes, one replica each, elastic.mode %s\n",
+                                                       troupe::describe(spec).c_str(), place.world,
+                                                       spec.elastic().mode().c_str());
+      auto out = troupe::run_job(spec, opts);
+      if (out.eval.loss >= 0 && !quiet) {
+        if (out.eval.accuracy >= 0)
+          std::printf("result: test loss %.4f, test accuracy %.4f on %lld images (%.1f s)\n", out.eval.loss,
+                      out.eval.accuracy, (long long)out.eval.count, out.seconds);
+        else
+          std::printf("result: validation loss %.4f on %lld windows (%.1f s)\n", out.eval.loss,
+                      (long long)out.eval.count, out.seconds);
+        if (!out.sample.empty()) std::printf("sample:\n----\n%s\n----\n", out.sample.c_str());
+      }
+      return 0;
+    }
     if (!reporter) {
       troupe::run_job(spec, opts);
       return 0;

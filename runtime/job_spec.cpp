@@ -89,6 +89,9 @@ const numeric_rule numeric_rules[] = {
     {"policy.outer_lr", false, 0, inf, true, false, ""},
     {"policy.outer_momentum", false, 0, 1, false, true, ""},
     {"policy.balance_every", true, 0, 1000000, false, false, "0 = equal shares"},
+    {"elastic.min_workers", true, 1, 4096, false, false, ""},
+    {"elastic.max_workers", true, 0, 4096, false, false, "0 = the processes launched"},
+    {"elastic.restarts", true, 0, 1000, false, false, ""},
     {"policy.steal_micro_batches", true, 0, 1048576, false, false,
      "0 = off; else a multiple of policy.workers that divides train.batch_size"},
 };
@@ -107,6 +110,8 @@ const choice_rule choice_rules[] = {
     // "allreduce" is the parallel section's path; the rest are policies/update_rule.hpp's
     // names (a test keeps the two lists in step).
     {"policy.lr_scaling", {"none", "linear", "sqrt"}},
+    {"elastic.mode", {"off", "respawn", "restart_all"}},
+    {"elastic.batch", {"keep", "shrink"}},
     {"policy.name",
      {"allreduce", "sync", "backup", "k-async", "downpour", "ssp", "staleness-lr", "dc-asgd", "local-sgd", "diloco"}},
 };
@@ -519,6 +524,14 @@ void fill_defaults(proto::JobSpec& s) {
   if (par.schedule() == "interleaved" && !par.has_chunks()) par.set_chunks(2);
   if (!par.has_transport()) par.set_transport("shm");
 
+  proto::ElasticSpec& el = *s.mutable_elastic();
+  if (!el.has_mode()) el.set_mode("off");
+  if (!el.has_min_workers()) el.set_min_workers(1);
+  if (!el.has_max_workers()) el.set_max_workers(0);
+  if (!el.has_batch()) el.set_batch("keep");
+  if (!el.has_respawn()) el.set_respawn(true);
+  if (!el.has_restarts()) el.set_restarts(3);
+
   proto::PolicySpec& pol = *s.mutable_policy();
   if (!pol.has_name()) pol.set_name("allreduce");
   if (pol.name() == "allreduce") return;
@@ -649,6 +662,25 @@ void check_values(const proto::JobSpec& s, const checker& c) {
     c.fail("parallel.micro_batches", cat("invalid value ", par.micro_batches(),
                                          ": the interleaved schedule needs a multiple of parallel.stages (", par.stages(),
                                          ")"));
+  const proto::ElasticSpec& el = s.elastic();
+  c.choice("elastic.mode", el.mode());
+  c.choice("elastic.batch", el.batch());
+  c.number("elastic.min_workers", el.min_workers());
+  c.number("elastic.max_workers", el.max_workers());
+  c.number("elastic.restarts", el.restarts());
+  if (el.max_workers() > 0 && el.max_workers() < el.min_workers())
+    c.fail("elastic.max_workers", cat("invalid value ", el.max_workers(), ": expected 0 or at least elastic.min_workers (",
+                                      el.min_workers(), ")"));
+  if (el.mode() != "off") {
+    if (par.stages() != 1)
+      c.fail("elastic.mode", cat("\"", el.mode(), "\" takes data-parallel jobs: expected parallel.stages 1, got ",
+                                 par.stages()));
+    if (s.policy().name() != "allreduce")
+      c.fail("elastic.mode", cat("\"", el.mode(), "\" takes the all-reduce path: expected no policy.name, got \"",
+                                 s.policy().name(), "\""));
+    if (el.mode() == "restart_all" && t.checkpoint_every() == 0)
+      c.fail("elastic.mode", "\"restart_all\" restarts from the last checkpoint: set train.checkpoint_every");
+  }
   const proto::PolicySpec& pol = s.policy();
   if (pol.name() != "allreduce") {
     c.number("policy.workers", pol.workers());

@@ -57,6 +57,7 @@ void progress_log::step(int64_t step, float loss, float lr, float grad_norm, int
                 "\"tokens\":%lld,\"compute_s\":%.5f,\"elapsed_s\":%.3f",
                 (long long)step + 1, loss, lr, grad_norm, (long long)samples, (long long)tokens, compute_s, elapsed);
   metrics_ << line << (extra_json.empty() ? "" : ",") << extra_json << "}\n";
+  metrics_.flush();  // whole lines as they happen: a watcher (troupe bench recovery) reads them live
   const int64_t done = step + 1;
   const bool last = done == total_;
   if (display_ == progress_display::quiet) return;

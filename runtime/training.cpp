@@ -86,14 +86,24 @@ trainer::trainer(const proto::JobSpec& spec, int64_t total_steps)
 }
 
 step_result trainer::train_step(const tensor& x, const tensor& y) {
-  step_result r;
+  const float loss = compute_gradients(x, y);
+  step_result r = apply_gradients();
+  r.loss = loss;
+  return r;
+}
+
+float trainer::compute_gradients(const tensor& x, const tensor& y) {
   grads_.zero();
   activations acts;
   tensor loss = forward(*model_, params_, x, y, acts);
   tensor dloss = tensor::empty({1});
   dloss.f32()[0] = 1.f;
   backward(*model_, params_, grads_, dloss, acts);
-  r.loss = loss.f32()[0];
+  return loss.f32()[0];
+}
+
+step_result trainer::apply_gradients() {
+  step_result r;
   r.grad_norm = clip_grad_norm(grads_, spec_.optimizer().grad_clip());
   r.lr = learning_rate(spec_.optimizer(), step_, total_steps_);
   optimizer_->step(params_, grads_, r.lr);

@@ -61,6 +61,10 @@ class trainer {
  public:
   explicit trainer(const proto::JobSpec& spec, int64_t total_steps);
   step_result train_step(const tensor& x, const tensor& y);
+  // train_step in two parts, for replicas that sum their gradients in between: the loss
+  // of (x, y), its gradients left in grads(); then clipping and the optimizer's step.
+  float compute_gradients(const tensor& x, const tensor& y);
+  step_result apply_gradients();
   eval_result evaluate(const tensor& x, const tensor& y, int64_t chunk_rows) const;
   // Samples `count` bytes after `prompt` at temperature 0.8 from a seeded generator.
   std::string generate(const std::string& prompt, int count, uint64_t seed) const;

@@ -1,0 +1,344 @@
+// troupe bench recovery: what losing one of 4 data-parallel workers costs. The job is the
+// Fashion-MNIST MLP as 4 processes under troupe launch (tcp between them, one compute
+// thread each). In the same sitting it runs:
+//   - baselines: no failure, 3 seeds (the seed-to-seed spread of the final test loss, and
+//     the median step time);
+//   - respawn: SIGKILL of one worker at a random step (seeded: --seed), elastic.mode
+//     "respawn": the survivors go on as 3, a replacement joins and takes the state of a
+//     live peer;
+//   - restart_all: the same kill with elastic.mode "restart_all" and a checkpoint after
+//     every step (torchrun's answer: everyone stops and reloads the newest checkpoint).
+// For each failure run it prints the detection latency (kill to the coordinator's word of
+// the loss), the time from detection to the first completed step after it, the steps lost
+// (the step in flight plus any completed step that had to be done again), and the time
+// from the kill to that step; also the in-memory snapshot's share of a step (a copy of
+// parameters and optimizer state after every step). It checks its own answers: every run
+// must finish every step and end within the baselines' spread of the final loss (with a
+// floor of 0.02), or the bench fails. Table, then JSON.
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "apps/bench.hpp"
+#include "runtime/job_spec.hpp"
+#include "runtime/threads.hpp"
+#include "runtime/training.hpp"
+
+extern char** environ;
+
+namespace troupe {
+
+namespace {
+
+namespace fs = std::filesystem;
+using clock = std::chrono::steady_clock;
+
+double monotonic_s() { return std::chrono::duration<double>(clock::now().time_since_epoch()).count(); }
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v[v.size() / 2];
+}
+
+// The number after "key": in a JSON line (-1 when it is not there).
+double field(const std::string& line, const std::string& key) {
+  const auto at = line.find("\"" + key + "\":");
+  if (at == std::string::npos) return -1;
+  return std::strtod(line.c_str() + at + key.size() + 3, nullptr);
+}
+
+bool is_event(const std::string& line, const std::string& name) {
+  return line.find("\"event\":\"" + name + "\"") != std::string::npos;
+}
+
+std::vector<std::string> lines_of(const fs::path& p) {
+  std::ifstream in(p);
+  std::vector<std::string> out;
+  for (std::string l; std::getline(in, l);) out.push_back(l);
+  return out;
+}
+
+// The pid of `launcher`'s child that runs local process `slot` (troupe node --slot K), or 0.
+pid_t child_with_slot(pid_t launcher, int slot) {
+  for (const auto& e : fs::directory_iterator("/proc")) {
+    const std::string name = e.path().filename().string();
+    if (name.empty() || !std::isdigit(static_cast<unsigned char>(name[0]))) continue;
+    std::ifstream stat(e.path() / "stat");
+    std::string s;
+    std::getline(stat, s);
+    const auto close = s.rfind(')');
+    if (close == std::string::npos) continue;
+    std::istringstream rest(s.substr(close + 2));
+    char state = 0;
+    long ppid = 0;
+    rest >> state >> ppid;
+    if (ppid != launcher) continue;
+    std::ifstream cmd(e.path() / "cmdline", std::ios::binary);
+    std::string args((std::istreambuf_iterator<char>(cmd)), std::istreambuf_iterator<char>());
+    std::vector<std::string> argv;
+    for (size_t p = 0; p < args.size();) {
+      const size_t z = args.find('\0', p);
+      argv.push_back(args.substr(p, z - p));
+      p = z == std::string::npos ? args.size() : z + 1;
+    }
+    for (size_t i = 0; i + 1 < argv.size(); ++i)
+      if (argv[i] == "--slot" && argv[i + 1] == std::to_string(slot)) return pid_t(std::stol(name));
+  }
+  return 0;
+}
+
+struct run_result {
+  std::string mode;
+  bool finished = false;
+  double final_loss = -1, seconds = 0, step_ms = 0;
+  int64_t kill_step = -1;
+  double detect_ms = -1, resume_ms = -1, kill_to_step_ms = -1;
+  int64_t steps_lost = -1;
+  std::string log;
+};
+
+struct bench_job {
+  fs::path dir;
+  int steps = 600;
+  uint64_t seed = 1337;
+};
+
+// Runs the job once under troupe launch; with kill_step >= 0, SIGKILLs local process
+// `victim` once the metrics show that many steps done.
+run_result run_once(const bench_job& job, const std::string& mode, int64_t kill_step, int victim, uint64_t seed) {
+  run_result r;
+  r.mode = mode;
+  const fs::path run_dir = job.dir / (mode + "-" + std::to_string(seed) + (kill_step >= 0 ? "-kill" : ""));
+  fs::remove_all(run_dir);
+  fs::create_directories(run_dir);
+  const fs::path metrics = run_dir / "metrics.jsonl", events = run_dir / "events.jsonl", spec = run_dir / "job.json";
+  {
+    std::ofstream out(spec);
+    out << "{\"name\":\"bench_recovery\",\"model\":{\"mlp\":{\"widths\":[784,256,128,64,10],\"activation\":\"relu\"}},"
+           "\"data\":{\"dataset\":\"fashion_mnist\"},\"optimizer\":{\"adamw\":{\"lr\":2e-3,\"weight_decay\":0}},"
+           "\"train\":{\"batch_size\":256,\"steps\":"
+        << job.steps << ",\"seed\":" << seed << ",\"threads\":4,\"metrics_file\":\"" << metrics.string()
+        << "\",\"checkpoint_dir\":\"" << (run_dir / "checkpoints").string() << "\",\"checkpoint_keep\":2"
+        << (mode == "restart_all" ? ",\"checkpoint_every\":1" : "")
+        << "},\"parallel\":{\"replicas\":4,\"transport\":\"tcp\"},\"elastic\":{\"mode\":\"" << mode
+        << "\",\"min_workers\":2,\"restarts\":2}}\n";
+  }
+  r.log = (run_dir / "launch.log").string();
+  std::vector<std::string> argv_s = {"troupe", "launch", "--nproc", "4", "--events", events.string(), spec.string(),
+                                     "--quiet"};
+  std::vector<char*> argv;
+  for (auto& a : argv_s) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 1, r.log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_adddup2(&fa, 1, 2);
+  pid_t launcher = 0;
+  const auto t0 = clock::now();
+  const int spawned = posix_spawn(&launcher, "/proc/self/exe", &fa, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&fa);
+  if (spawned != 0) throw std::runtime_error("bench recovery: cannot start troupe launch");
+  double t_kill = -1;
+  int status = 0;
+  for (;;) {
+    if (::waitpid(launcher, &status, WNOHANG) == launcher) break;
+    if (kill_step >= 0 && t_kill < 0) {
+      int64_t done = 0;
+      for (const auto& l : lines_of(metrics))
+        if (is_event(l, "step")) done = std::max<int64_t>(done, int64_t(field(l, "step")));
+      if (done >= kill_step) {
+        if (const pid_t p = child_with_slot(launcher, victim)) {
+          t_kill = monotonic_s();
+          ::kill(p, SIGKILL);
+          r.kill_step = done;
+        }
+      }
+      std::this_thread::sleep_for(std::chrono::microseconds(500));
+    } else {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    if (clock::now() - t0 > std::chrono::minutes(5)) {
+      ::kill(launcher, SIGTERM);
+      ::waitpid(launcher, &status, 0);
+      break;
+    }
+  }
+  r.seconds = std::chrono::duration<double>(clock::now() - t0).count();
+  // What the metrics and events say.
+  std::vector<std::pair<double, int64_t>> steps;  // (t_mono, steps done) of every step line
+  for (const auto& l : lines_of(metrics)) {
+    if (is_event(l, "step")) steps.push_back({field(l, "t_mono"), int64_t(field(l, "step"))});
+    if (is_event(l, "eval")) r.final_loss = field(l, "loss");
+  }
+  int64_t most = 0;
+  for (const auto& s : steps) most = std::max(most, s.second);
+  r.finished = WIFEXITED(status) && WEXITSTATUS(status) == 0 && most == job.steps && r.final_loss >= 0;
+  std::vector<double> gaps;
+  for (size_t i = 1; i < steps.size(); ++i)
+    if (steps[i].second == steps[i - 1].second + 1) gaps.push_back(1e3 * (steps[i].first - steps[i - 1].first));
+  r.step_ms = median(gaps);
+  if (t_kill < 0) return r;
+  double t_detect = -1;
+  for (const auto& l : lines_of(events))
+    if ((is_event(l, "lost") || is_event(l, "failed")) && field(l, "t_mono") >= t_kill) {
+      t_detect = field(l, "t_mono");
+      break;
+    }
+  if (t_detect < 0) return r;
+  r.detect_ms = 1e3 * (t_detect - t_kill);
+  int64_t done_before = 0;
+  for (const auto& s : steps)
+    if (s.first < t_kill) done_before = std::max(done_before, s.second);
+  for (const auto& s : steps)
+    if (s.first > t_detect) {
+      r.resume_ms = 1e3 * (s.first - t_detect);
+      r.kill_to_step_ms = 1e3 * (s.first - t_kill);
+      // The step in flight, and the completed ones done again.
+      r.steps_lost = 1 + std::max<int64_t>(0, done_before - (s.second - 1));
+      break;
+    }
+  return r;
+}
+
+// The in-memory snapshot after a step, against the step, in this process.
+double snapshot_ms(const proto::JobSpec& spec) {
+  set_compute_threads(1);
+  trainer t(spec, 100);
+  batch_source source(spec, load_training_data(spec));
+  std::vector<double> ms;
+  for (int i = 0; i < 30; ++i) {
+    batch b = source.next();
+    t.train_step(b.x, b.y);
+    const auto t0 = clock::now();
+    checkpoint_shard s = t.snapshot();
+    ms.push_back(std::chrono::duration<double, std::milli>(clock::now() - t0).count());
+  }
+  return median(ms);
+}
+
+}  // namespace
+
+int bench_recovery_main(const std::vector<std::string>& args) {
+  const char* usage = "usage: troupe bench recovery [--steps N] [--seed S] [--json FILE]";
+  bench_job job;
+  uint64_t seed = 7;
+  std::string json_path = "runs/bench_recovery.json";
+  for (size_t i = 0; i < args.size(); ++i) {
+    if ((args[i] == "--steps" || args[i] == "--seed") && i + 1 < args.size()) {
+      char* end = nullptr;
+      const long v = std::strtol(args[++i].c_str(), &end, 10);
+      if (*end || v < (args[i - 1] == "--steps" ? 40 : 0) || v > 100000) {
+        std::fprintf(stderr, "troupe bench recovery: %s expects %s, got '%s' (%s)\n", args[i - 1].c_str(),
+                     args[i - 1] == "--steps" ? "40..100000" : "0..100000", args[i].c_str(), usage);
+        return 2;
+      }
+      if (args[i - 1] == "--steps")
+        job.steps = int(v);
+      else
+        seed = uint64_t(v);
+    } else if (args[i] == "--json" && i + 1 < args.size()) {
+      json_path = args[++i];
+    } else {
+      std::fprintf(stderr, "troupe bench recovery: unknown flag '%s' (%s)\n", args[i].c_str(), usage);
+      return 2;
+    }
+  }
+  char tmpl[] = "/tmp/troupe-bench-recovery-XXXXXX";
+  if (!::mkdtemp(tmpl)) {
+    std::fprintf(stderr, "troupe bench recovery: cannot make a directory in /tmp\n");
+    return 1;
+  }
+  job.dir = tmpl;
+  std::mt19937_64 rng(seed);
+  const int64_t kill_step = job.steps / 4 + int64_t(rng() % uint64_t(job.steps / 4));
+  const int victim = int(rng() % 4);
+  std::printf("troupe bench recovery: Fashion-MNIST MLP 784-256-128-64-10, 4 data-parallel processes (tcp), batch 256, "
+              "%d steps; SIGKILL of local process %d after step %lld (seed %llu)\n",
+              job.steps, victim, (long long)kill_step, (unsigned long long)seed);
+  std::fflush(stdout);
+  std::vector<run_result> base;
+  for (uint64_t s : {1337, 1338, 1339}) base.push_back(run_once(job, "respawn", -1, 0, s));
+  const run_result respawn = run_once(job, "respawn", kill_step, victim, 1337);
+  const run_result restart = run_once(job, "restart_all", kill_step, victim, 1337);
+  double lo = 1e9, hi = -1e9;
+  std::vector<double> base_ms;
+  bool ok = true;
+  for (const auto& b : base) {
+    ok = ok && b.finished;
+    lo = std::min(lo, b.final_loss), hi = std::max(hi, b.final_loss);
+    base_ms.push_back(b.step_ms);
+  }
+  const double spread = std::max(hi - lo, 0.02);
+  auto within = [&](const run_result& r) { return r.finished && r.final_loss >= lo - spread && r.final_loss <= hi + spread; };
+  proto::JobSpec spec = parse_job_spec(
+      "{\"model\":{\"mlp\":{\"widths\":[784,256,128,64,10]}},\"data\":{\"dataset\":\"fashion_mnist\"},"
+      "\"optimizer\":{\"adamw\":{\"lr\":2e-3}},\"train\":{\"batch_size\":64,\"steps\":100}}",
+      "the snapshot job");
+  const double snap = snapshot_ms(spec), step = median(base_ms), overhead = step > 0 ? snap / step : 0;
+  std::printf("\n%-22s %9s %9s %10s %10s %11s %8s %10s %6s\n", "run", "step ms", "detect ms", "resume ms",
+              "kill->step", "steps lost", "total s", "test loss", "check");
+  for (size_t i = 0; i < base.size(); ++i)
+    std::printf("%-22s %9.2f %9s %10s %10s %11s %8.1f %10.4f %6s\n", ("baseline seed " + std::to_string(1337 + i)).c_str(),
+                base[i].step_ms, "-", "-", "-", "-", base[i].seconds, base[i].final_loss, base[i].finished ? "ok" : "FAIL");
+  for (const run_result* r : {&respawn, &restart})
+    std::printf("%-22s %9.2f %9.1f %10.1f %10.1f %11lld %8.1f %10.4f %6s\n", r->mode.c_str(), r->step_ms, r->detect_ms,
+                r->resume_ms, r->kill_to_step_ms, (long long)r->steps_lost, r->seconds, r->final_loss,
+                within(*r) ? "ok" : "FAIL");
+  const double speedup = respawn.kill_to_step_ms > 0 ? restart.kill_to_step_ms / respawn.kill_to_step_ms : 0;
+  const bool measured = respawn.resume_ms >= 0 && restart.resume_ms >= 0;
+  ok = ok && within(respawn) && within(restart) && measured;
+  std::printf("\nin-memory snapshot after every step: %.3f ms of a %.2f ms step (%.2f%%; the copy of parameters and "
+              "AdamW state, measured in this process)\n",
+              snap, step, 100 * overhead);
+  std::printf("bars: resume < 1 s after detection: %s (%.1f ms); <= 1 step lost: %s (%lld); >= 5x faster than "
+              "restart_all, kill to next step: %s (%.1fx); snapshot <= 3.5%% of a step: %s (%.2f%%)\n",
+              respawn.resume_ms >= 0 && respawn.resume_ms < 1000 ? "met" : "NOT met", respawn.resume_ms,
+              respawn.steps_lost >= 0 && respawn.steps_lost <= 1 ? "met" : "NOT met", (long long)respawn.steps_lost,
+              speedup >= 5 ? "met" : "NOT met", speedup, overhead <= 0.035 ? "met" : "NOT met", 100 * overhead);
+  std::ostringstream json;
+  json << "{\"bench\":\"recovery\",\"steps\":" << job.steps << ",\"kill_step\":" << kill_step << ",\"victim\":" << victim
+       << ",\"baseline_losses\":[";
+  for (size_t i = 0; i < base.size(); ++i) json << (i ? "," : "") << base[i].final_loss;
+  json << "],\"baseline_step_ms\":" << step << ",\"runs\":[";
+  bool first = true;
+  for (const run_result* r : {&respawn, &restart}) {
+    json << (first ? "" : ",") << "{\"mode\":\"" << r->mode << "\",\"detect_ms\":" << r->detect_ms
+         << ",\"resume_ms\":" << r->resume_ms << ",\"kill_to_step_ms\":" << r->kill_to_step_ms
+         << ",\"steps_lost\":" << r->steps_lost << ",\"seconds\":" << r->seconds << ",\"final_loss\":" << r->final_loss
+         << ",\"ok\":" << (within(*r) ? "true" : "false") << "}";
+    first = false;
+  }
+  json << "],\"speedup\":" << speedup << ",\"snapshot_ms\":" << snap << ",\"snapshot_overhead\":" << overhead
+       << ",\"ok\":" << (ok ? "true" : "false") << "}\n";
+  std::error_code ec;
+  const auto parent = fs::path(json_path).parent_path();
+  if (!parent.empty()) fs::create_directories(parent, ec);
+  if (!(std::ofstream(json_path) << json.str())) {
+    std::fprintf(stderr, "troupe bench recovery: cannot write %s\n", json_path.c_str());
+    return 1;
+  }
+  std::printf("json: %s\n", json_path.c_str());
+  if (!ok) {
+    std::fprintf(stderr, "troupe bench recovery: a run did not finish, or ended outside the baselines' spread; logs in %s\n",
+                 job.dir.c_str());
+    return 1;
+  }
+  fs::remove_all(job.dir, ec);
+  return 0;
+}
+
+}  // namespace troupe

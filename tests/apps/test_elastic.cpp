@@ -1,0 +1,304 @@
+// Elastic data-parallel jobs under `troupe launch` with real processes: without a failure
+// they give the one-process run's per-step losses; with elastic.mode "respawn" a SIGKILL of
+// a replica or of the leader (process 0), or a SIGSTOP (a hang), costs at most the step in
+// flight: the survivors go on without restarting, a replacement joins with the state of a
+// live peer, and the job ends near the uninterrupted run's loss; "restart_all" restarts
+// every process from the newest checkpoint; too few workers left is a clear error.
+#include <doctest/doctest.h>
+
+#include <signal.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "policies/elastic_membership.hpp"
+#include "runtime/check.hpp"
+#include "runtime/job_spec.hpp"
+#include "tests/support/processes.hpp"
+
+using namespace troupe::testing;
+
+namespace {
+
+namespace fs = std::filesystem;
+
+// The MLP job as 4 replicas (or `replicas`), its files under /tmp/troupe_elastic_<name>/.
+std::string elastic_job(const std::string& name, const std::string& mode, int steps, int replicas = 4,
+                        const std::string& extra = "", const std::string& train_extra = "") {
+  const fs::path dir = "/tmp/troupe_elastic_" + name;
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const std::string path = (dir / "job.json").string();
+  std::ofstream(path) << R"({"name": ")" << name << R"(",
+  "model": {"mlp": {"widths": [784, 128, 64, 10], "activation": "relu"}},
+  "data": {"dataset": "fashion_mnist"},
+  "optimizer": {"adamw": {"lr": 2e-3, "weight_decay": 0}},
+  "train": {"batch_size": 128, "steps": )" << steps << R"(, "threads": 4, "metrics_file": ")"
+                      << (dir / "metrics.jsonl").string() << R"(", "checkpoint_dir": ")" << (dir / "ckpt").string()
+                      << "\"" << train_extra << R"(},
+  "parallel": {"replicas": )" << replicas << R"(, "transport": "tcp"},
+  "elastic": {"mode": ")" << mode << "\"" << extra << R"(}
+})";
+  return path;
+}
+
+std::string dir_of(const std::string& name) { return "/tmp/troupe_elastic_" + name; }
+
+std::vector<std::string> lines(const std::string& path) {
+  std::ifstream in(path);
+  std::vector<std::string> out;
+  for (std::string l; std::getline(in, l);) out.push_back(l);
+  return out;
+}
+
+double number(const std::string& line, const std::string& key) {
+  const auto at = line.find("\"" + key + "\":");
+  return at == std::string::npos ? -1 : std::atof(line.c_str() + at + key.size() + 3);
+}
+
+// Per-step losses in step order (a step done twice, after a failure, counts once: the last).
+std::vector<double> step_losses(const std::string& metrics) {
+  std::vector<double> out;
+  for (const auto& l : lines(metrics)) {
+    if (l.find("\"event\":\"step\"") == std::string::npos) continue;
+    const size_t step = size_t(number(l, "step"));
+    if (out.size() < step) out.resize(step, -1);
+    out[step - 1] = number(l, "loss");
+  }
+  return out;
+}
+
+double final_loss(const std::string& metrics) {
+  double loss = -1;
+  for (const auto& l : lines(metrics))
+    if (l.find("\"event\":\"eval\"") != std::string::npos) loss = number(l, "loss");
+  return loss;
+}
+
+int count_events(const std::string& events, const std::string& name) {
+  int n = 0;
+  for (const auto& l : lines(events)) n += l.find("\"event\":\"" + name + "\"") != std::string::npos;
+  return n;
+}
+
+// The launcher's child that runs local process `slot`.
+pid_t slot_process(pid_t launcher, int slot) {
+  for (pid_t p : children_of(launcher)) {
+    std::ifstream cmd("/proc/" + std::to_string(p) + "/cmdline", std::ios::binary);
+    std::string args((std::istreambuf_iterator<char>(cmd)), std::istreambuf_iterator<char>());
+    if (args.find(std::string("--slot") + '\0' + std::to_string(slot) + '\0') != std::string::npos) return p;
+  }
+  return 0;
+}
+
+// Steps done so far, by the metrics.
+int steps_done(const std::string& metrics) {
+  int most = 0;
+  for (const auto& l : lines(metrics))
+    if (l.find("\"event\":\"step\"") != std::string::npos) most = std::max(most, int(number(l, "step")));
+  return most;
+}
+
+struct launched {
+  pid_t launcher = 0;
+  std::string log, events, metrics;
+};
+
+launched launch(const std::string& name, const std::string& job, const std::vector<std::string>& env = {}) {
+  launched l;
+  l.log = dir_of(name) + "/launch.log";
+  l.events = dir_of(name) + "/events.jsonl";
+  l.metrics = dir_of(name) + "/metrics.jsonl";
+  for (const auto& e : env) ::putenv(const_cast<char*>(e.c_str()));
+  l.launcher = spawn_troupe({"launch", "--nproc", "4", "--events", l.events, job}, l.log);
+  for (const auto& e : env) ::unsetenv(e.substr(0, e.find('=')).c_str());
+  return l;
+}
+
+// Waits for `steps` done, then signals local process `slot`; its pid.
+pid_t signal_at(const launched& l, int steps, int slot, int sig) {
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (steps_done(l.metrics) < steps && std::chrono::steady_clock::now() < until)
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  const pid_t p = slot_process(l.launcher, slot);
+  REQUIRE(p > 0);
+  REQUIRE(::kill(p, sig) == 0);
+  return p;
+}
+
+}  // namespace
+
+TEST_CASE("elastic: a 4-process data-parallel job without failures gives the one-process run's per-step losses") {
+  const auto single = run("train " + elastic_job("single", "off", 30, 1) + " --quiet");
+  REQUIRE(single.code == 0);
+  const auto one = step_losses(dir_of("single") + "/metrics.jsonl");
+  for (const std::string mode : {"respawn", "restart_all"}) {
+    CAPTURE(mode);
+    const std::string name = "four_" + mode;
+    launched l = launch(name, elastic_job(name, mode, 30, 4, "", mode == "restart_all" ? ", \"checkpoint_every\": 10" : ""));
+    REQUIRE(wait_for(l.launcher, std::chrono::seconds(120)) == 0);
+    const auto four = step_losses(l.metrics);
+    REQUIRE(four.size() == one.size());
+    for (size_t i = 0; i < one.size(); ++i) {
+      CAPTURE(i);
+      CHECK(std::fabs(four[i] - one[i]) <= 1e-4 * std::fabs(one[i]));
+    }
+    CHECK(count_events(l.events, "lost") == 0);
+  }
+}
+
+TEST_CASE("elastic respawn: SIGKILL of a replica, or of the leader, loses at most the step in flight, and a replacement "
+          "joins with a peer's state") {
+  const std::string base_job = elastic_job("base", "respawn", 600);
+  launched b = launch("base", base_job);
+  REQUIRE(wait_for(b.launcher, std::chrono::seconds(120)) == 0);
+  const double uninterrupted = final_loss(b.metrics);
+  REQUIRE(uninterrupted > 0);
+  for (int victim : {2, 0}) {
+    CAPTURE(victim);
+    const std::string name = "kill" + std::to_string(victim);
+    launched l = launch(name, elastic_job(name, "respawn", 600));
+    while (children_of(l.launcher).size() < 4) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    std::vector<pid_t> survivors;
+    const pid_t killed = signal_at(l, 60, victim, SIGKILL);
+    for (int s = 0; s < 4; ++s)
+      if (s != victim) survivors.push_back(slot_process(l.launcher, s));
+    const int code = wait_for(l.launcher, std::chrono::seconds(120));
+    const std::string log = read_all(l.log), events = read_all(l.events);
+    CAPTURE(log);
+    CAPTURE(events);
+    REQUIRE(code == 0);
+    // One loss, one replacement, in the victim's slot only: no survivor was restarted.
+    CHECK(count_events(l.events, "lost") == 1);
+    CHECK(events.find("\"pid\":" + std::to_string(killed)) != std::string::npos);
+    for (pid_t s : survivors) CHECK(events.find("\"pid\":" + std::to_string(s) + ",") == std::string::npos);
+    CHECK(count_events(l.events, "respawn") == 1);
+    CHECK(events.find("\"event\":\"view\",\"generation\":2,\"members\":[") != std::string::npos);
+    CHECK(log.find("1 step lost to failures") != std::string::npos);
+    // The newcomer took a peer's state (streamed), and the run ended where the uninterrupted one did.
+    bool streamed = false;
+    for (const auto& line : lines(l.metrics))
+      streamed = streamed || (line.find("\"event\":\"view\"") != std::string::npos && number(line, "streamed_bytes") > 0);
+    CHECK(streamed);
+    const auto losses = step_losses(l.metrics);
+    CHECK(losses.size() == 600);
+    // The leader writes the metrics: killed between a step's all-reduce and its line, that
+    // one step (trained by all) has no line.
+    CHECK(std::count(losses.begin(), losses.end(), -1.0) <= (victim == 0 ? 1 : 0));
+    CHECK(std::fabs(final_loss(l.metrics) - uninterrupted) < 0.05);
+  }
+}
+
+TEST_CASE("elastic respawn: a process that hangs (SIGSTOP) is dropped by the heartbeats, killed, and replaced") {
+  const std::string name = "stop";
+  launched l = launch(name, elastic_job(name, "respawn", 400), {"TROUPE_SILENCE_MS=1000"});
+  while (children_of(l.launcher).size() < 4) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  const pid_t stopped = signal_at(l, 40, 3, SIGSTOP);
+  const int code = wait_for(l.launcher, std::chrono::seconds(120));
+  const std::string log = read_all(l.log);
+  CAPTURE(log);
+  CAPTURE(read_all(l.events));
+  if (code != 0) ::kill(stopped, SIGKILL);
+  REQUIRE(code == 0);
+  CHECK(!alive(stopped));
+  CHECK(count_events(l.events, "lost") == 1);
+  CHECK(count_events(l.events, "respawn") == 1);
+  CHECK(steps_done(l.metrics) == 400);
+}
+
+TEST_CASE("elastic restart_all: SIGKILL of one process restarts all of them from the newest checkpoint") {
+  const std::string name = "restart";
+  launched l = launch(name, elastic_job(name, "restart_all", 200, 4, "", ", \"checkpoint_every\": 5"));
+  while (children_of(l.launcher).size() < 4) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  signal_at(l, 60, 1, SIGKILL);
+  const int code = wait_for(l.launcher, std::chrono::seconds(120));
+  const std::string log = read_all(l.log);
+  CAPTURE(log);
+  REQUIRE(code == 0);
+  CHECK(log.find("restarting all 4 processes from the newest checkpoint") != std::string::npos);
+  CHECK(count_events(l.events, "restart") == 1);
+  CHECK(steps_done(l.metrics) == 200);
+  // The restart resumed from a checkpoint: fewer than 200 steps were trained twice.
+  CHECK(step_losses(l.metrics).size() == 200);
+}
+
+TEST_CASE("elastic respawn: fewer live workers than elastic.min_workers ends the job with the reason") {
+  const std::string name = "min";
+  launched l = launch(name, elastic_job(name, "respawn", 100000, 4, ", \"min_workers\": 4"));
+  while (children_of(l.launcher).size() < 4) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  signal_at(l, 20, 2, SIGKILL);
+  const int code = wait_for(l.launcher, std::chrono::seconds(60));
+  const std::string log = read_all(l.log);
+  CAPTURE(log);
+  CHECK(code != 0);
+  CHECK(log.find("3 workers are left, fewer than elastic.min_workers (4)") != std::string::npos);
+}
+
+TEST_CASE("elastic views: encode and decode, members lost and joined, rows of the batch, bad text") {
+  using namespace troupe;
+  elastic_view v{3, {0, 1, 2, 3}};
+  CHECK(elastic_view::decode(v.encode()).encode() == "3 0 1 2 3");
+  const elastic_view w = view_without(v, 2);
+  CHECK(w.generation == 4);
+  CHECK(w.members == std::vector<int32_t>{0, 1, 3});
+  CHECK(w.index_of(3) == 2);
+  CHECK(w.index_of(2) == -1);
+  const elastic_view g = view_with(w, 7);
+  CHECK(g.members == std::vector<int32_t>{0, 1, 3, 7});
+  CHECK(view_viable(w, 3));
+  CHECK(!view_viable(w, 4));
+  // keep: the whole batch over the live ranks, every row once; shrink: each its share.
+  for (int n = 1; n <= 5; ++n) {
+    int64_t covered = 0, next = 0;
+    for (int k = 0; k < n; ++k) {
+      const row_share r = rows_for(k, n, 130, 4, true);
+      CHECK(r.begin == next);
+      next = r.end;
+      covered += r.end - r.begin;
+      CHECK(r.total == 130);
+    }
+    CHECK(covered == 130);
+  }
+  CHECK(rows_for(2, 3, 128, 4, false).begin == 64);
+  CHECK(rows_for(2, 3, 128, 4, false).end == 96);
+  CHECK(rows_for(2, 3, 128, 4, false).total == 96);
+  for (const std::string bad : {"", "x 1 2", "-1 0", "1 0 0", "1 0 x"}) {
+    CAPTURE(bad);
+    CHECK_THROWS_AS(elastic_view::decode(bad), input_error);
+  }
+}
+
+TEST_CASE("elastic: the spec's elastic section is checked, with what was expected") {
+  using namespace troupe;
+  auto spec_error = [](const std::string& elastic, const std::string& more = "") {
+    try {
+      parse_job_spec(R"({"model": {"mlp": {"widths": [784, 10]}}, "data": {"dataset": "fashion_mnist"},
+        "optimizer": {"sgd": {"lr": 0.1}}, "train": {"batch_size": 64, "steps": 10}, )" +
+                         more + R"("elastic": )" + elastic + "}",
+                     "test");
+    } catch (const input_error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  CHECK(spec_error(R"({"mode": "respawn"})") == "");
+  CHECK(spec_error(R"({"mode": "sometimes"})").find("elastic.mode") != std::string::npos);
+  CHECK(spec_error(R"({"mode": "respawn", "batch": "grow"})").find("elastic.batch") != std::string::npos);
+  CHECK(spec_error(R"({"mode": "restart_all"})").find("set train.checkpoint_every") != std::string::npos);
+  CHECK(spec_error(R"({"mode": "respawn"})", R"("parallel": {"stages": 2}, )").find("parallel.stages 1") !=
+        std::string::npos);
+  CHECK(spec_error(R"({"mode": "respawn", "min_workers": 3, "max_workers": 2})").find("elastic.max_workers") !=
+        std::string::npos);
+  // One process has no peer to go on without.
+  const auto r = run("train " + elastic_job("alone", "respawn", 5, 1) + " --quiet");
+  CHECK(r.code != 0);
+  CHECK(r.output.find("troupe launch --nproc N") != std::string::npos);
+}
