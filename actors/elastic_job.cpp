@@ -153,19 +153,32 @@ class elastic_worker {
       same = same && at[k] == at[0];
     }
     TROUPE_CHECK(at[size_t(root)] >= 0, "elastic: a view of newcomers only has no state to take");
+    // Only the members behind the root get its state, each straight from it.
     int64_t streamed = 0;
     if (!same) {
-      std::vector<uint8_t> bytes;
-      if (rank() == root) bytes = encode_shard(trainer_.snapshot());
-      int32_t size[2] = {int32_t(bytes.size() & 0x7fffffff), int32_t(bytes.size() >> 31)};
-      broadcast(*comm_, size, 2, dtype::i32, root, next_tag());
-      bytes.resize(size_t(size[0]) | (size_t(size[1]) << 31));
-      broadcast(*comm_, bytes.data(), bytes.size(), dtype::u8, root, next_tag());
-      if (rank() != root) {
+      const uint64_t tag = next_tag();
+      if (rank() == root) {
+        const std::vector<uint8_t> bytes = encode_shard(trainer_.snapshot());
+        const int64_t size = int64_t(bytes.size());
+        for (size_t k = 0; k < at.size(); ++k)
+          if (at[k] != at[size_t(root)]) {
+            comm_->send(int(k), tag, &size, 2, dtype::i32);
+            comm_->send(int(k), tag + 1, bytes.data(), bytes.size(), dtype::u8);
+            streamed += size;
+          }
+      } else if (at[size_t(rank())] != at[size_t(root)]) {
+        int64_t size = 0;
+        comm_->recv(root, tag, &size, 2, dtype::i32);
+        if (size < 0 || size > (int64_t(1) << 40)) throw transport_error("elastic: a state of " + std::to_string(size) + " bytes");
+        std::vector<uint8_t> bytes(static_cast<size_t>(size));
+        comm_->recv(root, tag + 1, bytes.data(), bytes.size(), dtype::u8);
         trainer_.restore(parse_shard(bytes.data(), bytes.size(), "the state streamed from a peer"));
         reset_source();
       }
-      streamed = int64_t(bytes.size()) * int64_t(view_.members.size() - 1);
+      // Everyone learns how much moved (for the leader's record).
+      float moved = float(streamed) / 1e3f;
+      allreduce_sum(*comm_, &moved, 1, next_tag());
+      streamed = int64_t(double(moved) * 1e3);
       bytes_streamed_ += streamed;
     }
     if (rank() == 0) record_view(same ? -1 : root, streamed);

@@ -26,9 +26,10 @@ int usage(const char* why) {
                "usage:\n"
                "  troupe train JOB.json [--steps N] [--threads N] [--quiet] [--resume CHECKPOINT_DIR]\n"
                "      run a training job (see docs/job-spec.md); flags override the spec\n"
-               "  troupe launch --nproc N [--nodes M --listen HOST:PORT] JOB.json [--steps N] [--threads N] [--quiet]\n"
+               "  troupe launch --nproc N [--nodes M --listen HOST:PORT] [--events FILE] JOB.json [--steps N] [--threads N]\n"
                "      the job as N processes on this host (replicas split over them, tcp between them),\n"
-               "      and M more from other machines that run troupe node\n"
+               "      and M more from other machines that run troupe node; elastic.mode in the spec says\n"
+               "      what a lost process costs (docs/fault-tolerance.md), --events logs losses and views\n"
                "  troupe node --coordinator HOST:PORT\n"
                "      join a job launched elsewhere with --nodes (TROUPE_SECRET: the job's secret)\n"
                "  troupe selftest [--nproc N]\n"
@@ -49,7 +50,11 @@ int usage(const char* why) {
                "  troupe experiment diloco [--workers LIST] [--sync-every LIST] [--steps N] [--batch B] [--no-sync]\n"
                "      the fortunes GPT by DiLoCo at each H and by sync: validation loss against tokens and bytes\n"
                "  troupe bench allreduce [--ranks N[,N...]] [--max-bytes B] [--transports LIST] [--json FILE]\n"
-               "      all-reduce per transport (inproc threads, its copying baseline, tcp processes), nccl-tests columns\n");
+               "      all-reduce per transport (inproc threads, its copying baseline, tcp processes), nccl-tests columns\n"
+               "  troupe bench checkpoint [--steps N] [--json FILE]\n"
+               "      what a checkpoint costs the example jobs: snapshot and persist against the step\n"
+               "  troupe bench recovery [--steps N] [--seed S] [--json FILE]\n"
+               "      SIGKILL of one of 4 data-parallel workers: respawn against restart-all, detection and resume times\n");
   return 2;
 }
 
