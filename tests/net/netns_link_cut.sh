@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# An elastic data-parallel job (elastic.mode "respawn", the Fashion-MNIST MLP as 3
+# replicas) across three network namespaces joined by veth pairs to a bridge: troupe launch
+# --nproc 1 --nodes 2 in the first, troupe node in the other two. While it trains, the link
+# of the node in namespace b is cut (its veth set down) for 5 s, then restored.
+#   1. TROUPE_SILENCE_MS=15000, longer than the cut: nobody is counted lost; TCP delivers
+#      what was held back once the link is up, and the job finishes with all three.
+#   2. TROUPE_SILENCE_MS=2000, shorter: the node in b is counted lost (its links and its
+#      control connection went silent); the other two go on as a view of 2 without
+#      restarting, the job finishes, and the node in b, back on the network, finds itself
+#      out of the job and ends.
+# In both: the launcher exits 0, every step is trained, at most one step of work is lost,
+# and the final test loss is within 0.05 of the one-process run's. Skips (exit 77) with the
+# reason where the machine forbids namespaces.
+# Usage: tests/net/netns_link_cut.sh TROUPE_BINARY
+set -euo pipefail
+troupe=${1:?usage: netns_link_cut.sh TROUPE_BINARY}
+tag="trc$$"
+work=$(mktemp -d /tmp/troupe-netcut-XXXXXX)
+namespaces=("${tag}a" "${tag}b" "${tag}c" "${tag}sw")
+cleanup() {
+  jobs -p | xargs -r kill -9 2>/dev/null || true
+  for ns in "${namespaces[@]}"; do ip netns del "$ns" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+skip() { echo "SKIP: $*"; exit 77; }
+
+command -v ip >/dev/null || skip "no 'ip' command (iproute2)"
+[ "$(id -u)" -eq 0 ] || skip "creating network namespaces needs root"
+ip netns add "${tag}sw" 2>"$work/err" || skip "this machine forbids network namespaces: $(cat "$work/err")"
+ip -n "${tag}sw" link add br0 type bridge
+ip -n "${tag}sw" link set br0 up
+for k in 0 1 2; do
+  ns="${namespaces[$k]}"
+  ip netns add "$ns"
+  ip link add "v${tag}$k" type veth peer name "p${tag}$k"
+  ip link set "v${tag}$k" netns "$ns"
+  ip link set "p${tag}$k" netns "${tag}sw"
+  ip -n "$ns" link set lo up
+  ip -n "$ns" link set "v${tag}$k" name eth0
+  ip -n "$ns" addr add "10.78.0.$((k + 1))/24" dev eth0
+  ip -n "$ns" link set eth0 up
+  ip -n "${tag}sw" link set "p${tag}$k" master br0
+  ip -n "${tag}sw" link set "p${tag}$k" up
+done
+
+job() {  # job FILE METRICS
+  cat > "$1" <<JOB
+{"name": "netcut",
+ "model": {"mlp": {"widths": [784, 128, 64, 10], "activation": "relu"}},
+ "data": {"dataset": "fashion_mnist"},
+ "optimizer": {"adamw": {"lr": 2e-3, "weight_decay": 0}},
+ "train": {"batch_size": 96, "steps": 2500, "threads": 3, "metrics_file": "$2"},
+ "parallel": {"replicas": 3, "transport": "tcp"},
+ "elastic": {"mode": "respawn", "min_workers": 2}}
+JOB
+}
+job "$work/one.json" "$work/one.jsonl"
+sed -i 's|"replicas": 3|"replicas": 1|; s|"mode": "respawn", "min_workers": 2|"mode": "off"|' "$work/one.json"
+"$troupe" train "$work/one.json" --quiet > "$work/one.log" 2>&1 || { cat "$work/one.log"; exit 1; }
+
+export TROUPE_SECRET="netcut-test-$$-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d " \n")"
+status=0
+for silence in 15000 2000; do
+  run="$work/s$silence"
+  mkdir -p "$run"
+  job "$run/job.json" "$run/metrics.jsonl"
+  TROUPE_SILENCE_MS=$silence timeout 240 ip netns exec "${tag}a" "$troupe" launch --nproc 1 --nodes 2 \
+    --listen 10.78.0.1:29511 --events "$run/events.jsonl" "$run/job.json" > "$run/launch.log" 2>&1 &
+  launcher=$!
+  agents=()
+  for k in 1 2; do
+    TROUPE_SILENCE_MS=$silence timeout 240 ip netns exec "${namespaces[$k]}" "$troupe" node \
+      --coordinator 10.78.0.1:29511 > "$run/node$k.log" 2>&1 &
+    agents+=($!)
+  done
+  # Cut b's link once the job has trained 300 steps; restore it 5 s later.
+  for _ in $(seq 1 1200); do
+    [ -f "$run/metrics.jsonl" ] && [ "$(grep -c '"event":"step"' "$run/metrics.jsonl" || true)" -ge 300 ] && break
+    sleep 0.05
+  done
+  ip -n "${tag}b" link set eth0 down
+  sleep 5
+  ip -n "${tag}b" link set eth0 up
+  wait "$launcher" || { echo "silence $silence: launch failed:"; cat "$run/launch.log"; status=1; continue; }
+  wait "${agents[1]}" || { echo "silence $silence: the node in c failed:"; cat "$run/node2.log"; status=1; }
+  b_status=0
+  wait "${agents[0]}" || b_status=$?
+  python3 - "$silence" "$work/one.jsonl" "$run/metrics.jsonl" "$run/events.jsonl" "$run/launch.log" "$b_status" <<'PY' || status=1
+import json, sys
+silence, one, metrics, events, log, b_status = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], int(sys.argv[6])
+def lines(p):
+    return [json.loads(l) for l in open(p) if l.strip()]
+ref = [e["loss"] for e in lines(one) if e["event"] == "eval"][-1]
+m = lines(metrics)
+steps = {e["step"] for e in m if e["event"] == "step"}
+final = [e["loss"] for e in m if e["event"] == "eval"][-1]
+ev = lines(events)
+lost = [e for e in ev if e["event"] == "lost"]
+text = open(log).read()
+ok = len(steps) == 2500 and abs(final - ref) < 0.05
+if silence == "15000":
+    ok = ok and not lost
+    what = "a 5 s cut inside the silence deadline: nobody lost"
+else:
+    # Only the cut node (process 2 or 1, whichever b became) is lost; nothing respawned for a node from elsewhere.
+    ok = ok and len(lost) == 1 and lost[0]["slot"] == -1 and "1 step lost to failures" in text and b_status != 0
+    what = "a 5 s cut past the 2 s silence deadline: the cut node dropped, the others went on"
+print(f"silence {silence} ms: {what}: {len(steps)} steps, {len(lost)} lost, final test loss {final:.4f} vs one process "
+      f"{ref:.4f}: {'ok' if ok else 'FAILED'}")
+if not ok:
+    print(text[-3000:])
+    print(open(events).read())
+sys.exit(0 if ok else 1)
+PY
+done
+exit $status
