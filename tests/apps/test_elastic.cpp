@@ -226,8 +226,14 @@ TEST_CASE("elastic restart_all: SIGKILL of one process restarts all of them from
   CHECK(log.find("restarting all 4 processes from the newest checkpoint") != std::string::npos);
   CHECK(count_events(l.events, "restart") == 1);
   CHECK(steps_done(l.metrics) == 200);
-  // The restart resumed from a checkpoint: fewer than 200 steps were trained twice.
-  CHECK(step_losses(l.metrics).size() == 200);
+  // Resumed from a checkpoint by the same 4 processes, the run is the uninterrupted one's,
+  // step for step (the last time each step was trained) and in its final loss.
+  launched u = launch("restart_ref", elastic_job("restart_ref", "restart_all", 200, 4, "", ", \"checkpoint_every\": 5"));
+  REQUIRE(wait_for(u.launcher, std::chrono::seconds(120)) == 0);
+  const auto resumed = step_losses(l.metrics), uninterrupted = step_losses(u.metrics);
+  REQUIRE(resumed.size() == 200);
+  CHECK(resumed == uninterrupted);
+  CHECK(final_loss(l.metrics) == final_loss(u.metrics));
 }
 
 TEST_CASE("elastic respawn: fewer live workers than elastic.min_workers ends the job with the reason") {
