@@ -19,6 +19,8 @@ namespace {
 // memory nor crowd out the real joins.
 constexpr size_t kMaxPending = 1024, kMaxPendingPerNode = 16;
 constexpr std::chrono::seconds kProofWait{30};
+// Elastic: replacements that may wait, ready, for a place in the job.
+constexpr size_t kMaxSpares = 16;
 
 std::string describe(const cluster_member& m) {
   return "process " + std::to_string(m.rank) + " (host " + m.hello.host + ", pid " + std::to_string(m.hello.pid) + ")";
@@ -48,14 +50,14 @@ std::string json_text(const std::string& text) {
   return out;
 }
 
-// Whether every member that is in the job has ended. A replacement is in once a view
-// with it has trained a step (at/<g> in the store); one that is not when the others have
-// all ended never will be.
+// Whether every member that is in the job has ended. A replacement is in once it has
+// joined a view and taken the state (joined/<id> in the store); one that is not when the
+// others have all ended never will be.
 bool every_member_ended(cluster_state& s) {
   for (auto& x : s.members)
     if (x.in_view && !x.confirmed && !x.lost && !x.ended) {
       try {
-        s.opts.store->get(elastic_key(s.opts.job.group, "at/" + std::to_string(x.first_view)),
+        s.opts.store->get(elastic_key(s.opts.job.group, "joined/" + std::to_string(x.rank)),
                           std::chrono::milliseconds(1));
         x.confirmed = true;
       } catch (const std::exception&) {
@@ -91,11 +93,17 @@ caf::behavior cluster_coordinator(caf::stateful_actor<cluster_state>* self, clus
     self->send(s.opts.launcher, done_atom::value, code, why);
   };
   // Elastic: the next view goes to the store, where the workers look for it.
-  auto publish = [self](const elastic_view& v) {
+  auto publish = [=](const elastic_view& v) {
     auto& s = self->state;
     s.view = v;
-    s.opts.store->set(elastic_key(s.opts.job.group, "view/" + std::to_string(v.generation)), v.encode());
-    s.opts.store->set(elastic_key(s.opts.job.group, "latest"), std::to_string(v.generation));
+    s.failed_seen = {};
+    try {
+      s.opts.store->set(elastic_key(s.opts.job.group, "view/" + std::to_string(v.generation)), v.encode());
+      s.opts.store->set(elastic_key(s.opts.job.group, "latest"), std::to_string(v.generation));
+    } catch (const std::exception& e) {
+      return finish(1, std::string("cannot publish view ") + std::to_string(v.generation) +
+                           " in the job's rendezvous store: " + e.what());
+    }
     std::string ids;
     for (int32_t m : v.members) ids += (ids.empty() ? "" : ",") + std::to_string(m);
     record_event(s.opts, "\"event\":\"view\",\"generation\":" + std::to_string(v.generation) + ",\"members\":[" +
@@ -127,8 +135,8 @@ caf::behavior cluster_coordinator(caf::stateful_actor<cluster_state>* self, clus
         std::fflush(stdout);
       }
     }
+    if (every_member_ended(s)) return finish(0, "");  // the others are done: no replacement
     self->send(s.opts.launcher, lost_atom::value, m.hello.slot, m.hello.pid, why);
-    if (every_member_ended(s)) finish(0, "");
   };
   self->set_down_handler([=](caf::down_msg& dm) {
     auto& s = self->state;
@@ -199,13 +207,18 @@ caf::behavior cluster_coordinator(caf::stateful_actor<cluster_state>* self, clus
           const bool slot_busy = std::any_of(s.members.begin(), s.members.end(), [&](const cluster_member& x) {
             return !x.lost && h.slot >= 0 && x.hello.slot == h.slot;
           });
-          const size_t live = size_t(std::count_if(s.members.begin(), s.members.end(),
-                                                   [](const cluster_member& x) { return !x.lost && !x.ended; }));
-          const size_t most = s.opts.max_workers ? s.opts.max_workers : size_t(world);
-          if ((h.slot >= 0 && (!lost_slot || slot_busy)) || (h.slot < 0 && s.opts.remote == 0) || live >= most)
+          // A replacement beyond elastic.max_workers waits as a spare, taken in when one is lost.
+          const size_t waiting = size_t(std::count_if(s.members.begin(), s.members.end(), [](const cluster_member& x) {
+            return !x.lost && !x.ended && !x.in_view;
+          }));
+          if ((h.slot >= 0 && (!lost_slot || slot_busy)) || (h.slot < 0 && s.opts.remote == 0) ||
+              waiting >= kMaxSpares)
             return caf::make_error(caf::sec::invalid_argument,
-                                   "prove: the job has no place for another process now (" + std::to_string(live) +
-                                       " live, at most " + std::to_string(most) + ")");
+                                   "prove: the job has no place for another process now (" +
+                                       std::string(h.slot >= 0 ? "slot " + std::to_string(h.slot) + " is not lost"
+                                                   : s.opts.remote == 0 ? "it takes no nodes from other machines"
+                                                                        : std::to_string(waiting) + " spares wait already") +
+                                       ")");
           cluster_member m;
           m.agent = caf::actor_cast<caf::actor>(self->current_sender());
           m.hello = h;
@@ -223,10 +236,6 @@ caf::behavior cluster_coordinator(caf::stateful_actor<cluster_state>* self, clus
           }
           // After this reply has gone out (the agent learns its id first).
           self->send(self, assign_atom::value, m.rank);
-          if (!s.polling) {
-            s.polling = true;
-            self->send(self, poll_atom::value);
-          }
           return m.rank;
         }
         const int32_t rank = h.slot >= 0 ? s.opts.placement.local_ranks[size_t(h.slot)]
@@ -266,6 +275,7 @@ caf::behavior cluster_coordinator(caf::stateful_actor<cluster_state>* self, clus
           elastic_view first;
           for (const auto& m : s.members) first.members.push_back(m.rank);
           publish(first);
+          self->send(self, poll_atom::value);
         }
         for (const auto& m : s.members) {
           rank_assignment a = s.opts.job;
@@ -333,7 +343,7 @@ caf::behavior cluster_coordinator(caf::stateful_actor<cluster_state>* self, clus
       [=](stop_atom, int32_t code, const std::string& why) {
         if (sender() == self->state.opts.launcher.address()) finish(code, why);
       },
-      [=](poll_atom) {  // from itself: a replacement that is ready joins the next view
+      [=](poll_atom) {  // from itself: views that failed, replacements that are ready
         auto& s = self->state;
         if (sender() != self->address() || s.finished) return;
         bool waiting = false;
@@ -345,11 +355,26 @@ caf::behavior cluster_coordinator(caf::stateful_actor<cluster_state>* self, clus
             return false;
           }
         };
+        // A view whose links failed with no member lost (a data-link fault the control
+        // plane did not see): after a grace for the loss to show, the same members again.
+        if (known("failed/" + std::to_string(s.view.generation))) {
+          const auto now = std::chrono::steady_clock::now();
+          if (s.failed_seen == std::chrono::steady_clock::time_point{}) s.failed_seen = now;
+          if (now - s.failed_seen > std::chrono::seconds(1)) {
+            elastic_view again{s.view.generation + 1, s.view.members};
+            record_event(s.opts, "\"event\":\"retry\",\"generation\":" + std::to_string(s.view.generation));
+            publish(again);
+            if (s.finished) return;
+          }
+        }
+        const size_t most = s.opts.max_workers ? s.opts.max_workers : size_t(world);
         for (auto& m : s.members) {
-          if (m.lost || m.in_view) continue;
+          if (m.lost || m.in_view || m.ended) continue;
           waiting = true;
-          // Only once the view in force has trained a step: views change at step boundaries.
-          if (known("ready/" + std::to_string(m.rank)) && known("at/" + std::to_string(s.view.generation))) {
+          // Only once the view in force has trained a step (views change at step
+          // boundaries), and while it has room (else this one is a spare).
+          if (s.view.members.size() < most && known("ready/" + std::to_string(m.rank)) &&
+              known("at/" + std::to_string(s.view.generation))) {
             m.in_view = true;
             publish(view_with(s.view, m.rank));
             m.first_view = s.view.generation;
@@ -361,8 +386,8 @@ caf::behavior cluster_coordinator(caf::stateful_actor<cluster_state>* self, clus
             break;  // one view change at a time
           }
         }
-        s.polling = waiting;
-        if (waiting) self->delayed_send(self, std::chrono::milliseconds(10), poll_atom::value);
+        if (s.finished) return;
+        self->delayed_send(self, std::chrono::milliseconds(waiting ? 10 : 20), poll_atom::value);
       },
       [=](tick_atom) {  // from itself: the join deadline
         auto& s = self->state;

@@ -83,7 +83,7 @@ struct cluster_state {
   bool started = false, finished = false;
   elastic_view view;          // elastic: the view published last
   int32_t next_id = 0;        // elastic: the next replacement's member id
-  bool polling = false;
+  std::chrono::steady_clock::time_point failed_seen;  // when failed/<view> was first seen
   static inline const char* name = "cluster_coordinator";
 };
 

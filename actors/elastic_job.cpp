@@ -43,6 +43,8 @@ class elastic_worker {
     const int threads = spec_.train().threads() ? int(spec_.train().threads()) : hardware_threads();
     set_compute_threads(std::max(1, threads / std::max(1, opts_.world)));
     if (opts_.resume_from) {
+      if (!opts_.resume_from->shards.count("device"))
+        throw input_error("resume " + opts_.resume_from->dir.string() + ": the checkpoint has no \"device\" shard");
       trainer_.restore(opts_.resume_from->shards.at("device"));
       if (!opts_.quiet && me_ == 0)
         std::printf("resume: every process from %s, after step %lld\n", opts_.resume_from->dir.string().c_str(),
@@ -123,7 +125,11 @@ class elastic_worker {
     }
   }
 
-  void join(const elastic_view& v) {
+  // after_failure: the view re-forms after a failure, so its members are all running
+  // and joining now; a join that takes longer than 10 s means one of them is gone too, and
+  // a newer view will come. Otherwise (a view that grows, at a step boundary) the others
+  // may take a step or two to get there: the connect deadline.
+  void join(const elastic_view& v, bool after_failure = false) {
     const int index = v.index_of(me_);
     if (index < 0)
       throw std::runtime_error("process " + std::to_string(me_) + " is not in view " + std::to_string(v.generation) +
@@ -131,9 +137,7 @@ class elastic_worker {
     comm_.reset();
     tcp_options o = base_;
     o.group = base_.group + kViewGroups + uint64_t(v.generation);
-    // A later view's members are all running already: a join that takes longer than this
-    // means one of them is gone too, and a newer view will come.
-    if (v.generation > 0) o.connect_deadline = std::min(o.connect_deadline, std::chrono::milliseconds(10000));
+    if (after_failure) o.connect_deadline = std::min(o.connect_deadline, std::chrono::milliseconds(10000));
     comm_ = join_group(spec_.parallel().transport(), index, int(v.members.size()), *store_, o);
     view_ = v;
     tag_ = 0;
@@ -231,12 +235,20 @@ class elastic_worker {
                     (long long)view_.generation, monotonic_s());
       const int64_t tokens = spec_.model().has_gpt() ? share.total * int64_t(spec_.model().gpt().context()) : 0;
       progress_->step(s, control[0], r.lr, r.grad_norm, share.total, tokens, compute_s, extra);
-      if (!confirmed_) store_->set(key("at/" + std::to_string(view_.generation)), std::to_string(s));
+      if (!confirmed_) {
+        try {  // the coordinator grows the view only after this: a store hiccup only delays that
+          store_->set(key("at/" + std::to_string(view_.generation)), std::to_string(s));
+          confirmed_ = true;
+        } catch (const std::exception& e) {
+          std::fprintf(stderr, "troupe: process %d: cannot mark view %lld as training: %s\n", me_,
+                       (long long)view_.generation, e.what());
+        }
+      }
       const uint32_t every = spec_.train().checkpoint_every();
       if (every > 0 && trainer_.steps_done() % every == 0)
         writer_->submit(trainer_.steps_done(), {{"device", trainer_.snapshot()}});
     }
-    confirmed_ = true;
+    if (rank() != 0) confirmed_ = true;
     const int64_t next = int64_t(control[1]);
     if (next > view_.generation && trainer_.steps_done() < steps_) {
       const elastic_view v = elastic_view::decode(store_->get(key("view/" + std::to_string(next)), base_.connect_deadline));
@@ -249,24 +261,35 @@ class elastic_worker {
   // coordinator's next view, join it and take the state of the member furthest on.
   void recover(const std::string& why) {
     comm_.reset();
-    const int64_t failed_at = trainer_.steps_done();
+    const int64_t failed_at = trainer_.steps_done(), failed_view = view_.generation;
     std::fprintf(stderr, "troupe: process %d: view %lld failed in step %lld (%s); waiting for the next view\n", me_,
-                 (long long)view_.generation, (long long)failed_at + 1, why.c_str());
+                 (long long)failed_view, (long long)failed_at + 1, why.c_str());
+    // Say so: a failure of the data links alone (no member lost) gets a fresh view of
+    // the same members from the coordinator.
+    try {
+      store_->set(key("failed/" + std::to_string(failed_view)), std::to_string(me_));
+    } catch (const std::exception&) {
+    }
     const auto until = std::chrono::steady_clock::now() + 2 * base_.silence + std::chrono::seconds(30);
-    int64_t tried = view_.generation;
+    int64_t tried = failed_view;
     while (std::chrono::steady_clock::now() < until) {
       const int64_t g = latest();
       if (g > tried) {
         tried = g;
-        const elastic_view v = elastic_view::decode(store_->get(key("view/" + std::to_string(g)), base_.connect_deadline));
         try {
-          join(v);
+          const elastic_view v =
+              elastic_view::decode(store_->get(key("view/" + std::to_string(g)), base_.connect_deadline));
+          join(v, true);
           sync_state(false);
           steps_lost_ += 1 + std::max<int64_t>(0, failed_at - trainer_.steps_done());
           return;
         } catch (const transport_error& e) {
           comm_.reset();
           std::fprintf(stderr, "troupe: process %d: view %lld failed as it formed (%s)\n", me_, (long long)g, e.what());
+          try {
+            store_->set(key("failed/" + std::to_string(g)), std::to_string(me_));
+          } catch (const std::exception&) {
+          }
         }
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(2));
@@ -276,12 +299,12 @@ class elastic_worker {
                              " s of a failure (is the launcher gone?)");
   }
 
-  // A replacement: says it is ready, then waits for the view that takes it in.
+  // A replacement (or a spare): says it is ready, then waits for the view that takes it
+  // in, as long as the job runs (the coordinator stops it, status 0, when the job ends).
   void join_as_newcomer() {
     store_->set(key("ready/" + std::to_string(me_)), std::to_string(::getpid()));
-    const auto until = std::chrono::steady_clock::now() + base_.connect_deadline + std::chrono::seconds(30);
     int64_t tried = -1;
-    while (std::chrono::steady_clock::now() < until) {
+    for (;;) {
       const int64_t g = latest();
       if (g > tried) {
         tried = g;
@@ -290,6 +313,7 @@ class elastic_worker {
           try {
             join(v);
             sync_state(true);
+            store_->set(key("joined/" + std::to_string(me_)), std::to_string(v.generation));
             return;
           } catch (const transport_error& e) {
             comm_.reset();
@@ -297,9 +321,8 @@ class elastic_worker {
           }
         }
       }
-      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));  // a spare may wait long: gently
     }
-    throw std::runtime_error("process " + std::to_string(me_) + ": no view took it in (replacement)");
   }
 
   const proto::JobSpec& spec_;

@@ -253,7 +253,17 @@ int launch_main(const std::vector<std::string>& args) {
     co.job.spec = spec_text;
     co.job.path = std::filesystem::absolute(job_file).string();
     co.job.flags = flags;
-    if (attempt > 0) co.job.flags.push_back("--resume-latest");
+    if (attempt > 0) {  // from the newest checkpoint now, not from one the first attempt was given
+      co.job.flags.clear();
+      for (size_t i = 0; i < flags.size(); ++i) {
+        if (flags[i] == "--resume" && i + 1 < flags.size()) {
+          ++i;
+          continue;
+        }
+        co.job.flags.push_back(flags[i]);
+      }
+      co.job.flags.push_back("--resume-latest");
+    }
     co.job.rendezvous = attempt == 0 || nodes > 0 ? rendezvous : dir + "/attempt-" + std::to_string(attempt);
     co.job.group = group + (uint64_t(attempt) << 40);
     co.join_deadline = joining;
@@ -273,6 +283,7 @@ int launch_main(const std::vector<std::string>& args) {
       return 1;
     }
     auto coordinator = sys.spawn(cluster_coordinator, co);
+    self->monitor(coordinator);  // a coordinator that fails ends the job, never a wait
     const std::string at_host = nodes > 0 ? listen_host : "127.0.0.1";
     auto published = publish_control(sys, coordinator, at_host, nodes > 0 ? listen_port : 0, tls);
     if (!published) {
@@ -346,11 +357,15 @@ int launch_main(const std::vector<std::string>& args) {
     while (!over) {
       self->receive(
           [&](done_atom, int32_t c, const std::string& w) { over = true, code = c, why = w; },
+          [&](caf::down_msg& dm) {
+            if (dm.source == coordinator.address() && !over)
+              over = true, code = 1, why = "the coordinator failed: " + sys.render(dm.reason);
+          },
           [&](lost_atom, int32_t slot, int32_t pid, const std::string& w) {
             // Elastic: the job went on without it. What is left of it (a hung process) is
             // killed, so it cannot come back, and a replacement starts in its slot.
             for (size_t k = 0; k < pids.size(); ++k)
-              if (pids[k] == pid) {
+              if (slot >= 0 && slot_of[k] == slot && pids[k] == pid) {  // a node elsewhere has its own pids
                 expected[k] = true;
                 if (running[k]) {
                   ::kill(pids[k], SIGKILL);
@@ -401,7 +416,9 @@ int launch_main(const std::vector<std::string>& args) {
       // Every rank has ended well: the agents exit as soon as their end is taken.
       const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
       while (std::count(running.begin(), running.end(), true) > 0 && std::chrono::steady_clock::now() < until) {
-        for (const auto& [k, st] : reap()) code = status_code(st);
+        // A replacement that came too late to take part does not fail a job that ended well.
+        for (const auto& [k, st] : reap())
+          if (k < size_t(nproc) || !respawning) code = status_code(st);
         std::this_thread::sleep_for(std::chrono::milliseconds(10));
       }
       stop_all(pids, running);

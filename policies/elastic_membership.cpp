@@ -50,7 +50,7 @@ elastic_view view_with(const elastic_view& v, int32_t joined) {
 row_share rows_for(int k, int n, int64_t batch, int launched, bool keep) {
   TROUPE_CHECK(n >= 1 && k >= 0 && k < n && launched >= 1, "rows_for: rank ", k, " of ", n, ", launched ", launched);
   if (keep) return {batch * k / n, batch * (k + 1) / n, batch};
-  const int64_t each = batch / launched;
+  const int64_t each = batch / std::max(n, launched);  // more workers than launched: smaller shares
   return {each * k, each * (k + 1), each * n};
 }
 
