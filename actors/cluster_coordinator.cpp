@@ -123,6 +123,12 @@ caf::behavior cluster_coordinator(caf::stateful_actor<cluster_state>* self, clus
     record_event(s.opts, "\"event\":\"lost\",\"member\":" + std::to_string(m.rank) + ",\"pid\":" +
                              std::to_string(m.hello.pid) + ",\"slot\":" + std::to_string(m.hello.slot) + ",\"why\":\"" +
                              json_text(why) + "\"");
+    // The leader of the view reports the run: lost once the others have ended, it took the
+    // evaluation with it.
+    const bool leader = m.in_view && !s.view.members.empty() && s.view.members.front() == m.rank;
+    const bool others_done = every_member_ended(s);  // m counts as lost already
+    if (leader && others_done)
+      return finish(1, why + ", after the others had ended: the leader of the last view did not report the run");
     if (m.in_view) {
       const elastic_view next = view_without(s.view, m.rank);
       if (!view_viable(next, s.opts.min_workers))

@@ -177,6 +177,24 @@ int launch_main(const std::vector<std::string>& args) {
     if (elastic.mode() == "restart_all" && nodes > 0)
       throw input_error("elastic.mode \"restart_all\" restarts the processes this launcher starts: it takes no --nodes "
                         "(use \"respawn\", where the others go on)");
+    if (elastic.mode() != "off") {
+      const int world = nproc + nodes;
+      if (int(spec.parallel().replicas()) != world)
+        throw input_error("elastic.mode \"" + elastic.mode() + "\": each process holds one replica: expected " +
+                          "parallel.replicas " + std::to_string(world) + " (--nproc + --nodes), got " +
+                          std::to_string(spec.parallel().replicas()));
+      if (int(elastic.min_workers()) > world)
+        throw input_error("elastic.min_workers " + std::to_string(elastic.min_workers()) + " is more than the " +
+                          std::to_string(world) + " processes launched");
+      namespace fs = std::filesystem;
+      std::error_code ec;
+      if (elastic.mode() == "restart_all" && fs::is_directory(spec.train().checkpoint_dir(), ec))
+        for (const auto& e : fs::directory_iterator(spec.train().checkpoint_dir(), ec))
+          if (e.path().filename().string().rfind("step-", 0) == 0)
+            throw input_error("elastic.mode \"restart_all\": train.checkpoint_dir " + spec.train().checkpoint_dir() +
+                              " holds checkpoints already (" + e.path().filename().string() +
+                              "), which a restart would take for this run's: remove them, or pick another directory");
+    }
     const std::vector<std::string> hosts(spec.parallel().hosts().begin(), spec.parallel().hosts().end());
     placement = place_processes(hosts, nproc, nodes, nodes > 0 ? listen_host : "127.0.0.1");
   } catch (const input_error& e) {
@@ -305,6 +323,8 @@ int launch_main(const std::vector<std::string>& args) {
     std::vector<pid_t> pids;
     std::vector<bool> running, expected;  // expected: a loss the job went on without (elastic)
     std::vector<int> slot_of;
+    std::vector<int> respawns(size_t(nproc), 0);  // replacements started per slot
+    constexpr int kMaxRespawns = 10;              // a slot that keeps failing gets no more
     auto start_process = [&](int slot) {
       std::vector<std::string> argv_s = {"troupe", "node", "--coordinator", coordinator_at, "--slot", std::to_string(slot)};
       for (const auto& f : tls.flags()) argv_s.push_back(f);
@@ -374,7 +394,10 @@ int launch_main(const std::vector<std::string>& args) {
                   running[k] = false;
                 }
               }
-            if (slot >= 0 && elastic.respawn()) {
+            if (slot >= 0 && elastic.respawn() && ++respawns[size_t(slot)] > kMaxRespawns) {
+              std::fprintf(stderr, "troupe launch: slot %d was lost %d times: no more replacements for it\n", slot,
+                           respawns[size_t(slot)] - 1);
+            } else if (slot >= 0 && elastic.respawn()) {
               if (start_process(slot)) {
                 record("\"event\":\"respawn\",\"slot\":" + std::to_string(slot) + ",\"pid\":" + std::to_string(pids.back()));
               } else {

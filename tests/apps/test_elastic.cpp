@@ -353,6 +353,15 @@ TEST_CASE("elastic: the spec's elastic section is checked, with what was expecte
         std::string::npos);
   CHECK(spec_error(R"({"mode": "respawn", "min_workers": 3, "max_workers": 2})").find("elastic.max_workers") !=
         std::string::npos);
+  // troupe launch checks the job against the processes before it starts any.
+  const auto wrong = run("launch --nproc 2 " + elastic_job("wrong", "respawn", 5, 4));
+  CHECK(wrong.code != 0);
+  CHECK(wrong.output.find("expected parallel.replicas 2 (--nproc + --nodes), got 4") != std::string::npos);
+  const std::string stale_job = elastic_job("stale", "restart_all", 5, 2, "", ", \"checkpoint_every\": 1");
+  fs::create_directories(dir_of("stale") + "/ckpt/step-000000000010");
+  const auto stale = run("launch --nproc 2 " + stale_job);
+  CHECK(stale.code != 0);
+  CHECK(stale.output.find("holds checkpoints already") != std::string::npos);
   // One process has no peer to go on without.
   const auto r = run("train " + elastic_job("alone", "respawn", 5, 1) + " --quiet");
   CHECK(r.code != 0);
