@@ -126,7 +126,7 @@ class elastic_worker {
   }
 
   // after_failure: the view re-forms after a failure, so its members are all running
-  // and joining now; a join that takes longer than 10 s means one of them is gone too, and
+  // and joining now; a join that takes longer than 3 s means one of them is gone too, and
   // a newer view will come. Otherwise (a view that grows, at a step boundary) the others
   // may take a step or two to get there: the connect deadline.
   void join(const elastic_view& v, bool after_failure = false) {
@@ -137,7 +137,7 @@ class elastic_worker {
     comm_.reset();
     tcp_options o = base_;
     o.group = base_.group + kViewGroups + uint64_t(v.generation);
-    if (after_failure) o.connect_deadline = std::min(o.connect_deadline, std::chrono::milliseconds(10000));
+    if (after_failure) o.connect_deadline = std::min(o.connect_deadline, std::chrono::milliseconds(3000));
     comm_ = join_group(spec_.parallel().transport(), index, int(v.members.size()), *store_, o);
     view_ = v;
     tag_ = 0;

@@ -205,6 +205,24 @@ TEST_CASE("elastic respawn: SIGKILL of a replica, or of the leader, loses at mos
   }
 }
 
+TEST_CASE("elastic respawn: two processes killed at once, as the view re-forms, and the job still finishes with 4") {
+  const std::string name = "double";
+  launched l = launch(name, elastic_job(name, "respawn", 900, 4, ", \"min_workers\": 2"));
+  wait_until([&] { return children_of(l.launcher).size() >= 4; }, "4 processes");
+  const pid_t second = slot_process(l.launcher, 2);
+  signal_at(l, 60, 1, SIGKILL);
+  REQUIRE(::kill(second, SIGKILL) == 0);
+  const int code = wait_for(l.launcher, std::chrono::seconds(120));
+  const std::string log = read_all(l.log), events = read_all(l.events);
+  CAPTURE(log);
+  CAPTURE(events);
+  REQUIRE(code == 0);
+  CHECK(count_events(l.events, "lost") == 2);
+  CHECK(count_events(l.events, "respawn") == 2);
+  CHECK(steps_done(l.metrics) == 900);
+  CHECK(log.find("4 members at the end") != std::string::npos);
+}
+
 TEST_CASE("elastic respawn: a process that hangs (SIGSTOP) is dropped by the heartbeats, killed, and replaced") {
   const std::string name = "stop";
   launched l = launch(name, elastic_job(name, "respawn", 400), {"TROUPE_SILENCE_MS=1000"});
