@@ -230,11 +230,25 @@ class elastic_worker {
     const step_result r = trainer_.apply_gradients();
     if (rank() == 0) {
       ensure_progress();
-      char extra[160];
+      // Phase 1 of a checkpoint (the copy), timed inside the run: its share of the step.
+      double snapshot_ms = -1;
+      const uint32_t every = spec_.train().checkpoint_every();
+      if (every > 0 && trainer_.steps_done() % every == 0) {
+        const auto c0 = std::chrono::steady_clock::now();
+        checkpoint_shard shard = trainer_.snapshot();
+        snapshot_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - c0).count();
+        writer_->submit(trainer_.steps_done(), {{"device", std::move(shard)}});
+      }
+      char extra[200];
       std::snprintf(extra, sizeof extra, "\"workers\":%d,\"generation\":%lld,\"t_mono\":%.6f", n,
                     (long long)view_.generation, monotonic_s());
+      std::string fields = extra;
+      if (snapshot_ms >= 0) {
+        std::snprintf(extra, sizeof extra, ",\"snapshot_ms\":%.4f", snapshot_ms);
+        fields += extra;
+      }
       const int64_t tokens = spec_.model().has_gpt() ? share.total * int64_t(spec_.model().gpt().context()) : 0;
-      progress_->step(s, control[0], r.lr, r.grad_norm, share.total, tokens, compute_s, extra);
+      progress_->step(s, control[0], r.lr, r.grad_norm, share.total, tokens, compute_s, fields);
       if (!confirmed_) {
         try {  // the coordinator grows the view only after this: a store hiccup only delays that
           store_->set(key("at/" + std::to_string(view_.generation)), std::to_string(s));
@@ -244,9 +258,6 @@ class elastic_worker {
                        (long long)view_.generation, e.what());
         }
       }
-      const uint32_t every = spec_.train().checkpoint_every();
-      if (every > 0 && trainer_.steps_done() % every == 0)
-        writer_->submit(trainer_.steps_done(), {{"device", trainer_.snapshot()}});
     }
     if (rank() != 0) confirmed_ = true;
     const int64_t next = int64_t(control[1]);

@@ -108,6 +108,7 @@ struct run_result {
   int64_t kill_step = -1;
   double detect_ms = -1, resume_ms = -1, kill_to_step_ms = -1;
   int64_t steps_lost = -1;
+  double snapshot_ms = -1;  // median in-run snapshot (runs that checkpoint)
   std::string log;
 };
 
@@ -180,8 +181,10 @@ run_result run_once(const bench_job& job, const std::string& mode, int64_t kill_
   r.seconds = std::chrono::duration<double>(clock::now() - t0).count();
   // What the metrics and events say.
   std::vector<std::pair<double, int64_t>> steps;  // (t_mono, steps done) of every step line
+  std::vector<double> snaps;
   for (const auto& l : lines_of(metrics)) {
     if (is_event(l, "step")) steps.push_back({field(l, "t_mono"), int64_t(field(l, "step"))});
+    if (is_event(l, "step") && field(l, "snapshot_ms") >= 0) snaps.push_back(field(l, "snapshot_ms"));
     if (is_event(l, "eval")) r.final_loss = field(l, "loss");
   }
   int64_t most = 0;
@@ -191,6 +194,7 @@ run_result run_once(const bench_job& job, const std::string& mode, int64_t kill_
   for (size_t i = 1; i < steps.size(); ++i)
     if (steps[i].second == steps[i - 1].second + 1) gaps.push_back(1e3 * (steps[i].first - steps[i - 1].first));
   r.step_ms = median(gaps);
+  if (!snaps.empty()) r.snapshot_ms = median(snaps);
   if (t_kill < 0) return r;
   double t_detect = -1;
   for (const auto& l : lines_of(events))
@@ -289,6 +293,9 @@ int bench_recovery_main(const std::vector<std::string>& args) {
       "\"optimizer\":{\"adamw\":{\"lr\":2e-3}},\"train\":{\"batch_size\":64,\"steps\":100}}",
       "the snapshot job");
   const double snap = snapshot_ms(spec), step = median(base_ms), overhead = step > 0 ? snap / step : 0;
+  // The same copy inside the 4-worker run (restart_all snapshots after every step), against
+  // the baselines' step: the number the bar is about, with the cores shared.
+  const double in_run = restart.snapshot_ms, in_run_overhead = step > 0 && in_run >= 0 ? in_run / step : -1;
   std::printf("\n%-22s %9s %9s %10s %10s %11s %8s %10s %6s\n", "run", "step ms", "detect ms", "resume ms",
               "kill->step", "steps lost", "total s", "test loss", "check");
   for (size_t i = 0; i < base.size(); ++i)
@@ -301,14 +308,16 @@ int bench_recovery_main(const std::vector<std::string>& args) {
   const double speedup = respawn.kill_to_step_ms > 0 ? restart.kill_to_step_ms / respawn.kill_to_step_ms : 0;
   const bool measured = respawn.resume_ms >= 0 && restart.resume_ms >= 0;
   ok = ok && within(respawn) && within(restart) && measured;
-  std::printf("\nin-memory snapshot after every step: %.3f ms of a %.2f ms step (%.2f%%; the copy of parameters and "
-              "AdamW state, measured in this process)\n",
-              snap, step, 100 * overhead);
+  std::printf("\nin-memory snapshot after every step (the copy of parameters and AdamW state): %.3f ms inside the "
+              "4-worker run (restart_all's leader, median), %.2f%% of the %.2f ms baseline step; %.3f ms (%.2f%%) alone "
+              "in this process\n",
+              in_run, 100 * in_run_overhead, step, snap, 100 * overhead);
   std::printf("bars: resume < 1 s after detection: %s (%.1f ms); <= 1 step lost: %s (%lld); >= 5x faster than "
-              "restart_all, kill to next step: %s (%.1fx); snapshot <= 3.5%% of a step: %s (%.2f%%)\n",
+              "restart_all, kill to next step: %s (%.1fx); snapshot in the run <= 3.5%% of a step: %s (%.2f%%)\n",
               respawn.resume_ms >= 0 && respawn.resume_ms < 1000 ? "met" : "NOT met", respawn.resume_ms,
               respawn.steps_lost >= 0 && respawn.steps_lost <= 1 ? "met" : "NOT met", (long long)respawn.steps_lost,
-              speedup >= 5 ? "met" : "NOT met", speedup, overhead <= 0.035 ? "met" : "NOT met", 100 * overhead);
+              speedup >= 5 ? "met" : "NOT met", speedup,
+              in_run_overhead >= 0 && in_run_overhead <= 0.035 ? "met" : "NOT met", 100 * in_run_overhead);
   std::ostringstream json;
   json << "{\"bench\":\"recovery\",\"steps\":" << job.steps << ",\"kill_step\":" << kill_step << ",\"victim\":" << victim
        << ",\"baseline_losses\":[";
@@ -322,7 +331,9 @@ int bench_recovery_main(const std::vector<std::string>& args) {
          << ",\"ok\":" << (within(*r) ? "true" : "false") << "}";
     first = false;
   }
-  json << "],\"speedup\":" << speedup << ",\"snapshot_ms\":" << snap << ",\"snapshot_overhead\":" << overhead
+  json << "],\"speedup\":" << speedup << ",\"snapshot_ms_in_run\":" << in_run
+       << ",\"snapshot_overhead_in_run\":" << in_run_overhead << ",\"snapshot_ms_alone\":" << snap
+       << ",\"snapshot_overhead_alone\":" << overhead
        << ",\"ok\":" << (ok ? "true" : "false") << "}\n";
   std::error_code ec;
   const auto parent = fs::path(json_path).parent_path();
