@@ -235,9 +235,11 @@ class elastic_worker {
       const uint32_t every = spec_.train().checkpoint_every();
       if (every > 0 && trainer_.steps_done() % every == 0) {
         const auto c0 = std::chrono::steady_clock::now();
-        checkpoint_shard shard = trainer_.snapshot();
+        auto shards = writer_->reclaim();  // buffers already on disk: copied into, not allocated
+        checkpoint_shard& shard = shards["device"];
+        trainer_.snapshot_into(shard);
         snapshot_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - c0).count();
-        writer_->submit(trainer_.steps_done(), {{"device", std::move(shard)}});
+        writer_->submit(trainer_.steps_done(), std::move(shards));
       }
       char extra[200];
       std::snprintf(extra, sizeof extra, "\"workers\":%d,\"generation\":%lld,\"t_mono\":%.6f", n,

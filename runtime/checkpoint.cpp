@@ -377,6 +377,22 @@ int64_t checkpoint_writer::last_committed() const {
   return last_;
 }
 
+std::map<std::string, checkpoint_shard> checkpoint_writer::reclaim() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (spent_.empty()) return {};
+  auto out = std::move(spent_.front());
+  spent_.pop_front();
+  return out;
+}
+
+void copy_entry(checkpoint_shard& s, const std::string& name, const tensor& t) {
+  auto it = s.tensors.find(name);
+  if (it != s.tensors.end() && it->second.shape() == t.shape() && it->second.type() == t.type())
+    it->second.copy_from(t);
+  else
+    s.tensors[name] = t.clone();
+}
+
 void checkpoint_writer::run() {
   std::unique_lock<std::mutex> lock(mu_);
   for (;;) {
@@ -394,6 +410,7 @@ void checkpoint_writer::run() {
     }
     lock.lock();
     busy_ = false;
+    if (spent_.size() < 2) spent_.push_back(std::move(shards));
     if (failed.empty())
       last_ = step;
     else if (error_.empty())

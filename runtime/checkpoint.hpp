@@ -45,6 +45,10 @@ struct checkpoint_shard {
   std::map<std::string, std::string> texts;
 };
 
+// Puts a copy of `t` in s.tensors[name]: into the tensor already there when it has the
+// same shape and type (a reclaimed shard: no allocation, no fresh pages), else a clone.
+void copy_entry(checkpoint_shard& s, const std::string& name, const tensor& t);
+
 // The text entry `key` as a count (>= 0); checkpoint_error when it is missing or is not one.
 int64_t checkpoint_count(const checkpoint_shard& s, const std::string& key);
 
@@ -86,6 +90,9 @@ class checkpoint_writer {
   // Waits until everything submitted is on disk; rethrows the first write error.
   void flush();
   int64_t last_committed() const;
+  // Shards already on disk, handed back for reuse (copy_entry fills them without
+  // allocating); empty when none is free.
+  std::map<std::string, checkpoint_shard> reclaim();
 
  private:
   void run();
@@ -97,6 +104,7 @@ class checkpoint_writer {
   bool busy_ = false, stop_ = false;
   int64_t last_ = -1;
   std::string error_;
+  std::deque<std::map<std::string, checkpoint_shard>> spent_;  // written, for reclaim()
   std::thread thread_;
 };
 

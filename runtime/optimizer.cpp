@@ -38,7 +38,7 @@ class sgd_optimizer : public optimizer {
   const char* name() const override { return "sgd"; }
   void save_state(checkpoint_shard& out) const override {
     save_common(out, name(), steps_);
-    out.tensors["optim.momentum"] = momentum_.flat().clone();
+    copy_entry(out, "optim.momentum", momentum_.flat());
   }
   void load_state(const checkpoint_shard& in) override {
     const int64_t steps = load_common(in, name());
@@ -66,8 +66,8 @@ class adamw_optimizer : public optimizer {
   const char* name() const override { return "adamw"; }
   void save_state(checkpoint_shard& out) const override {
     save_common(out, name(), steps_);
-    out.tensors["optim.m"] = m_.flat().clone();
-    out.tensors["optim.v"] = v_.flat().clone();
+    copy_entry(out, "optim.m", m_.flat());
+    copy_entry(out, "optim.v", v_.flat());
   }
   void load_state(const checkpoint_shard& in) override {
     const int64_t steps = load_common(in, name());

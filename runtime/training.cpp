@@ -124,11 +124,15 @@ std::string layout_of(const param_table& t) {
 
 checkpoint_shard trainer::snapshot() const {
   checkpoint_shard s;
-  s.tensors["params"] = params_.flat().clone();
+  snapshot_into(s);
+  return s;
+}
+
+void trainer::snapshot_into(checkpoint_shard& s) const {
+  copy_entry(s, "params", params_.flat());
   s.texts["params.layout"] = layout_of(params_.table());
   s.texts["step"] = std::to_string(step_);
   optimizer_->save_state(s);
-  return s;
 }
 
 void trainer::restore(const checkpoint_shard& s) {

@@ -74,6 +74,8 @@ class trainer {
   // Phase 1 of a checkpoint: copies of the parameters, the optimizer state and the step
   // (entries "params", "params.layout", "step", "optim.*").
   checkpoint_shard snapshot() const;
+  // The same into `s`, reusing its tensors where they fit (a shard the writer handed back).
+  void snapshot_into(checkpoint_shard& s) const;
   // Back to a snapshot's state; checkpoint_error when it is another model's or optimizer's.
   void restore(const checkpoint_shard& s);
   arena& params() { return params_; }
