@@ -8,6 +8,7 @@
 
 #include "actors/elastic_job.hpp"
 #include "actors/node_agent.hpp"
+#include "runtime/trace.hpp"  // steady_now_s
 #include "transport/tcp/handshake.hpp"
 
 namespace troupe {
@@ -26,33 +27,6 @@ std::string describe(const cluster_member& m) {
   return "process " + std::to_string(m.rank) + " (host " + m.hello.host + ", pid " + std::to_string(m.hello.pid) + ")";
 }
 
-double monotonic_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-// One line of the events file, stamped with the machine's monotonic clock.
-void record_event(const cluster_options& o, const std::string& fields) {
-  if (o.events.empty()) return;
-  std::ofstream out(o.events, std::ios::app);
-  char t[48];
-  std::snprintf(t, sizeof t, ",\"t_mono\":%.6f}", monotonic_s());
-  out << "{" << fields << t << "\n";
-}
-
-// `text` as a JSON string's contents.
-std::string json_text(const std::string& text) {
-  std::string out;
-  for (char c : text) {
-    if (c == '"' || c == '\\') out += '\\';
-    if (static_cast<unsigned char>(c) < 0x20) c = ' ';
-    out += c;
-  }
-  return out;
-}
-
-// Whether every member that is in the job has ended. A replacement is in once it has
-// joined a view and taken the state (joined/<id> in the store); one that is not when the
-// others have all ended never will be.
 bool every_member_ended(cluster_state& s) {
   for (auto& x : s.members)
     if (x.in_view && !x.confirmed && !x.lost && !x.ended) {
@@ -68,6 +42,24 @@ bool every_member_ended(cluster_state& s) {
 }
 
 }  // namespace
+
+void append_event(const std::string& path, const std::string& fields) {
+  if (path.empty()) return;
+  std::ofstream out(path, std::ios::app);
+  char t[48];
+  std::snprintf(t, sizeof t, ",\"t_mono\":%.6f}", steady_now_s());
+  out << "{" << fields << t << "\n";
+}
+
+std::string json_text(const std::string& text) {
+  std::string out;
+  for (char c : text) {
+    if (c == '"' || c == '\\') out += '\\';
+    if (static_cast<unsigned char>(c) < 0x20) c = ' ';
+    out += c;
+  }
+  return out;
+}
 
 caf::behavior cluster_coordinator(caf::stateful_actor<cluster_state>* self, cluster_options opts) {
   auto& s = self->state;
@@ -106,7 +98,7 @@ caf::behavior cluster_coordinator(caf::stateful_actor<cluster_state>* self, clus
     }
     std::string ids;
     for (int32_t m : v.members) ids += (ids.empty() ? "" : ",") + std::to_string(m);
-    record_event(s.opts, "\"event\":\"view\",\"generation\":" + std::to_string(v.generation) + ",\"members\":[" +
+    append_event(s.opts.events, "\"event\":\"view\",\"generation\":" + std::to_string(v.generation) + ",\"members\":[" +
                              ids + "]");
   };
   // A member is gone: before the start, or without elasticity, the job ends; else it goes on
@@ -115,12 +107,12 @@ caf::behavior cluster_coordinator(caf::stateful_actor<cluster_state>* self, clus
     auto& s = self->state;
     if (m.lost || s.finished) return;
     if (!s.opts.elastic || !s.started) {
-      record_event(s.opts, "\"event\":\"failed\",\"member\":" + std::to_string(m.rank) + ",\"why\":\"" +
+      append_event(s.opts.events, "\"event\":\"failed\",\"member\":" + std::to_string(m.rank) + ",\"why\":\"" +
                                json_text(why) + "\"");
       return finish(1, why);
     }
     m.lost = true;
-    record_event(s.opts, "\"event\":\"lost\",\"member\":" + std::to_string(m.rank) + ",\"pid\":" +
+    append_event(s.opts.events, "\"event\":\"lost\",\"member\":" + std::to_string(m.rank) + ",\"pid\":" +
                              std::to_string(m.hello.pid) + ",\"slot\":" + std::to_string(m.hello.slot) + ",\"why\":\"" +
                              json_text(why) + "\"");
     // The leader of the view reports the run: lost once the others have ended, it took the
@@ -155,6 +147,21 @@ caf::behavior cluster_coordinator(caf::stateful_actor<cluster_state>* self, clus
         lose(m, "the runner of " + describe(m) + " failed (" + self->system().render(dm.reason) + ")");
     }
   });
+  // Asks `agent` to spawn the runner of a.rank, then monitors it; failed(why) otherwise.
+  auto start_runner = [self](const caf::actor& agent, const rank_assignment& a,
+                             std::function<void(const std::string&)> failed) {
+    const int32_t rank = a.rank;
+    self->request(agent, std::chrono::seconds(30), assign_atom::value, a)
+        .then(
+            [=](const caf::actor& runner) {
+              for (auto& x : self->state.members)
+                if (x.rank == rank) {
+                  x.runner = runner;
+                  self->monitor(runner);
+                }
+            },
+            [=](caf::error& e) { failed(self->system().render(e)); });
+  };
   self->delayed_send(self, s.opts.join_deadline, tick_atom::value);
   return {
       [=](join_atom, const node_hello& h) -> caf::result<node_challenge> {
@@ -233,7 +240,7 @@ caf::behavior cluster_coordinator(caf::stateful_actor<cluster_state>* self, clus
           m.confirmed = false;
           self->monitor(m.agent);
           s.members.push_back(m);
-          record_event(s.opts, "\"event\":\"admitted\",\"member\":" + std::to_string(m.rank) + ",\"pid\":" +
+          append_event(s.opts.events, "\"event\":\"admitted\",\"member\":" + std::to_string(m.rank) + ",\"pid\":" +
                                    std::to_string(h.pid) + ",\"slot\":" + std::to_string(h.slot));
           if (!s.opts.quiet) {
             std::printf("troupe launch: a replacement (host %s, pid %d) joined as process %d\n", h.host.c_str(), h.pid,
@@ -288,18 +295,9 @@ caf::behavior cluster_coordinator(caf::stateful_actor<cluster_state>* self, clus
           a.rank = m.rank;
           a.world = world;
           const int32_t rank = m.rank;
-          self->request(m.agent, std::chrono::seconds(30), assign_atom::value, a)
-              .then(
-                  [=](const caf::actor& runner) {
-                    for (auto& x : self->state.members)
-                      if (x.rank == rank) {
-                        x.runner = runner;
-                        self->monitor(runner);
-                      }
-                  },
-                  [=](caf::error& e) {
-                    finish(1, "process " + std::to_string(rank) + " could not start: " + self->system().render(e));
-                  });
+          start_runner(m.agent, a, [=](const std::string& e) {
+            finish(1, "process " + std::to_string(rank) + " could not start: " + e);
+          });
         }
       },
       [=](assign_atom, int32_t id) {  // from itself: a replacement, once it knows its id, spawns its runner
@@ -313,20 +311,10 @@ caf::behavior cluster_coordinator(caf::stateful_actor<cluster_state>* self, clus
         a.rank = id;
         a.world = world;
         a.flags.push_back("--elastic-join");
-        self->request(m->agent, std::chrono::seconds(30), assign_atom::value, a)
-            .then(
-                [=](const caf::actor& runner) {
-                  for (auto& x : self->state.members)
-                    if (x.rank == id) {
-                      x.runner = runner;
-                      self->monitor(runner);
-                    }
-                },
-                [=](caf::error& e) {
-                  for (auto& x : self->state.members)
-                    if (x.rank == id) lose(x, "replacement " + std::to_string(id) + " could not start: " +
-                                                  self->system().render(e));
-                });
+        start_runner(m->agent, a, [=](const std::string& e) {
+          for (auto& x : self->state.members)
+            if (x.rank == id) lose(x, "replacement " + std::to_string(id) + " could not start: " + e);
+        });
       },
       [=](done_atom, int32_t rank, int32_t code) -> caf::result<void> {
         auto& s = self->state;
@@ -368,7 +356,7 @@ caf::behavior cluster_coordinator(caf::stateful_actor<cluster_state>* self, clus
           if (s.failed_seen == std::chrono::steady_clock::time_point{}) s.failed_seen = now;
           if (now - s.failed_seen > std::chrono::seconds(1)) {
             elastic_view again{s.view.generation + 1, s.view.members};
-            record_event(s.opts, "\"event\":\"retry\",\"generation\":" + std::to_string(s.view.generation));
+            append_event(s.opts.events, "\"event\":\"retry\",\"generation\":" + std::to_string(s.view.generation));
             publish(again);
             if (s.finished) return;
           }
@@ -383,7 +371,6 @@ caf::behavior cluster_coordinator(caf::stateful_actor<cluster_state>* self, clus
               known("at/" + std::to_string(s.view.generation))) {
             m.in_view = true;
             publish(view_with(s.view, m.rank));
-            m.first_view = s.view.generation;
             if (!s.opts.quiet) {
               std::printf("troupe launch: process %d is ready: growing to %zu workers (view %lld)\n", m.rank,
                           s.view.members.size(), (long long)s.view.generation);

@@ -67,7 +67,6 @@ struct cluster_member {
   bool in_view = true;   // elastic: a member of the published view (a replacement not yet)
   bool confirmed = true; // elastic: a view with it has trained a step (a replacement in a view may never get in:
                          // the others can end first)
-  int64_t first_view = 0;  // elastic: the generation of the first view it is a member of
 };
 
 struct cluster_state {
@@ -88,5 +87,10 @@ struct cluster_state {
 };
 
 caf::behavior cluster_coordinator(caf::stateful_actor<cluster_state>* self, cluster_options opts);
+
+// One line of an events file (troupe launch --events): {fields, "t_mono": steady_now_s()};
+// nothing when `path` is empty. json_text: `text` as a JSON string's contents.
+void append_event(const std::string& path, const std::string& fields);
+std::string json_text(const std::string& text);
 
 }  // namespace troupe

@@ -11,6 +11,7 @@
 #include "runtime/checkpoint.hpp"
 #include "runtime/progress.hpp"
 #include "runtime/threads.hpp"
+#include "runtime/trace.hpp"  // steady_now_s: the t_mono stamps, the same clock in every process of a host
 #include "transport/collectives.hpp"
 #include "transport/transports.hpp"
 
@@ -21,12 +22,6 @@ std::string elastic_key(uint64_t group, const std::string& what) {
 }
 
 namespace {
-
-// Seconds on the machine's monotonic clock: the same in every process of one host, so the
-// recovery benchmark can line a kill up with the steps around it.
-double monotonic_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
 
 // Each view's links are a group of their own, far from the ids the other groups of a job
 // take (group + 1 + ... in run_job.cpp).
@@ -195,7 +190,7 @@ class elastic_worker {
                   "{\"event\":\"view\",\"generation\":%lld,\"members\":%zu,\"step\":%lld,\"state_from\":%d,"
                   "\"streamed_bytes\":%lld,\"t_mono\":%.6f}",
                   (long long)view_.generation, view_.members.size(), (long long)trainer_.steps_done(),
-                  root < 0 ? -1 : int(view_.members[size_t(root)]), (long long)streamed, monotonic_s());
+                  root < 0 ? -1 : int(view_.members[size_t(root)]), (long long)streamed, steady_now_s());
     progress_->record(line);
   }
 
@@ -243,7 +238,7 @@ class elastic_worker {
       }
       char extra[200];
       std::snprintf(extra, sizeof extra, "\"workers\":%d,\"generation\":%lld,\"t_mono\":%.6f", n,
-                    (long long)view_.generation, monotonic_s());
+                    (long long)view_.generation, steady_now_s());
       std::string fields = extra;
       if (snapshot_ms >= 0) {
         std::snprintf(extra, sizeof extra, ",\"snapshot_ms\":%.4f", snapshot_ms);

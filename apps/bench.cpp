@@ -163,6 +163,11 @@ bool bench_flags::parse(const std::vector<std::string>& args, const std::string&
   return true;
 }
 
+double median_of(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v[v.size() / 2];
+}
+
 int bench_main(const std::vector<std::string>& args) {
   const char* usage = "usage: troupe bench train [--model mlp|gpt] [--steps N] [--rounds N] [--torch] [--json FILE]";
   if (!args.empty() && args[0] == "pipeline") return bench_pipeline_main({args.begin() + 1, args.end()});

@@ -17,6 +17,9 @@ struct bench_flags {
              const std::string& usage);
 };
 
+// The median of `v` (the upper one of an even count; 0 when empty).
+double median_of(std::vector<double> v);
+
 int bench_main(const std::vector<std::string>& args);
 int bench_pipeline_main(const std::vector<std::string>& args);
 int bench_actors_main(const std::vector<std::string>& args);

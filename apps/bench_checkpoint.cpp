@@ -30,11 +30,6 @@ using clock = std::chrono::steady_clock;
 
 double ms_since(clock::time_point t0) { return std::chrono::duration<double, std::milli>(clock::now() - t0).count(); }
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v[v.size() / 2];
-}
-
 bool same_bytes(const checkpoint_shard& a, const checkpoint_shard& b) {
   if (a.texts != b.texts || a.tensors.size() != b.tensors.size()) return false;
   for (const auto& [name, t] : a.tensors) {
@@ -137,7 +132,7 @@ int run_bench(int steps, const std::string& json_path) {
            std::memcmp(t.params().flat().raw(), fresh.params().flat().raw(), t.params().flat().bytes()) == 0;
     }
     all_ok = all_ok && ok;
-    const double step = median(step_ms), snap = median(snap_ms), persist = median(persist_ms);
+    const double step = median_of(step_ms), snap = median_of(snap_ms), persist = median_of(persist_ms);
     const double overhead = step > 0 ? snap / step : 0;
     worst_overhead = std::max(worst_overhead, overhead);
     std::printf("%-12s %10.2f %10.2f %12.3f %8.2f%% %11.2f %7s\n", spec.name().c_str(), state_bytes / 1e6, step, snap,

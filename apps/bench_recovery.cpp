@@ -36,6 +36,7 @@
 #include "apps/bench.hpp"
 #include "runtime/job_spec.hpp"
 #include "runtime/threads.hpp"
+#include "runtime/trace.hpp"  // steady_now_s: the clock of the t_mono stamps
 #include "runtime/training.hpp"
 
 extern char** environ;
@@ -46,13 +47,6 @@ namespace {
 
 namespace fs = std::filesystem;
 using clock = std::chrono::steady_clock;
-
-double monotonic_s() { return std::chrono::duration<double>(clock::now().time_since_epoch()).count(); }
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v[v.size() / 2];
-}
 
 // The number after "key": in a JSON line (-1 when it is not there).
 double field(const std::string& line, const std::string& key) {
@@ -163,7 +157,7 @@ run_result run_once(const bench_job& job, const std::string& mode, int64_t kill_
         if (is_event(l, "step")) done = std::max<int64_t>(done, int64_t(field(l, "step")));
       if (done >= kill_step) {
         if (const pid_t p = child_with_slot(launcher, victim)) {
-          t_kill = monotonic_s();
+          t_kill = steady_now_s();
           ::kill(p, SIGKILL);
           r.kill_step = done;
         }
@@ -193,8 +187,8 @@ run_result run_once(const bench_job& job, const std::string& mode, int64_t kill_
   std::vector<double> gaps;
   for (size_t i = 1; i < steps.size(); ++i)
     if (steps[i].second == steps[i - 1].second + 1) gaps.push_back(1e3 * (steps[i].first - steps[i - 1].first));
-  r.step_ms = median(gaps);
-  if (!snaps.empty()) r.snapshot_ms = median(snaps);
+  r.step_ms = median_of(gaps);
+  if (!snaps.empty()) r.snapshot_ms = median_of(snaps);
   if (t_kill < 0) return r;
   double t_detect = -1;
   for (const auto& l : lines_of(events))
@@ -231,7 +225,7 @@ double snapshot_ms(const proto::JobSpec& spec) {
     checkpoint_shard s = t.snapshot();
     ms.push_back(std::chrono::duration<double, std::milli>(clock::now() - t0).count());
   }
-  return median(ms);
+  return median_of(ms);
 }
 
 }  // namespace
@@ -292,7 +286,7 @@ int bench_recovery_main(const std::vector<std::string>& args) {
       "{\"model\":{\"mlp\":{\"widths\":[784,256,128,64,10]}},\"data\":{\"dataset\":\"fashion_mnist\"},"
       "\"optimizer\":{\"adamw\":{\"lr\":2e-3}},\"train\":{\"batch_size\":64,\"steps\":100}}",
       "the snapshot job");
-  const double snap = snapshot_ms(spec), step = median(base_ms), overhead = step > 0 ? snap / step : 0;
+  const double snap = snapshot_ms(spec), step = median_of(base_ms), overhead = step > 0 ? snap / step : 0;
   // The same copy inside the 4-worker run (restart_all snapshots after every step), against
   // the baselines' step: the number the bar is about, with the cores shared.
   const double in_run = restart.snapshot_ms, in_run_overhead = step > 0 && in_run >= 0 ? in_run / step : -1;

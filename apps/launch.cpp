@@ -248,18 +248,10 @@ int launch_main(const std::vector<std::string>& args) {
   // One attempt of the job. Without elastic.mode "restart_all" there is only the first;
   // with it, a failed attempt is followed by another from the newest checkpoint, up to
   // elastic.restarts times (torchrun's way, for comparison with "respawn").
-  auto record = [&](const std::string& fields) {
-    if (events.empty()) return;
-    std::ofstream out(events, std::ios::app);
-    char t[48];
-    std::snprintf(t, sizeof t, ",\"t_mono\":%.6f}",
-                  std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count());
-    out << "{" << fields << t << "\n";
-  };
+  auto record = [&](const std::string& fields) { append_event(events, fields); };
   const bool respawning = elastic.mode() == "respawn";
   int code = 0;
   for (uint32_t attempt = 0;; ++attempt) {
-    bool lost_process = false;  // the attempt failed because a process died or hung (restartable)
     caf::actor_system_config cfg;
     configure_control_plane(cfg, silence, tls);
     caf::actor_system sys{cfg};
@@ -419,12 +411,10 @@ int launch_main(const std::vector<std::string>& args) {
         const std::string what = name_of(k) + " " + (WIFEXITED(failed.front().second) ? "failed" : "was killed");
         record("\"event\":\"failed\",\"slot\":" + std::to_string(slot_of[k]) + ",\"pid\":" + std::to_string(pids[k]));
         self->send(coordinator, stop_atom::value, int32_t(code), what);
-        lost_process = true;
         break;
       }
       // respawn: the coordinator decides, from the process's agent going down.
     }
-    if (code != 0 && code != 130) lost_process = true;  // restart_all restarts after any failure but ^C
     if (code != 0) {
       if (!why.empty()) std::fprintf(stderr, "troupe launch: %s\n", why.c_str());
       // Others may have ended at the same moment (a peer's death breaks their links):
@@ -447,7 +437,8 @@ int launch_main(const std::vector<std::string>& args) {
       stop_all(pids, running);
     }
     self->send_exit(coordinator, caf::exit_reason::kill);
-    if (code == 0 || interrupted || elastic.mode() != "restart_all" || !lost_process || attempt >= elastic.restarts())
+    // restart_all restarts after any failure but an interrupt.
+    if (code == 0 || interrupted || elastic.mode() != "restart_all" || attempt >= elastic.restarts())
       break;
     std::printf("troupe launch: restarting all %d processes from the newest checkpoint (restart %u of at most %u)\n",
                 nproc, attempt + 1, elastic.restarts());

@@ -99,6 +99,20 @@ bool place_from_env(troupe::coordinator_options& o, bool rank_set, bool world_se
   return true;
 }
 
+// The end of a run as troupe train prints it: the evaluation, then the text sample (GPT).
+void print_result(const troupe::job_outcome& out) {
+  if (out.eval.accuracy >= 0)
+    std::printf("result: test loss %.4f, test accuracy %.4f on %lld images (%.1f s)\n", out.eval.loss,
+                out.eval.accuracy, (long long)out.eval.count, out.seconds);
+  else
+    std::printf("result: validation loss %.4f on %lld windows (%.1f s)\n", out.eval.loss, (long long)out.eval.count,
+                out.seconds);
+}
+
+void print_sample(const troupe::job_outcome& out) {
+  if (!out.sample.empty()) std::printf("sample:\n----\n%s\n----\n", out.sample.c_str());
+}
+
 int train(const std::vector<std::string>& args) {
   std::string path, resume;
   uint32_t steps = 0, threads = 0;
@@ -224,13 +238,8 @@ int train(const std::vector<std::string>& args) {
                                                        spec.elastic().mode().c_str());
       auto out = troupe::run_job(spec, opts);
       if (out.eval.loss >= 0 && !quiet) {
-        if (out.eval.accuracy >= 0)
-          std::printf("result: test loss %.4f, test accuracy %.4f on %lld images (%.1f s)\n", out.eval.loss,
-                      out.eval.accuracy, (long long)out.eval.count, out.seconds);
-        else
-          std::printf("result: validation loss %.4f on %lld windows (%.1f s)\n", out.eval.loss,
-                      (long long)out.eval.count, out.seconds);
-        if (!out.sample.empty()) std::printf("sample:\n----\n%s\n----\n", out.sample.c_str());
+        print_result(out);
+        print_sample(out);
       }
       return 0;
     }
@@ -264,12 +273,7 @@ int train(const std::vector<std::string>& args) {
       std::printf("        %d compute thread%s, data feeder -> device (1 stage, 1 replica)\n", nthreads,
                   nthreads == 1 ? "" : "s");
     auto out = troupe::run_job(spec, opts);
-    if (out.eval.accuracy >= 0)
-      std::printf("result: test loss %.4f, test accuracy %.4f on %lld images (%.1f s)\n", out.eval.loss,
-                  out.eval.accuracy, (long long)out.eval.count, out.seconds);
-    else
-      std::printf("result: validation loss %.4f on %lld windows (%.1f s)\n", out.eval.loss,
-                  (long long)out.eval.count, out.seconds);
+    print_result(out);
     for (size_t s = 0; s < out.peak_stash_mb.size() && s < plan.size(); ++s)
       if (out.peak_stash_mb[s] >= 0)
         std::printf("%s stage %zu: peak activations %.2f MB planned, %.2f MB measured\n", s ? "           " : "memory:    ",
@@ -280,7 +284,7 @@ int train(const std::vector<std::string>& args) {
     if (!out.trace_path.empty())
       std::printf("trace:      %s (Chrome trace format: open it in Perfetto)\ntimeline:   %s\n", out.trace_path.c_str(),
                   out.timeline_path.c_str());
-    if (!out.sample.empty()) std::printf("sample:\n----\n%s\n----\n", out.sample.c_str());
+    print_sample(out);
     return 0;
   } catch (const troupe::input_error& e) {
     std::fprintf(stderr, "troupe: error: %s\n", e.what());

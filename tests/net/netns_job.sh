@@ -16,32 +16,8 @@ set -euo pipefail
 troupe=${1:?usage: netns_job.sh TROUPE_BINARY}
 tag="trp$$"
 work=$(mktemp -d /tmp/troupe-netns-XXXXXX)
-namespaces=("${tag}a" "${tag}b" "${tag}c" "${tag}sw")
-cleanup() {
-  for ns in "${namespaces[@]}"; do ip netns del "$ns" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-skip() { echo "SKIP: $*"; exit 77; }
-
-command -v ip >/dev/null || skip "no 'ip' command (iproute2)"
-[ "$(id -u)" -eq 0 ] || skip "creating network namespaces needs root"
-ip netns add "${tag}sw" 2>"$work/err" || skip "this machine forbids network namespaces: $(cat "$work/err")"
-ip -n "${tag}sw" link add br0 type bridge
-ip -n "${tag}sw" link set br0 up
-for k in 0 1 2; do
-  ns="${namespaces[$k]}"
-  ip netns add "$ns"
-  ip link add "v${tag}$k" type veth peer name "p${tag}$k"
-  ip link set "v${tag}$k" netns "$ns"
-  ip link set "p${tag}$k" netns "${tag}sw"
-  ip -n "$ns" link set lo up
-  ip -n "$ns" link set "v${tag}$k" name eth0
-  ip -n "$ns" addr add "10.77.0.$((k + 1))/24" dev eth0
-  ip -n "$ns" link set eth0 up
-  ip -n "${tag}sw" link set "p${tag}$k" master br0
-  ip -n "${tag}sw" link set "p${tag}$k" up
-done
+subnet=10.77.0
+source "$(dirname "$0")/netns_lib.sh"
 
 cat > "$work/job.json" <<JOB
 {"name": "netns",

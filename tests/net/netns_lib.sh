@@ -1,0 +1,33 @@
+# Sourced by the netns tests: three network namespaces ${tag}a, ${tag}b, ${tag}c, each its
+# own host with address $subnet.1, .2, .3 on eth0, joined by veth pairs to a bridge in a
+# fourth, ${tag}sw. Before sourcing, set tag (short: it prefixes interface names), subnet
+# (e.g. 10.77.0) and work (a scratch directory). It sets namespaces=(a b c sw), traps EXIT
+# to stop this script's background jobs, delete the namespaces and remove $work, and skips
+# the test (exit 77) with the reason where the machine forbids namespaces.
+namespaces=("${tag}a" "${tag}b" "${tag}c" "${tag}sw")
+cleanup() {
+  jobs -p | xargs -r kill -9 2>/dev/null || true
+  for ns in "${namespaces[@]}"; do ip netns del "$ns" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+skip() { echo "SKIP: $*"; exit 77; }
+
+command -v ip >/dev/null || skip "no 'ip' command (iproute2)"
+[ "$(id -u)" -eq 0 ] || skip "creating network namespaces needs root"
+ip netns add "${tag}sw" 2>"$work/err" || skip "this machine forbids network namespaces: $(cat "$work/err")"
+ip -n "${tag}sw" link add br0 type bridge
+ip -n "${tag}sw" link set br0 up
+for k in 0 1 2; do
+  ns="${namespaces[$k]}"
+  ip netns add "$ns"
+  ip link add "v${tag}$k" type veth peer name "p${tag}$k"
+  ip link set "v${tag}$k" netns "$ns"
+  ip link set "p${tag}$k" netns "${tag}sw"
+  ip -n "$ns" link set lo up
+  ip -n "$ns" link set "v${tag}$k" name eth0
+  ip -n "$ns" addr add "$subnet.$((k + 1))/24" dev eth0
+  ip -n "$ns" link set eth0 up
+  ip -n "${tag}sw" link set "p${tag}$k" master br0
+  ip -n "${tag}sw" link set "p${tag}$k" up
+done
