@@ -48,9 +48,13 @@ caf::behavior node_agent(caf::stateful_actor<node_agent_state>* self, caf::actor
           [=](const node_challenge& c) {
             auto& s = self->state;
             if (!handshake::same_proof(c.proof, coordinator_proof(s.opts.secret, s.opts.hello.nonce, c.nonce))) {
-              // Say so to the other end too (never a proof of ours for a nonce it chose).
-              self->send(s.coordinator, prove_atom::value, std::string("refused: your proof of the secret is wrong"));
-              finish(1, "the coordinator could not prove the job's secret (TROUPE_SECRET differs): refused it");
+              // Say so to the other end too (never a proof of ours for a nonce it chose), and
+              // end only once it has answered: a message still in flight when the process
+              // exits is lost, and the launcher would never log the refusal.
+              const std::string why = "the coordinator could not prove the job's secret (TROUPE_SECRET differs): refused it";
+              self->request(s.coordinator, std::chrono::seconds(2), prove_atom::value,
+                            std::string("refused: your proof of the secret is wrong"))
+                  .then([=](int32_t) { finish(1, why); }, [=](caf::error&) { finish(1, why); });
               return;
             }
             self->request(s.coordinator, s.opts.answer_deadline, prove_atom::value,
