@@ -34,8 +34,9 @@ caf::behavior data_feeder(caf::stateful_actor<data_feeder_state>* self, proto::J
 }
 
 caf::behavior pipeline_feeder(caf::stateful_actor<pipeline_feeder_state>* self, std::shared_ptr<step_batches> batches,
-                              std::vector<std::vector<caf::actor>> readers) {
+                              std::vector<std::vector<caf::actor>> readers, int64_t first_step) {
   self->state.batches = std::move(batches);
+  self->state.next_step = first_step;
   self->state.readers = std::move(readers);
   return {
       [=](step_atom, int64_t step) {

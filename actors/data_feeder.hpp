@@ -42,7 +42,9 @@ struct pipeline_feeder_state {
   static inline const char* name = "data_feeder";
 };
 
+// first_step: the job goes on from there (a resumed job): `batches` already skipped the
+// steps before it.
 caf::behavior pipeline_feeder(caf::stateful_actor<pipeline_feeder_state>* self, std::shared_ptr<step_batches> batches,
-                              std::vector<std::vector<caf::actor>> readers);
+                              std::vector<std::vector<caf::actor>> readers, int64_t first_step = 0);
 
 }  // namespace troupe

@@ -106,6 +106,7 @@ void end_step(coordinator_actor self, double norm, float lr) {
     }
     s.g.progress->step(s.step, out.losses.back(), lr, float(norm), samples, tokens, dt, extra + "]");
   }
+  if (s.g.on_step) s.g.on_step(s.step + 1);
   if (s.step + 1 < s.g.steps)
     start_step(self);
   else
@@ -223,7 +224,7 @@ void begin_run(coordinator_actor self) {
     for (const auto& n : names) ++holders[n];
   for (const auto& [name, count] : holders)
     if (count > 1) s.shared.push_back(name);
-  if (s.g.steps > 0)
+  if (s.g.steps > s.g.first_step)
     start_step(self);
   else
     collect_params(self);
@@ -234,6 +235,7 @@ void begin_run(coordinator_actor self) {
 caf::behavior pipeline_coordinator(caf::stateful_actor<pipeline_coordinator_state>* self, pipeline_graph g) {
   auto& s = self->state;
   s.g = std::move(g);
+  s.step = s.sent = s.drawn = s.g.first_step - 1;
   for (auto& replica : s.g.stages)
     for (size_t st = 0; st < replica.size(); ++st)
       if (s.g.local(int(st))) s.all.push_back(replica[st]);

@@ -33,7 +33,9 @@ struct pipeline_graph {
   std::vector<std::shared_ptr<communicator>> groups;  // one member of each stage's replica group
   caf::actor feeder;  // pipeline_feeder: draws each step's examples when asked
   int micro_batches = 1;
-  int64_t steps = 0, total_steps = 0;  // steps to run; the schedule's length (learning rate)
+  int64_t steps = 0, total_steps = 0;  // steps to run up to; the schedule's length (learning rate)
+  int64_t first_step = 0;              // the first step to run (a job that goes on from a state)
+  std::function<void(int64_t steps_done)> on_step;  // optional: after each step, before the next
   const proto::JobSpec* spec = nullptr;
   progress_log* progress = nullptr;   // optional
   // Optional (replicas in several processes): the step's loss over every replica, from the

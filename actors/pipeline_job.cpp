@@ -94,6 +94,17 @@ pipeline_outcome run_pipeline_training(caf::actor_system& sys, const proto::JobS
   auto data = load_training_data(spec);
   auto batches = std::make_shared<step_batches>(spec, data, m, R);
   const int64_t total = troupe::total_steps(spec, *data);
+  if (opts.first_step < 0 || opts.first_step > steps)
+    throw input_error("pipeline: going on from step " + std::to_string(opts.first_step) + " of a run of " +
+                      std::to_string(steps) + " steps");
+  if (opts.first_step > 0 || !opts.initial.empty())
+    for (int s = fs; s < fs + LS; ++s)
+      if (!opts.initial.count(s))
+        throw checkpoint_error("pipeline: no state for stage " + std::to_string(s) + " to go on from after step " +
+                               std::to_string(opts.first_step) + " (a checkpoint of " +
+                               std::to_string(opts.initial.size()) + " stage" + (opts.initial.size() == 1 ? "" : "s") +
+                               " for a job of " + std::to_string(p) + "?)");
+  batches->skip(opts.first_step);
 
   auto make_model = opts.make_model ? opts.make_model : [&spec] { return build_model(spec.model()); };
   // The whole model once, for its layer costs and its initial parameters.
@@ -101,6 +112,15 @@ pipeline_outcome run_pipeline_training(caf::actor_system& sys, const proto::JobS
   arena init(full->table);
   init_params(*full, init, spec.train().seed());
   auto ranges = plan_virtual_stages(*full, p * v);
+  auto chunks_of = [&](int s) {
+    std::vector<std::pair<size_t, size_t>> mine;
+    for (int c = 0; c < v; ++c) mine.push_back(ranges[size_t(c * p + s)]);
+    return mine;
+  };
+  // A state to go on from is checked before any actor starts (a stage that cannot load
+  // it must not leave the others running).
+  for (const auto& [s, state] : opts.initial)
+    if (local(s)) stage_model(spec, make_model(), chunks_of(s), init, batches, m, f).load_state(state, "stage " + std::to_string(s) + "'s state");
 
   // The device actors (threads), then stages[r][s]: stage s of replica r, on device
   // device_of(s, r). Stage s of every replica shares one group.
@@ -124,8 +144,7 @@ pipeline_outcome run_pipeline_training(caf::actor_system& sys, const proto::JobS
                              std::to_string(L) + " local replicas");
     auto member = [&](int r) { return group[size_t(opts.make_replica_group ? r - f : r)]; };
     if (R > 1) groups.push_back(member(f));
-    std::vector<std::pair<size_t, size_t>> mine;
-    for (int c = 0; c < v; ++c) mine.push_back(ranges[size_t(c * p + s)]);
+    const std::vector<std::pair<size_t, size_t>> mine = chunks_of(s);
     for (int r = f; r < f + L; ++r) {
       stage_config cfg;
       cfg.stage = s;
@@ -148,6 +167,9 @@ pipeline_outcome run_pipeline_training(caf::actor_system& sys, const proto::JobS
         if (R > 1) cfg.comm_track = opts.trace->track(name + " comm");
       }
       cfg.compute = std::make_shared<stage_model>(spec, make_model(), mine, init, batches, m, r);
+      if (auto st = opts.initial.find(s); st != opts.initial.end())
+        cfg.compute->load_state(st->second, "stage " + std::to_string(s) + "'s state");
+      cfg.snapshots = opts.snapshots;
       if (opts.wrap_compute) cfg.compute = opts.wrap_compute(s, r, cfg.compute);
       cfg.fed = true;  // the data feeder sends the examples; the device gathers the rows
       stages[size_t(r - f)][size_t(s)] = sys.spawn<caf::detached>(stage, cfg);
@@ -176,7 +198,9 @@ pipeline_outcome run_pipeline_training(caf::actor_system& sys, const proto::JobS
   graph.stages = stages;
   graph.devices = devices;
   graph.groups = groups;
-  graph.feeder = sys.spawn<caf::detached>(pipeline_feeder, batches, readers);
+  graph.feeder = sys.spawn<caf::detached>(pipeline_feeder, batches, readers, opts.first_step);
+  graph.first_step = opts.first_step;
+  graph.on_step = opts.on_step;
   graph.micro_batches = m;
   graph.steps = steps;
   graph.total_steps = total;

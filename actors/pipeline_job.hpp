@@ -57,6 +57,18 @@ struct pipeline_options {
   int first_stage = 0;
   int local_stages = 0;
   std::shared_ptr<communicator> pipe;
+  // Going on from a state (a checkpoint, or a respawn): the job's steps before first_step
+  // are done, and initial[s] is stage s's state after them (every local replica's); each
+  // local stage needs one (checkpoint_error, naming the stage, when one is missing or
+  // another model's).
+  int64_t first_step = 0;
+  std::map<int, checkpoint_shard> initial;
+  // Optional: every stage actor snapshots its state in here after the optimizer steps
+  // where snapshots->due(steps done) (runtime/stage_snapshots.hpp).
+  std::shared_ptr<stage_snapshots> snapshots;
+  // Optional: called after each step, on the coordinator (steps done; every local stage's
+  // snapshot of it, where due, is in `snapshots`). What it throws fails the job.
+  std::function<void(int64_t steps_done)> on_step;
   static pipeline_options from(const proto::JobSpec& spec);
 };
 

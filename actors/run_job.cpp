@@ -224,20 +224,36 @@ job_outcome run_job(const proto::JobSpec& spec, const coordinator_options& opts)
   const bool single = spec.policy().name() == "allreduce" && opts.world == 1 && spec.parallel().stages() == 1 &&
                       spec.parallel().replicas() == 1;
   if (spec.elastic().mode() != "off") return run_elastic_job(spec, data, opts);
-  if ((spec.train().checkpoint_every() > 0 || opts.resume_from) && !single)
+  // Checkpoints: the job in one piece ("device" shard), or its pipeline stages and
+  // replicas in this process (a "stage-<s>" shard per stage, replica 0's copy).
+  const bool in_process_pipeline = spec.policy().name() == "allreduce" && opts.world == 1 && !single;
+  const int P = int(spec.parallel().stages());
+  if ((spec.train().checkpoint_every() > 0 || opts.resume_from) && !single && !in_process_pipeline)
     throw input_error(std::string(opts.resume_from ? "--resume" : "train.checkpoint_every") +
-                      ": checkpoints are taken by the single-process job of 1 stage x 1 replica with the parallel "
-                      "section's all-reduce so far; pipelines, replicas and policies do not "
-                      "checkpoint yet, and troupe launch jobs checkpoint with elastic.mode set");
+                      ": checkpoints are taken by jobs in one process (troupe train) with the parallel section's "
+                      "all-reduce; parameter-shard policies do not checkpoint yet, and troupe launch jobs "
+                      "checkpoint with elastic.mode set");
   if (opts.resume_from) {
-    if (!opts.resume_from->shards.count("device"))
-      throw input_error("--resume " + opts.resume_from->dir.string() + ": the checkpoint has no \"device\" shard");
+    const std::string dir = opts.resume_from->dir.string();
+    const bool whole = opts.resume_from->shards.count("device") > 0;
+    if (single && !whole)
+      throw input_error("--resume " + dir + ": the checkpoint has no \"device\" shard" +
+                        (opts.resume_from->shards.count("stage-0") ? " (a pipeline job's: it has stage-N shards; "
+                                                                     "resume it with the same parallel.stages)"
+                                                                   : ""));
+    if (!single)
+      for (int st = 0; st < P; ++st)
+        if (!opts.resume_from->shards.count("stage-" + std::to_string(st)))
+          throw input_error("--resume " + dir + ": the checkpoint has no \"stage-" + std::to_string(st) +
+                            "\" shard for this job of " + std::to_string(P) + " stage" + (P == 1 ? "" : "s") +
+                            (whole ? " (it is a job's of 1 stage x 1 replica)" : ""));
     if (opts.resume_from->step >= out.steps)
-      throw input_error("--resume " + opts.resume_from->dir.string() + ": the checkpoint is at step " +
+      throw input_error("--resume " + dir + ": the checkpoint is at step " +
                         std::to_string(opts.resume_from->step) + ", the job has " + std::to_string(out.steps) +
                         " steps: nothing is left to train");
-    // Check it against this job's model and optimizer before any actor starts.
-    trainer(spec, out.steps).restore(opts.resume_from->shards.at("device"));
+    // Check it against this job's model and optimizer before any actor starts (a
+    // pipeline's stages check theirs as they are built).
+    if (single) trainer(spec, out.steps).restore(opts.resume_from->shards.at("device"));
   }
   if (spec.policy().name() != "allreduce") {
     if (opts.world > 1)
@@ -258,11 +274,32 @@ job_outcome run_job(const proto::JobSpec& spec, const coordinator_options& opts)
     joined links;  // keeps the processes' links (and rank 0's store) up for the run
     if (opts.world > 1) links = join_processes(spec, opts, popts);
     popts.trace = std::make_shared<trace_recorder>();
+    std::unique_ptr<checkpoint_writer> writer;
+    if (const int every = int(spec.train().checkpoint_every()); every > 0) {
+      // Phase 1 in the stages (a copy after their optimizer step), phase 2 here: replica
+      // 0's copy of every stage, written in the background.
+      popts.snapshots = std::make_shared<stage_snapshots>(every);
+      writer = std::make_unique<checkpoint_writer>(spec.train().checkpoint_dir(), int(spec.train().checkpoint_keep()));
+      popts.on_step = [snaps = popts.snapshots, w = writer.get(), P](int64_t done) {
+        if (!snaps->due(done)) return;
+        auto shards = w->reclaim();
+        for (int st = 0; st < P; ++st)
+          if (!snaps->copy(0, st, done, shards["stage-" + std::to_string(st)]))
+            throw std::logic_error("checkpoint: stage " + std::to_string(st) + " has no snapshot of step " +
+                                   std::to_string(done));
+        w->submit(done, std::move(shards));
+      };
+    }
+    if (opts.resume_from) {
+      popts.first_step = opts.resume_from->step;
+      for (int st = 0; st < P; ++st) popts.initial[st] = opts.resume_from->shards.at("stage-" + std::to_string(st));
+    }
     // Tracks in replica-major order, so the timeline reads top to bottom.
     for (int r = popts.first_replica; r < popts.first_replica + (popts.local_replicas ? popts.local_replicas : popts.replicas); ++r)
       for (int s = popts.first_stage; s < popts.first_stage + (popts.local_stages ? popts.local_stages : popts.stages); ++s)
         popts.trace->track("replica " + std::to_string(r) + " stage " + std::to_string(s));
     pipeline_outcome po = run_pipeline_training(sys, spec, popts, out.steps, &progress);
+    if (writer) writer->flush();  // every checkpoint taken is on disk before the job reports its end
     out.peak_stash_mb = po.peak_stash_mb;
     set_compute_threads(int(spec.train().threads()));
     trainer whole(spec, out.steps);

@@ -85,13 +85,24 @@ struct task_view {
   std::shared_ptr<trace_recorder> trace;
   int track = 0;
   int64_t step = 0;
+  int replica = 0;
+  std::shared_ptr<stage_snapshots> snapshots;
   void record(const char* name, const char* category, double t0) const {
     if (trace) trace->record({track, name, category, step, t0, now_s()});
   }
 };
 
 task_view view_of(const stage_state& s) {
-  return {s.cfg.stage, s.peers, s.cfg.compute, s.buckets, s.cfg.trace, s.cfg.track, s.step};
+  return {s.cfg.stage, s.peers, s.cfg.compute, s.buckets, s.cfg.trace, s.cfg.track, s.step, s.cfg.replica,
+          s.cfg.snapshots};
+}
+
+// After the optimizer step of v.step: the in-memory snapshot, when one is due.
+void snapshot_if_due(const task_view& v) {
+  if (!v.snapshots || !v.snapshots->due(v.step + 1)) return;
+  double t0 = now_s();
+  v.snapshots->take(v.replica, v.stage, v.step + 1, *v.compute);
+  v.record("snap", "snapshot", t0);
 }
 
 void finish_averaging(const task_view& v) {
@@ -196,6 +207,7 @@ void run_batch(pass_batch& b, const task_view& v, bool split) {
       double t0 = now_s();
       v.compute->apply_update({}, {}, clip_coefficient(norm, b.max_norm), b.lr);
       v.record("opt", "optimizer", t0);
+      snapshot_if_due(v);
       b.norm = norm;
     }
   } catch (const std::exception& e) {
@@ -414,6 +426,7 @@ caf::behavior stage(caf::stateful_actor<stage_state>* self, stage_config cfg) {
                 double t0 = now_s();
                 v.compute->apply_update(names, totals, clip_scale, lr);
                 v.record("opt", "optimizer", t0);
+                snapshot_if_due(v);
               } catch (const std::exception& e) {
                 *error = e.what();
               }

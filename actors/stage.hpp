@@ -34,6 +34,7 @@
 #include "actors/messages.hpp"
 #include "policies/pipeline_schedule.hpp"
 #include "runtime/stage_compute.hpp"
+#include "runtime/stage_snapshots.hpp"
 #include "runtime/trace.hpp"
 #include "transport/bucketed_allreduce.hpp"
 #include "transport/communicator.hpp"
@@ -66,6 +67,9 @@ struct stage_config {
   // virtual stage 0 for (step, micro) (a stand-in, for emulated compute).
   bool fed = false;
   std::function<tensor(int64_t step, int micro)> source;
+  // Optional: after each optimizer step where snapshots->due(steps done), the stage's
+  // state goes in here (on its device, before it reports or answers), keyed (replica, stage).
+  std::shared_ptr<stage_snapshots> snapshots;
 };
 
 struct stage_state {

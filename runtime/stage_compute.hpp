@@ -12,6 +12,8 @@
 
 namespace troupe {
 
+struct checkpoint_shard;
+
 class stage_compute {
  public:
   virtual ~stage_compute() = default;
@@ -60,6 +62,11 @@ class stage_compute {
                             float clip_scale, float lr) {
     (void)names, (void)totals, (void)clip_scale, (void)lr;
   }
+  // Its state between steps (parameters and optimizer state) into a shard, reusing the
+  // shard's tensors where they fit, and back (checkpoint_error when the shard is another
+  // stage's, naming `what`). Compute without state saves nothing and loads anything.
+  virtual void save_state(checkpoint_shard& s) const { (void)s; }
+  virtual void load_state(const checkpoint_shard& s, const std::string& what) { (void)s, (void)what; }
 };
 
 // Stand-in compute for schedule experiments: sleeps for the configured time per pass

@@ -5,6 +5,7 @@
 #include <set>
 
 #include "kernels/cpu/optim.hpp"
+#include "runtime/checkpoint.hpp"
 #include "runtime/partition.hpp"
 
 namespace troupe {
@@ -231,6 +232,12 @@ void stage_model::apply_update(const std::vector<std::string>& names, const std:
   }
   if (clip_scale != 1.0f) kernels::scale_inplace(grads_.flat().f32(), clip_scale, grads_.flat().numel());
   optimizer_->step(params_, grads_, lr);
+}
+
+void stage_model::save_state(checkpoint_shard& s) const { save_training_state(params_, *optimizer_, s); }
+
+void stage_model::load_state(const checkpoint_shard& s, const std::string& what) {
+  load_training_state(params_, *optimizer_, s, what);
 }
 
 }  // namespace troupe

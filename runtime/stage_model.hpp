@@ -29,6 +29,8 @@ class step_batches {
                int replicas = 1);
   // The next step's examples (image indices or window starts, i32), by [replica][micro].
   std::vector<std::vector<tensor>> next_step();
+  // Draws and drops the next `steps` steps: where a resumed job's batches start.
+  void skip(int64_t steps) { source_.skip(steps); }
   // The rows (inputs and targets) of one share.
   batch gather(const tensor& examples) const;
 
@@ -65,6 +67,8 @@ class stage_model : public stage_compute {
   tensor flat_grads() override { return grads_.flat(); }
   void on_grads_ready(grads_ready_fn fn) override { grads_ready_ = std::move(fn); }
   double peak_stash_bytes() const override { return peak_stash_bytes_; }
+  void save_state(checkpoint_shard& s) const override;
+  void load_state(const checkpoint_shard& s, const std::string& what) override;
 
  private:
   std::unique_ptr<model> model_;

@@ -122,6 +122,24 @@ std::string layout_of(const param_table& t) {
 
 }  // namespace
 
+void save_training_state(const arena& params, const optimizer& opt, checkpoint_shard& s) {
+  copy_entry(s, "params", params.flat());
+  s.texts["params.layout"] = layout_of(params.table());
+  opt.save_state(s);
+}
+
+void load_training_state(arena& params, optimizer& opt, const checkpoint_shard& s, const std::string& what) {
+  auto layout = s.texts.find("params.layout");
+  if (layout == s.texts.end() || layout->second != layout_of(params.table()))
+    throw checkpoint_error(what + ": its parameters are laid out for another model than this job's (" +
+                           std::string(layout == s.texts.end() ? "no params.layout" : "params.layout differs") + ")");
+  auto p = s.tensors.find("params");
+  if (p == s.tensors.end() || p->second.type() != dtype::f32 || p->second.shape() != params.flat().shape())
+    throw checkpoint_error(what + ": no \"params\" of this model's " + shape_str(params.flat().shape()) + " floats");
+  opt.load_state(s);  // first: it checks before anything changes
+  params.flat().copy_from(p->second);
+}
+
 checkpoint_shard trainer::snapshot() const {
   checkpoint_shard s;
   snapshot_into(s);
@@ -129,23 +147,13 @@ checkpoint_shard trainer::snapshot() const {
 }
 
 void trainer::snapshot_into(checkpoint_shard& s) const {
-  copy_entry(s, "params", params_.flat());
-  s.texts["params.layout"] = layout_of(params_.table());
+  save_training_state(params_, *optimizer_, s);
   s.texts["step"] = std::to_string(step_);
-  optimizer_->save_state(s);
 }
 
 void trainer::restore(const checkpoint_shard& s) {
-  auto layout = s.texts.find("params.layout");
-  if (layout == s.texts.end() || layout->second != layout_of(params_.table()))
-    throw checkpoint_error("checkpoint: its parameters are laid out for another model than this job's (" +
-                           std::string(layout == s.texts.end() ? "no params.layout" : "params.layout differs") + ")");
-  auto p = s.tensors.find("params");
-  if (p == s.tensors.end() || p->second.type() != dtype::f32 || p->second.shape() != params_.flat().shape())
-    throw checkpoint_error("checkpoint: no \"params\" of this model's " + shape_str(params_.flat().shape()) + " floats");
   const int64_t step = checkpoint_count(s, "step");
-  optimizer_->load_state(s);  // first: it checks before anything changes
-  params_.flat().copy_from(p->second);
+  load_training_state(params_, *optimizer_, s, "checkpoint");
   step_ = step;
 }
 

@@ -56,6 +56,13 @@ struct eval_result {
   int64_t count = 0;
 };
 
+// A parameter arena and its optimizer's state into a checkpoint shard (entries "params",
+// "params.layout", "optim.*"; tensors reused where they fit), and back: load throws
+// checkpoint_error, before anything changes, when the shard is another model's or
+// optimizer's. `what` names the state in that error ("checkpoint", "stage 1's snapshot").
+void save_training_state(const arena& params, const optimizer& opt, checkpoint_shard& s);
+void load_training_state(arena& params, optimizer& opt, const checkpoint_shard& s, const std::string& what);
+
 // One replica of the whole model: parameters, gradients, optimizer state.
 class trainer {
  public:

@@ -122,8 +122,71 @@ TEST_CASE("resume: a missing or empty directory, another model's checkpoint, a f
   r = run("train " + wide + " --quiet --resume " + dir + "/step-000000000004");
   CHECK(r.code == 1);
   CHECK(r.output.find("laid out for another model than this job's") != std::string::npos);
-  r = run("train " + job("h", "/tmp/troupe_resume_h_ckpt", R"(, "parallel": {"stages": 2})") + " --quiet");
+  r = run("train " + job("h", "/tmp/troupe_resume_h_ckpt", R"(, "policy": {"name": "downpour", "workers": 2})") +
+          " --quiet");
   CHECK(r.code == 1);
-  CHECK(r.output.find("train.checkpoint_every: checkpoints are taken by the single-process job") != std::string::npos);
-  fs::remove_all(dir);
+  CHECK(r.output.find("train.checkpoint_every: checkpoints are taken by jobs in one process") != std::string::npos);
+  CHECK(r.output.find("parameter-shard policies do not checkpoint yet") != std::string::npos);
+  // A job of 1 stage x 1 replica's checkpoint for a pipeline job, and back.
+  const std::string pipe_dir = "/tmp/troupe_resume_i_ckpt";
+  r = run("train " + job("i", pipe_dir, R"(, "parallel": {"stages": 2, "micro_batches": 2})") + " --quiet --resume " + dir);
+  CHECK(r.code == 1);
+  CHECK(r.output.find("the checkpoint has no \"stage-0\" shard for this job of 2 stages (it is a job's of 1 stage x 1 "
+                      "replica)") != std::string::npos);
+  r = run("train " + job("i", pipe_dir, R"(, "parallel": {"stages": 2, "micro_batches": 2})") + " --quiet");
+  REQUIRE_MESSAGE(r.code == 0, r.output);
+  r = run("train " + job("j", "/tmp/troupe_resume_j_ckpt") + " --quiet --resume " + pipe_dir + "/step-000000000004");
+  CHECK(r.code == 1);
+  CHECK(r.output.find("no \"device\" shard (a pipeline job's: it has stage-N shards") != std::string::npos);
+  r = run("train " + job("j", "/tmp/troupe_resume_j_ckpt", R"(, "parallel": {"stages": 3, "micro_batches": 2})") +
+          " --quiet --resume " + pipe_dir + "/step-000000000004");
+  CHECK(r.code == 1);
+  CHECK(r.output.find("no \"stage-2\" shard for this job of 3 stages") != std::string::npos);
+  for (const std::string& d : {dir, pipe_dir, std::string("/tmp/troupe_resume_j_ckpt")}) fs::remove_all(d);
+}
+
+TEST_CASE("resume: a pipeline job (stages x replicas in one process) continued from its step-8 checkpoint equals the "
+          "uninterrupted run bit for bit") {
+  // The MLP as 2 stages x 2 replicas with 1F1B, and the GPT (its embedding tied between
+  // the first and the last stage) as 2 stages with the zero-bubble schedule.
+  const std::string gpt = R"(, "model": {"gpt": {"n_layer": 2, "n_head": 2, "d_model": 32, "context": 16}},
+    "data": {"dataset": "fortunes"}, "parallel": {"stages": 2, "micro_batches": 2, "schedule": "zb-h1"})";
+  for (const std::string& extra : {std::string(R"(, "parallel": {"stages": 2, "replicas": 2, "micro_batches": 2})"), gpt}) {
+    CAPTURE(extra);
+    const std::string a_dir = "/tmp/troupe_resume_pa_ckpt", b_dir = "/tmp/troupe_resume_pb_ckpt";
+    auto with = [&](const std::string& name, const std::string& dir) {
+      std::string path = job(name, dir);
+      std::ifstream in(path);
+      std::stringstream text;
+      text << in.rdbuf();
+      std::string t = text.str();
+      if (extra == gpt) {  // the GPT replaces the MLP's model and data
+        t.replace(t.find(R"("model")"), t.find(R"("optimizer")") - t.find(R"("model")"), "");
+        t.replace(t.find(R"("steps": 12)"), 0, R"("sample_tokens": 0, )");
+      }
+      t.insert(t.rfind('}'), extra);
+      std::ofstream(path) << t;
+      return path;
+    };
+    auto r = run("train " + with("pa", a_dir) + " --quiet");
+    REQUIRE_MESSAGE(r.code == 0, r.output);
+    const auto a = load_latest_checkpoint(a_dir);
+    REQUIRE(a.step == 12);
+    REQUIRE(a.shards.count("stage-0") == 1);
+    REQUIRE(a.shards.count("stage-1") == 1);
+    r = run("train " + with("pb", b_dir) + " --quiet --resume " + a_dir + "/step-000000000008");
+    REQUIRE_MESSAGE(r.code == 0, r.output);
+    CHECK(r.output.find("after step 8") != std::string::npos);
+    const auto la = step_lines("pa"), lb = step_lines("pb");
+    REQUIRE(la.size() == 12);
+    REQUIRE(lb.size() == 4);
+    for (size_t k = 0; k < 4; ++k) CHECK(lb[k] == la[8 + k]);
+    const auto b = load_latest_checkpoint(b_dir);
+    REQUIRE(b.step == 12);
+    for (const char* st : {"stage-0", "stage-1"}) {
+      CAPTURE(st);
+      check_bits(a.shards.at(st), b.shards.at(st));
+    }
+    for (const std::string& d : {a_dir, b_dir}) fs::remove_all(d);
+  }
 }
