@@ -86,6 +86,12 @@ void configure_control_plane(caf::actor_system_config& cfg, std::chrono::millise
   cfg.set("middleman.heartbeat-interval", caf::timespan{heartbeat});
   cfg.set("middleman.connection-timeout", caf::timespan{silence});
   cfg.set("scheduler.max-threads", size_t(2));
+  // The shared queue, not work stealing: its idle workers poll (500 tries 50 us apart
+  // after every message, ../shared/STACK.md), and the elastic coordinator's poll every
+  // 10-20 ms kept them at it: the launcher took a quarter of a core from training on 2
+  // cores (measured: 2.1 s of CPU in 8 s; 0.1 s with the shared queue). The control plane
+  // needs no microsecond latency.
+  cfg.set("scheduler.policy", caf::atom("sharing"));
 }
 
 caf::expected<uint16_t> publish_control(caf::actor_system& sys, const caf::actor& whom, const std::string& host,
