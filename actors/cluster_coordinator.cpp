@@ -121,7 +121,13 @@ caf::behavior cluster_coordinator(caf::stateful_actor<cluster_state>* self, clus
     const bool others_done = every_member_ended(s);  // m counts as lost already
     if (leader && others_done)
       return finish(1, why + ", after the others had ended: the leader of the last view did not report the run");
-    if (m.in_view) {
+    if (m.in_view && s.opts.fixed_places) {
+      // The place stays in the view, lost, until a replacement is ready (the poll).
+      if (!s.opts.quiet) {
+        std::printf("troupe launch: %s; its place (%d) waits for a replacement\n", why.c_str(), s.view.index_of(m.rank));
+        std::fflush(stdout);
+      }
+    } else if (m.in_view) {
       const elastic_view next = view_without(s.view, m.rank);
       if (!view_viable(next, s.opts.min_workers))
         return finish(1, why + "; " + std::to_string(next.members.size()) + " workers are left, fewer than "
@@ -351,7 +357,9 @@ caf::behavior cluster_coordinator(caf::stateful_actor<cluster_state>* self, clus
         };
         // A view whose links failed with no member lost (a data-link fault the control
         // plane did not see): after a grace for the loss to show, the same members again.
-        if (known("failed/" + std::to_string(s.view.generation))) {
+        const auto vacant = std::find_if(s.members.begin(), s.members.end(),
+                                         [](const cluster_member& x) { return x.lost && x.in_view; });
+        if (vacant == s.members.end() && known("failed/" + std::to_string(s.view.generation))) {
           const auto now = std::chrono::steady_clock::now();
           if (s.failed_seen == std::chrono::steady_clock::time_point{}) s.failed_seen = now;
           if (now - s.failed_seen > std::chrono::seconds(1)) {
@@ -365,6 +373,19 @@ caf::behavior cluster_coordinator(caf::stateful_actor<cluster_state>* self, clus
         for (auto& m : s.members) {
           if (m.lost || m.in_view || m.ended) continue;
           waiting = true;
+          if (s.opts.fixed_places) {
+            // A ready newcomer takes a lost member's place, at once: the others wait for it.
+            if (vacant == s.members.end() || !known("ready/" + std::to_string(m.rank))) continue;
+            vacant->in_view = false;
+            m.in_view = true;
+            publish(view_replacing(s.view, vacant->rank, m.rank));
+            if (!s.opts.quiet) {
+              std::printf("troupe launch: process %d is ready: it takes place %d (view %lld)\n", m.rank,
+                          s.view.index_of(m.rank), (long long)s.view.generation);
+              std::fflush(stdout);
+            }
+            break;
+          }
           // Only once the view in force has trained a step (views change at step
           // boundaries), and while it has room (else this one is a spare).
           if (s.view.members.size() < most && known("ready/" + std::to_string(m.rank)) &&

@@ -54,6 +54,10 @@ struct cluster_options {
   bool quiet = false;   // no lines about nodes joining
   bool elastic = false;            // elastic.mode "respawn"
   uint32_t min_workers = 1, max_workers = 0;  // 0: the processes launched
+  // Fixed places (a pipeline job: each rank holds its own stages): a lost member's place
+  // waits for a replacement, which takes its rank in the next view; views never shrink
+  // or grow, and the newcomers beyond the lost are spares.
+  bool fixed_places = false;
   std::shared_ptr<rendezvous> store;  // the job's rendezvous: where the views go
   std::string events;                 // a JSON-lines file of losses, views and admissions ("": none)
 };

@@ -12,6 +12,7 @@
 #include "actors/remote_stage.hpp"  // kPipeCollectiveTags
 #include "runtime/check.hpp"  // exception_text
 #include "runtime/optimizer.hpp"
+#include "runtime/trace.hpp"  // steady_now_s: the metrics lines' t_mono
 #include "transport/collectives.hpp"
 
 namespace troupe {
@@ -104,7 +105,9 @@ void end_step(coordinator_actor self, double norm, float lr) {
       std::snprintf(b, sizeof b, "%s%.3f", i ? "," : "", dt > 0 ? s.busy[i] / dt : 0.0);
       extra += b;
     }
-    s.g.progress->step(s.step, out.losses.back(), lr, float(norm), samples, tokens, dt, extra + "]");
+    char stamp[48];
+    std::snprintf(stamp, sizeof stamp, "],\"t_mono\":%.6f", steady_now_s());
+    s.g.progress->step(s.step, out.losses.back(), lr, float(norm), samples, tokens, dt, extra + stamp);
   }
   if (s.g.on_step) s.g.on_step(s.step + 1);
   if (s.step + 1 < s.g.steps)
@@ -164,6 +167,7 @@ void sync_gradients(coordinator_actor self) {
                 }
               }
               if (--s.waiting > 0) return;
+              if (s.g.pipe && s.g.before_update) s.g.before_update(s.step);
               if (s.g.pipe) sum_over_pipe(self);
               for (const tensor& t : s.totals)
                 if (t.defined()) s.sum_sq += kernels::sum_of_squares(t.f32(), t.numel());

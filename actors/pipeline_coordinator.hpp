@@ -36,6 +36,7 @@ struct pipeline_graph {
   int64_t steps = 0, total_steps = 0;  // steps to run up to; the schedule's length (learning rate)
   int64_t first_step = 0;              // the first step to run (a job that goes on from a state)
   std::function<void(int64_t steps_done)> on_step;  // optional: after each step, before the next
+  std::function<void(int64_t step)> before_update;  // optional: before the sum over the pipe
   const proto::JobSpec* spec = nullptr;
   progress_log* progress = nullptr;   // optional
   // Optional (replicas in several processes): the step's loss over every replica, from the

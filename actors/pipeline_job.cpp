@@ -169,7 +169,7 @@ pipeline_outcome run_pipeline_training(caf::actor_system& sys, const proto::JobS
       cfg.compute = std::make_shared<stage_model>(spec, make_model(), mine, init, batches, m, r);
       if (auto st = opts.initial.find(s); st != opts.initial.end())
         cfg.compute->load_state(st->second, "stage " + std::to_string(s) + "'s state");
-      cfg.snapshots = opts.snapshots;
+      cfg.snapshots = r == f ? opts.snapshots : nullptr;  // replicas hold the same state: one copy
       if (opts.wrap_compute) cfg.compute = opts.wrap_compute(s, r, cfg.compute);
       cfg.fed = true;  // the data feeder sends the examples; the device gathers the rows
       stages[size_t(r - f)][size_t(s)] = sys.spawn<caf::detached>(stage, cfg);
@@ -201,6 +201,7 @@ pipeline_outcome run_pipeline_training(caf::actor_system& sys, const proto::JobS
   graph.feeder = sys.spawn<caf::detached>(pipeline_feeder, batches, readers, opts.first_step);
   graph.first_step = opts.first_step;
   graph.on_step = opts.on_step;
+  graph.before_update = opts.before_update;
   graph.micro_batches = m;
   graph.steps = steps;
   graph.total_steps = total;

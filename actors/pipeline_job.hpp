@@ -63,12 +63,17 @@ struct pipeline_options {
   // another model's).
   int64_t first_step = 0;
   std::map<int, checkpoint_shard> initial;
-  // Optional: every stage actor snapshots its state in here after the optimizer steps
-  // where snapshots->due(steps done) (runtime/stage_snapshots.hpp).
+  // Optional: the stage actors of the first local replica snapshot their state in here
+  // (key (first_replica, stage)) after the optimizer steps where snapshots->due(steps
+  // done) (runtime/stage_snapshots.hpp); the other replicas hold the same.
   std::shared_ptr<stage_snapshots> snapshots;
   // Optional: called after each step, on the coordinator (steps done; every local stage's
   // snapshot of it, where due, is in `snapshots`). What it throws fails the job.
   std::function<void(int64_t steps_done)> on_step;
+  // Optional, stages in several processes: called on the coordinator before step `step`'s
+  // gradient sum over the pipe (after which every stage takes its optimizer step); it may
+  // wait (a buddy's snapshot still travelling). What it throws fails the job.
+  std::function<void(int64_t step)> before_update;
   static pipeline_options from(const proto::JobSpec& spec);
 };
 

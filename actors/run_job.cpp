@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "actors/elastic_job.hpp"
+#include "actors/elastic_pipeline.hpp"
 #include "actors/pipeline_job.hpp"
 #include "actors/ps_job.hpp"
 #include "runtime/threads.hpp"
@@ -51,25 +52,21 @@ std::shared_ptr<rendezvous> process_store(const coordinator_options& opts, const
   return std::make_shared<file_rendezvous>(opts.rendezvous);
 }
 
-namespace {
-
-// This process joins the job's other processes: a control group of `world` ranks (the
-// step losses are averaged over it), and replica groups per stage whose members are this
-// process's replicas, over parallel.transport (shm: shared memory with the processes of
-// this host, tcp to the others; tcp: tcp only). Returns the control group's member.
-struct joined {
-  std::shared_ptr<tcp_store_server> server;  // rank 0, with a tcp:// rendezvous
-  std::shared_ptr<communicator> control;
-};
-
-// How `world` processes split a job of `replicas` x `stages`: into world_r groups of
-// replicas (as many as divide both) times world_s groups of stages (the rest, which must
-// divide the stages). Process k holds replica group k / world_s and stage group
-// k % world_s; the processes of one replica group are a pipeline, linked by its pipe
-// group. input_error when the stages do not divide.
-struct split {
-  int world_r = 1, world_s = 1;
-};
+void evaluate_assembled(const proto::JobSpec& spec, std::shared_ptr<const training_data> data,
+                        const pipeline_outcome& po, progress_log& progress, job_outcome& out) {
+  set_compute_threads(int(spec.train().threads()));
+  trainer whole(spec, out.steps);
+  const param_table& table = whole.net().table;
+  for (size_t i = 0; i < table.entries().size(); ++i)
+    whole.params().get(int(i)).copy_from(po.params.at(table.entries()[i].name));
+  batch ev = batch_source(spec, data).eval_set();
+  eval_result r = whole.evaluate(ev.x, ev.y, spec.train().batch_size());
+  out.eval = eval_report{r.loss, r.accuracy, r.count};
+  progress.eval(r.loss, r.accuracy, r.count);
+  if (spec.model().has_gpt() && spec.train().sample_tokens() > 0)
+    out.sample = whole.generate("\n", int(spec.train().sample_tokens()), spec.train().seed());
+  progress.finish();
+}
 
 split split_processes(int world, int replicas, int stages) {
   split out;
@@ -83,7 +80,8 @@ split split_processes(int world, int replicas, int stages) {
   return out;
 }
 
-joined join_processes(const proto::JobSpec& spec, const coordinator_options& opts, pipeline_options& popts) {
+joined join_processes(const proto::JobSpec& spec, const coordinator_options& opts, pipeline_options& popts,
+                      bool quiet_placement) {
   const split sp = split_processes(opts.world, popts.replicas, popts.stages);
   const int kr = opts.rank / sp.world_s, ks = opts.rank % sp.world_s;
   const int R = popts.replicas, L = R / sp.world_r, f = kr * L;
@@ -103,7 +101,7 @@ joined join_processes(const proto::JobSpec& spec, const coordinator_options& opt
   const bool shm = transport == "shm";
   out.control = join_group(transport, opts.rank, opts.world, *store, base);
   std::shared_ptr<communicator> control = out.control;
-  if (opts.rank == 0 && !opts.quiet) {
+  if (opts.rank == 0 && !opts.quiet && !quiet_placement) {
     std::printf("placement: %d processes, %d replica%s x %d stage%s each; %s\n", opts.world, L, L == 1 ? "" : "s",
                 LS, LS == 1 ? "" : "s",
                 shm ? ("shared memory to " + std::to_string(shm_peer_count(*control)) + " of " +
@@ -150,6 +148,8 @@ joined join_processes(const proto::JobSpec& spec, const coordinator_options& opt
   };
   return out;
 }
+
+namespace {
 
 // Workers and parameter shards (actors/ps_job.hpp); the final parameters are evaluated here.
 job_outcome run_policy_job(const proto::JobSpec& spec, std::shared_ptr<const training_data> data,
@@ -223,7 +223,8 @@ job_outcome run_job(const proto::JobSpec& spec, const coordinator_options& opts)
                       " is larger than the training set)");
   const bool single = spec.policy().name() == "allreduce" && opts.world == 1 && spec.parallel().stages() == 1 &&
                       spec.parallel().replicas() == 1;
-  if (spec.elastic().mode() != "off") return run_elastic_job(spec, data, opts);
+  if (spec.elastic().mode() != "off")
+    return spec.parallel().stages() > 1 ? run_elastic_pipeline(spec, data, opts) : run_elastic_job(spec, data, opts);
   // Checkpoints: the job in one piece ("device" shard), or its pipeline stages and
   // replicas in this process (a "stage-<s>" shard per stage, replica 0's copy).
   const bool in_process_pipeline = spec.policy().name() == "allreduce" && opts.world == 1 && !single;
@@ -301,18 +302,7 @@ job_outcome run_job(const proto::JobSpec& spec, const coordinator_options& opts)
     pipeline_outcome po = run_pipeline_training(sys, spec, popts, out.steps, &progress);
     if (writer) writer->flush();  // every checkpoint taken is on disk before the job reports its end
     out.peak_stash_mb = po.peak_stash_mb;
-    set_compute_threads(int(spec.train().threads()));
-    trainer whole(spec, out.steps);
-    const param_table& table = whole.net().table;
-    for (size_t i = 0; i < table.entries().size(); ++i)
-      whole.params().get(int(i)).copy_from(po.params.at(table.entries()[i].name));
-    batch ev = batch_source(spec, data).eval_set();
-    eval_result r = whole.evaluate(ev.x, ev.y, spec.train().batch_size());
-    out.eval = eval_report{r.loss, r.accuracy, r.count};
-    progress.eval(r.loss, r.accuracy, r.count);
-    if (spec.model().has_gpt() && spec.train().sample_tokens() > 0)
-      out.sample = whole.generate("\n", int(spec.train().sample_tokens()), spec.train().seed());
-    progress.finish();
+    evaluate_assembled(spec, data, po, progress, out);
     std::string dir = std::filesystem::path(spec.train().metrics_file()).parent_path().string();
     if (dir.empty()) dir = ".";
     try {

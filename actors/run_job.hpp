@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "actors/coordinator.hpp"
+#include "actors/pipeline_job.hpp"
 #include "transport/rendezvous.hpp"
 #include "transport/tcp/store.hpp"
 #include "transport/tcp/tcp.hpp"
@@ -31,6 +32,35 @@ tcp_options process_link_options(const coordinator_options& opts);
 // `server` unless troupe launch does).
 std::shared_ptr<rendezvous> process_store(const coordinator_options& opts, const tcp_options& base,
                                           std::shared_ptr<tcp_store_server>& server);
+// How `world` processes split a job of `replicas` x `stages`: into world_r groups of
+// replicas (as many as divide both) times world_s groups of stages (the rest, which must
+// divide the stages). Process k holds replica group k / world_s and stage group
+// k % world_s; the processes of one replica group are a pipeline, linked by its pipe
+// group. input_error when the stages do not divide.
+struct split {
+  int world_r = 1, world_s = 1;
+};
+split split_processes(int world, int replicas, int stages);
+
+// This process (opts.rank of opts.world) joins the job's other processes: a control group
+// of `world` ranks (the step losses are averaged over it), replica groups per stage whose
+// members are this process's replicas, and the pipe to the processes of its replicas'
+// other stages, over parallel.transport (shm: shared memory with the processes of this
+// host, tcp to the others; tcp: tcp only), with link groups opts.group + 1 ... opts.group
+// + 1 + stages + replicas. Fills in popts' process fields; rank 0 prints the placement
+// unless quiet_placement.
+struct joined {
+  std::shared_ptr<tcp_store_server> server;  // rank 0, with a tcp:// rendezvous
+  std::shared_ptr<communicator> control;
+};
+joined join_processes(const proto::JobSpec& spec, const coordinator_options& opts, pipeline_options& popts,
+                      bool quiet_placement = false);
+
+// A pipeline's assembled parameters (po.params) into one model: evaluated, a sample drawn
+// (GPT), both into `out` and the progress log, which then finishes.
+void evaluate_assembled(const proto::JobSpec& spec, std::shared_ptr<const training_data> data,
+                        const pipeline_outcome& po, progress_log& progress, job_outcome& out);
+
 // The part of a process other than rank 0 (run_job calls it).
 job_outcome run_job_worker(caf::actor_system& sys, const proto::JobSpec& spec, const coordinator_options& opts,
                            int64_t steps);

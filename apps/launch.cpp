@@ -171,13 +171,24 @@ int launch_main(const std::vector<std::string>& args) {
   // Where each process runs (parallel.hosts); a bad job file is reported here, once.
   process_placement placement;
   proto::ElasticSpec elastic;
+  int spec_stages = 1;
   try {
     const proto::JobSpec spec = load_job_spec(job_file);
     elastic = spec.elastic();
+    spec_stages = int(spec.parallel().stages());
     if (elastic.mode() == "restart_all" && nodes > 0)
       throw input_error("elastic.mode \"restart_all\" restarts the processes this launcher starts: it takes no --nodes "
                         "(use \"respawn\", where the others go on)");
-    if (elastic.mode() != "off") {
+    if (elastic.mode() != "off" && spec_stages > 1) {
+      // Each process keeps its place (its stages of its replicas); a lost one is replaced.
+      if (elastic.mode() != "respawn")
+        throw input_error("elastic.mode \"" + elastic.mode() + "\" takes data-parallel jobs (parallel.stages 1); a "
+                          "pipeline job of " + std::to_string(spec.parallel().stages()) +
+                          " stages takes \"respawn\", where a lost process is replaced and the others go on");
+      if (!elastic.respawn())
+        throw input_error("elastic.respawn false: a pipeline job cannot go on without a stage's process (it does not "
+                          "shrink); set elastic.respawn true, or give it spares");
+    } else if (elastic.mode() != "off") {
       const int world = nproc + nodes;
       if (int(spec.parallel().replicas()) != world)
         throw input_error("elastic.mode \"" + elastic.mode() + "\": each process holds one replica: expected " +
@@ -282,6 +293,7 @@ int launch_main(const std::vector<std::string>& args) {
     co.events = events;
     co.elastic = respawning;
     co.min_workers = elastic.min_workers();
+    co.fixed_places = spec_stages > 1;
     co.max_workers = elastic.max_workers();
     try {
       if (nodes > 0)

@@ -53,8 +53,9 @@ int usage(const char* why) {
                "      all-reduce per transport (inproc threads, its copying baseline, tcp processes), nccl-tests columns\n"
                "  troupe bench checkpoint [--steps N] [--json FILE]\n"
                "      what a checkpoint costs the example jobs: snapshot and persist against the step\n"
-               "  troupe bench recovery [--steps N] [--seed S] [--json FILE]\n"
-               "      SIGKILL of one of 4 data-parallel workers: respawn against restart-all, detection and resume times\n");
+               "  troupe bench recovery [--pipeline [--kills K]] [--steps N] [--seed S] [--json FILE]\n"
+               "      SIGKILL of one of 4 data-parallel workers: respawn against restart-all, detection and resume times;\n"
+               "      --pipeline: SIGKILLs of a 2-stage pipeline's processes, each respawned with its stage's state\n");
   return 2;
 }
 

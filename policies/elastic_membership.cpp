@@ -47,6 +47,16 @@ elastic_view view_with(const elastic_view& v, int32_t joined) {
   return out;
 }
 
+elastic_view view_replacing(const elastic_view& v, int32_t lost, int32_t joined) {
+  const int at = v.index_of(lost);
+  if (at < 0 || v.index_of(joined) >= 0)
+    throw input_error("view " + std::to_string(v.generation) + " (" + v.encode() + "): cannot put " +
+                      std::to_string(joined) + " in the place of " + std::to_string(lost));
+  elastic_view out{v.generation + 1, v.members};
+  out.members[size_t(at)] = joined;
+  return out;
+}
+
 row_share rows_for(int k, int n, int64_t batch, int launched, bool keep) {
   TROUPE_CHECK(n >= 1 && k >= 0 && k < n && launched >= 1, "rows_for: rank ", k, " of ", n, ", launched ", launched);
   if (keep) return {batch * k / n, batch * (k + 1) / n, batch};

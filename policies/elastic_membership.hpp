@@ -24,6 +24,9 @@ struct elastic_view {
 // `joined` appended.
 elastic_view view_without(const elastic_view& v, int32_t lost);
 elastic_view view_with(const elastic_view& v, int32_t joined);
+// Fixed places (a pipeline: each rank holds its stages): `joined` takes `lost`'s rank.
+// input_error when `lost` is not a member or `joined` is one already.
+elastic_view view_replacing(const elastic_view& v, int32_t lost, int32_t joined);
 
 // The rows [begin, end) of a step's `batch` examples that rank k of n trains, and how
 // many examples the whole step trains (the gradients' divisor). keep: the global batch is

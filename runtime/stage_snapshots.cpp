@@ -63,6 +63,18 @@ bool stage_snapshots::copy(int replica, int stage, int64_t steps_done, checkpoin
   return false;
 }
 
+void stage_snapshots::drop_after(int64_t steps_done) {
+  std::vector<held*> all;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& [key, h] : held_) all.push_back(h.get());
+  }
+  for (held* h : all) {
+    std::lock_guard<std::mutex> lock(h->mu);
+    for (auto it = h->slots.begin(); it != h->slots.end();) it = it->first > steps_done ? h->slots.erase(it) : std::next(it);
+  }
+}
+
 std::vector<int64_t> stage_snapshots::steps(int replica, int stage) const {
   held& h = entry(replica, stage);
   std::lock_guard<std::mutex> lock(h.mu);

@@ -52,6 +52,32 @@ std::string elastic_job(const std::string& name, const std::string& mode, int st
 
 std::string dir_of(const std::string& name) { return "/tmp/troupe_elastic_" + name; }
 
+// The small GPT as 2 pipeline stages x `replicas`, each process one stage of one replica.
+std::string pipeline_job(const std::string& name, int steps, int replicas, const std::string& elastic_extra = "") {
+  const fs::path dir = dir_of(name);
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const std::string path = (dir / "job.json").string();
+  std::ofstream(path) << R"({"name": ")" << name << R"(",
+  "model": {"gpt": {"n_layer": 2, "n_head": 2, "d_model": 32, "context": 16}},
+  "data": {"dataset": "fortunes"},
+  "optimizer": {"adamw": {"lr": 3e-3, "beta1": 0.9, "beta2": 0.95, "weight_decay": 0.1}, "grad_clip": 1.0},
+  "train": {"batch_size": 16, "steps": )" << steps << R"(, "threads": )" << 2 * replicas
+                      << R"(, "sample_tokens": 0, "metrics_file": ")" << (dir / "metrics.jsonl").string() << R"("},
+  "parallel": {"stages": 2, "replicas": )" << replicas << R"(, "micro_batches": 4, "transport": "tcp"},
+  "elastic": {"mode": "respawn")" << elastic_extra << R"(}
+})";
+  return path;
+}
+
+// The elastic pipeline's own line: "view G goes on from step T (N steps lost, ...".
+int pipeline_steps_lost(const std::string& log) {
+  const auto at = log.find("goes on from step ");
+  if (at == std::string::npos) return -1;
+  const auto open = log.find('(', at);
+  return open == std::string::npos ? -1 : std::atoi(log.c_str() + open + 1);
+}
+
 std::vector<std::string> lines(const std::string& path) {
   std::ifstream in(path);
   std::vector<std::string> out;
@@ -122,13 +148,14 @@ struct launched {
   std::string log, events, metrics;
 };
 
-launched launch(const std::string& name, const std::string& job, const std::vector<std::string>& env = {}) {
+launched launch(const std::string& name, const std::string& job, const std::vector<std::string>& env = {},
+                int nproc = 4) {
   launched l;
   l.log = dir_of(name) + "/launch.log";
   l.events = dir_of(name) + "/events.jsonl";
   l.metrics = dir_of(name) + "/metrics.jsonl";
   for (const auto& e : env) ::putenv(const_cast<char*>(e.c_str()));
-  l.launcher = spawn_troupe({"launch", "--nproc", "4", "--events", l.events, job}, l.log);
+  l.launcher = spawn_troupe({"launch", "--nproc", std::to_string(nproc), "--events", l.events, job}, l.log);
   for (const auto& e : env) ::unsetenv(e.substr(0, e.find('=')).c_str());
   return l;
 }
@@ -367,7 +394,8 @@ TEST_CASE("elastic: the spec's elastic section is checked, with what was expecte
   CHECK(spec_error(R"({"mode": "sometimes"})").find("elastic.mode") != std::string::npos);
   CHECK(spec_error(R"({"mode": "respawn", "batch": "grow"})").find("elastic.batch") != std::string::npos);
   CHECK(spec_error(R"({"mode": "restart_all"})").find("set train.checkpoint_every") != std::string::npos);
-  CHECK(spec_error(R"({"mode": "respawn"})", R"("parallel": {"stages": 2}, )").find("parallel.stages 1") !=
+  CHECK(spec_error(R"({"mode": "respawn"})", R"("parallel": {"stages": 2}, )") == "");  // a pipeline respawns
+  CHECK(spec_error(R"({"mode": "restart_all"})", R"("parallel": {"stages": 2}, )").find("parallel.stages 1") !=
         std::string::npos);
   CHECK(spec_error(R"({"mode": "respawn", "min_workers": 3, "max_workers": 2})").find("elastic.max_workers") !=
         std::string::npos);
@@ -384,4 +412,75 @@ TEST_CASE("elastic: the spec's elastic section is checked, with what was expecte
   const auto r = run("train " + elastic_job("alone", "respawn", 5, 1) + " --quiet");
   CHECK(r.code != 0);
   CHECK(r.output.find("troupe launch --nproc N") != std::string::npos);
+}
+
+// A pipeline stage has no live copy of itself in another process unless the stage is
+// replicated: its state comes from the buddy's memory (1 replica) or from its
+// data-parallel peer (2 replicas). Either way the replacement starts where the lost
+// process stood, the steps after that run again on the same data, and the job ends with
+// the bits of the uninterrupted run.
+TEST_CASE("elastic pipeline: SIGKILL of a stage's process (state from the buddy, or from a data-parallel peer), of "
+          "process 0, and SIGSTOP of one: no survivor restarts, at most the step in flight is lost (two when the "
+          "failure beats a snapshot to the buddy), and the job ends bit for bit as the uninterrupted run") {
+  struct trial {
+    int replicas, victim, sig;
+  };
+  for (int replicas : {1, 2}) {
+    CAPTURE(replicas);
+    const int nproc = 2 * replicas, steps = 600;
+    const std::string base = "pipe_base" + std::to_string(replicas);
+    launched b = launch(base, pipeline_job(base, steps, replicas), {}, nproc);
+    REQUIRE(wait_for(b.launcher, std::chrono::seconds(120)) == 0);
+    const auto uninterrupted = step_losses(b.metrics);
+    REQUIRE(uninterrupted.size() == size_t(steps));
+    const double final_uninterrupted = final_loss(b.metrics);
+    REQUIRE(final_uninterrupted > 0);
+    const std::vector<trial> trials = replicas == 1 ? std::vector<trial>{{1, 1, SIGKILL}, {1, 0, SIGKILL}, {1, 1, SIGSTOP}}
+                                                    : std::vector<trial>{{2, 3, SIGKILL}, {2, 0, SIGSTOP}};
+    for (const trial& t : trials) {
+      CAPTURE(t.victim);
+      CAPTURE(t.sig);
+      const std::string name = "pipe" + std::to_string(replicas) + "_" + std::to_string(t.victim) + "_" + std::to_string(t.sig);
+      launched l = launch(name, pipeline_job(name, steps, replicas), {"TROUPE_SILENCE_MS=1000"}, nproc);
+      wait_until([&] { return children_of(l.launcher).size() >= size_t(nproc); }, "the processes");
+      std::vector<pid_t> survivors;
+      for (int s = 0; s < nproc; ++s)
+        if (s != t.victim) survivors.push_back(slot_process(l.launcher, s));
+      const pid_t victim = signal_at(l, 150, t.victim, t.sig);
+      const int code = wait_for(l.launcher, std::chrono::seconds(120));
+      if (code != 0 && t.sig == SIGSTOP) ::kill(victim, SIGKILL);
+      const std::string log = read_all(l.log), events = read_all(l.events);
+      CAPTURE(log);
+      CAPTURE(events);
+      REQUIRE(code == 0);
+      CHECK(!alive(victim));
+      // One loss, one replacement in the victim's place; every survivor ran to the end.
+      CHECK(count_events(l.events, "lost") == 1);
+      CHECK(count_events(l.events, "respawn") == 1);
+      for (pid_t s : survivors) CHECK(events.find("\"pid\":" + std::to_string(s) + ",") == std::string::npos);
+      CHECK(log.find("it takes place " + std::to_string(t.victim)) != std::string::npos);
+      const int lost = pipeline_steps_lost(log);
+      CHECK(lost >= 1);
+      CHECK(lost <= 2);
+      // Every step's loss (the last run of a step that ran twice) and the final loss are
+      // the uninterrupted run's, to the printed digit.
+      const auto losses = step_losses(l.metrics);
+      REQUIRE(losses.size() == uninterrupted.size());
+      int differ = 0;
+      for (size_t i = 0; i < losses.size(); ++i) differ += losses[i] != uninterrupted[i] && losses[i] != -1.0;
+      CHECK(differ == 0);
+      CHECK(final_loss(l.metrics) == final_uninterrupted);
+    }
+  }
+}
+
+TEST_CASE("elastic pipeline: what it cannot do is refused before any process starts, with what to do instead") {
+  std::string job = pipeline_job("pipe_refused", 5, 1, R"(, "respawn": false)");
+  auto r = run("launch --nproc 2 " + job);
+  CHECK(r.code != 0);
+  CHECK(r.output.find("a pipeline job cannot go on without a stage's process") != std::string::npos);
+  job = pipeline_job("pipe_alone", 5, 1);
+  r = run("train " + job + " --quiet");
+  CHECK(r.code != 0);
+  CHECK(r.output.find("a pipeline in one process has no process to lose") != std::string::npos);
 }
