@@ -357,8 +357,11 @@ caf::behavior cluster_coordinator(caf::stateful_actor<cluster_state>* self, clus
         };
         // A view whose links failed with no member lost (a data-link fault the control
         // plane did not see): after a grace for the loss to show, the same members again.
-        const auto vacant = std::find_if(s.members.begin(), s.members.end(),
-                                         [](const cluster_member& x) { return x.lost && x.in_view; });
+        // Fixed places: a lost member's place, waiting for its replacement (a lost member
+        // stays in_view there until one takes it; elsewhere in_view means nothing once lost).
+        const auto vacant = !s.opts.fixed_places ? s.members.end()
+                                                 : std::find_if(s.members.begin(), s.members.end(),
+                                                                [](const cluster_member& x) { return x.lost && x.in_view; });
         if (vacant == s.members.end() && known("failed/" + std::to_string(s.view.generation))) {
           const auto now = std::chrono::steady_clock::now();
           if (s.failed_seen == std::chrono::steady_clock::time_point{}) s.failed_seen = now;

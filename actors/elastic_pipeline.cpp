@@ -20,6 +20,7 @@
 #include "runtime/checkpoint.hpp"
 #include "runtime/progress.hpp"
 #include "runtime/stage_snapshots.hpp"
+#include "runtime/threads.hpp"
 #include "runtime/trace.hpp"  // steady_now_s
 #include "transport/collectives.hpp"
 #include "transport/transports.hpp"
@@ -31,53 +32,102 @@ namespace {
 constexpr uint64_t kViewGroups = uint64_t(1) << 20;
 // Control-group tags of the state exchange, far above the step losses' (step * 4).
 constexpr uint64_t kSyncTags = uint64_t(1) << 50;
-constexpr int kLocalDepth = 3, kBuddyDepth = 2;
+constexpr int kLocalDepth = 3, kStandbyDepth = 2;
 
-// The buddy ring of one view: this process's newest stage snapshots go to the next place's
-// memory, the previous place's come in, each way on a thread of its own; the receiver
-// acknowledges each once it is parsed and held. Training waits for a send only at the
-// next step's gradient sum (wait_held), so a snapshot normally travels while the next
-// step's passes run; a step offered while one is in flight is sent after it, the ones
-// between are skipped.
-class buddy_ring {
+// The standby ring of one view, where no other process holds a place's stages (split
+// world_r == 1): place k keeps a standby copy of place k-1's stages, stage_model objects
+// of its own. When the view starts at a step T > 0, each process sends the next place its
+// stages' state at T (at T = 0 both have the seed's). Then, every step, each local stage's
+// final gradients go to the next place from its device (before the sum over the pipe,
+// on_grads), the receiver acknowledges each as it arrives, and the process waits for the
+// acknowledgements before its gradient sum (before_update), so no stage takes step t's
+// optimizer step before every standby has step t's gradients. Each receiver replays the
+// step on its copy with the totals, clip scale and lr its own coordinator decided
+// (after_sum), which are every process's: the same arithmetic on the same numbers, so
+// the copy holds the stage's bits after every step the others took. When the view ends
+// (done or failed), the copies' states go into `held` for the next view's exchange.
+class standby_ring {
  public:
-  buddy_ring(std::shared_ptr<communicator> ring, std::shared_ptr<stage_snapshots> mine,
-             std::vector<std::pair<int, int>> local, std::shared_ptr<stage_snapshots> held)
-      : ring_(std::move(ring)), mine_(std::move(mine)), local_(std::move(local)), held_(std::move(held)) {
-    sender_ = std::thread([this] { send_loop(); });
+  standby_ring(std::shared_ptr<communicator> ring, const proto::JobSpec& spec, const pipeline_options& popts,
+               std::vector<int> mine, std::vector<int> theirs, int64_t first_step,
+               const std::map<int, checkpoint_shard>& start, std::shared_ptr<stage_snapshots> held)
+      : ring_(std::move(ring)), mine_(std::move(mine)), theirs_(std::move(theirs)), first_(first_step),
+        held_(std::move(held)) {
+    for (int s : theirs_) copies_[s] = build_stage_model(spec, popts, s);
+    done_ = first_;
     receiver_ = std::thread([this] { recv_loop(); });
+    if (first_ > 0) {
+      const int next = (ring_->rank() + 1) % ring_->size();
+      for (size_t i = 0; i < mine_.size(); ++i) {
+        auto it = start.find(mine_[i]);
+        if (it == start.end())
+          throw std::logic_error("standby: no state of stage " + std::to_string(mine_[i]) + " to start from");
+        send_state(next, kStateTags + 64 * i, it->second);
+      }
+    }
   }
-  ~buddy_ring() {
+  ~standby_ring() {
     {
       std::lock_guard<std::mutex> lock(mu_);
       stop_ = true;
     }
     cv_.notify_all();
     ring_->abort("the view is over");
-    sender_.join();
     receiver_.join();
+    // The copies, as far as they got, for the next view.
+    try {
+      for (auto& [s, copy] : copies_) {
+        checkpoint_shard state;
+        copy->save_state(state);
+        held_->put(0, s, done_, std::move(state));
+      }
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "troupe: standby copies lost: %s\n", e.what());
+    }
   }
-  void offer(int64_t steps_done) {
+  // On a local stage's device: its final gradients of `step`.
+  void send_grads(int stage, int64_t step, const tensor& g) {
+    const int next = (ring_->rank() + 1) % ring_->size();
+    ring_->send(next, kGradTags + tag_of(step, index_of(mine_, stage)), g.raw(), g.bytes(), dtype::u8);
+  }
+  // On the coordinator, before the sum over the pipe: the next place has every local
+  // stage's gradients of `step`.
+  void wait_acks(int64_t step) {
+    const int next = (ring_->rank() + 1) % ring_->size();
+    for (size_t i = 0; i < mine_.size(); ++i) {
+      int64_t ack = -1;
+      ring_->recv(next, kAckTags + tag_of(step, int(i)), &ack, 2, dtype::i32);
+    }
+  }
+  // On the coordinator: what every stage's optimizer step of `step` takes.
+  void decided(int64_t step, const std::vector<std::string>& shared, const std::vector<tensor>& totals, float scale,
+               float lr) {
+    update u{shared, {}, scale, lr};
+    for (const tensor& t : totals) u.totals.push_back(t.defined() ? t.clone() : t);
     {
       std::lock_guard<std::mutex> lock(mu_);
-      offered_ = std::max(offered_, steps_done);
+      updates_[step] = std::move(u);
     }
     cv_.notify_all();
   }
-  // Returns once the buddy holds this process's snapshots of `steps_done` or a later step,
-  // or the ring has failed (the view is failing: the pipeline will hear it too).
-  void wait_held(int64_t steps_done) {
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [&] { return stop_ || failed_ || held_at_ >= steps_done || offered_ < steps_done; });
-  }
-  int64_t bytes_sent() const { return bytes_.load(); }
 
  private:
-  static constexpr uint64_t kAcks = uint64_t(1) << 40;  // the receiver's acknowledgements' tags
+  static constexpr uint64_t kStateTags = 0, kGradTags = uint64_t(1) << 40, kAckTags = uint64_t(1) << 41;
+  struct update {
+    std::vector<std::string> shared;
+    std::vector<tensor> totals;
+    float scale = 1, lr = 0;
+  };
+  uint64_t tag_of(int64_t step, int index) const { return uint64_t(step - first_) * 64 + uint64_t(index); }
+  static int index_of(const std::vector<int>& v, int x) {
+    const auto it = std::find(v.begin(), v.end(), x);
+    if (it == v.end()) throw std::logic_error("standby: stage " + std::to_string(x) + " is not this ring's");
+    return int(it - v.begin());
+  }
 
-  // A snapshot as a small header (a shard of its texts and of each tensor's type and
-  // shape, checksummed) and then each tensor's bytes as they are: no copy into one buffer
-  // and no checksum pass over megabytes, on a link that is authenticated and reliable.
+  // A state as a small header (a shard of its texts and of each tensor's type and shape,
+  // checksummed), then each tensor's bytes as they are: no copy into one buffer and no
+  // checksum pass over megabytes, on a link that is authenticated and reliable.
   void send_state(int peer, uint64_t tag, const checkpoint_shard& s) {
     checkpoint_shard head;
     head.texts = s.texts;
@@ -86,23 +136,21 @@ class buddy_ring {
       for (int64_t d : t.shape()) desc += " " + std::to_string(d);
       head.texts["tensor:" + name] = desc;
     }
-    if (s.tensors.size() > 60) throw std::logic_error("buddy: a snapshot of " + std::to_string(s.tensors.size()) + " tensors");
+    if (s.tensors.size() > 60) throw std::logic_error("standby: a state of " + std::to_string(s.tensors.size()) + " tensors");
     const std::vector<uint8_t> bytes = encode_shard(head);
     const int64_t size = int64_t(bytes.size());
     ring_->send(peer, tag, &size, 2, dtype::i32);
     ring_->send(peer, tag + 1, bytes.data(), bytes.size(), dtype::u8);
     uint64_t k = tag + 2;
     for (const auto& [name, t] : s.tensors) ring_->send(peer, k++, t.raw(), t.bytes(), dtype::u8);
-    bytes_ += size;
-    for (const auto& [name, t] : s.tensors) bytes_ += int64_t(t.bytes());
   }
   checkpoint_shard recv_state(int peer, uint64_t tag) {
     int64_t size = 0;
     ring_->recv(peer, tag, &size, 2, dtype::i32);
-    if (size < 0 || size > (int64_t(1) << 30)) throw transport_error("buddy: a header of " + std::to_string(size) + " bytes");
+    if (size < 0 || size > (int64_t(1) << 30)) throw transport_error("standby: a header of " + std::to_string(size) + " bytes");
     std::vector<uint8_t> bytes(static_cast<size_t>(size));
     ring_->recv(peer, tag + 1, bytes.data(), bytes.size(), dtype::u8);
-    checkpoint_shard head = parse_shard(bytes.data(), bytes.size(), "a buddy's snapshot header");
+    checkpoint_shard head = parse_shard(bytes.data(), bytes.size(), "a standby state's header");
     checkpoint_shard s;
     uint64_t k = tag + 2;
     for (const auto& [key, desc] : head.texts) {
@@ -116,7 +164,7 @@ class buddy_ring {
       shape_t shape;
       for (int64_t d; in >> d;) shape.push_back(d);
       if (type < 0 || type > int(dtype::u8) || shape.empty() || k >= tag + 62)
-        throw transport_error("buddy: tensor " + key.substr(7) + " described as '" + desc + "'");
+        throw transport_error("standby: tensor " + key.substr(7) + " described as '" + desc + "'");
       tensor t = tensor::empty(shape, dtype(type));
       ring_->recv(peer, k++, t.raw(), t.bytes(), dtype::u8);  // in name order, as sent
       s.tensors.emplace(key.substr(7), std::move(t));
@@ -124,65 +172,51 @@ class buddy_ring {
     return s;
   }
 
-  void send_loop() {
-    const int next = (ring_->rank() + 1) % ring_->size();
-    checkpoint_shard shard;
-    uint64_t n = 0;
-    int64_t sent = -1;
-    for (;;) {
-      int64_t step = 0;
-      {
-        std::unique_lock<std::mutex> lock(mu_);
-        cv_.wait(lock, [&] { return stop_ || offered_ > sent; });
-        if (stop_) return;
-        step = offered_;
-      }
-      try {
-        for (const auto& [replica, stage] : local_) {
-          if (!mine_->copy(replica, stage, step, shard)) continue;  // gone by now: a newer one follows
-          shard.texts["stage"] = std::to_string(stage);
-          send_state(next, 64 * n, shard);
-          int64_t ack = -1;
-          ring_->recv(next, kAcks + n, &ack, 2, dtype::i32);
-          ++n;
-        }
-      } catch (const std::exception&) {
-        std::lock_guard<std::mutex> lock(mu_);
-        failed_ = true;  // the view is failing or over
-        cv_.notify_all();
-        return;
-      }
-      sent = step;
-      std::lock_guard<std::mutex> lock(mu_);
-      held_at_ = step;
-      cv_.notify_all();
-    }
-  }
   void recv_loop() {
+    // The copies' optimizer steps on this thread alone: an OpenMP team of its own (all
+    // cores, by default) would spin against the stages' compute threads (measured: the
+    // 2-stage GPT's step 123 ms with it, against 101 ms without a standby).
+    set_compute_threads(1);
     const int prev = (ring_->rank() + ring_->size() - 1) % ring_->size();
-    for (uint64_t n = 0;; ++n) {
-      try {
-        checkpoint_shard s = recv_state(prev, 64 * n);
-        const int stage = int(checkpoint_count(s, "stage"));
-        const int64_t step = checkpoint_count(s, "step");
-        held_->put(0, stage, step, std::move(s));
-        ring_->send(prev, kAcks + n, &step, 2, dtype::i32);
-      } catch (const std::exception&) {
-        return;
+    try {
+      if (first_ > 0)
+        for (size_t i = 0; i < theirs_.size(); ++i)
+          copies_.at(theirs_[i])->load_state(recv_state(prev, kStateTags + 64 * i),
+                                             "the standby state of stage " + std::to_string(theirs_[i]));
+      for (int64_t t = first_;; ++t) {
+        for (size_t i = 0; i < theirs_.size(); ++i) {
+          tensor g = copies_.at(theirs_[i])->flat_grads();
+          ring_->recv(prev, kGradTags + tag_of(t, int(i)), g.raw(), g.bytes(), dtype::u8);
+          ring_->send(prev, kAckTags + tag_of(t, int(i)), &t, 2, dtype::i32);
+        }
+        update u;
+        {
+          std::unique_lock<std::mutex> lock(mu_);
+          cv_.wait(lock, [&] { return stop_ || updates_.count(t); });
+          if (!updates_.count(t)) return;  // the view ended before anyone took step t
+          u = std::move(updates_.at(t));
+          updates_.erase(t);
+        }
+        for (int s : theirs_) copies_.at(s)->apply_update(u.shared, u.totals, u.scale, u.lr);
+        std::lock_guard<std::mutex> lock(mu_);
+        done_ = t + 1;
       }
+    } catch (const std::exception&) {
+      // The view is failing or over; the copies stay where the last whole step left them.
     }
   }
 
   std::shared_ptr<communicator> ring_;
-  std::shared_ptr<stage_snapshots> mine_;
-  std::vector<std::pair<int, int>> local_;  // (replica, stage) of each local stage's snapshot
+  std::vector<int> mine_, theirs_;  // this place's stages, and the previous place's
+  int64_t first_;
   std::shared_ptr<stage_snapshots> held_;
+  std::map<int, std::unique_ptr<stage_model>> copies_;
   std::mutex mu_;
   std::condition_variable cv_;
-  bool stop_ = false, failed_ = false;
-  int64_t offered_ = -1, held_at_ = -1;
-  std::atomic<int64_t> bytes_{0};
-  std::thread sender_, receiver_;
+  bool stop_ = false;
+  std::map<int64_t, update> updates_;
+  int64_t done_ = 0;  // the copies hold the state after this many steps
+  std::thread receiver_;
 };
 
 struct member_system_config : caf::actor_system_config {
@@ -200,7 +234,7 @@ class pipeline_member {
         R_(int(spec_.parallel().replicas())),
         sp_(split_processes(opts_.world, R_, P_)),
         mine_(std::make_shared<stage_snapshots>(1, kLocalDepth)),
-        held_(std::make_shared<stage_snapshots>(1, kBuddyDepth)) {
+        held_(std::make_shared<stage_snapshots>(1, kStandbyDepth)) {
     base_ = process_link_options(opts_);
     store_ = process_store(opts_, base_, server_);
     me_ = opts_.rank;
@@ -235,33 +269,29 @@ class pipeline_member {
           store_->set(elastic_key(opts_.group, "joined/" + std::to_string(me_)), std::to_string(view.generation));
           fresh = false;
         }
-        std::unique_ptr<buddy_ring> buddy;
-        if (sp_.world_r == 1) {
-          // No other process holds these stages: the next place keeps a copy.
-          tcp_options ring = base_;
-          ring.group = o.group + 2 + uint64_t(P_) + uint64_t(R_);
-          std::vector<std::pair<int, int>> local;
-          for (int s : stages_of(place_)) local.push_back({first_replica_of(place_), s});
-          buddy = std::make_unique<buddy_ring>(join_group(spec_.parallel().transport(), place_, opts_.world, *store_, ring),
-                                               mine_, local, held_);
-        }
         if (tried_from != first_step_) tried_from = first_step_, tries = 0;
         popts.first_step = first_step_;
         popts.initial = initial_;
         popts.snapshots = mine_;
-        buddy_ring* b = buddy.get();
-        popts.on_step = [this, b](int64_t done) {
-          done_ = done;
-          if (b) b->offer(done);
-        };
-        // No step's optimizer step before the buddies hold the step before it: a stage
-        // lost at any time is then at most one step behind the others somewhere.
-        if (b) popts.before_update = [b](int64_t step) { b->wait_held(step); };
-        if (b && first_step_ > 0) b->offer(first_step_);  // the state this view starts from
+        popts.on_step = [this](int64_t done) { done_ = done; };
+        std::unique_ptr<standby_ring> standby;
+        if (sp_.world_r == 1) {
+          // No other process holds these stages: the next place keeps a standby copy.
+          tcp_options ring = base_;
+          ring.group = o.group + 2 + uint64_t(P_) + uint64_t(R_);
+          const int prev = (place_ + opts_.world - 1) % opts_.world;
+          standby = std::make_unique<standby_ring>(
+              join_group(spec_.parallel().transport(), place_, opts_.world, *store_, ring), spec_, popts,
+              stages_of(place_), stages_of(prev), first_step_, initial_, held_);
+          standby_ring* sb = standby.get();
+          popts.on_grads = [sb](int s, int64_t step, const tensor& g) { sb->send_grads(s, step, g); };
+          popts.before_update = [sb](int64_t step) { sb->wait_acks(step); };
+          popts.after_sum = [sb](int64_t step, const std::vector<std::string>& shared, const std::vector<tensor>& totals,
+                                 float scale, float lr) { sb->decided(step, shared, totals, scale, lr); };
+        }
         if (place_ == 0) ensure_progress();
         pipeline_outcome po = run_pipeline_training(sys, spec_, popts, steps_, place_ == 0 ? progress_.get() : nullptr);
-        if (b) buddy_bytes_ += b->bytes_sent();
-        buddy.reset();
+        standby.reset();
         return finish(po, t0, view);
       } catch (const input_error&) {
         throw;  // the job itself is wrong: no view cures it
@@ -456,14 +486,14 @@ class pipeline_member {
       }
       if (T == 0 && most_done > 0)
         std::fprintf(stderr, "troupe: process %d: no process holds every stage's state after step %lld (a stage's "
-                             "process and its buddy were both lost): the job goes back to step 0\n",
+                             "process and the next place (its standby) were both lost): the job goes back to step 0\n",
                      me_, (long long)most_done);
     }
     views_ = view.generation + 1;
   }
 
   // Stage s's state after step t from this process's memory: its own snapshot, or the
-  // copy it holds for its buddy.
+  // standby copy it holds of the previous place's.
   checkpoint_shard local_state(int s, int64_t t) {
     checkpoint_shard out;
     if (mine_->copy(first_replica_of(place_), s, t, out) || held_->copy(0, s, t, out)) return out;
@@ -479,9 +509,9 @@ class pipeline_member {
       evaluate_assembled(spec_, data_, po, *progress_, out);
       if (!opts_.quiet)
         std::printf("elastic:   %lld view%s, %zu processes at the end, %lld step%s lost to failures, %.1f MB of state "
-                    "streamed to members, %.1f MB sent to buddies\n",
+                    "streamed to members\n",
                     (long long)views_, views_ == 1 ? "" : "s", view.members.size(), (long long)steps_lost_,
-                    steps_lost_ == 1 ? "" : "s", double(streamed_) / 1e6, double(buddy_bytes_) / 1e6);
+                    steps_lost_ == 1 ? "" : "s", double(streamed_) / 1e6);
     }
     out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     return out;
@@ -502,7 +532,7 @@ class pipeline_member {
   int64_t first_step_ = 0;
   std::map<int, checkpoint_shard> initial_;
   std::atomic<int64_t> done_{0};
-  int64_t steps_lost_ = 0, streamed_ = 0, buddy_bytes_ = 0, views_ = 1;
+  int64_t steps_lost_ = 0, streamed_ = 0, views_ = 1;
   std::unique_ptr<progress_log> progress_;
 };
 
@@ -514,8 +544,8 @@ job_outcome run_elastic_pipeline(const proto::JobSpec& spec, std::shared_ptr<con
     throw input_error("elastic.mode \"respawn\": a pipeline in one process has no process to lose; run it with "
                       "troupe launch --nproc N");
   if (spec.train().checkpoint_every() > 0)
-    throw input_error("train.checkpoint_every: an elastic pipeline job keeps its stages' state in memory (its own and a "
-                      "buddy's); checkpoints on disk of a pipeline across processes are not written yet");
+    throw input_error("train.checkpoint_every: an elastic pipeline job keeps its stages' state in memory (its own, and a standby copy "
+                      "in the next process); checkpoints on disk of a pipeline across processes are not written yet");
   pipeline_member m(spec, std::move(data), opts);
   return m.run();
 }

@@ -10,20 +10,21 @@
 //   - every process snapshots its stages in memory after each step (runtime/
 //     stage_snapshots.hpp, its 3 newest);
 //   - where a stage has no copy in another process (one process per stage group holds
-//     all its replicas: split world_r == 1), each process also sends its stages' newest
-//     snapshot, in the background, to the next place's memory (the buddy ring: place k
-//     holds place k-1's; its 2 newest);
+//     all its replicas: split world_r == 1), the next place keeps a standby copy of it:
+//     each step the stage's final gradients go there before the step's gradient sum
+//     (acknowledged), and the standby replays the optimizer step with the same totals,
+//     clip scale and lr (the standby ring, in the .cpp);
 //   - where it has (world_r > 1), the same stage of another replica group is a live copy.
 // When the pipeline fails (a peer's links closed or went silent), every process drops the
 // step in flight, says so (failed/<g>) and waits for the next view; there, the processes
 // list what they hold, take the newest step T that every stage has somewhere (step 0, the
 // seed's initial state, always), and each gets the states of its stages at T from its own
-// memory or from the lowest place that holds them (a checkpoint shard, checksummed, over
-// the view's control group). Then the pipeline starts again at step T, so the steps
-// after T run again on the same data: the job ends as the uninterrupted run does. No
-// survivor restarts; at most the step in flight is lost (two, when a failure strikes
-// before the buddy has the newest snapshot). A stage whose process and buddy are both
-// lost goes back to step 0, and says so.
+// memory or from the lowest place that holds them (a checkpoint shard's tensors over the
+// view's control group). Then the pipeline starts again at step T on the same data: the
+// job ends as the uninterrupted run does, bit for bit. No survivor restarts; only the
+// step in flight is lost, since no stage takes a step's optimizer step before every
+// standby has that step's gradients. A stage whose process and standby are both lost
+// goes back to step 0, and says so.
 //
 // Each view's links are groups of their own (opts.group + (g + 1) * 2^20 + ...), so no
 // message of an older view reaches a newer one.

@@ -174,6 +174,7 @@ void sync_gradients(coordinator_actor self) {
               const double norm = std::sqrt(s.sum_sq);
               const float scale = clip_coefficient(norm, s.g.spec->optimizer().grad_clip());
               const float lr = learning_rate(s.g.spec->optimizer(), s.step, s.g.total_steps);
+              if (s.g.after_sum) s.g.after_sum(s.step, s.shared, s.totals, scale, lr);
               s.waiting = s.all.size();
               for (auto& st : s.all)
                 self->request(st, caf::infinite, apply_atom::value, s.shared, s.totals, scale, lr)

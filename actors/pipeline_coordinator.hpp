@@ -37,6 +37,8 @@ struct pipeline_graph {
   int64_t first_step = 0;              // the first step to run (a job that goes on from a state)
   std::function<void(int64_t steps_done)> on_step;  // optional: after each step, before the next
   std::function<void(int64_t step)> before_update;  // optional: before the sum over the pipe
+  std::function<void(int64_t, const std::vector<std::string>&, const std::vector<tensor>&, float, float)>
+      after_sum;  // optional: (step, shared, totals, clip scale, lr) once they are known
   const proto::JobSpec* spec = nullptr;
   progress_log* progress = nullptr;   // optional
   // Optional (replicas in several processes): the step's loss over every replica, from the

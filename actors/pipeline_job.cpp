@@ -71,6 +71,20 @@ void gather_params(communicator& pipe, pipeline_outcome& out) {
 
 }  // namespace
 
+std::unique_ptr<stage_model> build_stage_model(const proto::JobSpec& spec, const pipeline_options& opts, int stage) {
+  std::shared_ptr<const pipeline_schedule> schedule = make_pipeline_schedule(opts.schedule, opts.chunks);
+  const int p = opts.stages, v = schedule->chunks();
+  if (stage < 0 || stage >= p) throw std::logic_error("build_stage_model: stage " + std::to_string(stage) + " of " + std::to_string(p));
+  auto make_model = opts.make_model ? opts.make_model : [&spec] { return build_model(spec.model()); };
+  std::unique_ptr<model> full = make_model();
+  arena init(full->table);
+  init_params(*full, init, spec.train().seed());
+  auto ranges = plan_virtual_stages(*full, p * v);
+  std::vector<std::pair<size_t, size_t>> mine;
+  for (int c = 0; c < v; ++c) mine.push_back(ranges[size_t(c * p + stage)]);
+  return std::make_unique<stage_model>(spec, make_model(), mine, init, nullptr, opts.micro_batches, 0);
+}
+
 pipeline_outcome run_pipeline_training(caf::actor_system& sys, const proto::JobSpec& spec, const pipeline_options& opts,
                                        int64_t steps, progress_log* progress) {
   std::shared_ptr<const pipeline_schedule> schedule = make_pipeline_schedule(opts.schedule, opts.chunks);
@@ -170,6 +184,7 @@ pipeline_outcome run_pipeline_training(caf::actor_system& sys, const proto::JobS
       if (auto st = opts.initial.find(s); st != opts.initial.end())
         cfg.compute->load_state(st->second, "stage " + std::to_string(s) + "'s state");
       cfg.snapshots = r == f ? opts.snapshots : nullptr;  // replicas hold the same state: one copy
+      if (r == f && opts.on_grads) cfg.on_grads = [fn = opts.on_grads, s](int64_t step, const tensor& g) { fn(s, step, g); };
       if (opts.wrap_compute) cfg.compute = opts.wrap_compute(s, r, cfg.compute);
       cfg.fed = true;  // the data feeder sends the examples; the device gathers the rows
       stages[size_t(r - f)][size_t(s)] = sys.spawn<caf::detached>(stage, cfg);
@@ -202,6 +217,7 @@ pipeline_outcome run_pipeline_training(caf::actor_system& sys, const proto::JobS
   graph.first_step = opts.first_step;
   graph.on_step = opts.on_step;
   graph.before_update = opts.before_update;
+  graph.after_sum = opts.after_sum;
   graph.micro_batches = m;
   graph.steps = steps;
   graph.total_steps = total;

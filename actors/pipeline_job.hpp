@@ -72,8 +72,18 @@ struct pipeline_options {
   std::function<void(int64_t steps_done)> on_step;
   // Optional, stages in several processes: called on the coordinator before step `step`'s
   // gradient sum over the pipe (after which every stage takes its optimizer step); it may
-  // wait (a buddy's snapshot still travelling). What it throws fails the job.
+  // wait (for a standby's acknowledgement of the step's gradients). What it throws fails the job.
   std::function<void(int64_t step)> before_update;
+  // Optional, a model of several stages: on_grads(stage, step, flat gradients) from each
+  // local stage of the first local replica, on its device, once its gradients of the
+  // step are final (before the sum over the pipe); after_sum(step, shared names, their
+  // totals, clip scale, lr) on the coordinator, once the step's optimizer step is decided
+  // (what every stage's apply_update then takes). A standby copy of a stage elsewhere
+  // replays the step from the two (actors/elastic_pipeline.cpp).
+  std::function<void(int stage, int64_t step, const tensor& flat_grads)> on_grads;
+  std::function<void(int64_t step, const std::vector<std::string>& shared, const std::vector<tensor>& totals,
+                     float clip_scale, float lr)>
+      after_sum;
   static pipeline_options from(const proto::JobSpec& spec);
 };
 
@@ -86,6 +96,11 @@ struct pipeline_outcome {
                                                   // (-1: the stage runs in another process)
   std::vector<double> step_s;                     // wall time of each step, start to optimizer done
 };
+
+// Stage `stage`'s compute as run_pipeline_training builds it (its chunks of the model by
+// opts.stages, opts.schedule and opts.chunks; the seed's initial parameters), without data:
+// a standby copy of a stage another process runs.
+std::unique_ptr<stage_model> build_stage_model(const proto::JobSpec& spec, const pipeline_options& opts, int stage);
 
 // progress (optional) gets every step's loss, learning rate and gradient norm.
 pipeline_outcome run_pipeline_training(caf::actor_system& sys, const proto::JobSpec& spec,

@@ -87,6 +87,7 @@ struct task_view {
   int64_t step = 0;
   int replica = 0;
   std::shared_ptr<stage_snapshots> snapshots;
+  std::function<void(int64_t, const tensor&)> on_grads;
   void record(const char* name, const char* category, double t0) const {
     if (trace) trace->record({track, name, category, step, t0, now_s()});
   }
@@ -94,7 +95,7 @@ struct task_view {
 
 task_view view_of(const stage_state& s) {
   return {s.cfg.stage, s.peers, s.cfg.compute, s.buckets, s.cfg.trace, s.cfg.track, s.step, s.cfg.replica,
-          s.cfg.snapshots};
+          s.cfg.snapshots, s.cfg.on_grads};
 }
 
 // After the optimizer step of v.step: the in-memory snapshot, when one is due.
@@ -398,6 +399,7 @@ caf::behavior stage(caf::stateful_actor<stage_state>* self, stage_config cfg) {
             [=] {
               try {
                 finish_averaging(v);
+                if (v.on_grads) v.on_grads(v.step, v.compute->flat_grads());
                 r->sum_sq = v.compute->grad_sum_squares(shared);
                 r->grads = v.compute->grads_of(shared);
               } catch (const std::exception& e) {

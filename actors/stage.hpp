@@ -70,6 +70,10 @@ struct stage_config {
   // Optional: after each optimizer step where snapshots->due(steps done), the stage's
   // state goes in here (on its device, before it reports or answers), keyed (replica, stage).
   std::shared_ptr<stage_snapshots> snapshots;
+  // Optional (a model of several stages): called on its device with (step, its flat
+  // gradients) once they are final for the step (averaged over the replicas), before it
+  // answers grads_atom; what it throws fails the step.
+  std::function<void(int64_t step, const tensor& flat_grads)> on_grads;
 };
 
 struct stage_state {
