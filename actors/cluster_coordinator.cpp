@@ -118,7 +118,11 @@ caf::behavior cluster_coordinator(caf::stateful_actor<cluster_state>* self, clus
     // The leader of the view reports the run: lost once the others have ended, it took the
     // evaluation with it.
     const bool leader = m.in_view && !s.view.members.empty() && s.view.members.front() == m.rank;
-    const bool others_done = every_member_ended(s);  // m counts as lost already
+    // The others are done: they ran the job to its end (m counts as lost already; members
+    // all lost at once are not an end: their replacements take the job on).
+    const bool someone_done = std::any_of(s.members.begin(), s.members.end(),
+                                          [](const cluster_member& x) { return x.ended && !x.lost; });
+    const bool others_done = someone_done && every_member_ended(s);
     if (leader && others_done)
       return finish(1, why + ", after the others had ended: the leader of the last view did not report the run");
     if (m.in_view && s.opts.fixed_places) {
@@ -139,7 +143,7 @@ caf::behavior cluster_coordinator(caf::stateful_actor<cluster_state>* self, clus
         std::fflush(stdout);
       }
     }
-    if (every_member_ended(s)) return finish(0, "");  // the others are done: no replacement
+    if (others_done) return finish(0, "");  // no replacement
     self->send(s.opts.launcher, lost_atom::value, m.hello.slot, m.hello.pid, why);
   };
   self->set_down_handler([=](caf::down_msg& dm) {
@@ -377,16 +381,27 @@ caf::behavior cluster_coordinator(caf::stateful_actor<cluster_state>* self, clus
           if (m.lost || m.in_view || m.ended) continue;
           waiting = true;
           if (s.opts.fixed_places) {
-            // A ready newcomer takes a lost member's place, at once: the others wait for it.
-            if (vacant == s.members.end() || !known("ready/" + std::to_string(m.rank))) continue;
-            vacant->in_view = false;
-            m.in_view = true;
-            publish(view_replacing(s.view, vacant->rank, m.rank));
-            if (!s.opts.quiet) {
-              std::printf("troupe launch: process %d is ready: it takes place %d (view %lld)\n", m.rank,
-                          s.view.index_of(m.rank), (long long)s.view.generation);
-              std::fflush(stdout);
+            // Ready newcomers take the lost members' places, all in one view (a view with
+            // a lost member in it could never form): the others wait for them.
+            if (vacant == s.members.end()) continue;
+            std::vector<cluster_member*> lost_places, ready;
+            for (auto& x : s.members) {
+              if (x.lost && x.in_view) lost_places.push_back(&x);
+              if (!x.lost && !x.in_view && !x.ended && known("ready/" + std::to_string(x.rank))) ready.push_back(&x);
             }
+            if (ready.size() < lost_places.size()) break;  // not yet
+            elastic_view next = s.view;
+            for (size_t k = 0; k < lost_places.size(); ++k) {
+              next = view_replacing(next, lost_places[k]->rank, ready[k]->rank);
+              next.generation = s.view.generation + 1;
+              lost_places[k]->in_view = false;
+              ready[k]->in_view = true;
+              if (!s.opts.quiet)
+                std::printf("troupe launch: process %d is ready: it takes place %d (view %lld)\n", ready[k]->rank,
+                            next.index_of(ready[k]->rank), (long long)next.generation);
+            }
+            std::fflush(stdout);
+            publish(next);
             break;
           }
           // Only once the view in force has trained a step (views change at step

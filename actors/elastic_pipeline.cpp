@@ -6,8 +6,10 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <deque>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <map>
 #include <mutex>
 #include <set>
@@ -33,6 +35,55 @@ constexpr uint64_t kViewGroups = uint64_t(1) << 20;
 // Control-group tags of the state exchange, far above the step losses' (step * 4).
 constexpr uint64_t kSyncTags = uint64_t(1) << 50;
 constexpr int kLocalDepth = 3, kStandbyDepth = 2;
+
+// A stage's state between processes: a small header (a shard of its texts and of each
+// tensor's type and shape, checksummed), then each tensor's bytes as they are: no copy
+// into one buffer and no checksum pass over megabytes, on a link that is authenticated
+// and reliable. Tags tag .. tag + 63.
+void send_state(communicator& link, int peer, uint64_t tag, const checkpoint_shard& s) {
+  checkpoint_shard head;
+  head.texts = s.texts;
+  for (const auto& [name, t] : s.tensors) {
+    std::string desc = std::to_string(int(t.type()));
+    for (int64_t d : t.shape()) desc += " " + std::to_string(d);
+    head.texts["tensor:" + name] = desc;
+  }
+  if (s.tensors.size() > 60) throw std::logic_error("a stage state of " + std::to_string(s.tensors.size()) + " tensors");
+  const std::vector<uint8_t> bytes = encode_shard(head);
+  const int64_t size = int64_t(bytes.size());
+  link.send(peer, tag, &size, 2, dtype::i32);
+  link.send(peer, tag + 1, bytes.data(), bytes.size(), dtype::u8);
+  uint64_t k = tag + 2;
+  for (const auto& [name, t] : s.tensors) link.send(peer, k++, t.raw(), t.bytes(), dtype::u8);
+}
+
+checkpoint_shard recv_state(communicator& link, int peer, uint64_t tag) {
+  int64_t size = 0;
+  link.recv(peer, tag, &size, 2, dtype::i32);
+  if (size < 0 || size > (int64_t(1) << 30)) throw transport_error("a stage state's header of " + std::to_string(size) + " bytes");
+  std::vector<uint8_t> bytes(static_cast<size_t>(size));
+  link.recv(peer, tag + 1, bytes.data(), bytes.size(), dtype::u8);
+  checkpoint_shard head = parse_shard(bytes.data(), bytes.size(), "a stage state's header from a peer");
+  checkpoint_shard s;
+  uint64_t k = tag + 2;
+  for (const auto& [key, desc] : head.texts) {
+    if (key.rfind("tensor:", 0) != 0) {
+      s.texts[key] = desc;
+      continue;
+    }
+    std::istringstream in(desc);
+    int type = -1;
+    in >> type;
+    shape_t shape;
+    for (int64_t d; in >> d;) shape.push_back(d);
+    if (type < 0 || type > int(dtype::u8) || shape.empty() || k >= tag + 62)
+      throw transport_error("a stage state's tensor " + key.substr(7) + " described as '" + desc + "'");
+    tensor t = tensor::empty(shape, dtype(type));
+    link.recv(peer, k++, t.raw(), t.bytes(), dtype::u8);  // in name order, as sent
+    s.tensors.emplace(key.substr(7), std::move(t));
+  }
+  return s;
+}
 
 // The standby ring of one view, where no other process holds a place's stages (split
 // world_r == 1): place k keeps a standby copy of place k-1's stages, stage_model objects
@@ -62,7 +113,7 @@ class standby_ring {
         auto it = start.find(mine_[i]);
         if (it == start.end())
           throw std::logic_error("standby: no state of stage " + std::to_string(mine_[i]) + " to start from");
-        send_state(next, kStateTags + 64 * i, it->second);
+        send_state(*ring_, next, kStateTags + 64 * i, it->second);
       }
     }
   }
@@ -125,53 +176,6 @@ class standby_ring {
     return int(it - v.begin());
   }
 
-  // A state as a small header (a shard of its texts and of each tensor's type and shape,
-  // checksummed), then each tensor's bytes as they are: no copy into one buffer and no
-  // checksum pass over megabytes, on a link that is authenticated and reliable.
-  void send_state(int peer, uint64_t tag, const checkpoint_shard& s) {
-    checkpoint_shard head;
-    head.texts = s.texts;
-    for (const auto& [name, t] : s.tensors) {
-      std::string desc = std::to_string(int(t.type()));
-      for (int64_t d : t.shape()) desc += " " + std::to_string(d);
-      head.texts["tensor:" + name] = desc;
-    }
-    if (s.tensors.size() > 60) throw std::logic_error("standby: a state of " + std::to_string(s.tensors.size()) + " tensors");
-    const std::vector<uint8_t> bytes = encode_shard(head);
-    const int64_t size = int64_t(bytes.size());
-    ring_->send(peer, tag, &size, 2, dtype::i32);
-    ring_->send(peer, tag + 1, bytes.data(), bytes.size(), dtype::u8);
-    uint64_t k = tag + 2;
-    for (const auto& [name, t] : s.tensors) ring_->send(peer, k++, t.raw(), t.bytes(), dtype::u8);
-  }
-  checkpoint_shard recv_state(int peer, uint64_t tag) {
-    int64_t size = 0;
-    ring_->recv(peer, tag, &size, 2, dtype::i32);
-    if (size < 0 || size > (int64_t(1) << 30)) throw transport_error("standby: a header of " + std::to_string(size) + " bytes");
-    std::vector<uint8_t> bytes(static_cast<size_t>(size));
-    ring_->recv(peer, tag + 1, bytes.data(), bytes.size(), dtype::u8);
-    checkpoint_shard head = parse_shard(bytes.data(), bytes.size(), "a standby state's header");
-    checkpoint_shard s;
-    uint64_t k = tag + 2;
-    for (const auto& [key, desc] : head.texts) {
-      if (key.rfind("tensor:", 0) != 0) {
-        s.texts[key] = desc;
-        continue;
-      }
-      std::istringstream in(desc);
-      int type = -1;
-      in >> type;
-      shape_t shape;
-      for (int64_t d; in >> d;) shape.push_back(d);
-      if (type < 0 || type > int(dtype::u8) || shape.empty() || k >= tag + 62)
-        throw transport_error("standby: tensor " + key.substr(7) + " described as '" + desc + "'");
-      tensor t = tensor::empty(shape, dtype(type));
-      ring_->recv(peer, k++, t.raw(), t.bytes(), dtype::u8);  // in name order, as sent
-      s.tensors.emplace(key.substr(7), std::move(t));
-    }
-    return s;
-  }
-
   void recv_loop() {
     // The copies' optimizer steps on this thread alone: an OpenMP team of its own (all
     // cores, by default) would spin against the stages' compute threads (measured: the
@@ -181,7 +185,7 @@ class standby_ring {
     try {
       if (first_ > 0)
         for (size_t i = 0; i < theirs_.size(); ++i)
-          copies_.at(theirs_[i])->load_state(recv_state(prev, kStateTags + 64 * i),
+          copies_.at(theirs_[i])->load_state(recv_state(*ring_, prev, kStateTags + 64 * i),
                                              "the standby state of stage " + std::to_string(theirs_[i]));
       for (int64_t t = first_;; ++t) {
         for (size_t i = 0; i < theirs_.size(); ++i) {
@@ -217,6 +221,103 @@ class standby_ring {
   std::map<int64_t, update> updates_;
   int64_t done_ = 0;  // the copies hold the state after this many steps
   std::thread receiver_;
+};
+
+// Checkpoints on disk (train.checkpoint_every): after each due step every place copies its
+// stages' snapshot (phase 1, on its coordinator) and a thread of its own sends them to
+// place 0, whose thread adds its own and hands the version to its checkpoint_writer
+// (phase 2) once it has every stage. No host needs the checkpoint directory but place 0's.
+class checkpoint_collector {
+ public:
+  checkpoint_collector(std::shared_ptr<communicator> link, std::shared_ptr<stage_snapshots> mine, int replica,
+                       std::function<std::vector<int>(int place)> stages_of, checkpoint_writer* writer)
+      : link_(std::move(link)), mine_(std::move(mine)), replica_(replica), stages_of_(std::move(stages_of)),
+        writer_(writer) {
+    thread_ = std::thread([this] { run(); });
+  }
+  ~checkpoint_collector() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    link_->abort("the view is over");
+    thread_.join();
+  }
+  // On the coordinator, after step `steps_done` (a due one): the copies.
+  void take(int64_t steps_done) {
+    std::map<int, checkpoint_shard> copies;
+    for (int s : stages_of_(link_->rank()))
+      if (!mine_->copy(replica_, s, steps_done, copies[s]))
+        throw std::logic_error("checkpoint: stage " + std::to_string(s) + " has no snapshot of step " +
+                               std::to_string(steps_done));
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      pending_.emplace_back(steps_done, std::move(copies));
+    }
+    cv_.notify_all();
+  }
+  // At the end of the view's run: waits until every version taken is sent (or, at place 0,
+  // handed to the writer); false when the link failed first.
+  bool drain() {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return failed_ || (pending_.empty() && !busy_); });
+    return !failed_;
+  }
+
+ private:
+  static uint64_t tag_of(int64_t step, size_t index) { return (uint64_t(step) * 16 + index) * 64; }
+
+  void run() {
+    for (;;) {
+      std::pair<int64_t, std::map<int, checkpoint_shard>> next;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [&] { return stop_ || !pending_.empty(); });
+        if (pending_.empty()) return;
+        next = std::move(pending_.front());
+        pending_.pop_front();
+        busy_ = true;
+      }
+      try {
+        const int64_t step = next.first;
+        if (link_->rank() != 0) {
+          size_t i = 0;
+          for (auto& [s, state] : next.second) send_state(*link_, 0, tag_of(step, i++), state);
+        } else {
+          std::map<std::string, checkpoint_shard> shards;
+          for (auto& [s, state] : next.second) shards["stage-" + std::to_string(s)] = std::move(state);
+          for (int k = 1; k < link_->size(); ++k) {
+            size_t i = 0;
+            for (int s : stages_of_(k)) shards["stage-" + std::to_string(s)] = recv_state(*link_, k, tag_of(step, i++));
+          }
+          for (auto& [name, shard] : shards) shard.texts.erase("stage");
+          writer_->submit(step, std::move(shards));
+        }
+      } catch (const std::exception& e) {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (!stop_) std::fprintf(stderr, "troupe: a checkpoint was not collected: %s\n", e.what());
+        failed_ = true;
+        busy_ = false;
+        cv_.notify_all();
+        return;
+      }
+      std::lock_guard<std::mutex> lock(mu_);
+      busy_ = false;
+      cv_.notify_all();
+    }
+  }
+
+  std::shared_ptr<communicator> link_;
+  std::shared_ptr<stage_snapshots> mine_;
+  int replica_;
+  std::function<std::vector<int>(int place)> stages_of_;
+  checkpoint_writer* writer_;  // place 0's
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false, failed_ = false, busy_ = false;
+  std::deque<std::pair<int64_t, std::map<int, checkpoint_shard>>> pending_;
+  std::thread thread_;
 };
 
 struct member_system_config : caf::actor_system_config {
@@ -263,7 +364,10 @@ class pipeline_member {
         coordinator_options o = opts_;
         o.rank = place_;
         o.group = opts_.group + uint64_t(view.generation + 1) * kViewGroups;
-        joined links = join_processes(spec_, o, popts, view.generation > 0);
+        // A view after a failure forms among processes that are all up and ready: one
+        // that takes long has lost another member, and a newer view will come.
+        joined links = join_processes(spec_, o, popts, view.generation > 0,
+                                      view.generation > 0 ? std::chrono::milliseconds(5000) : std::chrono::milliseconds(0));
         sync_state(*links.control, view, fresh);
         if (fresh) {
           store_->set(elastic_key(opts_.group, "joined/" + std::to_string(me_)), std::to_string(view.generation));
@@ -273,7 +377,22 @@ class pipeline_member {
         popts.first_step = first_step_;
         popts.initial = initial_;
         popts.snapshots = mine_;
-        popts.on_step = [this](int64_t done) { done_ = done; };
+        std::unique_ptr<checkpoint_collector> collector;
+        const int every = int(spec_.train().checkpoint_every());
+        if (every > 0) {
+          if (place_ == 0 && !writer_)
+            writer_ = std::make_unique<checkpoint_writer>(spec_.train().checkpoint_dir(),
+                                                          int(spec_.train().checkpoint_keep()));
+          tcp_options c = base_;
+          c.group = o.group + 3 + uint64_t(P_) + uint64_t(R_);
+          collector = std::make_unique<checkpoint_collector>(
+              join_group(spec_.parallel().transport(), place_, opts_.world, *store_, c), mine_,
+              first_replica_of(place_), [this](int k) { return stages_of(k); }, writer_.get());
+        }
+        popts.on_step = [this, col = collector.get(), every](int64_t done) {
+          done_ = done;
+          if (col && done % every == 0) col->take(done);
+        };
         std::unique_ptr<standby_ring> standby;
         if (sp_.world_r == 1) {
           // No other process holds these stages: the next place keeps a standby copy.
@@ -291,11 +410,15 @@ class pipeline_member {
         }
         if (place_ == 0) ensure_progress();
         pipeline_outcome po = run_pipeline_training(sys, spec_, popts, steps_, place_ == 0 ? progress_.get() : nullptr);
+        if (collector && !collector->drain())
+          std::fprintf(stderr, "troupe: process %d: the last checkpoints did not all reach place 0\n", me_);
+        collector.reset();
         standby.reset();
         return finish(po, t0, view);
       } catch (const input_error&) {
         throw;  // the job itself is wrong: no view cures it
       } catch (const std::exception& e) {
+        if (spec_.elastic().mode() == "restart_all") throw;  // the launcher restarts every process
         if (++tries >= 3)
           throw std::runtime_error("the pipeline failed 3 times running from step " + std::to_string(first_step_) +
                                    ", the last time with: " + e.what());
@@ -370,6 +493,18 @@ class pipeline_member {
   void sync_state(communicator& control, const elastic_view& view, bool fresh) {
     // "done D; s:a,b; s:c ..." : steps done, then per stage the steps this place can give.
     std::map<int, std::set<int64_t>> have;
+    // A checkpoint on disk (one this run wrote, or the one it was started from) holds
+    // every stage too: the last resort before step 0.
+    disk_ = opts_.resume_from;
+    std::error_code ec;
+    if (!disk_ && spec_.train().checkpoint_every() > 0 &&
+        std::filesystem::is_directory(spec_.train().checkpoint_dir(), ec)) {
+      auto v = std::make_shared<checkpoint_version>(load_latest_checkpoint(spec_.train().checkpoint_dir()));
+      if (v->step > 0) disk_ = v;
+    }
+    if (disk_)
+      for (int s = 0; s < P_; ++s)
+        if (disk_->shards.count("stage-" + std::to_string(s))) have[s].insert(disk_->step);
     if (!fresh) {
       for (int s : stages_of(place_))
         for (int64_t t : mine_->steps(first_replica_of(place_), s)) have[s].insert(t);
@@ -465,8 +600,9 @@ class pipeline_member {
     first_step_ = T;
     done_ = T;
     if (view.generation > 0) {
-      const int64_t lost = std::max<int64_t>(0, most_done + 1 - T);
-      steps_lost_ += lost;
+      // Unknown (-1) when no process of the last view is left to say how far it got.
+      const int64_t lost = most_done < 0 ? -1 : std::max<int64_t>(0, most_done + 1 - T);
+      steps_lost_ += std::max<int64_t>(0, lost);
       streamed_ += streamed;
       if (place_ == 0) {
         ensure_progress();
@@ -478,16 +614,21 @@ class pipeline_member {
                       (long long)streamed, steady_now_s());
         progress_->record(line);
         if (!opts_.quiet) {
-          std::printf("elastic:   view %lld goes on from step %lld (%lld step%s lost, %.1f MB of state streamed)\n",
-                      (long long)view.generation, (long long)T, (long long)lost, lost == 1 ? "" : "s",
-                      double(streamed) / 1e6);
+          const std::string what = lost < 0 ? std::string("every process was lost")
+                                             : std::to_string(lost) + (lost == 1 ? " step lost" : " steps lost");
+          std::printf("elastic:   view %lld goes on from step %lld (%s, %.1f MB of state streamed)\n",
+                      (long long)view.generation, (long long)T, what.c_str(), double(streamed) / 1e6);
           std::fflush(stdout);
         }
       }
-      if (T == 0 && most_done > 0)
-        std::fprintf(stderr, "troupe: process %d: no process holds every stage's state after step %lld (a stage's "
-                             "process and the next place (its standby) were both lost): the job goes back to step 0\n",
-                     me_, (long long)most_done);
+      if (most_done < 0 && place_ == 0)
+        std::fprintf(stderr, "troupe: every process of the job was lost: it goes back to %s, step %lld\n",
+                     disk_ && disk_->step == T && T > 0 ? "its newest checkpoint" : "the start", (long long)T);
+      if (T + 1 < most_done && place_ == 0)
+        std::fprintf(stderr, "troupe: no process holds every stage's state after step %lld (a stage's process and the "
+                             "one keeping its standby were both lost): the job goes back to %s, step %lld\n",
+                     (long long)most_done, disk_ && disk_->step == T ? "its newest checkpoint" : "the start",
+                     (long long)T);
     }
     views_ = view.generation + 1;
   }
@@ -497,6 +638,8 @@ class pipeline_member {
   checkpoint_shard local_state(int s, int64_t t) {
     checkpoint_shard out;
     if (mine_->copy(first_replica_of(place_), s, t, out) || held_->copy(0, s, t, out)) return out;
+    if (disk_ && disk_->step == t && disk_->shards.count("stage-" + std::to_string(s)))
+      return disk_->shards.at("stage-" + std::to_string(s));
     throw std::logic_error("elastic pipeline: stage " + std::to_string(s) + " after step " + std::to_string(t) +
                            " is not held here after all");
   }
@@ -506,6 +649,7 @@ class pipeline_member {
     out.steps = steps_;
     out.eval.loss = -1;
     if (place_ == 0) {
+      if (writer_) writer_->flush();  // every checkpoint taken is on disk before the job reports its end
       evaluate_assembled(spec_, data_, po, *progress_, out);
       if (!opts_.quiet)
         std::printf("elastic:   %lld view%s, %zu processes at the end, %lld step%s lost to failures, %.1f MB of state "
@@ -534,6 +678,8 @@ class pipeline_member {
   std::atomic<int64_t> done_{0};
   int64_t steps_lost_ = 0, streamed_ = 0, views_ = 1;
   std::unique_ptr<progress_log> progress_;
+  std::unique_ptr<checkpoint_writer> writer_;  // place 0, with train.checkpoint_every
+  std::shared_ptr<const checkpoint_version> disk_;  // the newest checkpoint this process can read
 };
 
 }  // namespace
@@ -543,9 +689,6 @@ job_outcome run_elastic_pipeline(const proto::JobSpec& spec, std::shared_ptr<con
   if (opts.world < 2)
     throw input_error("elastic.mode \"respawn\": a pipeline in one process has no process to lose; run it with "
                       "troupe launch --nproc N");
-  if (spec.train().checkpoint_every() > 0)
-    throw input_error("train.checkpoint_every: an elastic pipeline job keeps its stages' state in memory (its own, and a standby copy "
-                      "in the next process); checkpoints on disk of a pipeline across processes are not written yet");
   pipeline_member m(spec, std::move(data), opts);
   return m.run();
 }

@@ -81,12 +81,13 @@ split split_processes(int world, int replicas, int stages) {
 }
 
 joined join_processes(const proto::JobSpec& spec, const coordinator_options& opts, pipeline_options& popts,
-                      bool quiet_placement) {
+                      bool quiet_placement, std::chrono::milliseconds connect_deadline) {
   const split sp = split_processes(opts.world, popts.replicas, popts.stages);
   const int kr = opts.rank / sp.world_s, ks = opts.rank % sp.world_s;
   const int R = popts.replicas, L = R / sp.world_r, f = kr * L;
   const int P = popts.stages, LS = P / sp.world_s, fs = ks * LS;
   tcp_options base = process_link_options(opts);
+  if (connect_deadline.count() > 0) base.connect_deadline = std::min(base.connect_deadline, connect_deadline);
   // tcp://HOST:PORT: rank 0 serves the store there (hosts without a shared directory);
   // anything else is a directory all the processes see.
   joined out;

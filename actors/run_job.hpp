@@ -48,13 +48,14 @@ split split_processes(int world, int replicas, int stages);
 // other stages, over parallel.transport (shm: shared memory with the processes of this
 // host, tcp to the others; tcp: tcp only), with link groups opts.group + 1 ... opts.group
 // + 1 + stages + replicas. Fills in popts' process fields; rank 0 prints the placement
-// unless quiet_placement.
+// unless quiet_placement. connect_deadline > 0: at most that long for the links to form.
 struct joined {
   std::shared_ptr<tcp_store_server> server;  // rank 0, with a tcp:// rendezvous
   std::shared_ptr<communicator> control;
 };
 joined join_processes(const proto::JobSpec& spec, const coordinator_options& opts, pipeline_options& popts,
-                      bool quiet_placement = false);
+                      bool quiet_placement = false,
+                      std::chrono::milliseconds connect_deadline = std::chrono::milliseconds(0));
 
 // A pipeline's assembled parameters (po.params) into one model: evaluated, a sample drawn
 // (GPT), both into `out` and the progress log, which then finishes.

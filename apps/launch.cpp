@@ -181,11 +181,7 @@ int launch_main(const std::vector<std::string>& args) {
                         "(use \"respawn\", where the others go on)");
     if (elastic.mode() != "off" && spec_stages > 1) {
       // Each process keeps its place (its stages of its replicas); a lost one is replaced.
-      if (elastic.mode() != "respawn")
-        throw input_error("elastic.mode \"" + elastic.mode() + "\" takes data-parallel jobs (parallel.stages 1); a "
-                          "pipeline job of " + std::to_string(spec.parallel().stages()) +
-                          " stages takes \"respawn\", where a lost process is replaced and the others go on");
-      if (!elastic.respawn())
+      if (elastic.mode() == "respawn" && !elastic.respawn())
         throw input_error("elastic.respawn false: a pipeline job cannot go on without a stage's process (it does not "
                           "shrink); set elastic.respawn true, or give it spares");
     } else if (elastic.mode() != "off") {
@@ -197,12 +193,17 @@ int launch_main(const std::vector<std::string>& args) {
       if (int(elastic.min_workers()) > world)
         throw input_error("elastic.min_workers " + std::to_string(elastic.min_workers()) + " is more than the " +
                           std::to_string(world) + " processes launched");
+    }
+    if (elastic.mode() != "off") {
       namespace fs = std::filesystem;
       std::error_code ec;
-      if (elastic.mode() == "restart_all" && fs::is_directory(spec.train().checkpoint_dir(), ec))
+      // Every version in the directory is taken for this run's (a restart, or a pipeline
+      // whose stages are lost with their standby, goes back to the newest).
+      if ((elastic.mode() == "restart_all" || (spec_stages > 1 && spec.train().checkpoint_every() > 0)) &&
+          fs::is_directory(spec.train().checkpoint_dir(), ec))
         for (const auto& e : fs::directory_iterator(spec.train().checkpoint_dir(), ec))
           if (e.path().filename().string().rfind("step-", 0) == 0)
-            throw input_error("elastic.mode \"restart_all\": train.checkpoint_dir " + spec.train().checkpoint_dir() +
+            throw input_error("elastic.mode \"" + elastic.mode() + "\": train.checkpoint_dir " + spec.train().checkpoint_dir() +
                               " holds checkpoints already (" + e.path().filename().string() +
                               "), which a restart would take for this run's: remove them, or pick another directory");
     }

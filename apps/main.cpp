@@ -234,9 +234,10 @@ int train(const std::vector<std::string>& args) {
     if (spec.elastic().mode() != "off") {
       // Whichever process leads the last view reports (the first one may be lost).
       opts.quiet = quiet;
-      if (reporter && !place.elastic_join) std::printf("troupe: %s\n        %d processes, one replica each, elastic.mode %s\n",
-                                                       troupe::describe(spec).c_str(), place.world,
-                                                       spec.elastic().mode().c_str());
+      if (reporter && !place.elastic_join)
+        std::printf("troupe: %s\n        %d processes, %s, elastic.mode %s\n", troupe::describe(spec).c_str(), place.world,
+                    spec.parallel().stages() > 1 ? "each keeping its place in the pipeline" : "one replica each",
+                    spec.elastic().mode().c_str());
       auto out = troupe::run_job(spec, opts);
       if (out.eval.loss >= 0 && !quiet) {
         print_result(out);

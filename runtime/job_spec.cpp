@@ -672,9 +672,7 @@ void check_values(const proto::JobSpec& s, const checker& c) {
     c.fail("elastic.max_workers", cat("invalid value ", el.max_workers(), ": expected 0 or at least elastic.min_workers (",
                                       el.min_workers(), ")"));
   if (el.mode() != "off") {
-    if (par.stages() != 1 && el.mode() != "respawn")
-      c.fail("elastic.mode", cat("\"", el.mode(), "\" takes data-parallel jobs: expected parallel.stages 1, got ",
-                                 par.stages(), " (a pipeline takes \"respawn\")"));
+
     if (s.policy().name() != "allreduce")
       c.fail("elastic.mode", cat("\"", el.mode(), "\" takes the all-reduce path: expected no policy.name, got \"",
                                  s.policy().name(), "\""));

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "policies/elastic_membership.hpp"
+#include "runtime/checkpoint.hpp"
 #include "runtime/check.hpp"
 #include "runtime/job_spec.hpp"
 #include "tests/support/processes.hpp"
@@ -53,7 +54,8 @@ std::string elastic_job(const std::string& name, const std::string& mode, int st
 std::string dir_of(const std::string& name) { return "/tmp/troupe_elastic_" + name; }
 
 // The small GPT as 2 pipeline stages x `replicas`, each process one stage of one replica.
-std::string pipeline_job(const std::string& name, int steps, int replicas, const std::string& elastic_extra = "") {
+std::string pipeline_job(const std::string& name, int steps, int replicas, const std::string& elastic_extra = "",
+                         const std::string& mode = "respawn", const std::string& train_extra = "") {
   const fs::path dir = dir_of(name);
   fs::remove_all(dir);
   fs::create_directories(dir);
@@ -63,9 +65,10 @@ std::string pipeline_job(const std::string& name, int steps, int replicas, const
   "data": {"dataset": "fortunes"},
   "optimizer": {"adamw": {"lr": 3e-3, "beta1": 0.9, "beta2": 0.95, "weight_decay": 0.1}, "grad_clip": 1.0},
   "train": {"batch_size": 16, "steps": )" << steps << R"(, "threads": )" << 2 * replicas
-                      << R"(, "sample_tokens": 0, "metrics_file": ")" << (dir / "metrics.jsonl").string() << R"("},
+                      << R"(, "sample_tokens": 0, "metrics_file": ")" << (dir / "metrics.jsonl").string()
+                      << R"(", "checkpoint_dir": ")" << (dir / "ckpt").string() << "\"" << train_extra << R"(},
   "parallel": {"stages": 2, "replicas": )" << replicas << R"(, "micro_batches": 4, "transport": "tcp"},
-  "elastic": {"mode": "respawn")" << elastic_extra << R"(}
+  "elastic": {"mode": ")" << mode << "\"" << elastic_extra << R"(}
 })";
   return path;
 }
@@ -395,7 +398,7 @@ TEST_CASE("elastic: the spec's elastic section is checked, with what was expecte
   CHECK(spec_error(R"({"mode": "respawn", "batch": "grow"})").find("elastic.batch") != std::string::npos);
   CHECK(spec_error(R"({"mode": "restart_all"})").find("set train.checkpoint_every") != std::string::npos);
   CHECK(spec_error(R"({"mode": "respawn"})", R"("parallel": {"stages": 2}, )") == "");  // a pipeline respawns
-  CHECK(spec_error(R"({"mode": "restart_all"})", R"("parallel": {"stages": 2}, )").find("parallel.stages 1") !=
+  CHECK(spec_error(R"({"mode": "restart_all"})", R"("parallel": {"stages": 2}, )").find("set train.checkpoint_every") !=
         std::string::npos);
   CHECK(spec_error(R"({"mode": "respawn", "min_workers": 3, "max_workers": 2})").find("elastic.max_workers") !=
         std::string::npos);
@@ -481,4 +484,59 @@ TEST_CASE("elastic pipeline: what it cannot do is refused before any process sta
   r = run("train " + job + " --quiet");
   CHECK(r.code != 0);
   CHECK(r.output.find("a pipeline in one process has no process to lose") != std::string::npos);
+}
+
+TEST_CASE("elastic pipeline: checkpoints on disk from every process (one shard per stage, collected by process 0), "
+          "both processes lost at once go back to the newest, restart_all restarts both from it, and each ends bit "
+          "for bit as the uninterrupted run") {
+  using namespace troupe;
+  const int steps = 600;
+  const std::string every = R"(, "checkpoint_every": 100, "checkpoint_keep": 0)";
+  launched b = launch("pipe_ck_base", pipeline_job("pipe_ck_base", steps, 1, "", "respawn", every), {}, 2);
+  REQUIRE(wait_for(b.launcher, std::chrono::seconds(120)) == 0);
+  const double uninterrupted = final_loss(b.metrics);
+  REQUIRE(uninterrupted > 0);
+  const auto versions = load_latest_checkpoint(dir_of("pipe_ck_base") + "/ckpt");
+  REQUIRE(versions.step == steps);
+  CHECK(versions.shards.count("stage-0") == 1);
+  CHECK(versions.shards.count("stage-1") == 1);
+  // The same shards a pipeline in one process takes: it goes on from step 300 to the same end.
+  const std::string inproc = pipeline_job("pipe_ck_inproc", steps, 1, "", "off");
+  auto r = run("train " + inproc + " --quiet --resume " + dir_of("pipe_ck_base") + "/ckpt/step-000000000300");
+  REQUIRE_MESSAGE(r.code == 0, r.output);
+  CHECK(final_loss(dir_of("pipe_ck_inproc") + "/metrics.jsonl") == uninterrupted);
+  // A directory that holds checkpoints already would be taken for this run's.
+  const std::string stale = pipeline_job("pipe_ck_stale", 100, 1, "", "respawn", every);
+  r = run("launch --nproc 2 " + stale);
+  CHECK(r.code == 0);
+  r = run("launch --nproc 2 " + stale);  // again, with the first run's checkpoints in place
+  CHECK(r.code != 0);
+  CHECK(r.output.find("holds checkpoints already") != std::string::npos);
+
+  for (const std::string mode : {"respawn", "restart_all"}) {
+    CAPTURE(mode);
+    const std::string name = "pipe_ck_" + mode;
+    launched l = launch(name, pipeline_job(name, steps, 1, "", mode, every), {"TROUPE_SILENCE_MS=1000"}, 2);
+    wait_until([&] { return children_of(l.launcher).size() >= 2; }, "the processes");
+    if (mode == "respawn") {  // both at once: no standby is left, the newest checkpoint is
+      const pid_t other = slot_process(l.launcher, 1);
+      signal_at(l, 250, 0, SIGKILL);
+      REQUIRE(::kill(other, SIGKILL) == 0);
+    } else {
+      signal_at(l, 250, 1, SIGKILL);
+    }
+    const int code = wait_for(l.launcher, std::chrono::seconds(120));
+    const std::string log = read_all(l.log);
+    CAPTURE(log);
+    REQUIRE(code == 0);
+    if (mode == "respawn") {
+      CHECK(log.find("every process of the job was lost: it goes back to its newest checkpoint, step 200") !=
+            std::string::npos);
+    } else {
+      CHECK(log.find("restarting all 2 processes from the newest checkpoint") != std::string::npos);
+      CHECK(log.find("after step 200") != std::string::npos);
+    }
+    CHECK(steps_done(l.metrics) == steps);
+    CHECK(final_loss(l.metrics) == uninterrupted);
+  }
 }
