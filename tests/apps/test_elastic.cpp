@@ -195,7 +195,7 @@ TEST_CASE("elastic: a 4-process data-parallel job without failures gives the one
 
 TEST_CASE("elastic respawn: SIGKILL of a replica, or of the leader, loses at most the step in flight, and a replacement "
           "joins with a peer's state") {
-  const std::string base_job = elastic_job("base", "respawn", 600);
+  const std::string base_job = elastic_job("base", "respawn", 1500);
   launched b = launch("base", base_job);
   REQUIRE(wait_for(b.launcher, std::chrono::seconds(120)) == 0);
   const double uninterrupted = final_loss(b.metrics);
@@ -203,7 +203,8 @@ TEST_CASE("elastic respawn: SIGKILL of a replica, or of the leader, loses at mos
   for (int victim : {2, 0}) {
     CAPTURE(victim);
     const std::string name = "kill" + std::to_string(victim);
-    launched l = launch(name, elastic_job(name, "respawn", 600));
+    // Long enough (about 5 s here) for the replacement to start, load its data and join.
+    launched l = launch(name, elastic_job(name, "respawn", 1500));
     wait_until([&] { return children_of(l.launcher).size() >= 4; }, "4 processes");
     std::vector<pid_t> survivors;
     const pid_t killed = signal_at(l, 60, victim, SIGKILL);
@@ -227,7 +228,7 @@ TEST_CASE("elastic respawn: SIGKILL of a replica, or of the leader, loses at mos
       streamed = streamed || (line.find("\"event\":\"view\"") != std::string::npos && number(line, "streamed_bytes") > 0);
     CHECK(streamed);
     const auto losses = step_losses(l.metrics);
-    CHECK(losses.size() == 600);
+    CHECK(losses.size() == 1500);
     // The leader writes the metrics: killed between a step's all-reduce and its line, that
     // one step (trained by all) has no line.
     CHECK(std::count(losses.begin(), losses.end(), -1.0) <= (victim == 0 ? 1 : 0));
@@ -237,7 +238,8 @@ TEST_CASE("elastic respawn: SIGKILL of a replica, or of the leader, loses at mos
 
 TEST_CASE("elastic respawn: two processes killed at once, as the view re-forms, and the job still finishes with 4") {
   const std::string name = "double";
-  launched l = launch(name, elastic_job(name, "respawn", 900, 4, ", \"min_workers\": 2"));
+  // Long enough for both replacements to start and join (the job ends with 4).
+  launched l = launch(name, elastic_job(name, "respawn", 2000, 4, ", \"min_workers\": 2"));
   wait_until([&] { return children_of(l.launcher).size() >= 4; }, "4 processes");
   const pid_t second = slot_process(l.launcher, 2);
   signal_at(l, 60, 1, SIGKILL);
@@ -249,7 +251,7 @@ TEST_CASE("elastic respawn: two processes killed at once, as the view re-forms, 
   REQUIRE(code == 0);
   CHECK(count_events(l.events, "lost") == 2);
   CHECK(count_events(l.events, "respawn") == 2);
-  CHECK(steps_done(l.metrics) == 900);
+  CHECK(steps_done(l.metrics) == 2000);
   CHECK(log.find("4 members at the end") != std::string::npos);
 }
 
