@@ -105,50 +105,58 @@ class standby_ring {
       : ring_(std::move(ring)), mine_(std::move(mine)), theirs_(std::move(theirs)), first_(first_step),
         held_(std::move(held)) {
     for (int s : theirs_) copies_[s] = build_stage_model(spec, popts, s);
-    done_ = first_;
+    done_ = first_ > 0 ? -1 : 0;  // at T > 0 the copies hold nothing until the state has come
+    // Liveness is the links' heartbeats: a receive waits as long as a step or a view's
+    // setup takes, not the default deadline.
+    ring_->deadline = std::chrono::hours(24);
     receiver_ = std::thread([this] { recv_loop(); });
-    if (first_ > 0) {
-      const int next = (ring_->rank() + 1) % ring_->size();
-      for (size_t i = 0; i < mine_.size(); ++i) {
-        auto it = start.find(mine_[i]);
-        if (it == start.end())
-          throw std::logic_error("standby: no state of stage " + std::to_string(mine_[i]) + " to start from");
-        send_state(*ring_, next, kStateTags + 64 * i, it->second);
+    try {
+      if (first_ > 0) {
+        const int next = (ring_->rank() + 1) % ring_->size();
+        for (size_t i = 0; i < mine_.size(); ++i) {
+          auto it = start.find(mine_[i]);
+          if (it == start.end())
+            throw std::logic_error("standby: no state of stage " + std::to_string(mine_[i]) + " to start from");
+          send_state(*ring_, next, kStateTags + 64 * i, it->second);
+        }
       }
+    } catch (...) {
+      stop();
+      throw;
     }
   }
   ~standby_ring() {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      stop_ = true;
-    }
-    cv_.notify_all();
-    ring_->abort("the view is over");
-    receiver_.join();
-    // The copies, as far as they got, for the next view.
+    stop();
+    // The copies, as far as they got, for the next view (none that never got its state).
     try {
-      for (auto& [s, copy] : copies_) {
-        checkpoint_shard state;
-        copy->save_state(state);
-        held_->put(0, s, done_, std::move(state));
-      }
+      if (done_ >= 0)
+        for (auto& [s, copy] : copies_) {
+          checkpoint_shard state;
+          copy->save_state(state);
+          held_->put(0, s, done_, std::move(state));
+        }
     } catch (const std::exception& e) {
       std::fprintf(stderr, "troupe: standby copies lost: %s\n", e.what());
     }
   }
-  // On a local stage's device: its final gradients of `step`.
-  void send_grads(int stage, int64_t step, const tensor& g) {
-    const int next = (ring_->rank() + 1) % ring_->size();
-    ring_->send(next, kGradTags + tag_of(step, index_of(mine_, stage)), g.raw(), g.bytes(), dtype::u8);
+  // For each local stage's device: sends its final gradients of a step. It holds the
+  // link, not the ring, since a device may still be in a send as a failed view's ring goes.
+  std::function<void(int, int64_t, const tensor&)> grad_sender() const {
+    return [ring = ring_, mine = mine_, first = first_](int stage, int64_t step, const tensor& g) {
+      const int next = (ring->rank() + 1) % ring->size();
+      ring->send(next, kGradTags + tag_of(step, first, index_of(mine, stage)), g.raw(), g.bytes(), dtype::u8);
+    };
   }
-  // On the coordinator, before the sum over the pipe: the next place has every local
-  // stage's gradients of `step`.
-  void wait_acks(int64_t step) {
-    const int next = (ring_->rank() + 1) % ring_->size();
-    for (size_t i = 0; i < mine_.size(); ++i) {
-      int64_t ack = -1;
-      ring_->recv(next, kAckTags + tag_of(step, int(i)), &ack, 2, dtype::i32);
-    }
+  // For the coordinator, before the sum over the pipe: waits until the next place has every
+  // local stage's gradients of the step.
+  std::function<void(int64_t)> ack_waiter() const {
+    return [ring = ring_, n = mine_.size(), first = first_](int64_t step) {
+      const int next = (ring->rank() + 1) % ring->size();
+      for (size_t i = 0; i < n; ++i) {
+        int64_t ack = -1;
+        ring->recv(next, kAckTags + tag_of(step, first, int(i)), &ack, 2, dtype::i32);
+      }
+    };
   }
   // On the coordinator: what every stage's optimizer step of `step` takes.
   void decided(int64_t step, const std::vector<std::string>& shared, const std::vector<tensor>& totals, float scale,
@@ -169,7 +177,16 @@ class standby_ring {
     std::vector<tensor> totals;
     float scale = 1, lr = 0;
   };
-  uint64_t tag_of(int64_t step, int index) const { return uint64_t(step - first_) * 64 + uint64_t(index); }
+  static uint64_t tag_of(int64_t step, int64_t first, int index) { return uint64_t(step - first) * 64 + uint64_t(index); }
+  void stop() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    ring_->abort("the view is over");
+    if (receiver_.joinable()) receiver_.join();
+  }
   static int index_of(const std::vector<int>& v, int x) {
     const auto it = std::find(v.begin(), v.end(), x);
     if (it == v.end()) throw std::logic_error("standby: stage " + std::to_string(x) + " is not this ring's");
@@ -183,15 +200,18 @@ class standby_ring {
     set_compute_threads(1);
     const int prev = (ring_->rank() + ring_->size() - 1) % ring_->size();
     try {
-      if (first_ > 0)
+      if (first_ > 0) {
         for (size_t i = 0; i < theirs_.size(); ++i)
           copies_.at(theirs_[i])->load_state(recv_state(*ring_, prev, kStateTags + 64 * i),
                                              "the standby state of stage " + std::to_string(theirs_[i]));
+        std::lock_guard<std::mutex> lock(mu_);
+        done_ = first_;
+      }
       for (int64_t t = first_;; ++t) {
         for (size_t i = 0; i < theirs_.size(); ++i) {
           tensor g = copies_.at(theirs_[i])->flat_grads();
-          ring_->recv(prev, kGradTags + tag_of(t, int(i)), g.raw(), g.bytes(), dtype::u8);
-          ring_->send(prev, kAckTags + tag_of(t, int(i)), &t, 2, dtype::i32);
+          ring_->recv(prev, kGradTags + tag_of(t, first_, int(i)), g.raw(), g.bytes(), dtype::u8);
+          ring_->send(prev, kAckTags + tag_of(t, first_, int(i)), &t, 2, dtype::i32);
         }
         update u;
         {
@@ -205,8 +225,15 @@ class standby_ring {
         std::lock_guard<std::mutex> lock(mu_);
         done_ = t + 1;
       }
-    } catch (const std::exception&) {
+    } catch (const std::exception& e) {
       // The view is failing or over; the copies stay where the last whole step left them.
+      // Anything else fails the view at once (the previous place waits for acknowledgements).
+      bool stopping = false;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        stopping = stop_;
+      }
+      if (!stopping) ring_->abort(std::string("the standby failed: ") + e.what());
     }
   }
 
@@ -246,6 +273,10 @@ class checkpoint_collector {
   }
   // On the coordinator, after step `steps_done` (a due one): the copies.
   void take(int64_t steps_done) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (failed_) return;  // the link is gone: nothing would carry it
+    }
     std::map<int, checkpoint_shard> copies;
     for (int s : stages_of_(link_->rank()))
       if (!mine_->copy(replica_, s, steps_done, copies[s]))
@@ -359,6 +390,7 @@ class pipeline_member {
       if (place_ < 0)
         throw std::runtime_error("process " + std::to_string(me_) + " is not in view " +
                                  std::to_string(view.generation) + " (" + view.encode() + ")");
+      bool training = false;  // past the links and the state exchange
       try {
         pipeline_options popts = pipeline_options::from(spec_);
         coordinator_options o = opts_;
@@ -402,13 +434,14 @@ class pipeline_member {
           standby = std::make_unique<standby_ring>(
               join_group(spec_.parallel().transport(), place_, opts_.world, *store_, ring), spec_, popts,
               stages_of(place_), stages_of(prev), first_step_, initial_, held_);
-          standby_ring* sb = standby.get();
-          popts.on_grads = [sb](int s, int64_t step, const tensor& g) { sb->send_grads(s, step, g); };
-          popts.before_update = [sb](int64_t step) { sb->wait_acks(step); };
+          standby_ring* sb = standby.get();  // the coordinator has stopped once the run returns
+          popts.on_grads = standby->grad_sender();
+          popts.before_update = standby->ack_waiter();
           popts.after_sum = [sb](int64_t step, const std::vector<std::string>& shared, const std::vector<tensor>& totals,
                                  float scale, float lr) { sb->decided(step, shared, totals, scale, lr); };
         }
         if (place_ == 0) ensure_progress();
+        training = true;
         pipeline_outcome po = run_pipeline_training(sys, spec_, popts, steps_, place_ == 0 ? progress_.get() : nullptr);
         if (collector && !collector->drain())
           std::fprintf(stderr, "troupe: process %d: the last checkpoints did not all reach place 0\n", me_);
@@ -419,7 +452,8 @@ class pipeline_member {
         throw;  // the job itself is wrong: no view cures it
       } catch (const std::exception& e) {
         if (spec_.elastic().mode() == "restart_all") throw;  // the launcher restarts every process
-        if (++tries >= 3)
+        // A view that fails as it forms (another member is gone too) is no fault of the job.
+        if (training && ++tries >= 3)
           throw std::runtime_error("the pipeline failed 3 times running from step " + std::to_string(first_step_) +
                                    ", the last time with: " + e.what());
         view = recover(view, e.what());
@@ -624,7 +658,7 @@ class pipeline_member {
       if (most_done < 0 && place_ == 0)
         std::fprintf(stderr, "troupe: every process of the job was lost: it goes back to %s, step %lld\n",
                      disk_ && disk_->step == T && T > 0 ? "its newest checkpoint" : "the start", (long long)T);
-      if (T + 1 < most_done && place_ == 0)
+      if (T < most_done && place_ == 0)
         std::fprintf(stderr, "troupe: no process holds every stage's state after step %lld (a stage's process and the "
                              "one keeping its standby were both lost): the job goes back to %s, step %lld\n",
                      (long long)most_done, disk_ && disk_->step == T ? "its newest checkpoint" : "the start",
