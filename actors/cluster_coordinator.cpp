@@ -125,7 +125,7 @@ caf::behavior cluster_coordinator(caf::stateful_actor<cluster_state>* self, clus
     const bool others_done = someone_done && every_member_ended(s);
     if (leader && others_done)
       return finish(1, why + ", after the others had ended: the leader of the last view did not report the run");
-    if (m.in_view && s.opts.fixed_places) {
+    if (m.in_view && s.opts.fixed_places && !s.opts.shrink_places) {
       // The place stays in the view, lost, until a replacement is ready (the poll).
       if (!s.opts.quiet) {
         std::printf("troupe launch: %s; its place (%d) waits for a replacement\n", why.c_str(), s.view.index_of(m.rank));
@@ -138,7 +138,7 @@ caf::behavior cluster_coordinator(caf::stateful_actor<cluster_state>* self, clus
                                    "elastic.min_workers (" + std::to_string(s.opts.min_workers) + ")");
       publish(next);
       if (!s.opts.quiet) {
-        std::printf("troupe launch: %s; going on with %zu workers (view %lld)\n", why.c_str(), next.members.size(),
+        std::printf("troupe launch: %s; going on with %zu worker%s (view %lld)\n", why.c_str(), next.members.size(), next.members.size() == 1 ? "" : "s",
                     (long long)next.generation);
         std::fflush(stdout);
       }
@@ -363,7 +363,7 @@ caf::behavior cluster_coordinator(caf::stateful_actor<cluster_state>* self, clus
         // plane did not see): after a grace for the loss to show, the same members again.
         // Fixed places: a lost member's place, waiting for its replacement (a lost member
         // stays in_view there until one takes it; elsewhere in_view means nothing once lost).
-        const auto vacant = !s.opts.fixed_places ? s.members.end()
+        const auto vacant = !s.opts.fixed_places || s.opts.shrink_places ? s.members.end()
                                                  : std::find_if(s.members.begin(), s.members.end(),
                                                                 [](const cluster_member& x) { return x.lost && x.in_view; });
         if (vacant == s.members.end() && known("failed/" + std::to_string(s.view.generation))) {
@@ -381,6 +381,7 @@ caf::behavior cluster_coordinator(caf::stateful_actor<cluster_state>* self, clus
           if (m.lost || m.in_view || m.ended) continue;
           waiting = true;
           if (s.opts.fixed_places) {
+            if (s.opts.shrink_places) continue;  // a cut pipeline does not grow again: spares wait
             // Ready newcomers take the lost members' places, all in one view (a view with
             // a lost member in it could never form): the others wait for them.
             if (vacant == s.members.end()) continue;

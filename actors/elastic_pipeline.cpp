@@ -365,6 +365,7 @@ class pipeline_member {
         P_(int(spec_.parallel().stages())),
         R_(int(spec_.parallel().replicas())),
         sp_(split_processes(opts_.world, R_, P_)),
+        world_(opts_.world),
         mine_(std::make_shared<stage_snapshots>(1, kLocalDepth)),
         held_(std::make_shared<stage_snapshots>(1, kStandbyDepth)) {
     base_ = process_link_options(opts_);
@@ -391,10 +392,20 @@ class pipeline_member {
         throw std::runtime_error("process " + std::to_string(me_) + " is not in view " +
                                  std::to_string(view.generation) + " (" + view.encode() + ")");
       bool training = false;  // past the links and the state exchange
+      // A view of fewer processes (elastic.respawn false: nobody replaces the lost) cuts the
+      // pipeline anew over those left: each place may hold other stages now.
+      world_ = int(view.members.size());
+      try {
+        sp_ = split_processes(world_, R_, P_);
+      } catch (const input_error& e) {
+        throw std::runtime_error("the pipeline cannot be cut over the " + std::to_string(world_) + " processes left: " +
+                                 e.what());
+      }
       try {
         pipeline_options popts = pipeline_options::from(spec_);
         coordinator_options o = opts_;
         o.rank = place_;
+        o.world = world_;
         o.group = opts_.group + uint64_t(view.generation + 1) * kViewGroups;
         // A view after a failure forms among processes that are all up and ready: one
         // that takes long has lost another member, and a newer view will come.
@@ -418,7 +429,7 @@ class pipeline_member {
           tcp_options c = base_;
           c.group = o.group + 3 + uint64_t(P_) + uint64_t(R_);
           collector = std::make_unique<checkpoint_collector>(
-              join_group(spec_.parallel().transport(), place_, opts_.world, *store_, c), mine_,
+              join_group(spec_.parallel().transport(), place_, world_, *store_, c), mine_,
               first_replica_of(place_), [this](int k) { return stages_of(k); }, writer_.get());
         }
         popts.on_step = [this, col = collector.get(), every](int64_t done) {
@@ -426,13 +437,13 @@ class pipeline_member {
           if (col && done % every == 0) col->take(done);
         };
         std::unique_ptr<standby_ring> standby;
-        if (sp_.world_r == 1) {
+        if (sp_.world_r == 1 && world_ > 1) {
           // No other process holds these stages: the next place keeps a standby copy.
           tcp_options ring = base_;
           ring.group = o.group + 2 + uint64_t(P_) + uint64_t(R_);
-          const int prev = (place_ + opts_.world - 1) % opts_.world;
+          const int prev = (place_ + world_ - 1) % world_;
           standby = std::make_unique<standby_ring>(
-              join_group(spec_.parallel().transport(), place_, opts_.world, *store_, ring), spec_, popts,
+              join_group(spec_.parallel().transport(), place_, world_, *store_, ring), spec_, popts,
               stages_of(place_), stages_of(prev), first_step_, initial_, held_);
           standby_ring* sb = standby.get();  // the coordinator has stopped once the run returns
           popts.on_grads = standby->grad_sender();
@@ -540,8 +551,8 @@ class pipeline_member {
       for (int s = 0; s < P_; ++s)
         if (disk_->shards.count("stage-" + std::to_string(s))) have[s].insert(disk_->step);
     if (!fresh) {
-      for (int s : stages_of(place_))
-        for (int64_t t : mine_->steps(first_replica_of(place_), s)) have[s].insert(t);
+      for (int s = 0; s < P_; ++s)  // its stages in the view before, which may differ from this one's
+        for (int64_t t : mine_->steps_of_stage(s)) have[s].insert(t);
       for (int s = 0; s < P_; ++s)
         for (int64_t t : held_->steps(0, s)) have[s].insert(t);
     }
@@ -671,7 +682,7 @@ class pipeline_member {
   // standby copy it holds of the previous place's.
   checkpoint_shard local_state(int s, int64_t t) {
     checkpoint_shard out;
-    if (mine_->copy(first_replica_of(place_), s, t, out) || held_->copy(0, s, t, out)) return out;
+    if (mine_->copy_of_stage(s, t, out) || held_->copy(0, s, t, out)) return out;
     if (disk_ && disk_->step == t && disk_->shards.count("stage-" + std::to_string(s)))
       return disk_->shards.at("stage-" + std::to_string(s));
     throw std::logic_error("elastic pipeline: stage " + std::to_string(s) + " after step " + std::to_string(t) +
@@ -700,7 +711,8 @@ class pipeline_member {
   coordinator_options opts_;
   int64_t steps_;
   int P_, R_;
-  split sp_;
+  split sp_;    // how the current view's processes split the job
+  int world_;   // the current view's processes
   std::shared_ptr<stage_snapshots> mine_, held_;
   tcp_options base_;
   std::shared_ptr<tcp_store_server> server_;

@@ -180,10 +180,8 @@ int launch_main(const std::vector<std::string>& args) {
       throw input_error("elastic.mode \"restart_all\" restarts the processes this launcher starts: it takes no --nodes "
                         "(use \"respawn\", where the others go on)");
     if (elastic.mode() != "off" && spec_stages > 1) {
-      // Each process keeps its place (its stages of its replicas); a lost one is replaced.
-      if (elastic.mode() == "respawn" && !elastic.respawn())
-        throw input_error("elastic.respawn false: a pipeline job cannot go on without a stage's process (it does not "
-                          "shrink); set elastic.respawn true, or give it spares");
+      // Each process keeps its place (its stages of its replicas); a lost one is replaced,
+      // or with elastic.respawn false the pipeline is cut anew over those left.
     } else if (elastic.mode() != "off") {
       const int world = nproc + nodes;
       if (int(spec.parallel().replicas()) != world)
@@ -295,6 +293,7 @@ int launch_main(const std::vector<std::string>& args) {
     co.elastic = respawning;
     co.min_workers = elastic.min_workers();
     co.fixed_places = spec_stages > 1;
+    co.shrink_places = spec_stages > 1 && !elastic.respawn();
     co.max_workers = elastic.max_workers();
     try {
       if (nodes > 0)

@@ -83,6 +83,33 @@ std::vector<int64_t> stage_snapshots::steps(int replica, int stage) const {
   return out;
 }
 
+std::vector<int64_t> stage_snapshots::steps_of_stage(int stage) const {
+  std::vector<int> replicas;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [key, h] : held_)
+      if (key.second == stage) replicas.push_back(key.first);
+  }
+  std::vector<int64_t> out;
+  for (int r : replicas)
+    for (int64_t t : steps(r, stage)) out.push_back(t);
+  std::sort(out.begin(), out.end());
+  out.erase(std::unique(out.begin(), out.end()), out.end());
+  return out;
+}
+
+bool stage_snapshots::copy_of_stage(int stage, int64_t steps_done, checkpoint_shard& out) const {
+  std::vector<int> replicas;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [key, h] : held_)
+      if (key.second == stage) replicas.push_back(key.first);
+  }
+  for (int r : replicas)
+    if (copy(r, stage, steps_done, out)) return true;
+  return false;
+}
+
 double stage_snapshots::seconds() const {
   std::lock_guard<std::mutex> lock(mu_);
   return seconds_;

@@ -29,6 +29,10 @@ class stage_snapshots {
   // A copy of the snapshot after `steps_done` into `out` (its tensors reused where they
   // fit); false when none is held.
   bool copy(int replica, int stage, int64_t steps_done, checkpoint_shard& out) const;
+  // The same for a stage whichever replica took it (replicas hold the same state): the
+  // steps held, oldest first, and a copy.
+  std::vector<int64_t> steps_of_stage(int stage) const;
+  bool copy_of_stage(int stage, int64_t steps_done, checkpoint_shard& out) const;
   // Forgets every snapshot after `steps_done` (a job that went back to it).
   void drop_after(int64_t steps_done);
   // The steps of the snapshots held for (replica, stage), oldest first.

@@ -478,14 +478,51 @@ TEST_CASE("elastic pipeline: SIGKILL of a stage's process (state from the next p
 }
 
 TEST_CASE("elastic pipeline: what it cannot do is refused before any process starts, with what to do instead") {
-  std::string job = pipeline_job("pipe_refused", 5, 1, R"(, "respawn": false)");
-  auto r = run("launch --nproc 2 " + job);
-  CHECK(r.code != 0);
-  CHECK(r.output.find("a pipeline job cannot go on without a stage's process") != std::string::npos);
-  job = pipeline_job("pipe_alone", 5, 1);
-  r = run("train " + job + " --quiet");
+  const std::string job = pipeline_job("pipe_alone", 5, 1);
+  const auto r = run("train " + job + " --quiet");
   CHECK(r.code != 0);
   CHECK(r.output.find("a pipeline in one process has no process to lose") != std::string::npos);
+}
+
+TEST_CASE("elastic pipeline: with elastic.respawn false the pipeline is cut anew over the processes left, the lost "
+          "stage's state from the survivor's standby copy, or the job ends saying why it cannot be") {
+  const int steps = 600;
+  launched b = launch("pipe_shrink_base", pipeline_job("pipe_shrink_base", steps, 1), {}, 2);
+  REQUIRE(wait_for(b.launcher, std::chrono::seconds(120)) == 0);
+  const double uninterrupted = final_loss(b.metrics);
+  launched l = launch("pipe_shrink", pipeline_job("pipe_shrink", steps, 1, R"(, "respawn": false)"),
+                      {"TROUPE_SILENCE_MS=1000"}, 2);
+  wait_until([&] { return children_of(l.launcher).size() >= 2; }, "the processes");
+  const pid_t survivor = slot_process(l.launcher, 0);
+  signal_at(l, 150, 1, SIGKILL);
+  int code = wait_for(l.launcher, std::chrono::seconds(120));
+  std::string log = read_all(l.log);
+  const std::string events = read_all(l.events);
+  CAPTURE(log);
+  REQUIRE(code == 0);
+  CHECK(count_events(l.events, "respawn") == 0);
+  CHECK(events.find("\"pid\":" + std::to_string(survivor) + ",") == std::string::npos);  // never lost or restarted
+  CHECK(log.find("going on with 1 worker (view 1)") != std::string::npos);
+  CHECK(log.find("1 processes at the end, 1 step lost to failures") != std::string::npos);
+  CHECK(steps_done(l.metrics) == steps);
+  CHECK(std::fabs(final_loss(l.metrics) - uninterrupted) <= 1e-4 * uninterrupted);
+  // 4 stages cannot be cut over 3 processes: the job ends, and says so.
+  const std::string four = pipeline_job("pipe_shrink4", steps, 1, R"(, "respawn": false)");
+  {
+    std::ifstream in(four);
+    std::stringstream text;
+    text << in.rdbuf();
+    std::string t = text.str();
+    t.replace(t.find(R"("stages": 2)"), 11, R"("stages": 4)");
+    std::ofstream(four) << t;
+  }
+  launched f = launch("pipe_shrink4", four, {"TROUPE_SILENCE_MS=1000"}, 4);
+  wait_until([&] { return children_of(f.launcher).size() >= 4; }, "the processes");
+  signal_at(f, 100, 2, SIGKILL);
+  code = wait_for(f.launcher, std::chrono::seconds(120));
+  log = read_all(f.log);
+  CHECK(code != 0);
+  CHECK(log.find("the pipeline cannot be cut over the 3 processes left") != std::string::npos);
 }
 
 TEST_CASE("elastic pipeline: checkpoints on disk from every process (one shard per stage, collected by process 0), "
