@@ -380,8 +380,7 @@ caf::behavior cluster_coordinator(caf::stateful_actor<cluster_state>* self, clus
         for (auto& m : s.members) {
           if (m.lost || m.in_view || m.ended) continue;
           waiting = true;
-          if (s.opts.fixed_places) {
-            if (s.opts.shrink_places) continue;  // a cut pipeline does not grow again: spares wait
+          if (s.opts.fixed_places && !s.opts.shrink_places) {
             // Ready newcomers take the lost members' places, all in one view (a view with
             // a lost member in it could never form): the others wait for them.
             if (vacant == s.members.end()) continue;

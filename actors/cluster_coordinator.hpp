@@ -59,7 +59,8 @@ struct cluster_options {
   // or grow, and the newcomers beyond the lost are spares.
   bool fixed_places = false;
   // Fixed places, no replacements (elastic.respawn false): a lost member's place goes, as
-  // in data-parallel jobs, and the workers cut the pipeline anew over those left.
+  // in data-parallel jobs, and the workers cut the pipeline anew over those left; a node
+  // that joins later is taken in at a step boundary (the pipeline is cut anew again).
   bool shrink_places = false;
   std::shared_ptr<rendezvous> store;  // the job's rendezvous: where the views go
   std::string events;                 // a JSON-lines file of losses, views and admissions ("": none)

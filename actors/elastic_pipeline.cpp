@@ -34,6 +34,8 @@ namespace {
 constexpr uint64_t kViewGroups = uint64_t(1) << 20;
 // Control-group tags of the state exchange, far above the step losses' (step * 4).
 constexpr uint64_t kSyncTags = uint64_t(1) << 50;
+// Control-group tags of the per-step "is there a newer view" sum (a pipeline that may grow).
+constexpr uint64_t kGrowTags = uint64_t(1) << 48;
 constexpr int kLocalDepth = 3, kStandbyDepth = 2;
 
 // A stage's state between processes: a small header (a shard of its texts and of each
@@ -395,6 +397,7 @@ class pipeline_member {
       // A view of fewer processes (elastic.respawn false: nobody replaces the lost) cuts the
       // pipeline anew over those left: each place may hold other stages now.
       world_ = int(view.members.size());
+      confirmed_ = false;
       try {
         sp_ = split_processes(world_, R_, P_);
       } catch (const input_error& e) {
@@ -432,9 +435,28 @@ class pipeline_member {
               join_group(spec_.parallel().transport(), place_, world_, *store_, c), mine_,
               first_replica_of(place_), [this](int k) { return stages_of(k); }, writer_.get());
         }
-        popts.on_step = [this, col = collector.get(), every](int64_t done) {
+        // A pipeline cut over fewer processes grows again when a node joins: place 0 looks
+        // for a newer view after every step and says so in a small all-reduce, so every
+        // process leaves the view after the same step (all hold its snapshots: nothing lost).
+        const bool may_grow = !spec_.elastic().respawn() && spec_.elastic().mode() == "respawn";
+        popts.on_step = [this, col = collector.get(), every, may_grow, control = links.control,
+                         g = view.generation](int64_t done) {
           done_ = done;
           if (col && done % every == 0) col->take(done);
+          if (!may_grow) return;
+          if (place_ == 0 && !confirmed_) {
+            try {  // the coordinator grows a view only once it has trained a step
+              store_->set(elastic_key(opts_.group, "at/" + std::to_string(g)), std::to_string(done));
+              confirmed_ = true;
+            } catch (const std::exception&) {
+            }
+          }
+          float newest = place_ == 0 ? float(std::max<int64_t>(latest(), g)) : 0.f;
+          allreduce_sum(*control, &newest, 1, kGrowTags + uint64_t(done) * kTagsPerCollective);
+          if (int64_t(newest) > g && done < steps_) {
+            switch_to_ = int64_t(newest);
+            throw std::runtime_error("view " + std::to_string(switch_to_) + " takes over after step " + std::to_string(done));
+          }
         };
         std::unique_ptr<standby_ring> standby;
         if (sp_.world_r == 1 && world_ > 1) {
@@ -462,6 +484,11 @@ class pipeline_member {
       } catch (const input_error&) {
         throw;  // the job itself is wrong: no view cures it
       } catch (const std::exception& e) {
+        if (switch_to_ > view.generation) {  // a planned change, at a step boundary
+          view = view_at(switch_to_);
+          planned_ = true;
+          continue;
+        }
         if (spec_.elastic().mode() == "restart_all") throw;  // the launcher restarts every process
         // A view that fails as it forms (another member is gone too) is no fault of the job.
         if (training && ++tries >= 3)
@@ -645,8 +672,10 @@ class pipeline_member {
     first_step_ = T;
     done_ = T;
     if (view.generation > 0) {
-      // Unknown (-1) when no process of the last view is left to say how far it got.
-      const int64_t lost = most_done < 0 ? -1 : std::max<int64_t>(0, most_done + 1 - T);
+      // Unknown (-1) when no process of the last view is left to say how far it got; none
+      // when the view changed at a step boundary.
+      const int64_t lost = planned_ && T == most_done ? 0 : most_done < 0 ? -1 : std::max<int64_t>(0, most_done + 1 - T);
+      planned_ = false;
       steps_lost_ += std::max<int64_t>(0, lost);
       streamed_ += streamed;
       if (place_ == 0) {
@@ -726,6 +755,9 @@ class pipeline_member {
   std::unique_ptr<progress_log> progress_;
   std::unique_ptr<checkpoint_writer> writer_;  // place 0, with train.checkpoint_every
   std::shared_ptr<const checkpoint_version> disk_;  // the newest checkpoint this process can read
+  bool confirmed_ = false;     // place 0 said the view has trained a step (at/<g>)
+  int64_t switch_to_ = -1;     // the newer view this one leaves for, at a step boundary
+  bool planned_ = false;       // the view now forming came at a step boundary
 };
 
 }  // namespace

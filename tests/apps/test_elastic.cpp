@@ -484,8 +484,9 @@ TEST_CASE("elastic pipeline: what it cannot do is refused before any process sta
   CHECK(r.output.find("a pipeline in one process has no process to lose") != std::string::npos);
 }
 
-TEST_CASE("elastic pipeline: with elastic.respawn false the pipeline is cut anew over the processes left, the lost "
-          "stage's state from the survivor's standby copy, or the job ends saying why it cannot be") {
+TEST_CASE("elastic pipeline: with elastic.respawn false the pipeline is cut anew over the processes left (the lost "
+          "stage's state from the survivor's standby copy) and again when a node joins, or the job ends saying why it "
+          "cannot be cut") {
   const int steps = 600;
   launched b = launch("pipe_shrink_base", pipeline_job("pipe_shrink_base", steps, 1), {}, 2);
   REQUIRE(wait_for(b.launcher, std::chrono::seconds(120)) == 0);
@@ -506,6 +507,40 @@ TEST_CASE("elastic pipeline: with elastic.respawn false the pipeline is cut anew
   CHECK(log.find("1 processes at the end, 1 step lost to failures") != std::string::npos);
   CHECK(steps_done(l.metrics) == steps);
   CHECK(std::fabs(final_loss(l.metrics) - uninterrupted) <= 1e-4 * uninterrupted);
+  // Cut to one process, then grown back to two when a node joins: at a step boundary,
+  // nothing lost, the newcomer's stage streamed to it, and the uninterrupted run's end.
+  {
+    const int long_steps = 2000;
+    launched u = launch("pipe_grow_base", pipeline_job("pipe_grow_base", long_steps, 1), {}, 2);
+    REQUIRE(wait_for(u.launcher, std::chrono::seconds(120)) == 0);
+    const std::string name = "pipe_grow", job = pipeline_job(name, long_steps, 1, R"(, "respawn": false)");
+    const std::string port = std::to_string(free_loopback_port()), metrics = dir_of(name) + "/metrics.jsonl";
+    ::setenv("TROUPE_SECRET", "grow-test-0123456789abcdef0123456789abcdef", 1);
+    ::setenv("TROUPE_SILENCE_MS", "1000", 1);
+    const pid_t launcher = spawn_troupe({"launch", "--nproc", "1", "--nodes", "1", "--listen", "127.0.0.1:" + port,
+                                         "--events", dir_of(name) + "/events.jsonl", job},
+                                        dir_of(name) + "/launch.log");
+    const pid_t first = spawn_troupe({"node", "--coordinator", "127.0.0.1:" + port}, dir_of(name) + "/node1.log");
+    wait_until([&] { return steps_done(metrics) >= 300; }, "300 steps");
+    REQUIRE(::kill(first, SIGKILL) == 0);
+    wait_until([&] { return read_all(dir_of(name) + "/launch.log").find("going on with 1 worker") != std::string::npos; },
+               "the shrink");
+    const pid_t second = spawn_troupe({"node", "--coordinator", "127.0.0.1:" + port}, dir_of(name) + "/node2.log");
+    const int launch_code = wait_for(launcher, std::chrono::seconds(120));
+    const int second_code = wait_for(second, std::chrono::seconds(30));
+    wait_for(first, std::chrono::seconds(5));
+    ::unsetenv("TROUPE_SECRET");
+    ::unsetenv("TROUPE_SILENCE_MS");
+    const std::string grow_log = read_all(dir_of(name) + "/launch.log");
+    CAPTURE(grow_log);
+    REQUIRE(launch_code == 0);
+    CHECK(second_code == 0);
+    CHECK(grow_log.find("growing to 2 workers") != std::string::npos);
+    CHECK(grow_log.find("0 steps lost") != std::string::npos);
+    CHECK(grow_log.find("2 processes at the end, 1 step lost to failures") != std::string::npos);
+    CHECK(steps_done(metrics) == long_steps);
+    CHECK(std::fabs(final_loss(metrics) - final_loss(u.metrics)) <= 1e-4 * final_loss(u.metrics));
+  }
   // 4 stages cannot be cut over 3 processes: the job ends, and says so.
   const std::string four = pipeline_job("pipe_shrink4", steps, 1, R"(, "respawn": false)");
   {
