@@ -157,7 +157,11 @@ class elastic_worker {
     if (!same) {
       const uint64_t tag = next_tag();
       if (rank() == root) {
-        const std::vector<uint8_t> bytes = encode_shard(trainer_.snapshot());
+        checkpoint_shard state = trainer_.snapshot();
+        char loss[32];
+        std::snprintf(loss, sizeof loss, "%.9g", last_loss_);
+        state.texts["last_loss"] = loss;  // the step the members behind missed, for the leader's line
+        const std::vector<uint8_t> bytes = encode_shard(state);
         const int64_t size = int64_t(bytes.size());
         for (size_t k = 0; k < at.size(); ++k)
           if (at[k] != at[size_t(root)]) {
@@ -171,7 +175,19 @@ class elastic_worker {
         if (size < 0 || size > (int64_t(1) << 40)) throw transport_error("elastic: a state of " + std::to_string(size) + " bytes");
         std::vector<uint8_t> bytes(static_cast<size_t>(size));
         comm_->recv(root, tag + 1, bytes.data(), bytes.size(), dtype::u8);
-        trainer_.restore(parse_shard(bytes.data(), bytes.size(), "the state streamed from a peer"));
+        const checkpoint_shard state = parse_shard(bytes.data(), bytes.size(), "the state streamed from a peer");
+        const int64_t before = trainer_.steps_done();
+        trainer_.restore(state);
+        // The leader writes the metrics: the last step the others took and it did not (it
+        // failed in the all-reduce's last phase) still gets its line, with the root's loss.
+        auto loss = state.texts.find("last_loss");
+        if (rank() == 0 && before >= 0 && trainer_.steps_done() > before && loss != state.texts.end()) {
+          ensure_progress();
+          char line[160];
+          std::snprintf(line, sizeof line, "{\"event\":\"step\",\"step\":%lld,\"loss\":%s,\"from_peer\":true,\"t_mono\":%.6f}",
+                        (long long)trainer_.steps_done(), loss->second.c_str(), steady_now_s());
+          progress_->record(line);
+        }
         reset_source();
       }
       // Everyone learns how much moved (for the leader's record).
@@ -222,6 +238,7 @@ class elastic_worker {
     // learns the same one from the same step's sum.
     float control[2] = {loss * weight, rank() == 0 ? float(std::max<int64_t>(latest(), view_.generation)) : 0.f};
     allreduce_sum(*comm_, control, 2, next_tag());
+    last_loss_ = control[0];
     const step_result r = trainer_.apply_gradients();
     if (rank() == 0) {
       ensure_progress();
@@ -349,6 +366,7 @@ class elastic_worker {
   std::unique_ptr<batch_source> source_;
   std::vector<int64_t> idx_;
   int64_t drawn_for_ = -1, steps_lost_ = 0, bytes_streamed_ = 0;
+  float last_loss_ = 0;  // the newest step's loss (the sum over the members)
   std::unique_ptr<progress_log> progress_;
   std::unique_ptr<checkpoint_writer> writer_;
 };
