@@ -187,7 +187,9 @@ run_result run_once(const bench_job& job, const std::string& mode, int64_t kill_
   std::vector<std::pair<double, int64_t>> steps;  // (t_mono, steps done) of every step line
   std::vector<double> snaps;
   for (const auto& l : lines_of(metrics)) {
-    if (is_event(l, "step")) steps.push_back({field(l, "t_mono"), int64_t(field(l, "step"))});
+    // A leader's line for a step it took from a peer is no step trained after the failure.
+    if (is_event(l, "step") && l.find("\"from_peer\"") == std::string::npos)
+      steps.push_back({field(l, "t_mono"), int64_t(field(l, "step"))});
     if (is_event(l, "step") && field(l, "snapshot_ms") >= 0) snaps.push_back(field(l, "snapshot_ms"));
     if (is_event(l, "eval")) r.final_loss = field(l, "loss");
   }
