@@ -136,6 +136,9 @@ caf::behavior cluster_coordinator(caf::stateful_actor<cluster_state>* self, clus
       if (!view_viable(next, s.opts.min_workers))
         return finish(1, why + "; " + std::to_string(next.members.size()) + " workers are left, fewer than "
                                    "elastic.min_workers (" + std::to_string(s.opts.min_workers) + ")");
+      if (s.opts.view_fits && !s.opts.view_fits(next.members.size()))
+        return finish(1, why + "; the job cannot be cut over the " + std::to_string(next.members.size()) +
+                             " processes left (its pipeline stages and replicas do not split over them)");
       publish(next);
       if (!s.opts.quiet) {
         std::printf("troupe launch: %s; going on with %zu worker%s (view %lld)\n", why.c_str(), next.members.size(), next.members.size() == 1 ? "" : "s",
@@ -406,7 +409,8 @@ caf::behavior cluster_coordinator(caf::stateful_actor<cluster_state>* self, clus
           }
           // Only once the view in force has trained a step (views change at step
           // boundaries), and while it has room (else this one is a spare).
-          if (s.view.members.size() < most && known("ready/" + std::to_string(m.rank)) &&
+          if (s.view.members.size() < most && (!s.opts.view_fits || s.opts.view_fits(s.view.members.size() + 1)) &&
+              known("ready/" + std::to_string(m.rank)) &&
               known("at/" + std::to_string(s.view.generation))) {
             m.in_view = true;
             publish(view_with(s.view, m.rank));

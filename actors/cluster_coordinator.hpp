@@ -29,6 +29,7 @@
 //          (poll_atom)              from itself: checks the replacements
 //          (lost_atom, slot, pid, why) -> opts.launcher
 #include <chrono>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -62,6 +63,10 @@ struct cluster_options {
   // in data-parallel jobs, and the workers cut the pipeline anew over those left; a node
   // that joins later is taken in at a step boundary (the pipeline is cut anew again).
   bool shrink_places = false;
+  // Optional: whether a view of n members can run the job (a pipeline's stages must split
+  // over them); a loss that leaves a view that cannot ends the job with the reason, and a
+  // newcomer that would make one waits as a spare.
+  std::function<bool(size_t members)> view_fits;
   std::shared_ptr<rendezvous> store;  // the job's rendezvous: where the views go
   std::string events;                 // a JSON-lines file of losses, views and admissions ("": none)
 };

@@ -14,6 +14,7 @@
 #include <caf/io/all.hpp>  // the middleman: the coordinator is published for the agents
 
 #include "actors/cluster_coordinator.hpp"
+#include "actors/run_job.hpp"  // split_processes: which view sizes a pipeline fits
 #include "apps/cluster.hpp"
 #include "policies/process_placement.hpp"
 #include "runtime/check.hpp"
@@ -171,11 +172,12 @@ int launch_main(const std::vector<std::string>& args) {
   // Where each process runs (parallel.hosts); a bad job file is reported here, once.
   process_placement placement;
   proto::ElasticSpec elastic;
-  int spec_stages = 1;
+  int spec_stages = 1, spec_replicas = 1;
   try {
     const proto::JobSpec spec = load_job_spec(job_file);
     elastic = spec.elastic();
     spec_stages = int(spec.parallel().stages());
+    spec_replicas = int(spec.parallel().replicas());
     if (elastic.mode() == "restart_all" && nodes > 0)
       throw input_error("elastic.mode \"restart_all\" restarts the processes this launcher starts: it takes no --nodes "
                         "(use \"respawn\", where the others go on)");
@@ -294,6 +296,15 @@ int launch_main(const std::vector<std::string>& args) {
     co.min_workers = elastic.min_workers();
     co.fixed_places = spec_stages > 1;
     co.shrink_places = spec_stages > 1 && !elastic.respawn();
+    if (co.shrink_places)
+      co.view_fits = [replicas = spec_replicas, stages = spec_stages](size_t n) {
+        try {
+          split_processes(int(n), replicas, stages);
+          return true;
+        } catch (const input_error&) {
+          return false;
+        }
+      };
     co.max_workers = elastic.max_workers();
     try {
       if (nodes > 0)

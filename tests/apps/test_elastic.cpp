@@ -557,7 +557,7 @@ TEST_CASE("elastic pipeline: with elastic.respawn false the pipeline is cut anew
   code = wait_for(f.launcher, std::chrono::seconds(120));
   log = read_all(f.log);
   CHECK(code != 0);
-  CHECK(log.find("the pipeline cannot be cut over the 3 processes left") != std::string::npos);
+  CHECK(log.find("the job cannot be cut over the 3 processes left") != std::string::npos);
 }
 
 TEST_CASE("elastic pipeline: checkpoints on disk from every process (one shard per stage, collected by process 0), "
