@@ -78,13 +78,7 @@ class elastic_worker {
     if (rank() != 0) return out;
     if (writer_) writer_->flush();
     ensure_progress();
-    batch ev = batch_source(spec_, data_).eval_set();
-    eval_result e = trainer_.evaluate(ev.x, ev.y, spec_.train().batch_size());
-    out.eval = eval_report{e.loss, e.accuracy, e.count};
-    progress_->eval(e.loss, e.accuracy, e.count);
-    if (spec_.model().has_gpt() && spec_.train().sample_tokens() > 0)
-      out.sample = trainer_.generate("\n", int(spec_.train().sample_tokens()), spec_.train().seed());
-    progress_->finish();
+    report_evaluation(spec_, data_, trainer_, *progress_, out);
     if (!opts_.quiet)
       std::printf("elastic:   %lld view%s, %d member%s at the end, %lld step%s lost to failures, %.1f MB of state "
                   "streamed to members\n",

@@ -163,8 +163,9 @@ class standby_ring {
   // On the coordinator: what every stage's optimizer step of `step` takes.
   void decided(int64_t step, const std::vector<std::string>& shared, const std::vector<tensor>& totals, float scale,
                float lr) {
-    update u{shared, {}, scale, lr};
-    for (const tensor& t : totals) u.totals.push_back(t.defined() ? t.clone() : t);
+    // The totals by reference: the coordinator makes fresh ones every step and never
+    // writes these again once it has decided.
+    update u{shared, totals, scale, lr};
     {
       std::lock_guard<std::mutex> lock(mu_);
       updates_[step] = std::move(u);
@@ -258,10 +259,9 @@ class standby_ring {
 // (phase 2) once it has every stage. No host needs the checkpoint directory but place 0's.
 class checkpoint_collector {
  public:
-  checkpoint_collector(std::shared_ptr<communicator> link, std::shared_ptr<stage_snapshots> mine, int replica,
+  checkpoint_collector(std::shared_ptr<communicator> link, std::shared_ptr<stage_snapshots> mine,
                        std::function<std::vector<int>(int place)> stages_of, checkpoint_writer* writer)
-      : link_(std::move(link)), mine_(std::move(mine)), replica_(replica), stages_of_(std::move(stages_of)),
-        writer_(writer) {
+      : link_(std::move(link)), mine_(std::move(mine)), stages_of_(std::move(stages_of)), writer_(writer) {
     thread_ = std::thread([this] { run(); });
   }
   ~checkpoint_collector() {
@@ -281,7 +281,7 @@ class checkpoint_collector {
     }
     std::map<int, checkpoint_shard> copies;
     for (int s : stages_of_(link_->rank()))
-      if (!mine_->copy(replica_, s, steps_done, copies[s]))
+      if (!mine_->copy_of_stage(s, steps_done, copies[s]))
         throw std::logic_error("checkpoint: stage " + std::to_string(s) + " has no snapshot of step " +
                                std::to_string(steps_done));
     {
@@ -343,7 +343,6 @@ class checkpoint_collector {
 
   std::shared_ptr<communicator> link_;
   std::shared_ptr<stage_snapshots> mine_;
-  int replica_;
   std::function<std::vector<int>(int place)> stages_of_;
   checkpoint_writer* writer_;  // place 0's
   std::mutex mu_;
@@ -433,7 +432,7 @@ class pipeline_member {
           c.group = o.group + 3 + uint64_t(P_) + uint64_t(R_);
           collector = std::make_unique<checkpoint_collector>(
               join_group(spec_.parallel().transport(), place_, world_, *store_, c), mine_,
-              first_replica_of(place_), [this](int k) { return stages_of(k); }, writer_.get());
+              [this](int k) { return stages_of(k); }, writer_.get());
         }
         // A pipeline cut over fewer processes grows again when a node joins: place 0 looks
         // for a newer view after every step and says so in a small all-reduce, so every
@@ -633,42 +632,33 @@ class pipeline_member {
     if (T > 0) {
       // Every place's stages, in one order everywhere: each transfer's two ends reach it
       // together, so no two processes wait on each other.
-      uint64_t tag = kSyncTags + 64;
+      uint64_t tag = kSyncTags;
       for (int k = 0; k < int(holds.size()); ++k)
         for (int s : stages_of(k)) {
           const bool own = holds[size_t(k)].count(s) && holds[size_t(k)].at(s).count(T);
           const int from = own ? k : holder(s);
-          tag += 2;
+          tag += 64;  // send_state's span
           if (k == place_ && own) {
             initial_[s] = local_state(s, T);
           } else if (!own && from == place_) {
-            checkpoint_shard state = local_state(s, T);
-            const std::vector<uint8_t> bytes = encode_shard(state);
-            const int64_t size = int64_t(bytes.size());
-            control.send(k, tag, &size, 2, dtype::i32);
-            control.send(k, tag + 1, bytes.data(), bytes.size(), dtype::u8);
-            streamed += size;
+            const checkpoint_shard state = local_state(s, T);
+            send_state(control, k, tag, state);
+            for (const auto& [name, t] : state.tensors) streamed += int64_t(t.bytes());
           } else if (!own && k == place_) {
-            int64_t size = 0;
-            control.recv(from, tag, &size, 2, dtype::i32);
-            if (size < 0 || size > (int64_t(1) << 40))
-              throw transport_error("elastic pipeline: a state of " + std::to_string(size) + " bytes");
-            std::vector<uint8_t> bytes(static_cast<size_t>(size));
-            control.recv(from, tag + 1, bytes.data(), bytes.size(), dtype::u8);
-            initial_[s] = parse_shard(bytes.data(), bytes.size(),
-                                      "stage " + std::to_string(s) + "'s state from place " + std::to_string(from));
+            initial_[s] = recv_state(control, from, tag);
           }
         }
     }
     float moved = float(streamed) / 1e3f;
-    allreduce_sum(control, &moved, 1, kSyncTags + 32);
+    allreduce_sum(control, &moved, 1, kSyncTags - 64);
     streamed = int64_t(double(moved) * 1e3);
     // What comes after T never happened: forget it; T's states are the newest held.
     mine_->drop_after(T);
     held_->drop_after(T);
-    for (const auto& [s, state] : initial_)
-      if (mine_->steps(first_replica_of(place_), s).empty() || mine_->steps(first_replica_of(place_), s).back() != T)
-        mine_->put(first_replica_of(place_), s, T, state);
+    for (const auto& [s, state] : initial_) {
+      const std::vector<int64_t> held = mine_->steps(first_replica_of(place_), s);
+      if (held.empty() || held.back() != T) mine_->put(first_replica_of(place_), s, T, state);
+    }
     first_step_ = T;
     done_ = T;
     if (view.generation > 0) {
@@ -704,7 +694,6 @@ class pipeline_member {
                      (long long)most_done, disk_ && disk_->step == T ? "its newest checkpoint" : "the start",
                      (long long)T);
     }
-    views_ = view.generation + 1;
   }
 
   // Stage s's state after step t from this process's memory: its own snapshot, or the
@@ -728,7 +717,7 @@ class pipeline_member {
       if (!opts_.quiet)
         std::printf("elastic:   %lld view%s, %zu processes at the end, %lld step%s lost to failures, %.1f MB of state "
                     "streamed to members\n",
-                    (long long)views_, views_ == 1 ? "" : "s", view.members.size(), (long long)steps_lost_,
+                    (long long)view.generation + 1, view.generation == 0 ? "" : "s", view.members.size(), (long long)steps_lost_,
                     steps_lost_ == 1 ? "" : "s", double(streamed_) / 1e6);
     }
     out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -751,7 +740,7 @@ class pipeline_member {
   int64_t first_step_ = 0;
   std::map<int, checkpoint_shard> initial_;
   std::atomic<int64_t> done_{0};
-  int64_t steps_lost_ = 0, streamed_ = 0, views_ = 1;
+  int64_t steps_lost_ = 0, streamed_ = 0;
   std::unique_ptr<progress_log> progress_;
   std::unique_ptr<checkpoint_writer> writer_;  // place 0, with train.checkpoint_every
   std::shared_ptr<const checkpoint_version> disk_;  // the newest checkpoint this process can read

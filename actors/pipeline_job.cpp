@@ -71,18 +71,47 @@ void gather_params(communicator& pipe, pipeline_outcome& out) {
 
 }  // namespace
 
+namespace {
+
+// The model as the pipeline cuts it: the whole model's initial parameters (the seed's), and
+// the layer ranges of the p x v virtual stages, balanced by cost.
+struct model_cut {
+  std::unique_ptr<model> full;
+  arena init;  // refers to full's table
+  std::vector<std::pair<size_t, size_t>> ranges;
+  int p = 1, v = 1;
+  // Stage s's chunks: virtual stages s, s + p, ...
+  std::vector<std::pair<size_t, size_t>> chunks_of(int s) const {
+    std::vector<std::pair<size_t, size_t>> mine;
+    for (int c = 0; c < v; ++c) mine.push_back(ranges[size_t(c * p + s)]);
+    return mine;
+  }
+};
+
+model_cut cut_model(const proto::JobSpec& spec, const std::function<std::unique_ptr<model>()>& make_model, int p, int v) {
+  model_cut out;
+  out.full = make_model();
+  out.init = arena(out.full->table);
+  init_params(*out.full, out.init, spec.train().seed());
+  out.ranges = plan_virtual_stages(*out.full, p * v);
+  out.p = p;
+  out.v = v;
+  return out;
+}
+
+std::function<std::unique_ptr<model>()> model_maker(const proto::JobSpec& spec, const pipeline_options& opts) {
+  if (opts.make_model) return opts.make_model;
+  return [&spec] { return build_model(spec.model()); };
+}
+
+}  // namespace
+
 std::unique_ptr<stage_model> build_stage_model(const proto::JobSpec& spec, const pipeline_options& opts, int stage) {
-  std::shared_ptr<const pipeline_schedule> schedule = make_pipeline_schedule(opts.schedule, opts.chunks);
-  const int p = opts.stages, v = schedule->chunks();
+  const int p = opts.stages, v = make_pipeline_schedule(opts.schedule, opts.chunks)->chunks();
   if (stage < 0 || stage >= p) throw std::logic_error("build_stage_model: stage " + std::to_string(stage) + " of " + std::to_string(p));
-  auto make_model = opts.make_model ? opts.make_model : [&spec] { return build_model(spec.model()); };
-  std::unique_ptr<model> full = make_model();
-  arena init(full->table);
-  init_params(*full, init, spec.train().seed());
-  auto ranges = plan_virtual_stages(*full, p * v);
-  std::vector<std::pair<size_t, size_t>> mine;
-  for (int c = 0; c < v; ++c) mine.push_back(ranges[size_t(c * p + stage)]);
-  return std::make_unique<stage_model>(spec, make_model(), mine, init, nullptr, opts.micro_batches, 0);
+  const auto make_model = model_maker(spec, opts);
+  const model_cut cut = cut_model(spec, make_model, p, v);
+  return std::make_unique<stage_model>(spec, make_model(), cut.chunks_of(stage), cut.init, nullptr, opts.micro_batches, 0);
 }
 
 pipeline_outcome run_pipeline_training(caf::actor_system& sys, const proto::JobSpec& spec, const pipeline_options& opts,
@@ -120,21 +149,19 @@ pipeline_outcome run_pipeline_training(caf::actor_system& sys, const proto::JobS
                                " for a job of " + std::to_string(p) + "?)");
   batches->skip(opts.first_step);
 
-  auto make_model = opts.make_model ? opts.make_model : [&spec] { return build_model(spec.model()); };
+  const auto make_model = model_maker(spec, opts);
   // The whole model once, for its layer costs and its initial parameters.
-  std::unique_ptr<model> full = make_model();
-  arena init(full->table);
-  init_params(*full, init, spec.train().seed());
-  auto ranges = plan_virtual_stages(*full, p * v);
-  auto chunks_of = [&](int s) {
-    std::vector<std::pair<size_t, size_t>> mine;
-    for (int c = 0; c < v; ++c) mine.push_back(ranges[size_t(c * p + s)]);
-    return mine;
-  };
-  // A state to go on from is checked before any actor starts (a stage that cannot load
-  // it must not leave the others running).
-  for (const auto& [s, state] : opts.initial)
-    if (local(s)) stage_model(spec, make_model(), chunks_of(s), init, batches, m, f).load_state(state, "stage " + std::to_string(s) + "'s state");
+  const model_cut cut = cut_model(spec, make_model, p, v);
+  // Every local stage's compute, with the state it goes on from, before any actor starts
+  // (a stage that cannot load its state must not leave the others running).
+  std::map<std::pair<int, int>, std::shared_ptr<stage_compute>> computes;  // (stage, replica)
+  for (int s = fs; s < fs + LS; ++s)
+    for (int r = f; r < f + L; ++r) {
+      auto c = std::make_shared<stage_model>(spec, make_model(), cut.chunks_of(s), cut.init, batches, m, r);
+      if (auto st = opts.initial.find(s); st != opts.initial.end())
+        c->load_state(st->second, "stage " + std::to_string(s) + "'s state");
+      computes[{s, r}] = std::move(c);
+    }
 
   // The device actors (threads), then stages[r][s]: stage s of replica r, on device
   // device_of(s, r). Stage s of every replica shares one group.
@@ -158,7 +185,6 @@ pipeline_outcome run_pipeline_training(caf::actor_system& sys, const proto::JobS
                              std::to_string(L) + " local replicas");
     auto member = [&](int r) { return group[size_t(opts.make_replica_group ? r - f : r)]; };
     if (R > 1) groups.push_back(member(f));
-    const std::vector<std::pair<size_t, size_t>> mine = chunks_of(s);
     for (int r = f; r < f + L; ++r) {
       stage_config cfg;
       cfg.stage = s;
@@ -180,9 +206,7 @@ pipeline_outcome run_pipeline_training(caf::actor_system& sys, const proto::JobS
         cfg.track = opts.trace->track(name);
         if (R > 1) cfg.comm_track = opts.trace->track(name + " comm");
       }
-      cfg.compute = std::make_shared<stage_model>(spec, make_model(), mine, init, batches, m, r);
-      if (auto st = opts.initial.find(s); st != opts.initial.end())
-        cfg.compute->load_state(st->second, "stage " + std::to_string(s) + "'s state");
+      cfg.compute = computes.at({s, r});
       cfg.snapshots = r == f ? opts.snapshots : nullptr;  // replicas hold the same state: one copy
       if (r == f && opts.on_grads) cfg.on_grads = [fn = opts.on_grads, s](int64_t step, const tensor& g) { fn(s, step, g); };
       if (opts.wrap_compute) cfg.compute = opts.wrap_compute(s, r, cfg.compute);

@@ -52,13 +52,8 @@ std::shared_ptr<rendezvous> process_store(const coordinator_options& opts, const
   return std::make_shared<file_rendezvous>(opts.rendezvous);
 }
 
-void evaluate_assembled(const proto::JobSpec& spec, std::shared_ptr<const training_data> data,
-                        const pipeline_outcome& po, progress_log& progress, job_outcome& out) {
-  set_compute_threads(int(spec.train().threads()));
-  trainer whole(spec, out.steps);
-  const param_table& table = whole.net().table;
-  for (size_t i = 0; i < table.entries().size(); ++i)
-    whole.params().get(int(i)).copy_from(po.params.at(table.entries()[i].name));
+void report_evaluation(const proto::JobSpec& spec, std::shared_ptr<const training_data> data, const trainer& whole,
+                       progress_log& progress, job_outcome& out) {
   batch ev = batch_source(spec, data).eval_set();
   eval_result r = whole.evaluate(ev.x, ev.y, spec.train().batch_size());
   out.eval = eval_report{r.loss, r.accuracy, r.count};
@@ -66,6 +61,16 @@ void evaluate_assembled(const proto::JobSpec& spec, std::shared_ptr<const traini
   if (spec.model().has_gpt() && spec.train().sample_tokens() > 0)
     out.sample = whole.generate("\n", int(spec.train().sample_tokens()), spec.train().seed());
   progress.finish();
+}
+
+void evaluate_assembled(const proto::JobSpec& spec, std::shared_ptr<const training_data> data,
+                        const pipeline_outcome& po, progress_log& progress, job_outcome& out) {
+  set_compute_threads(int(spec.train().threads()));
+  trainer whole(spec, out.steps);
+  const param_table& table = whole.net().table;
+  for (size_t i = 0; i < table.entries().size(); ++i)
+    whole.params().get(int(i)).copy_from(po.params.at(table.entries()[i].name));
+  report_evaluation(spec, data, whole, progress, out);
 }
 
 split split_processes(int world, int replicas, int stages) {
@@ -165,13 +170,7 @@ job_outcome run_policy_job(const proto::JobSpec& spec, std::shared_ptr<const tra
   set_compute_threads(int(spec.train().threads()));
   trainer whole(spec, out.steps);
   r.assemble(r.snapshots.back(), whole.params());
-  batch ev = batch_source(spec, data).eval_set();
-  eval_result e = whole.evaluate(ev.x, ev.y, spec.train().batch_size());
-  out.eval = eval_report{e.loss, e.accuracy, e.count};
-  progress.eval(e.loss, e.accuracy, e.count);
-  if (spec.model().has_gpt() && spec.train().sample_tokens() > 0)
-    out.sample = whole.generate("\n", int(spec.train().sample_tokens()), spec.train().seed());
-  progress.finish();
+  report_evaluation(spec, data, whole, progress, out);
   out.seconds = r.seconds;
   if (!opts.quiet) {
     int64_t dropped = 0;

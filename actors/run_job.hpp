@@ -57,8 +57,11 @@ joined join_processes(const proto::JobSpec& spec, const coordinator_options& opt
                       bool quiet_placement = false,
                       std::chrono::milliseconds connect_deadline = std::chrono::milliseconds(0));
 
-// A pipeline's assembled parameters (po.params) into one model: evaluated, a sample drawn
-// (GPT), both into `out` and the progress log, which then finishes.
+// The trained model evaluated, a sample drawn (GPT), both into `out` and the progress
+// log, which then finishes.
+void report_evaluation(const proto::JobSpec& spec, std::shared_ptr<const training_data> data, const trainer& whole,
+                       progress_log& progress, job_outcome& out);
+// The same for a pipeline's assembled parameters (po.params), put into one model.
 void evaluate_assembled(const proto::JobSpec& spec, std::shared_ptr<const training_data> data,
                         const pipeline_outcome& po, progress_log& progress, job_outcome& out);
 

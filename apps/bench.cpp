@@ -168,6 +168,18 @@ double median_of(std::vector<double> v) {
   return v.empty() ? 0 : v[v.size() / 2];
 }
 
+bool write_bench_json(const std::string& path, const std::string& json, const std::string& command) {
+  std::error_code ec;
+  const auto parent = std::filesystem::path(path).parent_path();
+  if (!parent.empty()) std::filesystem::create_directories(parent, ec);
+  if (!(std::ofstream(path) << json)) {
+    std::fprintf(stderr, "troupe %s: cannot write %s\n", command.c_str(), path.c_str());
+    return false;
+  }
+  std::printf("json: %s\n", path.c_str());
+  return true;
+}
+
 int bench_main(const std::vector<std::string>& args) {
   const char* usage = "usage: troupe bench train [--model mlp|gpt] [--steps N] [--rounds N] [--torch] [--json FILE]";
   if (!args.empty() && args[0] == "pipeline") return bench_pipeline_main({args.begin() + 1, args.end()});

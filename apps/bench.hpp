@@ -20,6 +20,10 @@ struct bench_flags {
 // The median of `v` (the upper one of an even count; 0 when empty).
 double median_of(std::vector<double> v);
 
+// A bench's JSON into `path` (its directory made), then "json: PATH" on stdout; false, with
+// "troupe COMMAND: cannot write PATH" on stderr, when it cannot be written.
+bool write_bench_json(const std::string& path, const std::string& json, const std::string& command);
+
 int bench_main(const std::vector<std::string>& args);
 int bench_pipeline_main(const std::vector<std::string>& args);
 int bench_actors_main(const std::vector<std::string>& args);

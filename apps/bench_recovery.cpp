@@ -305,20 +305,14 @@ int bench_pipeline_recovery(bench_job& job, uint64_t seed, int kills, const std:
          << ",\"steps_lost\":" << runs[k].steps_lost << ",\"final_loss\":" << runs[k].final_loss
          << ",\"same\":" << (same(runs[k]) ? "true" : "false") << "}";
   json << "],\"ok\":" << (ok ? "true" : "false") << "}\n";
-  std::error_code ec;
-  const auto parent = fs::path(json_path).parent_path();
-  if (!parent.empty()) fs::create_directories(parent, ec);
-  if (!(std::ofstream(json_path) << json.str())) {
-    std::fprintf(stderr, "troupe bench recovery: cannot write %s\n", json_path.c_str());
-    return 1;
-  }
-  std::printf("json: %s\n", json_path.c_str());
+  if (!write_bench_json(json_path, json.str(), "bench recovery")) return 1;
   if (!ok) {
     std::fprintf(stderr, "troupe bench recovery: a run did not finish, lost more than the step in flight, or ended away from the "
                          "uninterrupted run's loss; logs in %s\n",
                  job.dir.c_str());
     return 1;
   }
+  std::error_code ec;
   fs::remove_all(job.dir, ec);
   return 0;
 }
@@ -437,19 +431,13 @@ int bench_recovery_main(const std::vector<std::string>& args) {
        << ",\"snapshot_overhead_in_run\":" << in_run_overhead << ",\"snapshot_ms_alone\":" << snap
        << ",\"snapshot_overhead_alone\":" << overhead
        << ",\"ok\":" << (ok ? "true" : "false") << "}\n";
-  std::error_code ec;
-  const auto parent = fs::path(json_path).parent_path();
-  if (!parent.empty()) fs::create_directories(parent, ec);
-  if (!(std::ofstream(json_path) << json.str())) {
-    std::fprintf(stderr, "troupe bench recovery: cannot write %s\n", json_path.c_str());
-    return 1;
-  }
-  std::printf("json: %s\n", json_path.c_str());
+  if (!write_bench_json(json_path, json.str(), "bench recovery")) return 1;
   if (!ok) {
     std::fprintf(stderr, "troupe bench recovery: a run did not finish, or ended outside the baselines' spread; logs in %s\n",
                  job.dir.c_str());
     return 1;
   }
+  std::error_code ec;
   fs::remove_all(job.dir, ec);
   return 0;
 }

@@ -3,7 +3,8 @@
 # fourth, ${tag}sw. Before sourcing, set tag (short: it prefixes interface names), subnet
 # (e.g. 10.77.0) and work (a scratch directory). It sets namespaces=(a b c sw), traps EXIT
 # to stop this script's background jobs, delete the namespaces and remove $work, and skips
-# the test (exit 77) with the reason where the machine forbids namespaces.
+# the test (exit 77) with the reason where the machine forbids namespaces. The caller's
+# $troupe is the binary launch_and_cut_b (below) runs.
 namespaces=("${tag}a" "${tag}b" "${tag}c" "${tag}sw")
 cleanup() {
   jobs -p | xargs -r kill -9 2>/dev/null || true
@@ -31,3 +32,28 @@ for k in 0 1 2; do
   ip -n "${tag}sw" link set "p${tag}$k" master br0
   ip -n "${tag}sw" link set "p${tag}$k" up
 done
+
+# launch_and_cut_b RUN SILENCE PORT: the job RUN/job.json under troupe launch --nproc 1
+# --nodes 2 in ${tag}a, listening on $subnet.1:PORT, and troupe node in ${tag}b and
+# ${tag}c, all with TROUPE_SILENCE_MS=SILENCE (logs and events under RUN); once
+# RUN/metrics.jsonl shows 300 steps, b's link goes down for 5 s, then up again. Sets
+# launcher (its pid) and agents (the two nodes' pids).
+launch_and_cut_b() {
+  local run=$1 silence=$2 port=$3
+  TROUPE_SILENCE_MS=$silence timeout 240 ip netns exec "${tag}a" "$troupe" launch --nproc 1 --nodes 2 \
+    --listen "$subnet.1:$port" --events "$run/events.jsonl" "$run/job.json" > "$run/launch.log" 2>&1 &
+  launcher=$!
+  agents=()
+  for k in 1 2; do
+    TROUPE_SILENCE_MS=$silence timeout 240 ip netns exec "${namespaces[$k]}" "$troupe" node \
+      --coordinator "$subnet.1:$port" > "$run/node$k.log" 2>&1 &
+    agents+=($!)
+  done
+  for _ in $(seq 1 1200); do
+    [ -f "$run/metrics.jsonl" ] && [ "$(grep -c '"event":"step"' "$run/metrics.jsonl" || true)" -ge 300 ] && break
+    sleep 0.05
+  done
+  ip -n "${tag}b" link set eth0 down
+  sleep 5
+  ip -n "${tag}b" link set eth0 up
+}

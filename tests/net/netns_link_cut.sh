@@ -41,23 +41,7 @@ for silence in 15000 2000; do
   run="$work/s$silence"
   mkdir -p "$run"
   job "$run/job.json" "$run/metrics.jsonl"
-  TROUPE_SILENCE_MS=$silence timeout 240 ip netns exec "${tag}a" "$troupe" launch --nproc 1 --nodes 2 \
-    --listen 10.78.0.1:29511 --events "$run/events.jsonl" "$run/job.json" > "$run/launch.log" 2>&1 &
-  launcher=$!
-  agents=()
-  for k in 1 2; do
-    TROUPE_SILENCE_MS=$silence timeout 240 ip netns exec "${namespaces[$k]}" "$troupe" node \
-      --coordinator 10.78.0.1:29511 > "$run/node$k.log" 2>&1 &
-    agents+=($!)
-  done
-  # Cut b's link once the job has trained 300 steps; restore it 5 s later.
-  for _ in $(seq 1 1200); do
-    [ -f "$run/metrics.jsonl" ] && [ "$(grep -c '"event":"step"' "$run/metrics.jsonl" || true)" -ge 300 ] && break
-    sleep 0.05
-  done
-  ip -n "${tag}b" link set eth0 down
-  sleep 5
-  ip -n "${tag}b" link set eth0 up
+  launch_and_cut_b "$run" "$silence" 29511
   wait "$launcher" || { echo "silence $silence: launch failed:"; cat "$run/launch.log"; status=1; continue; }
   wait "${agents[1]}" || { echo "silence $silence: the node in c failed:"; cat "$run/node2.log"; status=1; }
   b_status=0

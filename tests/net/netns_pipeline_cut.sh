@@ -43,23 +43,7 @@ for silence in 15000 2000; do
   run="$work/s$silence"
   mkdir -p "$run"
   job "$run/job.json" "$run/metrics.jsonl"
-  TROUPE_SILENCE_MS=$silence timeout 240 ip netns exec "${tag}a" "$troupe" launch --nproc 1 --nodes 2 \
-    --listen $subnet.1:29521 --events "$run/events.jsonl" "$run/job.json" > "$run/launch.log" 2>&1 &
-  launcher=$!
-  agents=()
-  for k in 1 2; do
-    TROUPE_SILENCE_MS=$silence timeout 240 ip netns exec "${namespaces[$k]}" "$troupe" node \
-      --coordinator $subnet.1:29521 > "$run/node$k.log" 2>&1 &
-    agents+=($!)
-  done
-  # Cut b's link once the job has trained 300 steps; restore it 5 s later.
-  for _ in $(seq 1 1200); do
-    [ -f "$run/metrics.jsonl" ] && [ "$(grep -c '"event":"step"' "$run/metrics.jsonl" || true)" -ge 300 ] && break
-    sleep 0.05
-  done
-  ip -n "${tag}b" link set eth0 down
-  sleep 5
-  ip -n "${tag}b" link set eth0 up
+  launch_and_cut_b "$run" "$silence" 29521
   if [ "$silence" = 2000 ]; then  # the replacement, from "another machine": b again, a new node
     TROUPE_SILENCE_MS=$silence timeout 240 ip netns exec "${tag}b" "$troupe" node \
       --coordinator $subnet.1:29521 > "$run/node3.log" 2>&1 &
