@@ -39,6 +39,7 @@ using speed_atom = caf::atom_constant<caf::atom("speed")>;
 using shares_atom = caf::atom_constant<caf::atom("shares")>;
 using steal_atom = caf::atom_constant<caf::atom("steal")>;
 using members_atom = caf::atom_constant<caf::atom("members")>;
+using drain_atom = caf::atom_constant<caf::atom("drain")>;
 // Between the launcher's cluster_coordinator and the node agents (one per process).
 using join_atom = caf::atom_constant<caf::atom("join")>;
 using prove_atom = caf::atom_constant<caf::atom("prove")>;

@@ -169,6 +169,17 @@ caf::behavior param_shard(shard_actor* self, param_shard_config cfg) {
         s.workers.live[size_t(worker)] = false;
         if (s.balancer) s.balancer->leave(worker);
         settle(s);
+        if (s.workers.live_count() > 0) return;
+        for (caf::response_promise& p : s.drains) p.deliver(drain_atom::value);
+        s.drains.clear();
+      },
+      [=](drain_atom) {
+        auto& s = self->state;
+        caf::response_promise reply = self->make_response_promise();
+        if (s.workers.live_count() == 0)
+          reply.deliver(drain_atom::value);
+        else
+          s.drains.push_back(reply);
       },
       [=](params_atom, int64_t at_version) {
         auto& s = self->state;

@@ -12,6 +12,8 @@
 //          (params_atom, at_version)  -> (version, tensor params): the snapshot taken the
 //                                        moment the version reaches at_version (at once if
 //                                        it has already; 0: now)
+//          (drain_atom)               -> drain_atom, once every worker has left (at once if
+//                                        all have): everything they pushed is here
 //          (stats_atom)               -> shard_stats
 //          (speed_atom, worker, busy_s, samples)   policy.balance_every, shard 0: a step's time
 //          (shares_atom)              -> vector<int64_t>: each worker's share of the batch
@@ -69,6 +71,7 @@ struct param_shard_state {
   std::vector<tensor> pulled_at;   // dc-asgd: the parameters each worker last pulled
   arena dc_meansq;                 // dc-asgd with policy.dc_adaptive: moving mean of g*g
   std::multimap<int64_t, caf::response_promise> version_waits;  // snapshots asked for ahead
+  std::vector<caf::response_promise> drains;  // answered once no worker is live
   std::unique_ptr<speed_balancer> balancer;  // shard 0 with policy.balance_every
   std::vector<int32_t> members;    // the workers live when `version` was made ...
   bool tracks_members = false;     // ... kept up by shard 0 with policy.steal_micro_batches

@@ -2,7 +2,10 @@
 
 #include <chrono>
 #include <cstdio>
+#include <map>
+#include <mutex>
 
+#include "actors/actor_bridge.hpp"
 #include "actors/param_shard.hpp"
 #include "actors/ps_worker.hpp"
 #include "runtime/optimizer.hpp"
@@ -17,7 +20,6 @@ using clock_type = std::chrono::steady_clock;
 
 struct ps_coordinator_state {
   proto::JobSpec spec;
-  std::shared_ptr<const training_data> data;
   ps_options opts;
   ps_outcome* out = nullptr;
   progress_log* progress = nullptr;
@@ -27,11 +29,16 @@ struct ps_coordinator_state {
   bool stopping = false, finishing = false;
   clock_type::time_point start;
   caf::response_promise done;
-  // The progress line's current group: one report per worker makes a step of the log.
-  int64_t group_step = 0;
-  int group_reports = 0;
-  double group_loss = 0, group_compute = 0;
-  int64_t group_samples = 0, group_bytes = 0, group_stolen = 0;
+  // The log's steps: line k is every worker's step k, written once each worker still
+  // running has passed it.
+  struct log_step {
+    int reports = 0;
+    double loss = 0, compute = 0;  // loss weighted by examples
+    int64_t samples = 0, bytes = 0, stolen = 0, version = 0;
+  };
+  std::map<int64_t, log_step> unlogged;
+  std::vector<int64_t> last_step;  // per worker: the last step it reported (-1: none)
+  std::vector<bool> gone;          // per worker: ended, finished or failed
   std::vector<int64_t> step_samples;  // examples reported for each worker step so far
   static inline const char* name = "ps_coordinator";
 };
@@ -64,11 +71,23 @@ void take_snapshot(coord_actor* self, F then, int64_t at_version = 0) {
         });
 }
 
+void final_snapshot(coord_actor* self);
+
 void finish(coord_actor* self) {
   auto& s = self->state;
   if (s.finishing) return;
   s.finishing = true;
   s.out->seconds = elapsed(s);
+  // The final parameters once every shard has seen every worker leave: across processes
+  // a worker's last pushes travel another path than the news of its end.
+  auto drained = std::make_shared<size_t>(s.shards.size());
+  for (const caf::actor& sh : s.shards)
+    self->request(sh, caf::infinite, drain_atom::value).then([=](drain_atom) {
+      if (--*drained == 0) final_snapshot(self);
+    });
+}
+
+void final_snapshot(coord_actor* self) {
   take_snapshot(self, [=](ps_snapshot snap) {
     auto& s = self->state;
     s.out->snapshots.push_back(std::move(snap));
@@ -99,6 +118,27 @@ void finish(coord_actor* self) {
   });
 }
 
+// Writes the log's lines, in order, for the steps that every worker still running has
+// passed (a worker's reports arrive in the order of its steps).
+void log_ready(ps_coordinator_state& s) {
+  for (auto it = s.unlogged.begin(); it != s.unlogged.end(); it = s.unlogged.erase(it)) {
+    const int64_t k = it->first;
+    for (size_t w = 0; w < s.gone.size(); ++w)
+      if (!s.gone[w] && s.last_step[w] < k) return;
+    const ps_coordinator_state::log_step& l = it->second;
+    if (!s.progress) continue;
+    char extra[240];
+    std::snprintf(extra, sizeof extra, "\"policy\":\"%s\",\"version\":%lld,\"worker_steps\":%lld,\"bytes\":%lld%s",
+                  s.spec.policy().name().c_str(), (long long)l.version, (long long)s.out->worker_steps,
+                  (long long)l.bytes,
+                  s.spec.policy().steal_micro_batches() > 0 ? (",\"stolen\":" + std::to_string(l.stolen)).c_str()
+                                                            : "");
+    const int64_t step = std::min(k, s.steps - 1);
+    s.progress->step(step, float(l.samples > 0 ? l.loss / double(l.samples) : 0.0),
+                     learning_rate(s.spec.optimizer(), step, s.steps), 0, l.samples, 0, l.compute, extra);
+  }
+}
+
 void on_report(coord_actor* self, const worker_report& r) {
   auto& s = self->state;
   ps_outcome& o = *s.out;
@@ -123,84 +163,56 @@ void on_report(coord_actor* self, const worker_report& r) {
     o.stolen[size_t(r.worker)] += r.stolen;
     o.given[size_t(r.worker)] += r.given;
   }
-  s.group_loss += double(r.loss) * double(r.samples);
-  s.group_compute += r.compute_s;
-  s.group_samples += r.samples;
-  s.group_bytes += r.bytes;
-  s.group_stolen += r.stolen;
-  if (++s.group_reports < int(s.workers.size()) - int(o.failures.size())) return;
-  if (s.progress) {
-    const int64_t B = s.spec.train().batch_size();
-    const float lr = learning_rate(s.spec.optimizer(), o.samples / B - 1, s.steps);
-    char extra[240];
-    std::snprintf(extra, sizeof extra, "\"policy\":\"%s\",\"version\":%lld,\"worker_steps\":%lld,\"bytes\":%lld%s",
-                  s.spec.policy().name().c_str(), (long long)r.version, (long long)o.worker_steps,
-                  (long long)s.group_bytes,
-                  s.spec.policy().steal_micro_batches() > 0
-                      ? (",\"stolen\":" + std::to_string(s.group_stolen)).c_str()
-                      : "");
-    s.progress->step(std::min(s.group_step, s.steps - 1), float(s.group_samples > 0 ? s.group_loss / double(s.group_samples) : 0.0), lr, 0,
-                     s.group_samples, 0, s.group_compute, extra);
-  }
-  ++s.group_step;
-  s.group_reports = 0;
-  s.group_loss = s.group_compute = 0;
-  s.group_samples = s.group_bytes = s.group_stolen = 0;
+  if (r.worker >= 0 && size_t(r.worker) < s.last_step.size())
+    s.last_step[size_t(r.worker)] = std::max(s.last_step[size_t(r.worker)], r.step);
+  ps_coordinator_state::log_step& l = s.unlogged[r.step];
+  ++l.reports;
+  l.loss += double(r.loss) * double(r.samples);
+  l.compute += r.compute_s;
+  l.samples += r.samples;
+  l.bytes += r.bytes;
+  l.stolen += r.stolen;
+  l.version = std::max(l.version, r.version);
+  log_ready(s);
 }
 
-caf::behavior ps_coordinator(coord_actor* self, proto::JobSpec spec, std::shared_ptr<const training_data> data,
-                             ps_options opts, ps_outcome* out, progress_log* progress, int64_t steps) {
+caf::behavior ps_coordinator(coord_actor* self, proto::JobSpec spec, ps_options opts, ps_outcome* out,
+                             progress_log* progress, int64_t steps) {
   auto& s = self->state;
   s.spec = std::move(spec);
-  s.data = std::move(data);
   s.opts = opts;
   s.out = out;
   s.progress = progress;
   s.steps = steps;
   return {
-      [=](run_atom) {
+      [=](run_atom, const std::vector<caf::actor>& shards, const std::vector<caf::actor>& workers) {
         auto& s = self->state;
         s.done = self->make_response_promise();
         const proto::PolicySpec& pol = s.spec.policy();
-        auto net = build_model(s.spec.model());
-        arena init(net->table);
-        init_params(*net, init, s.spec.train().seed());
-        s.out->layouts = shard_by_size(net->table, int(pol.shards()));
-        for (const auto& l : s.out->layouts) {
-          param_shard_config c;
-          c.spec = s.spec;
-          c.layout = l;
-          c.initial = tensor::empty({l->table.total_numel()});
-          copy_into_shard(init, *l, c.initial.f32());
-          c.total_steps = s.steps;
-          s.shards.push_back(self->spawn<caf::detached>(param_shard, std::move(c)));
-        }
-        auto stragglers = std::make_shared<const straggler_injector>(pol, int(pol.workers()), s.spec.train().seed());
-        for (int32_t w = 0; w < int32_t(pol.workers()); ++w) {
-          ps_worker_config c;
-          c.spec = s.spec;
-          c.data = s.data;
-          c.worker = w;
-          c.steps = s.opts.worker_step_limit > 0 ? s.opts.worker_step_limit : s.steps;
-          c.total_steps = s.steps;
-          c.layouts = s.out->layouts;
-          c.shards = s.shards;
-          c.coordinator = caf::actor_cast<caf::actor>(self);
-          c.stragglers = stragglers;
-          s.workers.push_back(self->spawn<caf::detached + caf::monitored>(ps_worker, std::move(c)));
-        }
+        s.shards = shards;
+        s.workers = workers;
+        for (const caf::actor& w : s.workers) self->monitor(w);
+        s.last_step.assign(s.workers.size(), -1);
+        s.gone.assign(s.workers.size(), false);
         self->set_down_handler([=](const caf::down_msg& dm) {
           auto& s = self->state;
+          int32_t w = 0;
+          while (size_t(w) < s.workers.size() && s.workers[size_t(w)].address() != dm.source) ++w;
+          if (size_t(w) == s.workers.size()) return;
+          s.gone[size_t(w)] = true;
           const bool failed = dm.reason && dm.reason != caf::exit_reason::user_shutdown && !s.stopping;
           if (failed) {
-            int32_t w = 0;
-            while (size_t(w) < s.workers.size() && s.workers[size_t(w)].address() != dm.source) ++w;
             s.out->failures.push_back("worker " + std::to_string(w) + ": " + self->system().render(dm.reason));
             if (s.opts.announce_failures)
               std::printf("\nworker %d failed (%s); the others go on without it\n", w,
                           self->system().render(dm.reason).c_str());
-            for (const caf::actor& sh : s.shards) self->send(sh, leave_atom::value, w);
           }
+          // A worker that finished has left every shard itself, after its last push (so
+          // in every process its pushes arrive before its leave); one that was stopped
+          // or failed leaves through the coordinator.
+          if (dm.reason)
+            for (const caf::actor& sh : s.shards) self->send(sh, leave_atom::value, w);
+          log_ready(s);
           if (++s.ended == int(s.workers.size())) finish(self);
         });
         s.start = clock_type::now();
@@ -213,7 +225,6 @@ caf::behavior ps_coordinator(coord_actor* self, proto::JobSpec spec, std::shared
                 if (!self->state.finishing) self->state.out->snapshots.push_back(std::move(snap));
               },
               v);
-        for (const caf::actor& w : s.workers) self->send(w, peers_atom::value, s.workers);
         for (const caf::actor& w : s.workers) self->send(w, start_atom::value);
         if (s.opts.snapshot_every_s > 0)
           self->delayed_send(self, micros(s.opts.snapshot_every_s), snapshot_atom::value);
@@ -256,19 +267,114 @@ void ps_outcome::assemble(const ps_snapshot& snap, arena& whole) const {
   for (size_t k = 0; k < layouts.size(); ++k) copy_from_shard(snap.shards[k].f32(), *layouts[k], whole);
 }
 
+int ps_placement::shard_process(int shard) const { return shard % world; }
+int ps_placement::worker_process(int worker) const { return worker % world; }
+
+ps_placement ps_placement::of(const proto::JobSpec& spec, int rank, int world) {
+  const int W = int(spec.policy().workers()), S = int(spec.policy().shards());
+  if (world > std::max(W, S))
+    throw input_error("policy.workers " + std::to_string(W) + " and policy.shards " + std::to_string(S) +
+                      " leave some of the " + std::to_string(world) +
+                      " processes with neither a worker nor a shard: expected at most " + std::to_string(std::max(W, S)) +
+                      " processes (worker w runs in process w % N, shard s in process s % N)");
+  ps_placement p;
+  p.rank = rank;
+  p.world = world;
+  return p;
+}
+
 ps_outcome run_ps_training(const proto::JobSpec& spec, std::shared_ptr<const training_data> data,
-                           const ps_options& opts) {
+                           const ps_options& opts, const ps_processes* procs) {
   const int64_t steps = total_steps(spec, *data);
   if (steps == 0) throw input_error("train: the job has 0 steps");
+  const proto::PolicySpec& pol = spec.policy();
+  const ps_placement place = procs ? procs->place : ps_placement{};
+  const bool leader = place.rank == 0;
   ps_outcome out;
   caf::actor_system_config cfg;
   register_message_types(cfg);
   caf::actor_system sys{cfg};
-  auto coord = sys.spawn<caf::detached>(ps_coordinator, spec, data, opts, &out, opts.progress, steps);
+  // Ids under which the processes know each other's actors.
+  constexpr uint64_t kCoordinatorId = 1, kShardIds = uint64_t(1) << 20, kWorkerIds = uint64_t(2) << 20;
+  std::unique_ptr<actor_bridge> bridge;
+  std::string link_failure;
+  std::mutex link_mu;
+  if (procs)
+    bridge = std::make_unique<actor_bridge>(sys, procs->group, [&](const std::string& why) {
+      std::lock_guard<std::mutex> lock(link_mu);
+      if (link_failure.empty()) link_failure = why;
+    });
+  std::vector<caf::actor> local;  // this process's shards and workers, to wait for
+  caf::actor coord;
+  if (leader) {
+    coord = sys.spawn<caf::detached>(ps_coordinator, spec, opts, &out, opts.progress, steps);
+    if (bridge) bridge->expose(kCoordinatorId, coord);
+  } else {
+    coord = bridge->remote(0, kCoordinatorId);
+  }
+  // Every process makes the same layouts and initial parameters from the spec's seed.
+  auto net = build_model(spec.model());
+  arena init(net->table);
+  init_params(*net, init, spec.train().seed());
+  out.layouts = shard_by_size(net->table, int(pol.shards()));
+  std::vector<caf::actor> shards, workers;
+  for (const auto& l : out.layouts) {
+    const int owner = place.shard_process(l->index);
+    if (owner != place.rank) {
+      shards.push_back(bridge->remote(owner, kShardIds + uint64_t(l->index)));
+      continue;
+    }
+    param_shard_config c;
+    c.spec = spec;
+    c.layout = l;
+    c.initial = tensor::empty({l->table.total_numel()});
+    copy_into_shard(init, *l, c.initial.f32());
+    c.total_steps = steps;
+    shards.push_back(sys.spawn<caf::detached>(param_shard, std::move(c)));
+    local.push_back(shards.back());
+    if (bridge) bridge->expose(kShardIds + uint64_t(l->index), shards.back());
+  }
+  auto stragglers = std::make_shared<const straggler_injector>(pol, int(pol.workers()), spec.train().seed());
+  std::vector<caf::actor> own_workers;
+  for (int32_t w = 0; w < int32_t(pol.workers()); ++w) {
+    const int owner = place.worker_process(w);
+    if (owner != place.rank) {
+      workers.push_back(bridge->remote(owner, kWorkerIds + uint64_t(w)));
+      continue;
+    }
+    ps_worker_config c;
+    c.spec = spec;
+    c.data = data;
+    c.worker = w;
+    c.steps = opts.worker_step_limit > 0 ? opts.worker_step_limit : steps;
+    c.total_steps = steps;
+    c.layouts = out.layouts;
+    c.shards = shards;
+    c.coordinator = coord;
+    c.stragglers = stragglers;
+    workers.push_back(sys.spawn<caf::detached>(ps_worker, std::move(c)));
+    own_workers.push_back(workers.back());
+    local.push_back(workers.back());
+    if (bridge) bridge->expose(kWorkerIds + uint64_t(w), workers.back());
+  }
+  // Each process gives its own workers the handles of every worker (the victims of
+  // steals): local actors or stand-ins, which do not cross processes.
+  for (const caf::actor& w : own_workers) caf::anon_send(w, peers_atom::value, workers);
+  if (bridge) bridge->start();
   caf::scoped_actor self{sys};
   std::string failure;
-  self->request(coord, caf::infinite, run_atom::value)
-      .receive([](run_atom) {}, [&](const caf::error& err) { failure = sys.render(err); });
+  if (leader)
+    self->request(coord, caf::infinite, run_atom::value, shards, workers)
+        .receive([](run_atom) {}, [&](const caf::error& err) { failure = sys.render(err); });
+  // The leader's coordinator has stopped the shards; elsewhere the run ends when this
+  // process's shards and workers have.
+  for (const caf::actor& a : local) self->monitor(a);
+  for (size_t left = local.size(); left > 0; --left) self->receive([](const caf::down_msg&) {});
+  if (bridge) {
+    bridge->close();
+    std::lock_guard<std::mutex> lock(link_mu);
+    if (failure.empty() && !link_failure.empty()) failure = link_failure;
+  }
   if (!failure.empty()) throw std::runtime_error("policy job failed: " + failure);
   return out;
 }

@@ -12,6 +12,7 @@
 #include "runtime/progress.hpp"
 #include "runtime/sharding.hpp"
 #include "runtime/training.hpp"
+#include "transport/communicator.hpp"
 
 namespace troupe {
 
@@ -57,9 +58,29 @@ struct ps_options {
   int64_t worker_step_limit = 0, stop_after_pushes = 0;
 };
 
-// Runs the job to its end (or its time limit) in a fresh actor system. Throws input_error
-// for bad data.
+// Which process holds which shard and worker when a policy job runs as `world` processes
+// (troupe launch): shard s in process s % world, worker w in process w % world, the
+// coordinator in process 0.
+struct ps_placement {
+  int rank = 0, world = 1;
+  int shard_process(int shard) const;
+  int worker_process(int worker) const;
+  // input_error when some process would hold nothing.
+  static ps_placement of(const proto::JobSpec& spec, int rank, int world);
+};
+
+// A policy job's processes: where this one stands, and a group of one rank per process
+// over which their actors talk (actors/actor_bridge.hpp).
+struct ps_processes {
+  ps_placement place;
+  std::shared_ptr<communicator> group;
+};
+
+// Runs the job to its end (or its time limit) in a fresh actor system: the whole job, or
+// with `procs` this process's part of it (only process 0's outcome is filled in; the
+// others return once their shards and workers have ended). Throws input_error for bad
+// data, runtime_error when the job fails (a link to another process failed included).
 ps_outcome run_ps_training(const proto::JobSpec& spec, std::shared_ptr<const training_data> data,
-                           const ps_options& opts);
+                           const ps_options& opts, const ps_processes* procs = nullptr);
 
 }  // namespace troupe

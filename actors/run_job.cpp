@@ -162,11 +162,32 @@ job_outcome run_policy_job(const proto::JobSpec& spec, std::shared_ptr<const tra
                            const coordinator_options& opts) {
   job_outcome out;
   out.steps = total_steps(spec, *data);
-  progress_log progress(spec, out.steps, opts.display());
+  // troupe launch: this process's shards and workers; their actors talk to the other
+  // processes' over one group of all of them.
+  std::unique_ptr<ps_processes> procs;
+  std::shared_ptr<tcp_store_server> server;
+  if (opts.world > 1) {
+    procs = std::make_unique<ps_processes>();
+    procs->place = ps_placement::of(spec, opts.rank, opts.world);
+    tcp_options base = process_link_options(opts);
+    std::shared_ptr<rendezvous> store = process_store(opts, base, server);
+    procs->group = join_group(spec.parallel().transport(), opts.rank, opts.world, *store, base);
+    if (opts.rank == 0 && !opts.quiet) {
+      std::printf("placement: %d processes over %s; worker w in process w %% %d, shard s in process s %% %d\n",
+                  opts.world, spec.parallel().transport().c_str(), opts.world, opts.world);
+      std::fflush(stdout);
+    }
+  }
   ps_options po;
+  if (opts.rank != 0) {  // process 0 reports, evaluates and writes the metrics
+    run_ps_training(spec, data, po, procs.get());
+    out.eval.loss = -1;
+    return out;
+  }
+  progress_log progress(spec, out.steps, opts.display());
   po.announce_failures = !opts.quiet;
   po.progress = &progress;
-  ps_outcome r = run_ps_training(spec, data, po);
+  ps_outcome r = run_ps_training(spec, data, po, procs.get());
   set_compute_threads(int(spec.train().threads()));
   trainer whole(spec, out.steps);
   r.assemble(r.snapshots.back(), whole.params());
@@ -256,12 +277,7 @@ job_outcome run_job(const proto::JobSpec& spec, const coordinator_options& opts)
     // pipeline's stages check theirs as they are built).
     if (single) trainer(spec, out.steps).restore(opts.resume_from->shards.at("device"));
   }
-  if (spec.policy().name() != "allreduce") {
-    if (opts.world > 1)
-      throw input_error("policy.name \"" + spec.policy().name() +
-                        "\": parameter-shard policies run in one process for now (troupe train, not troupe launch)");
-    return run_policy_job(spec, data, opts);
-  }
+  if (spec.policy().name() != "allreduce") return run_policy_job(spec, data, opts);
   caf::actor_system_config cfg;
   register_message_types(cfg);
   caf::actor_system sys{cfg};

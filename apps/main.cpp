@@ -251,9 +251,14 @@ int train(const std::vector<std::string>& args) {
     }
     std::printf("troupe: %s\n", troupe::describe(spec).c_str());
     if (place.world > 1)
-      std::printf("        %d processes share the %u replicas x %u stages (placement below); tensors between them "
-                  "over %s\n",
-                  place.world, spec.parallel().replicas(), spec.parallel().stages(),
+      std::printf("        %d processes share the %s (placement below); tensors between them over %s\n", place.world,
+                  spec.policy().name() != "allreduce"
+                      ? (std::to_string(spec.policy().workers()) + " workers and " +
+                         std::to_string(spec.policy().shards()) + " parameter shards")
+                            .c_str()
+                      : (std::to_string(spec.parallel().replicas()) + " replicas x " +
+                         std::to_string(spec.parallel().stages()) + " stages")
+                            .c_str(),
                   spec.parallel().transport() == "shm" ? "shared memory (tcp between hosts)"
                                                        : spec.parallel().transport().c_str());
     std::vector<troupe::stage_plan> plan;

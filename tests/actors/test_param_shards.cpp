@@ -6,11 +6,13 @@
 
 #include <chrono>
 #include <cmath>
+#include <thread>
 
 #include "actors/ps_job.hpp"
 #include "policies/update_rule.hpp"
 #include "runtime/job_spec.hpp"
 #include "runtime/threads.hpp"
+#include "transport/communicator.hpp"
 
 using namespace troupe;
 
@@ -76,6 +78,87 @@ TEST_CASE("param shards: synchronous SGD over n workers and S shards matches the
       CHECK(worst < 1e-4);
     }
   }
+}
+
+// The job as `world` processes (threads here, each with its own actor system, linked by a
+// transport group): process 0's outcome.
+ps_outcome run_as_processes(const proto::JobSpec& spec, std::shared_ptr<const training_data> data, int world,
+                            const std::string& transport) {
+  auto group = make_group(transport, world);
+  std::vector<ps_outcome> outs(static_cast<size_t>(world));
+  std::vector<std::string> errors(static_cast<size_t>(world));
+  std::vector<std::thread> procs;
+  for (int r = 0; r < world; ++r)
+    procs.emplace_back([&, r] {
+      try {
+        ps_processes p{ps_placement::of(spec, r, world), group[size_t(r)]};
+        outs[size_t(r)] = run_ps_training(spec, data, {}, &p);
+      } catch (const std::exception& e) {
+        errors[size_t(r)] = e.what();
+      }
+    });
+  for (auto& t : procs) t.join();
+  for (int r = 0; r < world; ++r) CHECK_MESSAGE(errors[size_t(r)].empty(), "process ", r, ": ", errors[size_t(r)]);
+  return std::move(outs[0]);
+}
+
+TEST_CASE("param shards: the job split over processes is the single-process run, for every split") {
+  set_compute_threads(1);
+  // Sync and DiLoCo sum the pushes in worker order, so the split changes no bit; with
+  // work stealing, which worker trains which micro-batch (and so the order of the sums)
+  // depends on timing, in one process too.
+  struct job {
+    std::string policy;
+    bool exact;
+  };
+  for (const job& j : {job{R"({"name": "sync", "workers": 4, "shards": 3})", true},
+                       job{R"({"name": "diloco", "workers": 3, "shards": 2, "sync_every": 4})", true},
+                       job{R"({"name": "sync", "workers": 4, "shards": 2, "steal_micro_batches": 8})", false}}) {
+    CAPTURE(j.policy);
+    const proto::JobSpec spec = mlp_job(j.policy);
+    auto data = load_training_data(spec);
+    ps_outcome one = run_ps_training(spec, data, {});
+    auto net = build_model(spec.model());
+    arena want(net->table);
+    one.assemble(one.snapshots.back(), want);
+    for (const auto& [world, transport] : std::vector<std::pair<int, std::string>>{{2, "inproc"}, {3, "tcp"}}) {
+      CAPTURE(world);
+      CAPTURE(transport);
+      ps_outcome many = run_as_processes(spec, data, world, transport);
+      REQUIRE(many.step_loss.size() == one.step_loss.size());
+      for (size_t k = 0; k < one.step_loss.size(); ++k)
+        CHECK(rel(many.step_loss[k], one.step_loss[k]) <= (j.exact ? 0 : 1e-4));
+      REQUIRE(many.shards.size() == one.shards.size());
+      for (size_t k = 0; k < one.shards.size(); ++k) {
+        CHECK(many.shards[k].version == one.shards[k].version);
+        CHECK(many.shards[k].applied == one.shards[k].applied);
+      }
+      arena got(want.table());
+      many.assemble(many.snapshots.back(), got);
+      double worst = 0;
+      for (int64_t i = 0; i < want.flat().numel(); ++i)
+        worst = std::max(worst, double(std::abs(got.flat().f32()[i] - want.flat().f32()[i])));
+      CHECK(worst <= (j.exact ? 0 : 1e-4));
+    }
+  }
+}
+
+TEST_CASE("param shards: over processes, a worker that fails leaves the quorum and the rest finish") {
+  const proto::JobSpec spec = mlp_job(R"({"name": "sync", "workers": 3, "shards": 2,
+      "stragglers": [{"worker": 1, "fail_at_step": 5}]})");
+  ps_outcome out = run_as_processes(spec, load_training_data(spec), 3, "tcp");
+  REQUIRE(out.failures.size() == 1);
+  CHECK(out.failures[0].find("injected failure at step 5") != std::string::npos);
+  REQUIRE(out.step_workers.size() == 20);
+  for (int k = 0; k < 20; ++k) CHECK(out.step_workers[size_t(k)] == (k < 5 ? 3 : 2));
+  for (const shard_stats& st : out.shards) CHECK(st.version == 20);
+}
+
+TEST_CASE("param shards: a split that leaves a process nothing to hold is refused with the reason") {
+  const proto::JobSpec spec = mlp_job(R"({"name": "sync", "workers": 2, "shards": 3})");
+  CHECK_THROWS_WITH_AS(ps_placement::of(spec, 0, 4),
+                       doctest::Contains("expected at most 3 processes (worker w runs in process w % N, shard s in process s % N)"),
+                       input_error);
 }
 
 TEST_CASE("param shards: a worker that fails leaves the synchronous quorum, and the others finish") {

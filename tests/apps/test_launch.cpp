@@ -128,6 +128,44 @@ TEST_CASE("launch: the GPT job with its stages over 2 processes, and stages and 
   }
 }
 
+TEST_CASE("launch: a parameter-shard job with its workers and shards over 2 and 4 processes gives the in-process "
+          "run's per-step losses and test result") {
+  auto job = [](const std::string& name, const std::string& policy, const std::string& transport) {
+    const std::string path = "/tmp/troupe_launch_" + name + ".json";
+    std::ofstream(path) << R"({"name": ")" << name << R"(",
+      "model": {"mlp": {"widths": [784, 64, 10]}},
+      "data": {"dataset": "fashion_mnist"},
+      "optimizer": {"adamw": {"lr": 2e-3, "weight_decay": 0}},
+      "train": {"batch_size": 128, "steps": 20, "threads": 1, "metrics_file": "/tmp/troupe_launch_)"
+                        << name << R"(.jsonl"},
+      "parallel": {"transport": ")" << transport << R"("},
+      "policy": )" << policy << "}";
+    std::filesystem::remove("/tmp/troupe_launch_" + name + ".jsonl");
+    return path;
+  };
+  for (const std::string policy : {R"({"name": "sync", "workers": 4, "shards": 3})",
+                                   R"({"name": "diloco", "workers": 4, "shards": 2, "sync_every": 5})"}) {
+    CAPTURE(policy);
+    auto r = run("train " + job("ps1", policy, "shm"));
+    REQUIRE_MESSAGE(r.code == 0, r.output);
+    const std::string want = r.output.substr(r.output.find("result: "), 45);
+    const auto a = step_losses("/tmp/troupe_launch_ps1.jsonl");
+    REQUIRE(a.size() == 20);
+    for (const auto& [nproc, transport] : std::vector<std::pair<int, std::string>>{{2, "shm"}, {4, "tcp"}}) {
+      CAPTURE(nproc);
+      r = run("launch --nproc " + std::to_string(nproc) + " " + job("psn", policy, transport));
+      REQUIRE_MESSAGE(r.code == 0, r.output);
+      CHECK(r.output.find("placement: " + std::to_string(nproc) + " processes over " + transport) != std::string::npos);
+      CHECK(r.output.find(want) != std::string::npos);  // process 0 gathered every shard's parameters
+      CHECK(step_losses("/tmp/troupe_launch_psn.jsonl") == a);  // summed in worker order: the same bits
+    }
+  }
+  // A split that leaves a process with nothing to hold is refused, saying why.
+  auto r = run("launch --nproc 5 " + job("ps5", R"({"name": "sync", "workers": 4, "shards": 3})", "shm") + " --quiet");
+  CHECK(r.code != 0);
+  CHECK(r.output.find("expected at most 4 processes") != std::string::npos);
+}
+
 TEST_CASE("launch: replicas that do not split over the processes, and bad flags, are clear errors") {
   auto r = run("launch --nproc 3 " + gpt_job("three", 2, "/tmp/troupe_launch_m3.jsonl") + " --quiet");
   CHECK(r.code != 0);

@@ -1,0 +1,232 @@
+// actor_bridge (actors/actor_bridge.hpp): two actor systems in one test process stand for
+// two processes, linked by a transport group (ranks as threads, over inproc and over tcp
+// loopback). Plain sends arrive in order with their tensors bit for bit, requests are
+// answered (at once, later through a promise, or with an error), an exit crosses, the end
+// of an exposed actor reaches the monitors of its stand-ins, a failed link takes the
+// stand-ins down and fails the requests waiting on them, and a bad frame closes the link
+// with an error that says what was wrong.
+#include <doctest/doctest.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <mutex>
+#include <random>
+#include <thread>
+
+#include <caf/binary_serializer.hpp>
+
+#include "actors/actor_bridge.hpp"
+#include "transport/communicator.hpp"
+
+using namespace troupe;
+
+namespace {
+
+using hold_atom = caf::atom_constant<caf::atom("hold")>;
+using answer_atom = caf::atom_constant<caf::atom("answer")>;
+using fail_atom = caf::atom_constant<caf::atom("fail")>;
+
+struct echo_state {
+  int64_t received = 0;      // pushes in the order sent
+  bool in_order = true;
+  double checksum = 0;       // over every element of every pushed tensor
+  std::vector<caf::response_promise> held;
+};
+
+// The exposed actor: counts pushes, answers at once, later, or with an error.
+caf::behavior echo(caf::stateful_actor<echo_state>* self) {
+  return {
+      [=](push_atom, int64_t seq, const tensor& t) {
+        auto& s = self->state;
+        s.in_order = s.in_order && seq == s.received;
+        ++s.received;
+        for (int64_t i = 0; i < t.numel(); ++i) s.checksum += double(t.f32()[i]) * double(i + 1);
+      },
+      [=](stats_atom) { return caf::make_message(self->state.received, self->state.in_order, self->state.checksum); },
+      [=](int64_t x) { return x + 1; },
+      [=](hold_atom) {  // answered when (answer_atom) comes, or never
+        self->state.held.push_back(self->make_response_promise());
+      },
+      [=](answer_atom, int64_t v) {
+        tensor t = tensor::empty({3});
+        for (int i = 0; i < 3; ++i) t.f32()[i] = float(v);
+        for (auto& p : self->state.held) p.deliver(v, t);
+        self->state.held.clear();
+      },
+      [=](fail_atom) -> caf::result<int64_t> { return caf::make_error(caf::sec::invalid_argument, "asked to fail"); },
+  };
+}
+
+struct process {
+  caf::actor_system_config cfg;
+  std::unique_ptr<caf::actor_system> sys;
+  std::unique_ptr<actor_bridge> bridge;
+  std::mutex mu;
+  std::vector<std::string> link_errors;
+  explicit process(std::shared_ptr<communicator> group) {
+    register_message_types(cfg);
+    sys = std::make_unique<caf::actor_system>(cfg);
+    bridge = std::make_unique<actor_bridge>(*sys, std::move(group), [this](const std::string& why) {
+      std::lock_guard<std::mutex> lock(mu);
+      link_errors.push_back(why);
+    });
+  }
+  std::vector<std::string> errors() {
+    std::lock_guard<std::mutex> lock(mu);
+    return link_errors;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("actor_bridge: sends, requests, exits and ends cross between two processes") {
+  for (const std::string transport : {"inproc", "tcp"}) {
+    CAPTURE(transport);
+    auto group = make_group(transport, 2);
+    process a(group[0]), b(group[1]);
+    caf::actor target = a.sys->spawn(echo);
+    a.bridge->expose(42, target);
+    caf::actor there = b.bridge->remote(0, 42);
+    a.bridge->start();
+    b.bridge->start();
+    {
+      caf::scoped_actor self{*b.sys};
+      self->monitor(there);
+      // Requests answered at once.
+      int64_t got = 0;
+      self->request(there, std::chrono::seconds(10), int64_t(41)).receive([&](int64_t v) { got = v; },
+                                                                          [&](caf::error& e) { FAIL(b.sys->render(e)); });
+      CHECK(got == 42);
+      // 200 pushes of random tensors of odd sizes (0 included), in order and bit for bit.
+      std::mt19937 rng(7);
+      std::uniform_real_distribution<float> u(-1, 1);
+      double want = 0;
+      for (int64_t k = 0; k < 200; ++k) {
+        tensor t = tensor::empty({int64_t(k * 37 % 1001)});
+        for (int64_t i = 0; i < t.numel(); ++i) {
+          t.f32()[i] = u(rng);
+          want += double(t.f32()[i]) * double(i + 1);
+        }
+        self->send(there, push_atom::value, k, std::move(t));
+      }
+      self->request(there, std::chrono::seconds(10), stats_atom::value)
+          .receive(
+              [&](int64_t n, bool in_order, double checksum) {
+                CHECK(n == 200);
+                CHECK(in_order);
+                CHECK(checksum == want);
+              },
+              [&](caf::error& e) { FAIL(b.sys->render(e)); });
+      // A request answered later through a promise: held until another message comes.
+      caf::actor asker = b.sys->spawn([=](caf::event_based_actor* me) -> caf::behavior {
+        return {[=](hold_atom) {
+          auto rp = me->make_response_promise();
+          me->request(there, caf::infinite, hold_atom::value).then([=](int64_t v, const tensor& t) mutable {
+            rp.deliver(v, t);
+            me->quit();
+          });
+          return rp;
+        }};
+      });
+      auto reply = self->request(asker, std::chrono::seconds(10), hold_atom::value);
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      self->send(there, answer_atom::value, int64_t(9));
+      reply.receive(
+          [&](int64_t v, const tensor& t) {
+            CHECK(v == 9);
+            REQUIRE(t.numel() == 3);
+            CHECK(t.f32()[2] == 9.0f);
+          },
+          [&](caf::error& e) { FAIL(b.sys->render(e)); });
+      // An error answer comes back as the request's error.
+      std::string err;
+      self->request(there, std::chrono::seconds(10), fail_atom::value)
+          .receive([&](int64_t) { FAIL("a value where an error was expected"); },
+                   [&](caf::error& e) { err = b.sys->render(e); });
+      CHECK(err.find("asked to fail") != std::string::npos);
+      // An exit crosses; the target's end reaches the stand-in's monitor with its reason.
+      self->send_exit(there, caf::exit_reason::user_shutdown);
+      caf::error reason;
+      self->receive([&](const caf::down_msg& dm) { reason = dm.reason; },
+                    caf::after(std::chrono::seconds(10)) >> [&] { FAIL("no down_msg for the stand-in"); });
+      CHECK(reason == caf::exit_reason::user_shutdown);
+      // Requests to an actor that has ended fail, never hang.
+      bool failed = false;
+      self->request(there, std::chrono::seconds(10), int64_t(1)).receive([&](int64_t) {},
+                                                                         [&](caf::error&) { failed = true; });
+      CHECK(failed);
+    }
+    std::thread closer([&] { a.bridge->close(); });
+    b.bridge->close();
+    closer.join();
+    CHECK(a.errors().empty());
+    CHECK(b.errors().empty());
+  }
+}
+
+TEST_CASE("actor_bridge: a failed link takes the stand-ins down and fails the requests waiting on them") {
+  auto group = make_group("tcp", 2);
+  for (auto& c : group) c->deadline = std::chrono::milliseconds(500);
+  process a(group[0]), b(group[1]);
+  caf::actor target = a.sys->spawn(echo);
+  a.bridge->expose(1, target);
+  caf::actor there = b.bridge->remote(0, 1);
+  a.bridge->start();
+  b.bridge->start();
+  caf::scoped_actor self{*b.sys};
+  self->monitor(there);
+  auto held = self->request(there, caf::infinite, hold_atom::value);  // never answered by the target
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  const auto t0 = std::chrono::steady_clock::now();
+  a.bridge.reset();  // process 0 goes away without closing: its links break
+  std::string why;
+  held.receive([&](int64_t, const tensor&) { FAIL("an answer from a process that is gone"); },
+               [&](caf::error& e) { why = b.sys->render(e); });
+  CHECK(why.find("process 0") != std::string::npos);
+  caf::error reason;
+  self->receive([&](const caf::down_msg& dm) { reason = dm.reason; },
+                caf::after(std::chrono::seconds(10)) >> [&] { FAIL("no down_msg after the link failed"); });
+  CHECK(reason);
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(5));
+  REQUIRE(b.errors().size() == 1);
+  CHECK(b.errors()[0].find("the link to process 0 failed") != std::string::npos);
+  // A stand-in made after the failure is down at once.
+  caf::actor late = b.bridge->remote(0, 2);
+  bool failed = false;
+  self->request(late, std::chrono::seconds(5), int64_t(1)).receive([&](int64_t) {}, [&](caf::error&) { failed = true; });
+  CHECK(failed);
+  caf::anon_send_exit(target, caf::exit_reason::user_shutdown);
+}
+
+TEST_CASE("actor_bridge: a bad frame closes its link with an error that says what was wrong") {
+  struct bad {
+    std::string name, expect;
+    uint64_t words[5];
+  };
+  const uint64_t magic = 0x5452504241435452;
+  for (const bad& c : {bad{"magic", "without the bridge's magic", {1, 1, 1, 0, 0}},
+                       bad{"kind", "unknown kind 9", {magic, 9, 1, 0, 0}},
+                       bad{"size", "at most 2^34", {magic, 1, 1, 0, uint64_t(1) << 40}},
+                       bad{"actor", "does not expose", {magic, 1, 77, 0, 0}}}) {
+    CAPTURE(c.name);
+    auto group = make_group("inproc", 2);
+    process b(group[1]);
+    b.bridge->start();
+    std::vector<char> payload;
+    if (c.name == "actor") {  // a well-formed message for an actor nobody exposed
+      caf::binary_serializer out{*b.sys, payload};
+      caf::message m = caf::make_message(int64_t(1));
+      REQUIRE(!out(m));
+    }
+    uint64_t words[5];
+    std::memcpy(words, c.words, sizeof words);
+    if (c.name == "actor") words[4] = payload.size();
+    group[0]->send(1, 7, words, sizeof words, dtype::u8);
+    if (!payload.empty()) group[0]->send(1, 7, payload.data(), payload.size(), dtype::u8);
+    for (int i = 0; i < 500 && b.errors().empty(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    REQUIRE(b.errors().size() == 1);
+    CHECK(b.errors()[0].find(c.expect) != std::string::npos);
+    group[0]->abort("test over");
+  }
+}
