@@ -1,6 +1,7 @@
 // `troupe launch`: the GPT job split over 2 and 4 processes (stages x replicas, replicas
 // across processes, gradients and losses through shared memory or over tcp) gives the in-process run's per-step
-// losses; a split that does not divide is a clear error; a process killed with SIGKILL
+// losses, and so does a parameter-shard job with its workers and shards over the processes;
+// a split that does not divide is a clear error; a process killed with SIGKILL
 // ends the whole job within seconds with a message naming it, and leaves no process behind;
 // with --nodes, a node with the wrong secret is refused (both sides say so) and the right
 // one joins.
@@ -37,6 +38,22 @@ std::string gpt_job(const std::string& name, int replicas, const std::string& me
                "transport": ")" << transport << R"("}
 })";
   std::filesystem::remove(metrics);
+  return path;
+}
+
+// An MLP job through parameter shards under `policy`, its metrics in
+// /tmp/troupe_launch_NAME.jsonl.
+std::string ps_job(const std::string& name, const std::string& policy, const std::string& transport) {
+  const std::string path = "/tmp/troupe_launch_" + name + ".json";
+  std::ofstream(path) << R"({"name": ")" << name << R"(",
+    "model": {"mlp": {"widths": [784, 64, 10]}},
+    "data": {"dataset": "fashion_mnist"},
+    "optimizer": {"adamw": {"lr": 2e-3, "weight_decay": 0}},
+    "train": {"batch_size": 128, "steps": 20, "threads": 1, "metrics_file": "/tmp/troupe_launch_)"
+                      << name << R"(.jsonl"},
+    "parallel": {"transport": ")" << transport << R"("},
+    "policy": )" << policy << "}";
+  std::filesystem::remove("/tmp/troupe_launch_" + name + ".jsonl");
   return path;
 }
 
@@ -130,30 +147,17 @@ TEST_CASE("launch: the GPT job with its stages over 2 processes, and stages and 
 
 TEST_CASE("launch: a parameter-shard job with its workers and shards over 2 and 4 processes gives the in-process "
           "run's per-step losses and test result") {
-  auto job = [](const std::string& name, const std::string& policy, const std::string& transport) {
-    const std::string path = "/tmp/troupe_launch_" + name + ".json";
-    std::ofstream(path) << R"({"name": ")" << name << R"(",
-      "model": {"mlp": {"widths": [784, 64, 10]}},
-      "data": {"dataset": "fashion_mnist"},
-      "optimizer": {"adamw": {"lr": 2e-3, "weight_decay": 0}},
-      "train": {"batch_size": 128, "steps": 20, "threads": 1, "metrics_file": "/tmp/troupe_launch_)"
-                        << name << R"(.jsonl"},
-      "parallel": {"transport": ")" << transport << R"("},
-      "policy": )" << policy << "}";
-    std::filesystem::remove("/tmp/troupe_launch_" + name + ".jsonl");
-    return path;
-  };
   for (const std::string policy : {R"({"name": "sync", "workers": 4, "shards": 3})",
                                    R"({"name": "diloco", "workers": 4, "shards": 2, "sync_every": 5})"}) {
     CAPTURE(policy);
-    auto r = run("train " + job("ps1", policy, "shm"));
+    auto r = run("train " + ps_job("ps1", policy, "shm"));
     REQUIRE_MESSAGE(r.code == 0, r.output);
     const std::string want = r.output.substr(r.output.find("result: "), 45);
     const auto a = step_losses("/tmp/troupe_launch_ps1.jsonl");
     REQUIRE(a.size() == 20);
     for (const auto& [nproc, transport] : std::vector<std::pair<int, std::string>>{{2, "shm"}, {4, "tcp"}}) {
       CAPTURE(nproc);
-      r = run("launch --nproc " + std::to_string(nproc) + " " + job("psn", policy, transport));
+      r = run("launch --nproc " + std::to_string(nproc) + " " + ps_job("psn", policy, transport));
       REQUIRE_MESSAGE(r.code == 0, r.output);
       CHECK(r.output.find("placement: " + std::to_string(nproc) + " processes over " + transport) != std::string::npos);
       CHECK(r.output.find(want) != std::string::npos);  // process 0 gathered every shard's parameters
@@ -161,7 +165,7 @@ TEST_CASE("launch: a parameter-shard job with its workers and shards over 2 and 
     }
   }
   // A split that leaves a process with nothing to hold is refused, saying why.
-  auto r = run("launch --nproc 5 " + job("ps5", R"({"name": "sync", "workers": 4, "shards": 3})", "shm") + " --quiet");
+  auto r = run("launch --nproc 5 " + ps_job("ps5", R"({"name": "sync", "workers": 4, "shards": 3})", "shm") + " --quiet");
   CHECK(r.code != 0);
   CHECK(r.output.find("expected at most 4 processes") != std::string::npos);
 }
@@ -192,11 +196,14 @@ TEST_CASE("launch: replicas that do not split over the processes, and bad flags,
 }
 
 TEST_CASE("launch: SIGKILL of one process ends the job within seconds, naming it, with nothing left running") {
-  // Replicas split over the processes, then stages split over them.
-  for (int replicas : {2, 1}) {
+  // Replicas split over the processes, then stages split over them, then a policy job's
+  // workers and parameter shards (process 1 holds worker 1 and shard 1).
+  for (int replicas : {2, 1, 0}) {
   CAPTURE(replicas);
   const std::string log = "/tmp/troupe_launch_kill.log";
-  auto [launcher, procs] = start_launch("", gpt_job("kill", replicas, "/tmp/troupe_launch_mk.jsonl"), log);
+  const std::string job = replicas > 0 ? gpt_job("kill", replicas, "/tmp/troupe_launch_mk.jsonl")
+                                       : ps_job("pskill", R"({"name": "sync", "workers": 2, "shards": 2})", "shm");
+  auto [launcher, procs] = start_launch("", job, log);
   REQUIRE(procs.size() == 2);
   std::this_thread::sleep_for(std::chrono::seconds(3));  // training
   REQUIRE(::kill(procs[1], SIGKILL) == 0);
