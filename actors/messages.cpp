@@ -12,6 +12,7 @@ void register_message_types(caf::actor_system_config& cfg) {
   cfg.add_message_type<stage_report>("stage_report");
   cfg.add_message_type<device_task>("device_task");
   cfg.add_message_type<checkpoint_msg>("checkpoint_msg");
+  cfg.add_message_type<checkpoint_shard>("checkpoint_shard");
   cfg.add_message_type<worker_report>("worker_report");
   cfg.add_message_type<shard_stats>("shard_stats");
   cfg.add_message_type<node_hello>("node_hello");

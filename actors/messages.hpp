@@ -40,6 +40,7 @@ using shares_atom = caf::atom_constant<caf::atom("shares")>;
 using steal_atom = caf::atom_constant<caf::atom("steal")>;
 using members_atom = caf::atom_constant<caf::atom("members")>;
 using drain_atom = caf::atom_constant<caf::atom("drain")>;
+using ckpt_atom = caf::atom_constant<caf::atom("ckpt")>;  // a shard's checkpoint copy
 // Between the launcher's cluster_coordinator and the node agents (one per process).
 using join_atom = caf::atom_constant<caf::atom("join")>;
 using prove_atom = caf::atom_constant<caf::atom("prove")>;
@@ -154,6 +155,13 @@ struct checkpoint_msg {
   int64_t step = 0;
   std::shared_ptr<const checkpoint_shard> shard;
 };
+
+// A checkpoint shard crosses processes whole (a parameter shard's copy on its way to
+// process 0's writer).
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, checkpoint_shard& x) {
+  return f(caf::meta::type_name("checkpoint_shard"), x.tensors, x.texts);
+}
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, checkpoint_msg& x) {

@@ -5,6 +5,7 @@
 
 #include "kernels/cpu/optim.hpp"
 #include "runtime/threads.hpp"
+#include "runtime/training.hpp"  // save_training_state, load_training_state
 
 namespace troupe {
 
@@ -75,6 +76,12 @@ void apply(param_shard_state& s, const update_plan& plan) {
       s.version_waits.erase(s.version_waits.begin());
     }
     s.stats.applied += int64_t(plan.take.size());
+    const int64_t every = int64_t(s.cfg.spec.train().checkpoint_every());
+    if (every > 0 && s.version % every == 0 && s.cfg.coordinator) {
+      checkpoint_shard copy;
+      save_shard_state(s, copy);
+      caf::anon_send(s.cfg.coordinator, ckpt_atom::value, int32_t(s.cfg.layout->index), s.version, std::move(copy));
+    }
   }
   s.stats.dropped += int64_t(plan.drop.size());
   std::vector<size_t> gone = plan.take;
@@ -116,6 +123,12 @@ bool known_worker(const param_shard_state& s, int32_t w) { return w >= 0 && size
 
 }  // namespace
 
+void save_shard_state(const param_shard_state& s, checkpoint_shard& out) {
+  save_training_state(s.params, *s.opt, out);
+  out.texts["version"] = std::to_string(s.version);
+  out.texts["applied_samples"] = std::to_string(s.applied_samples);
+}
+
 caf::behavior param_shard(shard_actor* self, param_shard_config cfg) {
   auto& s = self->state;
   s.cfg = std::move(cfg);
@@ -140,6 +153,12 @@ caf::behavior param_shard(shard_actor* self, param_shard_config cfg) {
   if (s.cfg.layout->index == 0 && s.cfg.spec.policy().balance_every() > 0)
     s.balancer = std::make_unique<speed_balancer>(int(W), int64_t(s.cfg.spec.train().batch_size()),
                                                   int64_t(s.cfg.spec.policy().balance_every()));
+  if (s.cfg.resume) {
+    const std::string what = "checkpoint shard-" + std::to_string(s.cfg.layout->index);
+    load_training_state(s.params, *s.opt, *s.cfg.resume, what);
+    s.version = checkpoint_count(*s.cfg.resume, "version");
+    s.applied_samples = checkpoint_count(*s.cfg.resume, "applied_samples");
+  }
   s.stats.shard = s.cfg.layout->index;
   s.stats.staleness.assign(kStalenessBins, 0);
   return {

@@ -15,6 +15,8 @@
 //          (drain_atom)               -> drain_atom, once every worker has left (at once if
 //                                        all have): everything they pushed is here
 //          (stats_atom)               -> shard_stats
+// Sends:   (ckpt_atom, shard, version, checkpoint_shard) to cfg.coordinator, with
+//          train.checkpoint_every, after each update whose version is a multiple of it
 //          (speed_atom, worker, busy_s, samples)   policy.balance_every, shard 0: a step's time
 //          (shares_atom)              -> vector<int64_t>: each worker's share of the batch
 //                                        for the current version (policies/speed_batches.hpp);
@@ -45,7 +47,14 @@ struct param_shard_config {
   std::shared_ptr<const shard_layout> layout;
   tensor initial;        // the shard's initial parameters (layout->table.total_numel() floats)
   int64_t total_steps = 0;  // the job's steps, for the learning-rate schedule
+  // train.checkpoint_every > 0: each version that is a multiple of it is copied (phase 1
+  // of a checkpoint) and sent to `coordinator` as (ckpt_atom, shard, version, copy).
+  caf::actor coordinator;
+  // A checkpoint's copy of this shard to start from (its version, optimizer state and
+  // schedule clock): checkpoint_error if it is not this shard's.
+  std::shared_ptr<const checkpoint_shard> resume;
 };
+
 
 struct param_shard_state {
   struct pending_push {
@@ -80,5 +89,9 @@ struct param_shard_state {
 };
 
 caf::behavior param_shard(caf::stateful_actor<param_shard_state>* self, param_shard_config cfg);
+
+// What a shard's checkpoint copy holds: parameters and optimizer state
+// (save_training_state), "version" and "applied_samples".
+void save_shard_state(const param_shard_state& s, checkpoint_shard& out);
 
 }  // namespace troupe

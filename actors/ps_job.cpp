@@ -9,6 +9,7 @@
 #include "actors/param_shard.hpp"
 #include "actors/ps_worker.hpp"
 #include "runtime/optimizer.hpp"
+#include "runtime/training.hpp"
 
 namespace troupe {
 
@@ -39,6 +40,8 @@ struct ps_coordinator_state {
   std::map<int64_t, log_step> unlogged;
   std::vector<int64_t> last_step;  // per worker: the last step it reported (-1: none)
   std::vector<bool> gone;          // per worker: ended, finished or failed
+  checkpoint_writer* writer = nullptr;  // process 0 with train.checkpoint_every
+  std::map<int64_t, std::map<std::string, checkpoint_shard>> copies;  // by version, until every shard's is in
   std::vector<int64_t> step_samples;  // examples reported for each worker step so far
   static inline const char* name = "ps_coordinator";
 };
@@ -177,9 +180,10 @@ void on_report(coord_actor* self, const worker_report& r) {
 }
 
 caf::behavior ps_coordinator(coord_actor* self, proto::JobSpec spec, ps_options opts, ps_outcome* out,
-                             progress_log* progress, int64_t steps) {
+                             progress_log* progress, int64_t steps, checkpoint_writer* writer) {
   auto& s = self->state;
   s.spec = std::move(spec);
+  s.writer = writer;
   s.opts = opts;
   s.out = out;
   s.progress = progress;
@@ -232,6 +236,15 @@ caf::behavior ps_coordinator(coord_actor* self, proto::JobSpec spec, ps_options 
           self->delayed_send(self, micros(pol.time_limit_s()), timeup_atom::value);
       },
       [=](const worker_report& r) { on_report(self, r); },
+      [=](ckpt_atom, int32_t shard, int64_t version, checkpoint_shard& copy) {
+        auto& s = self->state;
+        if (!s.writer) return;
+        auto& v = s.copies[version];
+        v["shard-" + std::to_string(shard)] = std::move(copy);
+        if (v.size() < s.shards.size()) return;
+        s.writer->submit(version, std::move(v));  // phase 2, in the background
+        s.copies.erase(version);
+      },
       [=](snapshot_atom) {
         auto& s = self->state;
         if (s.finishing) return;
@@ -265,6 +278,21 @@ double ps_outcome::updates_per_s() const {
 
 void ps_outcome::assemble(const ps_snapshot& snap, arena& whole) const {
   for (size_t k = 0; k < layouts.size(); ++k) copy_from_shard(snap.shards[k].f32(), *layouts[k], whole);
+}
+
+void check_ps_checkpoints(const proto::JobSpec& spec, const checkpoint_version* resume) {
+  const proto::PolicySpec& pol = spec.policy();
+  if ((spec.train().checkpoint_every() > 0 || resume) && pol.name() != "sync")
+    throw input_error(std::string(resume ? "--resume" : "train.checkpoint_every") +
+                      ": checkpoints of parameter-shard jobs take the synchronous rule (policy.name \"sync\", "
+                      "where a version is a step every shard shares); got \"" + pol.name() + "\"");
+  if (!resume) return;
+  for (uint32_t k = 0; k < pol.shards(); ++k)
+    if (!resume->shards.count("shard-" + std::to_string(k)))
+      throw input_error("--resume " + resume->dir.string() + ": the checkpoint has no \"shard-" + std::to_string(k) +
+                        "\" for this job of " + std::to_string(pol.shards()) + " parameter shard" +
+                        (pol.shards() == 1 ? "" : "s") +
+                        (resume->shards.count("shard-0") ? "" : " (it is not a parameter-shard job's)"));
 }
 
 int ps_placement::shard_process(int shard) const { return shard % world; }
@@ -304,10 +332,15 @@ ps_outcome run_ps_training(const proto::JobSpec& spec, std::shared_ptr<const tra
       std::lock_guard<std::mutex> lock(link_mu);
       if (link_failure.empty()) link_failure = why;
     });
+  check_ps_checkpoints(spec, opts.resume_from.get());
+  const int64_t first_step = opts.resume_from ? opts.resume_from->step : 0;
+  std::unique_ptr<checkpoint_writer> writer;  // process 0: persists the shards' copies
   std::vector<caf::actor> local;  // this process's shards and workers, to wait for
   caf::actor coord;
   if (leader) {
-    coord = sys.spawn<caf::detached>(ps_coordinator, spec, opts, &out, opts.progress, steps);
+    if (spec.train().checkpoint_every() > 0)
+      writer = std::make_unique<checkpoint_writer>(spec.train().checkpoint_dir(), int(spec.train().checkpoint_keep()));
+    coord = sys.spawn<caf::detached>(ps_coordinator, spec, opts, &out, opts.progress, steps, writer.get());
     if (bridge) bridge->expose(kCoordinatorId, coord);
   } else {
     coord = bridge->remote(0, kCoordinatorId);
@@ -330,6 +363,19 @@ ps_outcome run_ps_training(const proto::JobSpec& spec, std::shared_ptr<const tra
     c.initial = tensor::empty({l->table.total_numel()});
     copy_into_shard(init, *l, c.initial.f32());
     c.total_steps = steps;
+    c.coordinator = coord;
+    if (opts.resume_from) {
+      c.resume = std::make_shared<const checkpoint_shard>(
+          opts.resume_from->shards.at("shard-" + std::to_string(l->index)));
+      // Checked against this shard's table and optimizer before any actor starts.
+      param_shard_state probe;
+      probe.params = arena(l->table);
+      proto::OptimizerSpec o = spec.optimizer();
+      make_update_rule(pol)->shard_optimizer(o);
+      probe.opt = make_optimizer(o, l->table);
+      load_training_state(probe.params, *probe.opt, *c.resume,
+                          "--resume " + opts.resume_from->dir.string() + ": shard-" + std::to_string(l->index));
+    }
     shards.push_back(sys.spawn<caf::detached>(param_shard, std::move(c)));
     local.push_back(shards.back());
     if (bridge) bridge->expose(kShardIds + uint64_t(l->index), shards.back());
@@ -347,6 +393,7 @@ ps_outcome run_ps_training(const proto::JobSpec& spec, std::shared_ptr<const tra
     c.data = data;
     c.worker = w;
     c.steps = opts.worker_step_limit > 0 ? opts.worker_step_limit : steps;
+    c.first_step = first_step;
     c.total_steps = steps;
     c.layouts = out.layouts;
     c.shards = shards;
@@ -370,6 +417,7 @@ ps_outcome run_ps_training(const proto::JobSpec& spec, std::shared_ptr<const tra
   // process's shards and workers have.
   for (const caf::actor& a : local) self->monitor(a);
   for (size_t left = local.size(); left > 0; --left) self->receive([](const caf::down_msg&) {});
+  if (writer) writer->flush();  // every checkpoint taken is on disk before the job reports its end
   if (bridge) {
     bridge->close();
     std::lock_guard<std::mutex> lock(link_mu);

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "actors/messages.hpp"
+#include "runtime/checkpoint.hpp"
 #include "runtime/progress.hpp"
 #include "runtime/sharding.hpp"
 #include "runtime/training.hpp"
@@ -56,7 +57,18 @@ struct ps_options {
   // an asynchronous rule the fast workers take the work a straggler does not). A gradient
   // already on its way when they stop may still be applied.
   int64_t worker_step_limit = 0, stop_after_pushes = 0;
+  // A checkpoint to start from (troupe train --resume): one "shard-S" per shard; the
+  // synchronous rule only (check_ps_checkpoints).
+  std::shared_ptr<const checkpoint_version> resume_from;
 };
+
+// Checkpoints of a policy job (train.checkpoint_every, --resume): each shard copies its
+// parameters and optimizer state when its version is a multiple of checkpoint_every and
+// process 0 writes the copies as shards "shard-0".. of version step-V. Under the
+// synchronous rule version V is after step V, and a resumed run is the uninterrupted one
+// bit for bit; other rules have no step the shards share, and are refused (input_error
+// naming the rule). With `resume`: input_error unless it holds every shard of this job.
+void check_ps_checkpoints(const proto::JobSpec& spec, const checkpoint_version* resume);
 
 // Which process holds which shard and worker when a policy job runs as `world` processes
 // (troupe launch): shard s in process s % world, worker w in process w % world, the

@@ -283,6 +283,13 @@ caf::behavior ps_worker(worker_actor* self, ps_worker_config cfg) {
   s.grads = arena(s.net->table);
   s.source = std::make_unique<batch_source>(s.cfg.spec, s.cfg.data);
   s.versions.assign(s.cfg.shards.size(), 0);
+  if (s.cfg.first_step > 0) {
+    // A resumed synchronous job: the shards are at version first_step, which the first
+    // pull takes at once; the batches start where the checkpoint's run left off.
+    s.step = s.clock = s.cfg.first_step;
+    s.versions.assign(s.cfg.shards.size(), s.cfg.first_step - 1);
+    s.source->skip(s.cfg.first_step);
+  }
   s.local_steps = make_update_rule(s.cfg.spec.policy())->local_steps();
   s.balancing = s.cfg.spec.policy().balance_every() > 0;
   if (s.cfg.spec.policy().steal_micro_batches() > 0) {

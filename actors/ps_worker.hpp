@@ -51,7 +51,8 @@ struct ps_worker_config {
   proto::JobSpec spec;
   std::shared_ptr<const training_data> data;
   int32_t worker = 0;
-  int64_t steps = 0;        // steps this worker may take
+  int64_t steps = 0;        // steps this worker may take (counted from 0, first_step included)
+  int64_t first_step = 0;   // a resumed synchronous job: the checkpoint's step
   int64_t total_steps = 0;  // the job's steps: the learning-rate schedule's length
   std::vector<std::shared_ptr<const shard_layout>> layouts;
   std::vector<caf::actor> shards;

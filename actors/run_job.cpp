@@ -184,6 +184,7 @@ job_outcome run_policy_job(const proto::JobSpec& spec, std::shared_ptr<const tra
     }
   }
   ps_options po;
+  po.resume_from = opts.resume_from;
   if (opts.rank != 0) {  // process 0 reports, evaluates and writes the metrics
     run_ps_training(spec, data, po, procs.get());
     out.eval.loss = -1;
@@ -255,11 +256,19 @@ job_outcome run_job(const proto::JobSpec& spec, const coordinator_options& opts)
   // replicas in this process (a "stage-<s>" shard per stage, replica 0's copy).
   const bool in_process_pipeline = spec.policy().name() == "allreduce" && opts.world == 1 && !single;
   const int P = int(spec.parallel().stages());
+  if (spec.policy().name() != "allreduce") {
+    check_ps_checkpoints(spec, opts.resume_from.get());
+    if (opts.resume_from && opts.resume_from->step >= out.steps)
+      throw input_error("--resume " + opts.resume_from->dir.string() + ": the checkpoint is at step " +
+                        std::to_string(opts.resume_from->step) + ", the job has " + std::to_string(out.steps) +
+                        " steps: nothing is left to train");
+    return run_policy_job(spec, data, opts);
+  }
   if ((spec.train().checkpoint_every() > 0 || opts.resume_from) && !single && !in_process_pipeline)
     throw input_error(std::string(opts.resume_from ? "--resume" : "train.checkpoint_every") +
                       ": checkpoints are taken by jobs in one process (troupe train) with the parallel section's "
-                      "all-reduce; parameter-shard policies do not checkpoint yet, and troupe launch jobs "
-                      "checkpoint with elastic.mode set");
+                      "all-reduce or with parameter shards, and by troupe launch jobs of parameter shards or with "
+                      "elastic.mode set");
   if (opts.resume_from) {
     const std::string dir = opts.resume_from->dir.string();
     const bool whole = opts.resume_from->shards.count("device") > 0;
@@ -282,7 +291,6 @@ job_outcome run_job(const proto::JobSpec& spec, const coordinator_options& opts)
     // pipeline's stages check theirs as they are built).
     if (single) trainer(spec, out.steps).restore(opts.resume_from->shards.at("device"));
   }
-  if (spec.policy().name() != "allreduce") return run_policy_job(spec, data, opts);
   caf::actor_system_config cfg;
   register_message_types(cfg);
   caf::actor_system sys{cfg};

@@ -147,6 +147,26 @@ TEST_CASE("messages: every message type round-trips through CAF serialization") 
   CHECK(ra2.rendezvous == "tcp://10.0.0.1:29500");
   CHECK(ra2.group == 99);
 
+  // A parameter shard's checkpoint copy (on its way to process 0's writer).
+  checkpoint_shard ck;
+  ck.tensors["params"] = random_tensor({5, 7}, 9);
+  ck.tensors["optim.m"] = random_tensor({35}, 10);
+  ck.texts["version"] = "8";
+  ck.texts["params.layout"] = "w:5x7";
+  std::vector<char> buf4;
+  caf::binary_serializer sink4{sys, buf4};
+  REQUIRE(!sink4(ck));
+  checkpoint_shard ck2;
+  caf::binary_deserializer source4{sys, buf4};
+  REQUIRE(!source4(ck2));
+  CHECK(ck2.texts == ck.texts);
+  REQUIRE(ck2.tensors.size() == 2);
+  for (const auto& [name, t] : ck.tensors) {
+    const tensor& u = ck2.tensors.at(name);
+    REQUIRE(u.shape() == t.shape());
+    for (int64_t i = 0; i < t.numel(); ++i) CHECK(u.f32()[i] == t.f32()[i]);
+  }
+
   // A shape whose size overflows is refused, not allocated.
   std::vector<char> huge;
   caf::binary_serializer huge_sink{sys, huge};

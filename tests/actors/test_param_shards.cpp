@@ -6,10 +6,13 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstring>
+#include <filesystem>
 #include <thread>
 
 #include "actors/ps_job.hpp"
 #include "policies/update_rule.hpp"
+#include "runtime/checkpoint.hpp"
 #include "runtime/job_spec.hpp"
 #include "runtime/threads.hpp"
 #include "transport/communicator.hpp"
@@ -83,7 +86,7 @@ TEST_CASE("param shards: synchronous SGD over n workers and S shards matches the
 // The job as `world` processes (threads here, each with its own actor system, linked by a
 // transport group): process 0's outcome.
 ps_outcome run_as_processes(const proto::JobSpec& spec, std::shared_ptr<const training_data> data, int world,
-                            const std::string& transport) {
+                            const std::string& transport, const ps_options& opts = {}) {
   auto group = make_group(transport, world);
   std::vector<ps_outcome> outs(static_cast<size_t>(world));
   std::vector<std::string> errors(static_cast<size_t>(world));
@@ -92,7 +95,7 @@ ps_outcome run_as_processes(const proto::JobSpec& spec, std::shared_ptr<const tr
     procs.emplace_back([&, r] {
       try {
         ps_processes p{ps_placement::of(spec, r, world), group[size_t(r)]};
-        outs[size_t(r)] = run_ps_training(spec, data, {}, &p);
+        outs[size_t(r)] = run_ps_training(spec, data, opts, &p);
       } catch (const std::exception& e) {
         errors[size_t(r)] = e.what();
       }
@@ -141,6 +144,64 @@ TEST_CASE("param shards: the job split over processes is the single-process run,
       CHECK(worst <= (j.exact ? 0 : 1e-4));
     }
   }
+}
+
+TEST_CASE("param shards: a sync job checkpoints every shard; resumed, it ends bit for bit as the uninterrupted run") {
+  set_compute_threads(1);
+  auto job = [](const std::string& dir) {
+    std::filesystem::remove_all(dir);
+    return mlp_job(R"({"name": "sync", "workers": 3, "shards": 2})",
+                   R"("batch_size": 24, "steps": 20, "checkpoint_every": 4, "checkpoint_keep": 0, "checkpoint_dir": ")" +
+                       dir + "\"");
+  };
+  const proto::JobSpec spec = job("/tmp/troupe_ps_ckpt_one");
+  auto data = load_training_data(spec);
+  ps_outcome full = run_ps_training(spec, data, {});
+  auto net = build_model(spec.model());
+  arena want(net->table);
+  full.assemble(full.snapshots.back(), want);
+  // Phase 2 is done when the run returns: versions 4, 8, .., 20, a file per shard.
+  auto v8 = std::make_shared<checkpoint_version>(load_checkpoint_version("/tmp/troupe_ps_ckpt_one/step-000000000008"));
+  REQUIRE(v8->step == 8);
+  REQUIRE(v8->shards.size() == 2);
+  CHECK(checkpoint_count(v8->shards.at("shard-1"), "version") == 8);
+  CHECK(checkpoint_count(v8->shards.at("shard-0"), "applied_samples") == 8 * 24);
+  CHECK(load_latest_checkpoint("/tmp/troupe_ps_ckpt_one").step == 20);
+  // Taken across 3 processes, the same checkpoint to the byte.
+  const proto::JobSpec spread = job("/tmp/troupe_ps_ckpt_three");
+  run_as_processes(spread, data, 3, "tcp");
+  const checkpoint_version t8 = load_checkpoint_version("/tmp/troupe_ps_ckpt_three/step-000000000008");
+  for (const auto& [name, shard] : v8->shards)
+    for (const auto& [entry, t] : shard.tensors) {
+      CAPTURE(name);
+      CAPTURE(entry);
+      const tensor& u = t8.shards.at(name).tensors.at(entry);
+      REQUIRE(u.bytes() == t.bytes());
+      CHECK(std::memcmp(u.raw(), t.raw(), t.bytes()) == 0);
+    }
+  // Resumed from step 8, in one process and across 2: steps 9-20 and the final
+  // parameters as the uninterrupted run's.
+  ps_options from8;
+  from8.resume_from = v8;
+  const proto::JobSpec again = job("/tmp/troupe_ps_ckpt_again");
+  for (int world : {1, 2}) {
+    CAPTURE(world);
+    ps_outcome resumed = world == 1 ? run_ps_training(again, data, from8) : run_as_processes(again, data, 2, "inproc", from8);
+    REQUIRE(resumed.step_loss.size() == 20);
+    for (size_t k = 8; k < 20; ++k) CHECK(resumed.step_loss[k] == full.step_loss[k]);
+    for (const shard_stats& st : resumed.shards) CHECK(st.version == 20);
+    arena got(net->table);
+    resumed.assemble(resumed.snapshots.back(), got);
+    CHECK(std::memcmp(got.flat().raw(), want.flat().raw(), want.flat().bytes()) == 0);
+  }
+  // What cannot resume says why: another job's checkpoint, and a rule without shared steps.
+  const proto::JobSpec three = mlp_job(R"({"name": "sync", "workers": 3, "shards": 3})");
+  CHECK_THROWS_WITH_AS(run_ps_training(three, data, from8), doctest::Contains("has no \"shard-2\" for this job of 3"),
+                       input_error);
+  const proto::JobSpec async = mlp_job(R"({"name": "downpour", "workers": 3, "shards": 2})",
+                                       R"("batch_size": 24, "steps": 20, "checkpoint_every": 4)");
+  CHECK_THROWS_WITH_AS(run_ps_training(async, data, {}),
+                       doctest::Contains("checkpoints of parameter-shard jobs take the synchronous rule"), input_error);
 }
 
 TEST_CASE("param shards: over processes, a worker that fails leaves the quorum and the rest finish") {
