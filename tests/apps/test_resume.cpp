@@ -1,4 +1,5 @@
-// troupe train with train.checkpoint_every and --resume: a job stopped after step 8 and
+// troupe train with train.checkpoint_every and --resume (the 1 x 1 job, a pipeline, and a
+// synchronous parameter-shard job in one process and over 2): a job stopped after step 8 and
 // continued gives the uninterrupted run's steps 9-12 and its final parameters and
 // optimizer state bit for bit; a torn newest checkpoint is skipped with a message and the
 // one before used; bad resumes are clear errors.
@@ -93,6 +94,43 @@ TEST_CASE("resume: a job continued from its step-8 checkpoint equals the uninter
   for (const std::string& d : {a_dir, b_dir, std::string("/tmp/troupe_resume_c_ckpt")}) fs::remove_all(d);
 }
 
+TEST_CASE("resume: a synchronous parameter-shard job continued from its step-8 checkpoint, in one process and over 2, "
+          "equals the uninterrupted run bit for bit") {
+  const std::string shards = R"(, "policy": {"name": "sync", "workers": 2, "shards": 2})";
+  const std::string p_dir = "/tmp/troupe_resume_p_ckpt";
+  auto r = run("train " + job("p", p_dir, shards) + " --quiet");
+  REQUIRE_MESSAGE(r.code == 0, r.output);
+  const auto p = load_latest_checkpoint(p_dir);
+  REQUIRE(p.step == 12);
+  REQUIRE(p.shards.size() == 2);
+  const auto lp = step_lines("p");
+  REQUIRE(lp.size() == 12);
+  // The cosine schedule's clock travels with the shards: a resume that lost it would show
+  // in the lr of every later line.
+  for (const std::string& how : {std::string("train"), std::string("launch --nproc 2")}) {
+    CAPTURE(how);
+    const std::string q_dir = "/tmp/troupe_resume_q_ckpt";
+    r = run(how + " " + job("q", q_dir, shards) + " --quiet --resume " + p_dir + "/step-000000000008");
+    REQUIRE_MESSAGE(r.code == 0, r.output);
+    const auto lq = step_lines("q");
+    REQUIRE(lq.size() == 4);  // steps 9..12 only
+    for (size_t k = 0; k < 4; ++k) CHECK(lq[k] == lp[8 + k]);
+    const auto q = load_latest_checkpoint(q_dir);
+    REQUIRE(q.step == 12);
+    for (const char* shard : {"shard-0", "shard-1"})
+      for (const char* name : {"params", "optim.m", "optim.v"}) {
+        CAPTURE(shard);
+        CAPTURE(name);
+        const tensor &x = p.shards.at(shard).tensors.at(name), &y = q.shards.at(shard).tensors.at(name);
+        REQUIRE(x.bytes() == y.bytes());
+        CHECK(std::memcmp(x.raw(), y.raw(), x.bytes()) == 0);
+        CHECK(q.shards.at(shard).texts.at("applied_samples") == p.shards.at(shard).texts.at("applied_samples"));
+      }
+    fs::remove_all(q_dir);
+  }
+  fs::remove_all(p_dir);
+}
+
 TEST_CASE("resume: a missing or empty directory, another model's checkpoint, a finished one and a pipeline job are "
           "clear errors") {
   const std::string dir = "/tmp/troupe_resume_e_ckpt";
@@ -125,8 +163,15 @@ TEST_CASE("resume: a missing or empty directory, another model's checkpoint, a f
   r = run("train " + job("h", "/tmp/troupe_resume_h_ckpt", R"(, "policy": {"name": "downpour", "workers": 2})") +
           " --quiet");
   CHECK(r.code == 1);
-  CHECK(r.output.find("train.checkpoint_every: checkpoints are taken by jobs in one process") != std::string::npos);
-  CHECK(r.output.find("parameter-shard policies do not checkpoint yet") != std::string::npos);
+  CHECK(r.output.find("train.checkpoint_every: checkpoints of parameter-shard jobs take the synchronous rule "
+                      "(policy.name \"sync\"") != std::string::npos);
+  CHECK(r.output.find("got \"downpour\"") != std::string::npos);
+  // A synchronous parameter-shard job cannot resume from a 1 x 1 job's checkpoint.
+  r = run("train " + job("h", "/tmp/troupe_resume_h_ckpt", R"(, "policy": {"name": "sync", "workers": 2})") +
+          " --quiet --resume " + dir);
+  CHECK(r.code == 1);
+  CHECK(r.output.find("the checkpoint has no \"shard-0\" for this job of 1 parameter shard (it is not a "
+                      "parameter-shard job's)") != std::string::npos);
   // A job of 1 stage x 1 replica's checkpoint for a pipeline job, and back.
   const std::string pipe_dir = "/tmp/troupe_resume_i_ckpt";
   r = run("train " + job("i", pipe_dir, R"(, "parallel": {"stages": 2, "micro_batches": 2})") + " --quiet --resume " + dir);
