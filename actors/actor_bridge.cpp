@@ -167,13 +167,14 @@ struct actor_bridge::core : std::enable_shared_from_this<actor_bridge::core> {
   }
 
   // Nothing more will come from `peer`: its stand-ins go down (those still up) and the
-  // requests waiting on it fail, with `reason`; later requests to it fail at once.
-  void cut_off(int peer, const std::string& reason, caf::sec code) {
+  // requests waiting on it fail, with `reason`; later requests to it fail at once. False if
+  // it was cut off already.
+  bool cut_off(int peer, const std::string& reason, caf::sec code) {
     std::vector<caf::actor> gone;
     std::vector<pending_request> unanswered;
     {
       std::lock_guard<std::mutex> lock(mu);
-      if (!failed[size_t(peer)].empty()) return;
+      if (!failed[size_t(peer)].empty()) return false;
       failed[size_t(peer)] = reason;
       for (auto& [key, a] : stand_ins)
         if (key.first == peer) gone.push_back(a);
@@ -188,6 +189,7 @@ struct actor_bridge::core : std::enable_shared_from_this<actor_bridge::core> {
     for (const caf::actor& a : gone) kill(a, caf::make_error(code, reason));
     for (const pending_request& p : unanswered)
       answer(p, caf::make_message(caf::make_error(caf::sec::request_receiver_down, reason)));
+    return true;
   }
 
   // `peer` sent its last frame: its actors have all ended (their ends came before), and it
@@ -210,7 +212,7 @@ struct actor_bridge::core : std::enable_shared_from_this<actor_bridge::core> {
       o.cv.notify_all();
     }
     const std::string reason = "actor_bridge: the link to process " + std::to_string(peer) + " failed: " + why;
-    cut_off(peer, reason, caf::sec::runtime_error);
+    if (!cut_off(peer, reason, caf::sec::runtime_error)) return;  // its other thread, or its orderly end, came first
     bool report;
     {
       std::lock_guard<std::mutex> lock(mu);

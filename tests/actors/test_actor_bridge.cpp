@@ -78,18 +78,33 @@ struct process {
   }
 };
 
+// Process 0 exposes an echo actor as actor 42 and process 1 holds its stand-in, over a
+// group of `transport` whose receives wait at most `deadline`; both bridges started.
+struct echo_pair {
+  std::vector<std::shared_ptr<communicator>> group;
+  std::unique_ptr<process> a, b;
+  caf::actor target, there;
+  explicit echo_pair(const std::string& transport, std::chrono::milliseconds deadline = std::chrono::seconds(30))
+      : group(make_group(transport, 2)) {
+    for (auto& c : group) c->deadline = deadline;
+    a = std::make_unique<process>(group[0]);
+    b = std::make_unique<process>(group[1]);
+    target = a->sys->spawn(echo);
+    a->bridge->expose(42, target);
+    there = b->bridge->remote(0, 42);
+    a->bridge->start();
+    b->bridge->start();
+  }
+};
+
 }  // namespace
 
 TEST_CASE("actor_bridge: sends, requests, exits and ends cross between two processes") {
   for (const std::string transport : {"inproc", "tcp"}) {
     CAPTURE(transport);
-    auto group = make_group(transport, 2);
-    process a(group[0]), b(group[1]);
-    caf::actor target = a.sys->spawn(echo);
-    a.bridge->expose(42, target);
-    caf::actor there = b.bridge->remote(0, 42);
-    a.bridge->start();
-    b.bridge->start();
+    echo_pair pair(transport);
+    process &a = *pair.a, &b = *pair.b;
+    const caf::actor& there = pair.there;
     {
       caf::scoped_actor self{*b.sys};
       self->monitor(there);
@@ -166,20 +181,15 @@ TEST_CASE("actor_bridge: sends, requests, exits and ends cross between two proce
 }
 
 TEST_CASE("actor_bridge: a failed link takes the stand-ins down and fails the requests waiting on them") {
-  auto group = make_group("tcp", 2);
-  for (auto& c : group) c->deadline = std::chrono::milliseconds(500);
-  process a(group[0]), b(group[1]);
-  caf::actor target = a.sys->spawn(echo);
-  a.bridge->expose(1, target);
-  caf::actor there = b.bridge->remote(0, 1);
-  a.bridge->start();
-  b.bridge->start();
+  echo_pair pair("tcp", std::chrono::milliseconds(500));
+  process& b = *pair.b;
+  const caf::actor& there = pair.there;
   caf::scoped_actor self{*b.sys};
   self->monitor(there);
   auto held = self->request(there, caf::infinite, hold_atom::value);  // never answered by the target
   std::this_thread::sleep_for(std::chrono::milliseconds(50));
   const auto t0 = std::chrono::steady_clock::now();
-  a.bridge.reset();  // process 0 goes away without closing: its links break
+  pair.a->bridge.reset();  // process 0 goes away without closing: its links break
   std::string why;
   held.receive([&](int64_t, const tensor&) { FAIL("an answer from a process that is gone"); },
                [&](caf::error& e) { why = b.sys->render(e); });
@@ -192,11 +202,11 @@ TEST_CASE("actor_bridge: a failed link takes the stand-ins down and fails the re
   REQUIRE(b.errors().size() == 1);
   CHECK(b.errors()[0].find("the link to process 0 failed") != std::string::npos);
   // A stand-in made after the failure is down at once.
-  caf::actor late = b.bridge->remote(0, 2);
+  caf::actor late = b.bridge->remote(0, 43);
   bool failed = false;
   self->request(late, std::chrono::seconds(5), int64_t(1)).receive([&](int64_t) {}, [&](caf::error&) { failed = true; });
   CHECK(failed);
-  caf::anon_send_exit(target, caf::exit_reason::user_shutdown);
+  caf::anon_send_exit(pair.target, caf::exit_reason::user_shutdown);
 }
 
 TEST_CASE("actor_bridge: a bad frame closes its link with an error that says what was wrong") {

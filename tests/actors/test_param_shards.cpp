@@ -146,7 +146,7 @@ TEST_CASE("param shards: the job split over processes is the single-process run,
   }
 }
 
-TEST_CASE("param shards: a sync job checkpoints every shard; resumed, it ends bit for bit as the uninterrupted run") {
+TEST_CASE("param shards: a sync job checkpoints every shard, and resumed it ends bit for bit as the uninterrupted run") {
   set_compute_threads(1);
   auto job = [](const std::string& dir) {
     std::filesystem::remove_all(dir);
