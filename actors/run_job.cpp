@@ -250,7 +250,7 @@ job_outcome run_job(const proto::JobSpec& spec, const coordinator_options& opts)
                       " is larger than the training set)");
   const bool single = spec.policy().name() == "allreduce" && opts.world == 1 && spec.parallel().stages() == 1 &&
                       spec.parallel().replicas() == 1;
-  if (spec.elastic().mode() != "off")
+  if (spec.elastic().mode() != "off" && spec.policy().name() == "allreduce")
     return spec.parallel().stages() > 1 ? run_elastic_pipeline(spec, data, opts) : run_elastic_job(spec, data, opts);
   // Checkpoints: the job in one piece ("device" shard), or its pipeline stages and
   // replicas in this process (a "stage-<s>" shard per stage, replica 0's copy).

@@ -181,7 +181,10 @@ int launch_main(const std::vector<std::string>& args) {
     if (elastic.mode() == "restart_all" && nodes > 0)
       throw input_error("elastic.mode \"restart_all\" restarts the processes this launcher starts: it takes no --nodes "
                         "(use \"respawn\", where the others go on)");
-    if (elastic.mode() != "off" && spec_stages > 1) {
+    if (elastic.mode() != "off" && spec.policy().name() != "allreduce") {
+      // restart_all of a parameter-shard job (the spec's check): its workers and shards
+      // spread over the processes as without elasticity.
+    } else if (elastic.mode() != "off" && spec_stages > 1) {
       // Each process keeps its place (its stages of its replicas); a lost one is replaced,
       // or with elastic.respawn false the pipeline is cut anew over those left.
     } else if (elastic.mode() != "off") {

@@ -231,7 +231,7 @@ int train(const std::vector<std::string>& args) {
     }
     opts.quiet = quiet || !reporter;
     opts.live_progress = isatty(STDOUT_FILENO);
-    if (spec.elastic().mode() != "off") {
+    if (spec.elastic().mode() != "off" && spec.policy().name() == "allreduce") {
       // Whichever process leads the last view reports (the first one may be lost).
       opts.quiet = quiet;
       if (reporter && !place.elastic_join)

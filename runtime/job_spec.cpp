@@ -673,9 +673,11 @@ void check_values(const proto::JobSpec& s, const checker& c) {
                                       el.min_workers(), ")"));
   if (el.mode() != "off") {
 
-    if (s.policy().name() != "allreduce")
-      c.fail("elastic.mode", cat("\"", el.mode(), "\" takes the all-reduce path: expected no policy.name, got \"",
-                                 s.policy().name(), "\""));
+    // A parameter-shard job restarts from its checkpoints, which take the synchronous rule;
+    // its shards are not respawned.
+    if (s.policy().name() != "allreduce" && (el.mode() != "restart_all" || s.policy().name() != "sync"))
+      c.fail("elastic.mode", cat("\"", el.mode(), "\" takes the all-reduce path, or \"restart_all\" a parameter-shard ",
+                                 "job under policy.name \"sync\": got policy.name \"", s.policy().name(), "\""));
     if (el.mode() == "restart_all" && t.checkpoint_every() == 0)
       c.fail("elastic.mode", "\"restart_all\" restarts from the last checkpoint: set train.checkpoint_every");
   }

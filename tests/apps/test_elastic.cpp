@@ -300,6 +300,49 @@ TEST_CASE("elastic restart_all: SIGKILL of one process restarts all of them from
   CHECK(final_loss(l.metrics) == final_loss(u.metrics));
 }
 
+TEST_CASE("elastic restart_all: a parameter-shard job whose process is killed restarts from its shards' checkpoint "
+          "and ends as the uninterrupted run") {
+  // 4 workers and 2 shards over 2 processes (worker w and shard s in process w % 2, s % 2):
+  // SIGKILL of process 1 loses a worker and a shard, and everyone goes back to the newest
+  // version of every shard's copy.
+  auto job = [](const std::string& name) {
+    const fs::path dir = dir_of(name);
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    const std::string path = (dir / "job.json").string();
+    std::ofstream(path) << R"({"name": ")" << name << R"(",
+      "model": {"mlp": {"widths": [784, 128, 64, 10], "activation": "relu"}},
+      "data": {"dataset": "fashion_mnist"},
+      "optimizer": {"adamw": {"lr": 2e-3, "weight_decay": 0}, "lr_schedule": "cosine"},
+      "train": {"batch_size": 128, "steps": 300, "threads": 1, "checkpoint_every": 5, "metrics_file": ")"
+                        << (dir / "metrics.jsonl").string() << R"(", "checkpoint_dir": ")" << (dir / "ckpt").string() << R"("},
+      "policy": {"name": "sync", "workers": 4, "shards": 2},
+      "elastic": {"mode": "restart_all"}
+    })";
+    return path;
+  };
+  launched l = launch("ps_restart", job("ps_restart"), {}, 2);
+  wait_until([&] { return children_of(l.launcher).size() >= 2; }, "2 processes");
+  signal_at(l, 60, 1, SIGKILL);
+  const int code = wait_for(l.launcher, std::chrono::seconds(120));
+  const std::string log = read_all(l.log);
+  CAPTURE(log);
+  REQUIRE(code == 0);
+  CHECK(log.find("restarting all 2 processes from the newest checkpoint") != std::string::npos);
+  const auto at = log.find("resume: from ");
+  REQUIRE(at != std::string::npos);
+  const auto after = log.find("after step ", at);
+  REQUIRE(after != std::string::npos);
+  CHECK(std::atoi(log.c_str() + after + 11) >= 5);
+  CHECK(count_events(l.events, "restart") == 1);
+  launched u = launch("ps_restart_ref", job("ps_restart_ref"), {}, 2);
+  REQUIRE(wait_for(u.launcher, std::chrono::seconds(120)) == 0);
+  const auto resumed = step_losses(l.metrics), uninterrupted = step_losses(u.metrics);
+  REQUIRE(resumed.size() == 300);
+  CHECK(resumed == uninterrupted);
+  CHECK(final_loss(l.metrics) == final_loss(u.metrics));
+}
+
 TEST_CASE("elastic respawn: a spare node that joined a full job takes the lost process's place") {
   const std::string name = "spare";
   const std::string job = elastic_job(name, "respawn", 1500, 3, ", \"respawn\": false");
@@ -404,6 +447,24 @@ TEST_CASE("elastic: the spec's elastic section is checked, with what was expecte
         std::string::npos);
   CHECK(spec_error(R"({"mode": "respawn", "min_workers": 3, "max_workers": 2})").find("elastic.max_workers") !=
         std::string::npos);
+  // A parameter-shard job restarts from its checkpoints (the synchronous rule's); it does
+  // not respawn.
+  const std::string ckpt = R"("train": {"batch_size": 64, "steps": 10, "checkpoint_every": 2}, )";
+  auto shard_job_error = [&](const std::string& mode, const std::string& policy) {
+    try {
+      parse_job_spec(R"({"model": {"mlp": {"widths": [784, 10]}}, "data": {"dataset": "fashion_mnist"},
+        "optimizer": {"sgd": {"lr": 0.1}}, )" + ckpt + R"("policy": {"name": ")" + policy + R"(", "workers": 2},
+        "elastic": {"mode": ")" + mode + R"("}})",
+                     "test");
+    } catch (const input_error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  CHECK(shard_job_error("restart_all", "sync") == "");
+  CHECK(shard_job_error("respawn", "sync").find("or \"restart_all\" a parameter-shard job under policy.name "
+                                                "\"sync\": got policy.name \"sync\"") != std::string::npos);
+  CHECK(shard_job_error("restart_all", "downpour").find("got policy.name \"downpour\"") != std::string::npos);
   // troupe launch checks the job against the processes before it starts any.
   const auto wrong = run("launch --nproc 2 " + elastic_job("wrong", "respawn", 5, 4));
   CHECK(wrong.code != 0);
