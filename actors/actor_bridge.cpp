@@ -5,6 +5,7 @@
 #include <caf/binary_serializer.hpp>
 
 #include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <condition_variable>
@@ -97,8 +98,8 @@ struct actor_bridge::core : std::enable_shared_from_this<actor_bridge::core> {
     return buf;
   }
 
-  caf::message decode(const std::vector<char>& buf) {
-    caf::binary_deserializer in{*sys, buf};
+  caf::message decode(const char* buf, size_t bytes) {
+    caf::binary_deserializer in{*sys, buf, bytes};
     caf::message msg;
     if (auto err = in(msg)) throw std::runtime_error("a payload that does not decode (" + sys->render(err) + ")");
     if (in.remaining() != 0)
@@ -131,6 +132,7 @@ struct actor_bridge::core : std::enable_shared_from_this<actor_bridge::core> {
 
   // A request through stand-in `self` for `process`'s actor `id`.
   void request(int process, uint64_t id, caf::strong_actor_ptr self, caf::mailbox_element& what) {
+    if (!what.sender) return;  // nobody to answer
     uint64_t req;
     {
       std::lock_guard<std::mutex> lock(mu);
@@ -252,20 +254,6 @@ struct actor_bridge::core : std::enable_shared_from_this<actor_bridge::core> {
     }
   }
 
-  void recv_exact(int peer, void* data, size_t bytes, bool at_frame_start) {
-    for (;;) {
-      try {
-        group->recv(peer, kBridgeTag, data, bytes, dtype::u8);
-        return;
-      } catch (const transport_error&) {
-        // A quiet stretch between frames (a long step, the evaluation at the end) is not a
-        // failure; a link that is down, or an aborted group, is.
-        if (at_frame_start && group->peer_failure(peer).empty()) continue;
-        throw;
-      }
-    }
-  }
-
   caf::actor target(uint64_t id, const header& h) {
     auto it = exposed.find(id);
     if (it == exposed.end())
@@ -274,11 +262,14 @@ struct actor_bridge::core : std::enable_shared_from_this<actor_bridge::core> {
     return it->second;
   }
 
+  // Every receive waits as long as the link lives (the group's deadline is a day): an
+  // error means the link or the group failed, or the peer broke the protocol, and either
+  // way this link is done.
   void recv_loop(int peer) {
     try {
       for (;;) {
         header h;
-        recv_exact(peer, &h, sizeof h, true);
+        group->recv(peer, kBridgeTag, &h, sizeof h, dtype::u8);
         if (h.magic != kMagic) throw std::runtime_error("a frame header without the bridge's magic");
         if (h.kind < k_send || h.kind > k_end)
           throw std::runtime_error("a frame of unknown kind " + std::to_string(h.kind) + " (expected 1..6)");
@@ -289,13 +280,20 @@ struct actor_bridge::core : std::enable_shared_from_this<actor_bridge::core> {
           peer_ended(peer);
           return;
         }
-        std::vector<char> payload(h.bytes);
-        if (h.bytes) recv_exact(peer, payload.data(), payload.size(), false);
-        caf::message msg = decode(payload);
+        // Not zero-filled: a header that claims more than comes costs no pages.
+        std::unique_ptr<char[]> payload(new char[h.bytes ? h.bytes : 1]);
+        if (h.bytes) group->recv(peer, kBridgeTag, payload.get(), h.bytes, dtype::u8);
+        caf::message msg = decode(payload.get(), h.bytes);
         dispatch(peer, h, std::move(msg));
       }
     } catch (const std::exception& e) {
       fail_peer(peer, e.what());
+      // With the link up, a frame broke the protocol (a bad header, a payload that does not
+      // decode, a message of the wrong size): the stream is out of step for good, and the
+      // peer must hear it too. The group is the bridge's own.
+      if (group->peer_failure(peer).empty())
+        group->abort(std::string("actor_bridge: process ") + std::to_string(group->rank()) +
+                     " received a bad frame from process " + std::to_string(peer) + ": " + e.what());
     }
   }
 
@@ -464,6 +462,7 @@ actor_bridge::actor_bridge(caf::actor_system& sys, std::shared_ptr<communicator>
     : core_(std::make_shared<core>()) {
   core_->sys = &sys;
   core_->group = std::move(group);
+  core_->group->deadline = std::chrono::hours(24);
   core_->on_link_error = std::move(on_link_error);
   const int n = core_->group->size();
   core_->failed.assign(size_t(n), "");
@@ -487,7 +486,14 @@ void actor_bridge::expose(uint64_t id, const caf::actor& a) {
   a->attach_functor([weak, id](const caf::error& reason) {
     auto c = weak.lock();
     if (!c) return;
-    c->broadcast_down(id, reason);
+    try {
+      c->broadcast_down(id, reason);
+    } catch (const std::exception& e) {  // a reason that does not serialize: its end, without it
+      try {
+        c->broadcast_down(id, caf::make_error(caf::sec::runtime_error, e.what()));
+      } catch (const std::exception&) {
+      }
+    }
     std::lock_guard<std::mutex> lock(c->mu);
     if (--c->exposed_running == 0) c->all_ended.notify_all();
   });

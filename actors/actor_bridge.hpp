@@ -38,7 +38,10 @@ namespace troupe {
 
 class actor_bridge {
  public:
-  // `group`: one rank per process; this process is group->rank(). on_link_error is
+  // `group`: one rank per process, the bridge's own (it sets the group's deadline to a day:
+  // a receive waits as long as its link lives, and the transport's failure detection, a
+  // closed link or silence past TROUPE_SILENCE_MS, ends it); this process is
+  // group->rank(). A frame that breaks the protocol aborts the group. on_link_error is
   // called once per process whose link fails before close() (the stand-ins of its actors
   // are down by then, and requests to them have failed).
   actor_bridge(caf::actor_system& sys, std::shared_ptr<communicator> group,

@@ -209,6 +209,11 @@ typename Inspector::result_type inspect(Inspector& f, tensor& x) {
       if (n > (unsigned __int128)1 << 40)
         return caf::make_error(caf::sec::invalid_argument, "tensor: more than 2^40 elements");
     }
+    if constexpr (std::is_same<Inspector, caf::binary_deserializer>::value) {
+      // More bytes than the message holds: refused before they are allocated.
+      if (n * dtype_size(dtype(type)) > f.remaining())
+        return caf::make_error(caf::sec::invalid_argument, "tensor: larger than the message that carries it");
+    }
     x = tensor::empty(shape, dtype(type));
     return x.bytes() ? f.apply_raw(x.bytes(), x.raw()) : caf::error{};
   } else {  // to_string: shape and dtype only

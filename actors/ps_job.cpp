@@ -40,6 +40,7 @@ struct ps_coordinator_state {
   std::map<int64_t, log_step> unlogged;
   std::vector<int64_t> last_step;  // per worker: the last step it reported (-1: none)
   std::vector<bool> gone;          // per worker: ended, finished or failed
+  bool failed_run = false;
   checkpoint_writer* writer = nullptr;  // process 0 with train.checkpoint_every
   std::map<int64_t, std::map<std::string, checkpoint_shard>> copies;  // by version, until every shard's is in
   std::vector<int64_t> step_samples;  // examples reported for each worker step so far
@@ -54,6 +55,8 @@ double elapsed(const ps_coordinator_state& s) {
   return std::chrono::duration<double>(clock_type::now() - s.start).count();
 }
 
+void fail_run(coord_actor* self, const std::string& why);
+
 // Asks every shard for its parameters once its version reaches `at_version` (0: now);
 // `then` gets the snapshot, timed when the last shard answers.
 template <class F>
@@ -64,17 +67,32 @@ void take_snapshot(coord_actor* self, F then, int64_t at_version = 0) {
   auto left = std::make_shared<size_t>(s.shards.size());
   for (size_t k = 0; k < s.shards.size(); ++k)
     self->request(s.shards[k], caf::infinite, params_atom::value, at_version)
-        .then([=](int64_t version, const tensor& p) {
-          snap->shards[k] = p;
-          if (k == 0) snap->version = version;
-          if (--*left > 0) return;
-          snap->t = elapsed(self->state);
-          snap->worker_steps = self->state.out->worker_steps;
-          then(std::move(*snap));
-        });
+        .then(
+            [=](int64_t version, const tensor& p) {
+              snap->shards[k] = p;
+              if (k == 0) snap->version = version;
+              if (--*left > 0) return;
+              snap->t = elapsed(self->state);
+              snap->worker_steps = self->state.out->worker_steps;
+              then(std::move(*snap));
+            },
+            [=](caf::error& err) { fail_run(self, "shard " + std::to_string(k) + ": " + self->system().render(err)); });
 }
 
 void final_snapshot(coord_actor* self);
+
+// The job cannot go on (a link to another process failed, or a shard did not answer):
+// every worker and shard is stopped, and the run answers with `why`.
+void fail_run(coord_actor* self, const std::string& why) {
+  auto& s = self->state;
+  if (s.failed_run) return;
+  s.failed_run = true;
+  const caf::error reason = caf::make_error(caf::sec::runtime_error, why);
+  for (const caf::actor& w : s.workers) self->send_exit(w, reason);
+  for (const caf::actor& sh : s.shards) self->send_exit(sh, reason);
+  if (s.done.pending()) s.done.deliver(reason);
+  self->quit(reason);
+}
 
 void finish(coord_actor* self) {
   auto& s = self->state;
@@ -85,9 +103,11 @@ void finish(coord_actor* self) {
   // a worker's last pushes travel another path than the news of its end.
   auto drained = std::make_shared<size_t>(s.shards.size());
   for (const caf::actor& sh : s.shards)
-    self->request(sh, caf::infinite, drain_atom::value).then([=](drain_atom) {
-      if (--*drained == 0) final_snapshot(self);
-    });
+    self->request(sh, caf::infinite, drain_atom::value)
+        .then([=](drain_atom) {
+          if (--*drained == 0) final_snapshot(self);
+        },
+              [=](caf::error& err) { fail_run(self, "a shard: " + self->system().render(err)); });
 }
 
 void final_snapshot(coord_actor* self) {
@@ -117,7 +137,8 @@ void final_snapshot(coord_actor* self) {
         for (const caf::actor& sh : s.shards) self->send_exit(sh, caf::exit_reason::user_shutdown);
         s.done.deliver(run_atom::value);
         self->quit();
-      });
+      },
+      [=](caf::error& err) { fail_run(self, "shard " + std::to_string(k) + ": " + self->system().render(err)); });
   });
 }
 
@@ -236,6 +257,7 @@ caf::behavior ps_coordinator(coord_actor* self, proto::JobSpec spec, ps_options 
           self->delayed_send(self, micros(pol.time_limit_s()), timeup_atom::value);
       },
       [=](const worker_report& r) { on_report(self, r); },
+      [=](stop_atom, const std::string& why) { fail_run(self, why); },
       [=](ckpt_atom, int32_t shard, int64_t version, checkpoint_shard& copy) {
         auto& s = self->state;
         if (!s.writer) return;
@@ -324,19 +346,28 @@ ps_outcome run_ps_training(const proto::JobSpec& spec, std::shared_ptr<const tra
   caf::actor_system sys{cfg};
   // Ids under which the processes know each other's actors.
   constexpr uint64_t kCoordinatorId = 1, kShardIds = uint64_t(1) << 20, kWorkerIds = uint64_t(2) << 20;
-  std::unique_ptr<actor_bridge> bridge;
-  std::string link_failure;
-  std::mutex link_mu;
-  if (procs)
-    bridge = std::make_unique<actor_bridge>(sys, procs->group, [&](const std::string& why) {
-      std::lock_guard<std::mutex> lock(link_mu);
-      if (link_failure.empty()) link_failure = why;
-    });
   check_ps_checkpoints(spec, opts.resume_from.get());
   const int64_t first_step = opts.resume_from ? opts.resume_from->step : 0;
   std::unique_ptr<checkpoint_writer> writer;  // process 0: persists the shards' copies
   std::vector<caf::actor> local;  // this process's shards and workers, to wait for
   caf::actor coord;
+  std::string link_failure;
+  std::mutex link_mu;
+  std::unique_ptr<actor_bridge> bridge;  // after what its callback uses: destroyed before it
+  if (procs)
+    bridge = std::make_unique<actor_bridge>(sys, procs->group, [&](const std::string& why) {
+      {
+        std::lock_guard<std::mutex> lock(link_mu);
+        if (!link_failure.empty()) return;
+        link_failure = why;
+      }
+      // Without elasticity a lost link ends the job: process 0's coordinator stops
+      // everything and answers, elsewhere this process's actors stop.
+      if (leader)
+        caf::anon_send(coord, stop_atom::value, why);
+      else
+        for (const caf::actor& a : local) caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
+    });
   if (leader) {
     if (spec.train().checkpoint_every() > 0)
       writer = std::make_unique<checkpoint_writer>(spec.train().checkpoint_dir(), int(spec.train().checkpoint_keep()));
@@ -421,7 +452,7 @@ ps_outcome run_ps_training(const proto::JobSpec& spec, std::shared_ptr<const tra
   if (bridge) {
     bridge->close();
     std::lock_guard<std::mutex> lock(link_mu);
-    if (failure.empty() && !link_failure.empty()) failure = link_failure;
+    if (!link_failure.empty()) failure = link_failure;  // the cause, not what it made fail
   }
   if (!failure.empty()) throw std::runtime_error("policy job failed: " + failure);
   return out;

@@ -93,6 +93,7 @@ class copying_view : public communicator {
   void send(int peer, uint64_t tag, const void* d, size_t n, dtype t) override { inner_->send(peer, tag, d, n, t); }
   void recv(int peer, uint64_t tag, void* d, size_t n, dtype t) override { inner_->recv(peer, tag, d, n, t); }
   void abort(const std::string& why) override { inner_->abort(why); }
+  std::string peer_failure(int peer) override { return inner_->peer_failure(peer); }
 
  private:
   std::shared_ptr<communicator> inner_;

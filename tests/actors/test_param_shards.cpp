@@ -215,6 +215,34 @@ TEST_CASE("param shards: over processes, a worker that fails leaves the quorum a
   for (const shard_stats& st : out.shards) CHECK(st.version == 20);
 }
 
+TEST_CASE("param shards: over processes, a lost process ends the job with the reason on every side, never a hang") {
+  // Process 1 goes away (its group aborted, as its links would break) while both train.
+  const proto::JobSpec spec =
+      mlp_job(R"({"name": "sync", "workers": 2, "shards": 2})", R"("batch_size": 24, "steps": 100000)");
+  auto data = load_training_data(spec);
+  auto group = make_group("tcp", 2);
+  std::string errors[2];
+  const auto t0 = std::chrono::steady_clock::now();
+  std::vector<std::thread> procs;
+  for (int r = 0; r < 2; ++r)
+    procs.emplace_back([&, r] {
+      try {
+        ps_processes p{ps_placement::of(spec, r, 2), group[size_t(r)]};
+        run_ps_training(spec, data, {}, &p);
+      } catch (const std::exception& e) {
+        errors[r] = e.what();
+      }
+    });
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  group[1]->abort("process 1 is gone");
+  for (auto& t : procs) t.join();
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(20));
+  CAPTURE(errors[0]);
+  CAPTURE(errors[1]);
+  CHECK(errors[0].find("policy job failed: actor_bridge: the link to process 1 failed") != std::string::npos);
+  CHECK(errors[1].find("policy job failed: actor_bridge: the link to process 0 failed") != std::string::npos);
+}
+
 TEST_CASE("param shards: a split that leaves a process nothing to hold is refused with the reason") {
   const proto::JobSpec spec = mlp_job(R"({"name": "sync", "workers": 2, "shards": 3})");
   CHECK_THROWS_WITH_AS(ps_placement::of(spec, 0, 4),

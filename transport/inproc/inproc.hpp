@@ -57,6 +57,7 @@ class inproc_world {
   // the receiver has taken is being read, and is waited for.
   void reclaim(int from, int to, const std::shared_ptr<inproc_loan>& loan, std::chrono::microseconds spin = {});
   void abort(const std::string& why);
+  std::string abort_reason();  // "" until abort()
 
  private:
   struct mailbox {
@@ -65,7 +66,6 @@ class inproc_world {
     std::atomic<uint64_t> puts{0};  // bumped by every put: what a spinning receiver watches
     std::map<std::pair<int, uint64_t>, std::deque<inproc_payload>> queued;  // (from, tag)
   };
-  std::string abort_reason();
   int size_;
   bool crowded_;  // more ranks than cores: pollers yield
   std::vector<mailbox> boxes_;
@@ -83,6 +83,8 @@ class inproc_communicator : public communicator {
   void recv(int peer, uint64_t tag, void* data, size_t count, dtype type) override;
   void recv_reduce_sum(int peer, uint64_t tag, float* data, size_t count) override;
   void abort(const std::string& why) override { world_->abort(why); }
+  // The ranks are threads of one process: only an abort makes a peer unreachable.
+  std::string peer_failure(int) override { return world_->abort_reason(); }
 
  private:
   inproc_payload take_checked(int peer, uint64_t tag, size_t bytes);
