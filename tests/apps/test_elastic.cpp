@@ -172,6 +172,36 @@ pid_t signal_at(const launched& l, int steps, int slot, int sig) {
   return p;
 }
 
+// restart_all after a SIGKILL of slot 1 once `kill_after` steps are done: the job of `nproc`
+// processes ends well, restarted once from a checkpoint after some step (not the start);
+// then the same job uninterrupted (`reference`) has the same per-step losses (the last time
+// each step was trained) and final loss.
+void check_restart_all(const std::string& name, const std::string& job, const std::string& reference_name,
+                       const std::string& reference, int nproc, int steps, int kill_after) {
+  launched l = launch(name, job, {}, nproc);
+  wait_until([&] { return int(children_of(l.launcher).size()) >= nproc; }, "the processes");
+  signal_at(l, kill_after, 1, SIGKILL);
+  const int code = wait_for(l.launcher, std::chrono::seconds(120));
+  const std::string log = read_all(l.log);
+  CAPTURE(log);
+  REQUIRE(code == 0);
+  CHECK(log.find("restarting all " + std::to_string(nproc) + " processes from the newest checkpoint") !=
+        std::string::npos);
+  const auto at = log.find("resume: from ");
+  REQUIRE(at != std::string::npos);
+  const auto after = log.find("after step ", at);
+  REQUIRE(after != std::string::npos);
+  CHECK(std::atoi(log.c_str() + after + 11) >= 5);
+  CHECK(count_events(l.events, "restart") == 1);
+  CHECK(steps_done(l.metrics) == steps);
+  launched u = launch(reference_name, reference, {}, nproc);
+  REQUIRE(wait_for(u.launcher, std::chrono::seconds(120)) == 0);
+  const auto resumed = step_losses(l.metrics), uninterrupted = step_losses(u.metrics);
+  REQUIRE(resumed.size() == size_t(steps));
+  CHECK(resumed == uninterrupted);
+  CHECK(final_loss(l.metrics) == final_loss(u.metrics));
+}
+
 }  // namespace
 
 TEST_CASE("elastic: a 4-process data-parallel job without failures gives the one-process run's per-step losses") {
@@ -273,31 +303,10 @@ TEST_CASE("elastic respawn: a process that hangs (SIGSTOP) is dropped by the hea
 }
 
 TEST_CASE("elastic restart_all: SIGKILL of one process restarts all of them from the newest checkpoint") {
-  const std::string name = "restart";
-  launched l = launch(name, elastic_job(name, "restart_all", 200, 4, "", ", \"checkpoint_every\": 5"));
-  wait_until([&] { return children_of(l.launcher).size() >= 4; }, "4 processes");
-  signal_at(l, 60, 1, SIGKILL);
-  const int code = wait_for(l.launcher, std::chrono::seconds(120));
-  const std::string log = read_all(l.log);
-  CAPTURE(log);
-  REQUIRE(code == 0);
-  CHECK(log.find("restarting all 4 processes from the newest checkpoint") != std::string::npos);
-  // It resumed from a checkpoint after some step (not from the start).
-  const auto at = log.find("resume: from ");
-  REQUIRE(at != std::string::npos);
-  const auto after = log.find("after step ", at);
-  REQUIRE(after != std::string::npos);
-  CHECK(std::atoi(log.c_str() + after + 11) >= 5);
-  CHECK(count_events(l.events, "restart") == 1);
-  CHECK(steps_done(l.metrics) == 200);
-  // Resumed from a checkpoint by the same 4 processes, the run is the uninterrupted one's,
-  // step for step (the last time each step was trained) and in its final loss.
-  launched u = launch("restart_ref", elastic_job("restart_ref", "restart_all", 200, 4, "", ", \"checkpoint_every\": 5"));
-  REQUIRE(wait_for(u.launcher, std::chrono::seconds(120)) == 0);
-  const auto resumed = step_losses(l.metrics), uninterrupted = step_losses(u.metrics);
-  REQUIRE(resumed.size() == 200);
-  CHECK(resumed == uninterrupted);
-  CHECK(final_loss(l.metrics) == final_loss(u.metrics));
+  // Resumed from a checkpoint by the same 4 processes, the run is the uninterrupted one's.
+  check_restart_all("restart", elastic_job("restart", "restart_all", 200, 4, "", ", \"checkpoint_every\": 5"),
+                    "restart_ref", elastic_job("restart_ref", "restart_all", 200, 4, "", ", \"checkpoint_every\": 5"),
+                    4, 200, 60);
 }
 
 TEST_CASE("elastic restart_all: a parameter-shard job whose process is killed restarts from its shards' checkpoint "
@@ -314,33 +323,14 @@ TEST_CASE("elastic restart_all: a parameter-shard job whose process is killed re
       "model": {"mlp": {"widths": [784, 128, 64, 10], "activation": "relu"}},
       "data": {"dataset": "fashion_mnist"},
       "optimizer": {"adamw": {"lr": 2e-3, "weight_decay": 0}, "lr_schedule": "cosine"},
-      "train": {"batch_size": 128, "steps": 300, "threads": 1, "checkpoint_every": 5, "metrics_file": ")"
+      "train": {"batch_size": 128, "steps": 1500, "threads": 1, "checkpoint_every": 5, "metrics_file": ")"
                         << (dir / "metrics.jsonl").string() << R"(", "checkpoint_dir": ")" << (dir / "ckpt").string() << R"("},
       "policy": {"name": "sync", "workers": 4, "shards": 2},
       "elastic": {"mode": "restart_all"}
     })";
     return path;
   };
-  launched l = launch("ps_restart", job("ps_restart"), {}, 2);
-  wait_until([&] { return children_of(l.launcher).size() >= 2; }, "2 processes");
-  signal_at(l, 60, 1, SIGKILL);
-  const int code = wait_for(l.launcher, std::chrono::seconds(120));
-  const std::string log = read_all(l.log);
-  CAPTURE(log);
-  REQUIRE(code == 0);
-  CHECK(log.find("restarting all 2 processes from the newest checkpoint") != std::string::npos);
-  const auto at = log.find("resume: from ");
-  REQUIRE(at != std::string::npos);
-  const auto after = log.find("after step ", at);
-  REQUIRE(after != std::string::npos);
-  CHECK(std::atoi(log.c_str() + after + 11) >= 5);
-  CHECK(count_events(l.events, "restart") == 1);
-  launched u = launch("ps_restart_ref", job("ps_restart_ref"), {}, 2);
-  REQUIRE(wait_for(u.launcher, std::chrono::seconds(120)) == 0);
-  const auto resumed = step_losses(l.metrics), uninterrupted = step_losses(u.metrics);
-  REQUIRE(resumed.size() == 300);
-  CHECK(resumed == uninterrupted);
-  CHECK(final_loss(l.metrics) == final_loss(u.metrics));
+  check_restart_all("ps_restart", job("ps_restart"), "ps_restart_ref", job("ps_restart_ref"), 2, 1500, 60);
 }
 
 TEST_CASE("elastic respawn: a spare node that joined a full job takes the lost process's place") {
