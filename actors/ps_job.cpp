@@ -348,6 +348,24 @@ ps_outcome run_ps_training(const proto::JobSpec& spec, std::shared_ptr<const tra
   constexpr uint64_t kCoordinatorId = 1, kShardIds = uint64_t(1) << 20, kWorkerIds = uint64_t(2) << 20;
   check_ps_checkpoints(spec, opts.resume_from.get());
   const int64_t first_step = opts.resume_from ? opts.resume_from->step : 0;
+  // Every process makes the same layouts and initial parameters from the spec's seed.
+  auto net = build_model(spec.model());
+  arena init(net->table);
+  init_params(*net, init, spec.train().seed());
+  out.layouts = shard_by_size(net->table, int(pol.shards()));
+  // A checkpoint's shards are checked against their tables and optimizers before any actor
+  // starts (an actor system does not end while one waits).
+  if (opts.resume_from)
+    for (const auto& l : out.layouts) {
+      if (place.shard_process(l->index) != place.rank) continue;
+      param_shard_state probe;
+      probe.params = arena(l->table);
+      proto::OptimizerSpec o = spec.optimizer();
+      make_update_rule(pol)->shard_optimizer(o);
+      probe.opt = make_optimizer(o, l->table);
+      load_training_state(probe.params, *probe.opt, opts.resume_from->shards.at("shard-" + std::to_string(l->index)),
+                          "--resume " + opts.resume_from->dir.string() + ": shard-" + std::to_string(l->index));
+    }
   std::unique_ptr<checkpoint_writer> writer;  // process 0: persists the shards' copies
   std::vector<caf::actor> local;  // this process's shards and workers, to wait for
   caf::actor coord;
@@ -376,11 +394,6 @@ ps_outcome run_ps_training(const proto::JobSpec& spec, std::shared_ptr<const tra
   } else {
     coord = bridge->remote(0, kCoordinatorId);
   }
-  // Every process makes the same layouts and initial parameters from the spec's seed.
-  auto net = build_model(spec.model());
-  arena init(net->table);
-  init_params(*net, init, spec.train().seed());
-  out.layouts = shard_by_size(net->table, int(pol.shards()));
   std::vector<caf::actor> shards, workers;
   for (const auto& l : out.layouts) {
     const int owner = place.shard_process(l->index);
@@ -395,18 +408,9 @@ ps_outcome run_ps_training(const proto::JobSpec& spec, std::shared_ptr<const tra
     copy_into_shard(init, *l, c.initial.f32());
     c.total_steps = steps;
     c.coordinator = coord;
-    if (opts.resume_from) {
+    if (opts.resume_from)
       c.resume = std::make_shared<const checkpoint_shard>(
           opts.resume_from->shards.at("shard-" + std::to_string(l->index)));
-      // Checked against this shard's table and optimizer before any actor starts.
-      param_shard_state probe;
-      probe.params = arena(l->table);
-      proto::OptimizerSpec o = spec.optimizer();
-      make_update_rule(pol)->shard_optimizer(o);
-      probe.opt = make_optimizer(o, l->table);
-      load_training_state(probe.params, *probe.opt, *c.resume,
-                          "--resume " + opts.resume_from->dir.string() + ": shard-" + std::to_string(l->index));
-    }
     shards.push_back(sys.spawn<caf::detached>(param_shard, std::move(c)));
     local.push_back(shards.back());
     if (bridge) bridge->expose(kShardIds + uint64_t(l->index), shards.back());

@@ -194,7 +194,12 @@ TEST_CASE("param shards: a sync job checkpoints every shard, and resumed it ends
     resumed.assemble(resumed.snapshots.back(), got);
     CHECK(std::memcmp(got.flat().raw(), want.flat().raw(), want.flat().bytes()) == 0);
   }
-  // What cannot resume says why: another job's checkpoint, and a rule without shared steps.
+  // What cannot resume says why, before any actor starts: another model's checkpoint,
+  // another job's, and a rule without shared steps.
+  proto::JobSpec wide = again;
+  wide.mutable_model()->mutable_mlp()->set_widths(1, 64);
+  CHECK_THROWS_WITH_AS(run_ps_training(wide, data, from8), doctest::Contains("laid out for another model"),
+                       checkpoint_error);
   const proto::JobSpec three = mlp_job(R"({"name": "sync", "workers": 3, "shards": 3})");
   CHECK_THROWS_WITH_AS(run_ps_training(three, data, from8), doctest::Contains("has no \"shard-2\" for this job of 3"),
                        input_error);
