@@ -1,14 +1,13 @@
 #include "actors/actor_bridge.hpp"
 
+#include <atomic>
 #include <caf/actor_proxy.hpp>
 #include <caf/binary_deserializer.hpp>
 #include <caf/binary_serializer.hpp>
-
-#include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
-#include <condition_variable>
 #include <deque>
 #include <map>
 #include <mutex>
@@ -44,12 +43,18 @@ struct frame {
 
 const char* kind_name(uint64_t k) {
   switch (k) {
-    case k_send: return "send";
-    case k_request: return "request";
-    case k_reply: return "reply";
-    case k_exit: return "exit";
-    case k_down: return "down";
-    case k_end: return "end";
+    case k_send:
+      return "send";
+    case k_request:
+      return "request";
+    case k_reply:
+      return "reply";
+    case k_exit:
+      return "exit";
+    case k_down:
+      return "down";
+    case k_end:
+      return "end";
   }
   return "unknown";
 }
@@ -85,7 +90,7 @@ struct actor_bridge::core : std::enable_shared_from_this<actor_bridge::core> {
   std::vector<std::string> failed;  // per peer: why its link failed ("" while up)
   uint64_t next_req = 1;
   bool closing = false;
-  int exposed_running = 0;           // exposed actors whose end has not been sent yet
+  int exposed_running = 0;  // exposed actors whose end has not been sent yet
   std::condition_variable all_ended;
 
   std::vector<std::thread> threads;
@@ -410,9 +415,10 @@ class stand_in final : public caf::actor_proxy {
  private:
   void bounce(caf::mailbox_element& what, const char* why) {
     if (what.mid.is_request() && what.sender)
-      what.sender->enqueue(caf::make_mailbox_element(caf::strong_actor_ptr{ctrl()}, what.mid.response_id(), {},
-                                                     caf::make_message(caf::make_error(caf::sec::request_receiver_down, why))),
-                           nullptr);
+      what.sender->enqueue(
+          caf::make_mailbox_element(caf::strong_actor_ptr{ctrl()}, what.mid.response_id(), {},
+                                    caf::make_message(caf::make_error(caf::sec::request_receiver_down, why))),
+          nullptr);
   }
   std::weak_ptr<actor_bridge::core> core_;
   int process_;
@@ -468,9 +474,7 @@ actor_bridge::actor_bridge(caf::actor_system& sys, std::shared_ptr<communicator>
   core_->failed.assign(size_t(n), "");
   for (int q = 0; q < n; ++q) {
     core_->outboxes.push_back(std::make_unique<core::outbox>());
-    core_->sinks.push_back(q == core_->group->rank()
-                               ? caf::actor{}
-                               : make_sink(sys, core_, q));
+    core_->sinks.push_back(q == core_->group->rank() ? caf::actor{} : make_sink(sys, core_, q));
   }
 }
 

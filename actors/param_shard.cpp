@@ -25,6 +25,14 @@ const tensor& current(param_shard_state& s) {
   return s.served;
 }
 
+// A shard's checkpoint copy: parameters and optimizer state (save_training_state),
+// "version" and "applied_samples" (the schedule's clock).
+void save_shard_state(const param_shard_state& s, checkpoint_shard& out) {
+  save_training_state(s.params, *s.opt, out);
+  out.texts["version"] = std::to_string(s.version);
+  out.texts["applied_samples"] = std::to_string(s.applied_samples);
+}
+
 // Applies one plan: the taken pushes, combined with their weights, as one optimizer step.
 void apply(param_shard_state& s, const update_plan& plan) {
   // The optimizer's loops on this actor's own thread only: a default OpenMP team (every
@@ -122,12 +130,6 @@ void settle(param_shard_state& s) {
 bool known_worker(const param_shard_state& s, int32_t w) { return w >= 0 && size_t(w) < s.workers.clock.size(); }
 
 }  // namespace
-
-void save_shard_state(const param_shard_state& s, checkpoint_shard& out) {
-  save_training_state(s.params, *s.opt, out);
-  out.texts["version"] = std::to_string(s.version);
-  out.texts["applied_samples"] = std::to_string(s.applied_samples);
-}
 
 caf::behavior param_shard(shard_actor* self, param_shard_config cfg) {
   auto& s = self->state;

@@ -90,8 +90,5 @@ struct param_shard_state {
 
 caf::behavior param_shard(caf::stateful_actor<param_shard_state>* self, param_shard_config cfg);
 
-// What a shard's checkpoint copy holds: parameters and optimizer state
-// (save_training_state), "version" and "applied_samples".
-void save_shard_state(const param_shard_state& s, checkpoint_shard& out);
 
 }  // namespace troupe

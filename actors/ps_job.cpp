@@ -33,7 +33,6 @@ struct ps_coordinator_state {
   // The log's steps: line k is every worker's step k, written once each worker still
   // running has passed it.
   struct log_step {
-    int reports = 0;
     double loss = 0, compute = 0;  // loss weighted by examples
     int64_t samples = 0, bytes = 0, stolen = 0, version = 0;
   };
@@ -190,7 +189,6 @@ void on_report(coord_actor* self, const worker_report& r) {
   if (r.worker >= 0 && size_t(r.worker) < s.last_step.size())
     s.last_step[size_t(r.worker)] = std::max(s.last_step[size_t(r.worker)], r.step);
   ps_coordinator_state::log_step& l = s.unlogged[r.step];
-  ++l.reports;
   l.loss += double(r.loss) * double(r.samples);
   l.compute += r.compute_s;
   l.samples += r.samples;
@@ -358,13 +356,12 @@ ps_outcome run_ps_training(const proto::JobSpec& spec, std::shared_ptr<const tra
   if (opts.resume_from)
     for (const auto& l : out.layouts) {
       if (place.shard_process(l->index) != place.rank) continue;
-      param_shard_state probe;
-      probe.params = arena(l->table);
+      arena params(l->table);
       proto::OptimizerSpec o = spec.optimizer();
       make_update_rule(pol)->shard_optimizer(o);
-      probe.opt = make_optimizer(o, l->table);
-      load_training_state(probe.params, *probe.opt, opts.resume_from->shards.at("shard-" + std::to_string(l->index)),
-                          "--resume " + opts.resume_from->dir.string() + ": shard-" + std::to_string(l->index));
+      const std::string name = "shard-" + std::to_string(l->index);
+      load_training_state(params, *make_optimizer(o, l->table), opts.resume_from->shards.at(name),
+                          "--resume " + opts.resume_from->dir.string() + ": " + name);
     }
   std::unique_ptr<checkpoint_writer> writer;  // process 0: persists the shards' copies
   std::vector<caf::actor> local;  // this process's shards and workers, to wait for

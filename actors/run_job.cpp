@@ -157,6 +157,13 @@ joined join_processes(const proto::JobSpec& spec, const coordinator_options& opt
 
 namespace {
 
+// A resume needs steps after its checkpoint's.
+void require_steps_left(const checkpoint_version& v, int64_t steps) {
+  if (v.step >= steps)
+    throw input_error("--resume " + v.dir.string() + ": the checkpoint is at step " + std::to_string(v.step) +
+                      ", the job has " + std::to_string(steps) + " steps: nothing is left to train");
+}
+
 // Workers and parameter shards (actors/ps_job.hpp); the final parameters are evaluated here.
 job_outcome run_policy_job(const proto::JobSpec& spec, std::shared_ptr<const training_data> data,
                            const coordinator_options& opts) {
@@ -252,18 +259,15 @@ job_outcome run_job(const proto::JobSpec& spec, const coordinator_options& opts)
                       spec.parallel().replicas() == 1;
   if (spec.elastic().mode() != "off" && spec.policy().name() == "allreduce")
     return spec.parallel().stages() > 1 ? run_elastic_pipeline(spec, data, opts) : run_elastic_job(spec, data, opts);
+  if (spec.policy().name() != "allreduce") {
+    check_ps_checkpoints(spec, opts.resume_from.get());  // before the processes join
+    if (opts.resume_from) require_steps_left(*opts.resume_from, out.steps);
+    return run_policy_job(spec, data, opts);
+  }
   // Checkpoints: the job in one piece ("device" shard), or its pipeline stages and
   // replicas in this process (a "stage-<s>" shard per stage, replica 0's copy).
   const bool in_process_pipeline = spec.policy().name() == "allreduce" && opts.world == 1 && !single;
   const int P = int(spec.parallel().stages());
-  if (spec.policy().name() != "allreduce") {
-    check_ps_checkpoints(spec, opts.resume_from.get());
-    if (opts.resume_from && opts.resume_from->step >= out.steps)
-      throw input_error("--resume " + opts.resume_from->dir.string() + ": the checkpoint is at step " +
-                        std::to_string(opts.resume_from->step) + ", the job has " + std::to_string(out.steps) +
-                        " steps: nothing is left to train");
-    return run_policy_job(spec, data, opts);
-  }
   if ((spec.train().checkpoint_every() > 0 || opts.resume_from) && !single && !in_process_pipeline)
     throw input_error(std::string(opts.resume_from ? "--resume" : "train.checkpoint_every") +
                       ": checkpoints are taken by jobs in one process (troupe train) with the parallel section's "
@@ -283,10 +287,7 @@ job_outcome run_job(const proto::JobSpec& spec, const coordinator_options& opts)
           throw input_error("--resume " + dir + ": the checkpoint has no \"stage-" + std::to_string(st) +
                             "\" shard for this job of " + std::to_string(P) + " stage" + (P == 1 ? "" : "s") +
                             (whole ? " (it is a job's of 1 stage x 1 replica)" : ""));
-    if (opts.resume_from->step >= out.steps)
-      throw input_error("--resume " + dir + ": the checkpoint is at step " +
-                        std::to_string(opts.resume_from->step) + ", the job has " + std::to_string(out.steps) +
-                        " steps: nothing is left to train");
+    require_steps_left(*opts.resume_from, out.steps);
     // Check it against this job's model and optimizer before any actor starts (a
     // pipeline's stages check theirs as they are built).
     if (single) trainer(spec, out.steps).restore(opts.resume_from->shards.at("device"));

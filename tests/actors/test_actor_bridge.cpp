@@ -8,13 +8,12 @@
 #include <doctest/doctest.h>
 
 #include <atomic>
+#include <caf/binary_serializer.hpp>
 #include <chrono>
 #include <cstring>
 #include <mutex>
 #include <random>
 #include <thread>
-
-#include <caf/binary_serializer.hpp>
 
 #include "actors/actor_bridge.hpp"
 #include "transport/communicator.hpp"
@@ -28,9 +27,9 @@ using answer_atom = caf::atom_constant<caf::atom("answer")>;
 using fail_atom = caf::atom_constant<caf::atom("fail")>;
 
 struct echo_state {
-  int64_t received = 0;      // pushes in the order sent
+  int64_t received = 0;  // pushes in the order sent
   bool in_order = true;
-  double checksum = 0;       // over every element of every pushed tensor
+  double checksum = 0;  // over every element of every pushed tensor
   std::vector<caf::response_promise> held;
 };
 
@@ -112,8 +111,8 @@ TEST_CASE("actor_bridge: sends, requests, exits and ends cross between two proce
       self->monitor(there);
       // Requests answered at once.
       int64_t got = 0;
-      self->request(there, std::chrono::seconds(10), int64_t(41)).receive([&](int64_t v) { got = v; },
-                                                                          [&](caf::error& e) { FAIL(b.sys->render(e)); });
+      self->request(there, std::chrono::seconds(10), int64_t(41))
+          .receive([&](int64_t v) { got = v; }, [&](caf::error& e) { FAIL(b.sys->render(e)); });
       CHECK(got == 42);
       // 200 pushes of random tensors of odd sizes (0 included), in order and bit for bit.
       std::mt19937 rng(7);
@@ -170,8 +169,8 @@ TEST_CASE("actor_bridge: sends, requests, exits and ends cross between two proce
       CHECK(reason == caf::exit_reason::user_shutdown);
       // Requests to an actor that has ended fail, never hang.
       bool failed = false;
-      self->request(there, std::chrono::seconds(10), int64_t(1)).receive([&](int64_t) {},
-                                                                         [&](caf::error&) { failed = true; });
+      self->request(there, std::chrono::seconds(10), int64_t(1))
+          .receive([&](int64_t) {}, [&](caf::error&) { failed = true; });
       CHECK(failed);
     }
     std::thread closer([&] { a.bridge->close(); });
@@ -184,35 +183,36 @@ TEST_CASE("actor_bridge: sends, requests, exits and ends cross between two proce
 
 TEST_CASE("actor_bridge: a failed link takes the stand-ins down and fails the requests waiting on them") {
   for (const std::string transport : {"tcp", "inproc"}) {
-  CAPTURE(transport);
-  echo_pair pair(transport);
-  process& b = *pair.b;
-  const caf::actor& there = pair.there;
-  caf::scoped_actor self{*b.sys};
-  self->monitor(there);
-  auto held = self->request(there, caf::infinite, hold_atom::value);  // never answered by the target
-  std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  const auto t0 = std::chrono::steady_clock::now();
-  pair.a->bridge.reset();  // process 0 goes away without closing: its links break
-  std::string why;
-  held.receive([&](int64_t, const tensor&) { FAIL("an answer from a process that is gone"); },
-               [&](caf::error& e) { why = b.sys->render(e); });
-  CHECK(why.find("process 0") != std::string::npos);
-  caf::error reason;
-  self->receive([&](const caf::down_msg& dm) { reason = dm.reason; },
-                caf::after(std::chrono::seconds(10)) >> [&] { FAIL("no down_msg after the link failed"); });
-  CHECK(reason);
-  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(5));
-  // The callback comes last (after the stand-ins and the requests), on the bridge's thread.
-  for (int i = 0; i < 500 && b.errors().empty(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  REQUIRE(b.errors().size() == 1);
-  CHECK(b.errors()[0].find("the link to process 0 failed") != std::string::npos);
-  // A stand-in made after the failure is down at once.
-  caf::actor late = b.bridge->remote(0, 43);
-  bool failed = false;
-  self->request(late, std::chrono::seconds(5), int64_t(1)).receive([&](int64_t) {}, [&](caf::error&) { failed = true; });
-  CHECK(failed);
-  caf::anon_send_exit(pair.target, caf::exit_reason::user_shutdown);
+    CAPTURE(transport);
+    echo_pair pair(transport);
+    process& b = *pair.b;
+    const caf::actor& there = pair.there;
+    caf::scoped_actor self{*b.sys};
+    self->monitor(there);
+    auto held = self->request(there, caf::infinite, hold_atom::value);  // never answered by the target
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    const auto t0 = std::chrono::steady_clock::now();
+    pair.a->bridge.reset();  // process 0 goes away without closing: its links break
+    std::string why;
+    held.receive([&](int64_t, const tensor&) { FAIL("an answer from a process that is gone"); },
+                 [&](caf::error& e) { why = b.sys->render(e); });
+    CHECK(why.find("process 0") != std::string::npos);
+    caf::error reason;
+    self->receive([&](const caf::down_msg& dm) { reason = dm.reason; },
+                  caf::after(std::chrono::seconds(10)) >> [&] { FAIL("no down_msg after the link failed"); });
+    CHECK(reason);
+    CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(5));
+    // The callback comes last (after the stand-ins and the requests), on the bridge's thread.
+    for (int i = 0; i < 500 && b.errors().empty(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    REQUIRE(b.errors().size() == 1);
+    CHECK(b.errors()[0].find("the link to process 0 failed") != std::string::npos);
+    // A stand-in made after the failure is down at once.
+    caf::actor late = b.bridge->remote(0, 43);
+    bool failed = false;
+    self->request(late, std::chrono::seconds(5), int64_t(1))
+        .receive([&](int64_t) {}, [&](caf::error&) { failed = true; });
+    CHECK(failed);
+    caf::anon_send_exit(pair.target, caf::exit_reason::user_shutdown);
   }
 }
 
@@ -222,11 +222,11 @@ TEST_CASE("actor_bridge: a bad frame closes its link with an error that says wha
     uint64_t words[5];
   };
   const uint64_t magic = 0x5452504241435452;
-  for (const bad& c : {bad{"magic", "without the bridge's magic", {1, 1, 1, 0, 0}},
-                       bad{"kind", "unknown kind 9", {magic, 9, 1, 0, 0}},
-                       bad{"size", "at most 2^34", {magic, 1, 1, 0, uint64_t(1) << 40}},
-                       bad{"actor", "does not expose", {magic, 1, 77, 0, 0}},
-                       bad{"short", "expected 40 bytes", {magic, 1, 1, 0, 0}}}) {
+  for (const bad& c :
+       {bad{"magic", "without the bridge's magic", {1, 1, 1, 0, 0}}, bad{"kind", "unknown kind 9", {magic, 9, 1, 0, 0}},
+        bad{"size", "at most 2^34", {magic, 1, 1, 0, uint64_t(1) << 40}},
+        bad{"actor", "does not expose", {magic, 1, 77, 0, 0}},
+        bad{"short", "expected 40 bytes", {magic, 1, 1, 0, 0}}}) {
     CAPTURE(c.name);
     auto group = make_group("inproc", 2);
     process b(group[1]);
