@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "policies/elastic_membership.hpp"
+#include "runtime/background_snapshot.hpp"
 #include "runtime/checkpoint.hpp"
 #include "runtime/progress.hpp"
 #include "runtime/threads.hpp"
@@ -76,6 +77,7 @@ class elastic_worker {
     out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     out.eval.loss = -1;
     if (rank() != 0) return out;
+    if (snapshots_) snapshots_->settle();
     if (writer_) writer_->flush();
     ensure_progress();
     report_evaluation(spec_, data_, trainer_, *progress_, out);
@@ -101,9 +103,14 @@ class elastic_worker {
 
   void ensure_progress() {
     if (!progress_) progress_ = std::make_unique<progress_log>(spec_, steps_, opts_.display());
-    if (!writer_ && spec_.train().checkpoint_every() > 0)
+    if (!writer_ && spec_.train().checkpoint_every() > 0) {
       writer_ = std::make_unique<checkpoint_writer>(spec_.train().checkpoint_dir(), int(spec_.train().checkpoint_keep()));
+      snapshots_ = std::make_unique<background_snapshot>();
+    }
   }
+
+  // The state is about to change (an update, a restore): the copy of the last one ends first.
+  double settle_snapshot() { return snapshots_ ? snapshots_->settle() : 0; }
 
   // The newest view the coordinator has published; -1 when it cannot be read now.
   int64_t latest() {
@@ -136,6 +143,7 @@ class elastic_worker {
   // After a view change: the member furthest on (fewest steps lost) streams its state to
   // the others when they are not all at the same step, or when one is new (-1 steps).
   void sync_state(bool fresh) {
+    settle_snapshot();
     const auto steps = all_gather_text(*comm_, std::to_string(fresh ? -1 : trainer_.steps_done()), next_tag());
     int root = 0;
     bool same = true;
@@ -233,26 +241,31 @@ class elastic_worker {
     float control[2] = {loss * weight, rank() == 0 ? float(std::max<int64_t>(latest(), view_.generation)) : 0.f};
     allreduce_sum(*comm_, control, 2, next_tag());
     last_loss_ = control[0];
+    const double settled_ms = settle_snapshot();
     const step_result r = trainer_.apply_gradients();
     if (rank() == 0) {
       ensure_progress();
-      // Phase 1 of a checkpoint (the copy), timed inside the run: its share of the step.
-      double snapshot_ms = -1;
+      // Phase 1 of a checkpoint (the copy) runs on the snapshot thread during the next
+      // step's forward and backward. On this step's path: the wait for the last copy
+      // before the update, and the hand-over of this one; both timed, as the step's share.
+      double snapshot_ms = -1, copy_ms = -1;
       const uint32_t every = spec_.train().checkpoint_every();
       if (every > 0 && trainer_.steps_done() % every == 0) {
         const auto c0 = std::chrono::steady_clock::now();
-        auto shards = writer_->reclaim();  // buffers already on disk: copied into, not allocated
-        checkpoint_shard& shard = shards["device"];
-        trainer_.snapshot_into(shard);
-        snapshot_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - c0).count();
-        writer_->submit(trainer_.steps_done(), std::move(shards));
+        copy_ms = snapshots_->last_copy_ms();
+        snapshots_->start([this, step = trainer_.steps_done()] {
+          auto shards = writer_->reclaim();  // buffers already on disk: copied into, not allocated
+          trainer_.snapshot_into(shards["device"]);
+          writer_->submit(step, std::move(shards));
+        });
+        snapshot_ms = settled_ms + std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - c0).count();
       }
       char extra[200];
       std::snprintf(extra, sizeof extra, "\"workers\":%d,\"generation\":%lld,\"t_mono\":%.6f", n,
                     (long long)view_.generation, steady_now_s());
       std::string fields = extra;
       if (snapshot_ms >= 0) {
-        std::snprintf(extra, sizeof extra, ",\"snapshot_ms\":%.4f", snapshot_ms);
+        std::snprintf(extra, sizeof extra, ",\"snapshot_ms\":%.4f,\"snapshot_copy_ms\":%.4f", snapshot_ms, copy_ms);
         fields += extra;
       }
       const int64_t tokens = spec_.model().has_gpt() ? share.total * int64_t(spec_.model().gpt().context()) : 0;
@@ -280,6 +293,7 @@ class elastic_worker {
   // coordinator's next view, join it and take the state of the member furthest on.
   void recover(const std::string& why) {
     comm_.reset();
+    settle_snapshot();
     const int64_t failed_at = trainer_.steps_done(), failed_view = view_.generation;
     std::fprintf(stderr, "troupe: process %d: view %lld failed in step %lld (%s); waiting for the next view\n", me_,
                  (long long)failed_view, (long long)failed_at + 1, why.c_str());
@@ -363,6 +377,8 @@ class elastic_worker {
   float last_loss_ = 0;  // the newest step's loss (the sum over the members)
   std::unique_ptr<progress_log> progress_;
   std::unique_ptr<checkpoint_writer> writer_;
+  // After writer_: its copies submit to the writer, so it stops first.
+  std::unique_ptr<background_snapshot> snapshots_;
 };
 
 }  // namespace
