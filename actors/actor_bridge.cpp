@@ -1,5 +1,6 @@
 #include "actors/actor_bridge.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <caf/actor_proxy.hpp>
 #include <caf/binary_deserializer.hpp>
@@ -29,6 +30,8 @@ enum kind : uint64_t {
   k_exit = 4,     // an exit message for exposed actor `id` (payload: the reason)
   k_down = 5,     // the sender's exposed actor `id` ended (payload: its reason)
   k_end = 6,      // the sender sends nothing more
+  k_move = 7,     // an actor of a failed process now lives in the sender (payload: its
+                  // process, its id there, its id in the sender)
 };
 
 struct header {
@@ -55,8 +58,68 @@ const char* kind_name(uint64_t k) {
       return "down";
     case k_end:
       return "end";
+    case k_move:
+      return "move";
   }
   return "unknown";
+}
+
+// Stands in for actor `id` of process `process`: everything sent to it goes there, or,
+// once the actor has moved (actor_bridge::move), to where it went. Its methods that use
+// the core are defined after it.
+class bridge_stand_in final : public caf::actor_proxy {
+ public:
+  bridge_stand_in(caf::actor_config& cfg, std::shared_ptr<actor_bridge::core> core, int process, uint64_t id)
+      : caf::actor_proxy(cfg), core_(std::move(core)), process_(process), id_(id) {}
+
+  void enqueue(caf::mailbox_element_ptr what, caf::execution_unit* ctx) override;
+  bool add_backlink(caf::abstract_actor*) override { return false; }
+  bool remove_backlink(caf::abstract_actor*) override { return false; }
+  void kill_proxy(caf::execution_unit* ctx, caf::error reason) override {
+    down_ = true;
+    cleanup(std::move(reason), ctx);
+  }
+
+  void set_movable() {
+    std::lock_guard<std::mutex> lock(mu_);
+    movable_ = true;
+  }
+  // The link to `peer` failed. elsewhere: this stand-in points to another process (or has
+  // moved here); held: it points there and waits for a move; down: it points there and
+  // cannot move, so it goes down.
+  enum class loss { elsewhere, held, down };
+  loss lost(int peer) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (local_ || process_ != peer) return loss::elsewhere;
+    if (!movable_) return loss::down;
+    held_ = true;
+    return loss::held;
+  }
+  // From now on to `process`'s actor `id`, or to `local` (this process's) when it is set;
+  // what waited goes first, in order. Not movable again.
+  void move_to(int process, uint64_t id, caf::actor local);
+
+ private:
+  void deliver(caf::mailbox_element_ptr what, caf::execution_unit* ctx);  // mu_ held
+  void bounce(caf::mailbox_element& what, const char* why) {
+    if (what.mid.is_request() && what.sender)
+      what.sender->enqueue(
+          caf::make_mailbox_element(caf::strong_actor_ptr{ctrl()}, what.mid.response_id(), {},
+                                    caf::make_message(caf::make_error(caf::sec::request_receiver_down, why))),
+          nullptr);
+  }
+  std::weak_ptr<actor_bridge::core> core_;
+  std::mutex mu_;  // guards the target and what waits; held while delivering, so one order
+  int process_;
+  uint64_t id_;
+  caf::actor local_;  // moved into this process
+  bool movable_ = false, held_ = false;
+  std::vector<caf::mailbox_element_ptr> waiting_;  // while held
+  std::atomic<bool> down_{false};                  // its actor ended, or the link to it is gone
+};
+
+bridge_stand_in* as_stand_in(const caf::actor& a) {
+  return static_cast<bridge_stand_in*>(caf::actor_cast<caf::abstract_actor*>(a));
 }
 
 }  // namespace
@@ -79,7 +142,7 @@ struct actor_bridge::core : std::enable_shared_from_this<actor_bridge::core> {
   caf::actor_system* sys;
   std::shared_ptr<communicator> group;
   bool trace = std::getenv("TROUPE_BRIDGE_TRACE") != nullptr;  // every frame to stderr
-  std::function<void(const std::string&)> on_link_error;
+  std::function<void(int, const std::string&)> on_link_error;
   std::map<uint64_t, caf::actor> exposed;  // fixed once the threads run
   std::vector<std::unique_ptr<outbox>> outboxes;
   std::vector<caf::actor> sinks;  // per peer: where the answers to its requests arrive
@@ -177,14 +240,14 @@ struct actor_bridge::core : std::enable_shared_from_this<actor_bridge::core> {
   // requests waiting on it fail, with `reason`; later requests to it fail at once. False if
   // it was cut off already.
   bool cut_off(int peer, const std::string& reason, caf::sec code) {
-    std::vector<caf::actor> gone;
+    std::vector<caf::actor> all, gone;
     std::vector<pending_request> unanswered;
     {
       std::lock_guard<std::mutex> lock(mu);
       if (!failed[size_t(peer)].empty()) return false;
       failed[size_t(peer)] = reason;
       for (auto& [key, a] : stand_ins)
-        if (key.first == peer) gone.push_back(a);
+        if (std::find(all.begin(), all.end(), a) == all.end()) all.push_back(a);  // a moved one is there twice
       for (auto it = pending.begin(); it != pending.end();)
         if (it->second.process == peer) {
           unanswered.push_back(it->second);
@@ -193,6 +256,9 @@ struct actor_bridge::core : std::enable_shared_from_this<actor_bridge::core> {
           ++it;
         }
     }
+    // Those that point there go down, but the movable ones, which wait for a move.
+    for (const caf::actor& a : all)
+      if (as_stand_in(a)->lost(peer) == bridge_stand_in::loss::down) gone.push_back(a);
     for (const caf::actor& a : gone) kill(a, caf::make_error(code, reason));
     for (const pending_request& p : unanswered)
       answer(p, caf::make_message(caf::make_error(caf::sec::request_receiver_down, reason)));
@@ -225,7 +291,7 @@ struct actor_bridge::core : std::enable_shared_from_this<actor_bridge::core> {
       std::lock_guard<std::mutex> lock(mu);
       report = !closing;
     }
-    if (report && on_link_error) on_link_error(reason);
+    if (report && on_link_error) on_link_error(peer, reason);
   }
 
   static void kill(const caf::actor& a, caf::error reason) {
@@ -276,8 +342,8 @@ struct actor_bridge::core : std::enable_shared_from_this<actor_bridge::core> {
         header h;
         group->recv(peer, kBridgeTag, &h, sizeof h, dtype::u8);
         if (h.magic != kMagic) throw std::runtime_error("a frame header without the bridge's magic");
-        if (h.kind < k_send || h.kind > k_end)
-          throw std::runtime_error("a frame of unknown kind " + std::to_string(h.kind) + " (expected 1..6)");
+        if (h.kind < k_send || h.kind > k_move)
+          throw std::runtime_error("a frame of unknown kind " + std::to_string(h.kind) + " (expected 1..7)");
         if (h.bytes > kMaxPayload)
           throw std::runtime_error("a " + std::string(kind_name(h.kind)) + " frame of " + std::to_string(h.bytes) +
                                    " bytes (at most 2^34)");
@@ -353,6 +419,24 @@ struct actor_bridge::core : std::enable_shared_from_this<actor_bridge::core> {
         if (a) kill(a, reason_of(msg));
         break;
       }
+      case k_move: {
+        if (!msg.match_elements<int32_t, uint64_t, uint64_t>())
+          throw std::runtime_error("a move frame without (process, id, new id)");
+        const int32_t from = msg.get_as<int32_t>(0);
+        const uint64_t id = msg.get_as<uint64_t>(1), new_id = msg.get_as<uint64_t>(2);
+        if (from < 0 || from >= group->size() || from == peer || from == group->rank())
+          throw std::runtime_error("a move frame for an actor of process " + std::to_string(from));
+        caf::actor a;
+        {
+          std::lock_guard<std::mutex> lock(mu);
+          auto it = stand_ins.find({from, id});
+          if (it == stand_ins.end()) return;  // this process never sends to it
+          a = it->second;
+          stand_ins.emplace(std::make_pair(peer, new_id), a);  // its ends come under the new id
+        }
+        as_stand_in(a)->move_to(peer, new_id, {});
+        break;
+      }
     }
   }
 
@@ -373,58 +457,55 @@ struct actor_bridge::core : std::enable_shared_from_this<actor_bridge::core> {
   }
 };
 
+void bridge_stand_in::enqueue(caf::mailbox_element_ptr what, caf::execution_unit* ctx) {
+  if (!what || what->mid.is_response()) return;  // nothing answers through a stand-in
+  if (down_) return bounce(*what, "actor_bridge: the remote actor has ended");
+  std::lock_guard<std::mutex> lock(mu_);
+  if (held_) {
+    waiting_.push_back(std::move(what));
+    return;
+  }
+  deliver(std::move(what), ctx);
+}
+
+void bridge_stand_in::deliver(caf::mailbox_element_ptr what, caf::execution_unit* ctx) {
+  if (local_) {
+    local_->enqueue(std::move(what), ctx);
+    return;
+  }
+  auto core = core_.lock();
+  if (!core) return bounce(*what, "actor_bridge: the bridge has ended");
+  if (what->content().match_elements<caf::exit_msg>()) {
+    const caf::error reason = what->content().get_as<caf::exit_msg>(0).reason;
+    core->post(process_, k_exit, id_, 0, core->encode(caf::make_message(reason)));
+    return;
+  }
+  if (what->mid.is_request()) {
+    core->request(process_, id_, caf::strong_actor_ptr{ctrl()}, *what);
+    return;
+  }
+  std::vector<char> payload;
+  try {
+    payload = core->encode(what->move_content_to_message());
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "troupe: %s (message dropped)\n", e.what());
+    return;
+  }
+  core->post(process_, k_send, id_, 0, std::move(payload));
+}
+
+void bridge_stand_in::move_to(int process, uint64_t id, caf::actor local) {
+  std::lock_guard<std::mutex> lock(mu_);
+  process_ = process;
+  id_ = id;
+  local_ = std::move(local);
+  movable_ = held_ = false;
+  std::vector<caf::mailbox_element_ptr> waited = std::move(waiting_);
+  waiting_.clear();
+  for (auto& w : waited) deliver(std::move(w), nullptr);
+}
+
 namespace {
-
-// Stands in for actor `id` of process `process`: everything sent to it goes there.
-class stand_in final : public caf::actor_proxy {
- public:
-  stand_in(caf::actor_config& cfg, std::shared_ptr<actor_bridge::core> core, int process, uint64_t id)
-      : caf::actor_proxy(cfg), core_(std::move(core)), process_(process), id_(id) {}
-
-  void enqueue(caf::mailbox_element_ptr what, caf::execution_unit*) override {
-    if (!what || what->mid.is_response()) return;  // nothing answers through a stand-in
-    if (down_) return bounce(*what, "actor_bridge: the remote actor has ended");
-    auto core = core_.lock();
-    if (!core) return bounce(*what, "actor_bridge: the bridge has ended");
-    if (what->content().match_elements<caf::exit_msg>()) {
-      const caf::error reason = what->content().get_as<caf::exit_msg>(0).reason;
-      core->post(process_, k_exit, id_, 0, core->encode(caf::make_message(reason)));
-      return;
-    }
-    if (what->mid.is_request()) {
-      core->request(process_, id_, caf::strong_actor_ptr{ctrl()}, *what);
-      return;
-    }
-    std::vector<char> payload;
-    try {
-      payload = core->encode(what->move_content_to_message());
-    } catch (const std::exception& e) {
-      std::fprintf(stderr, "troupe: %s (message dropped)\n", e.what());
-      return;
-    }
-    core->post(process_, k_send, id_, 0, std::move(payload));
-  }
-
-  bool add_backlink(caf::abstract_actor*) override { return false; }
-  bool remove_backlink(caf::abstract_actor*) override { return false; }
-  void kill_proxy(caf::execution_unit* ctx, caf::error reason) override {
-    down_ = true;
-    cleanup(std::move(reason), ctx);
-  }
-
- private:
-  void bounce(caf::mailbox_element& what, const char* why) {
-    if (what.mid.is_request() && what.sender)
-      what.sender->enqueue(
-          caf::make_mailbox_element(caf::strong_actor_ptr{ctrl()}, what.mid.response_id(), {},
-                                    caf::make_message(caf::make_error(caf::sec::request_receiver_down, why))),
-          nullptr);
-  }
-  std::weak_ptr<actor_bridge::core> core_;
-  int process_;
-  uint64_t id_;
-  std::atomic<bool> down_{false};  // its actor ended, or the link to it is gone
-};
 
 // Where this process's actors answer the requests of process `peer`: each answer goes
 // back to it as a reply frame.
@@ -464,7 +545,7 @@ caf::actor make_sink(caf::actor_system& sys, std::shared_ptr<actor_bridge::core>
 }  // namespace
 
 actor_bridge::actor_bridge(caf::actor_system& sys, std::shared_ptr<communicator> group,
-                           std::function<void(const std::string&)> on_link_error)
+                           std::function<void(int, const std::string&)> on_link_error)
     : core_(std::make_shared<core>()) {
   core_->sys = &sys;
   core_->group = std::move(group);
@@ -511,11 +592,33 @@ caf::actor actor_bridge::remote(int process, uint64_t id) {
   if (!a) {
     caf::actor_system& sys = *core_->sys;
     caf::actor_config cfg;
-    a = caf::make_actor<stand_in, caf::actor>(sys.next_actor_id(), sys.node(), &sys, cfg, core_, process, id);
+    a = caf::make_actor<bridge_stand_in, caf::actor>(sys.next_actor_id(), sys.node(), &sys, cfg, core_, process, id);
     if (!core_->failed[size_t(process)].empty())
       core::kill(a, caf::make_error(caf::sec::runtime_error, core_->failed[size_t(process)]));
   }
   return a;
+}
+
+void actor_bridge::movable(int process, uint64_t id) {
+  if (!core_->threads.empty()) throw std::logic_error("actor_bridge::movable after start()");
+  as_stand_in(remote(process, id))->set_movable();
+}
+
+void actor_bridge::move(int process, uint64_t id, const caf::actor& local, uint64_t local_id) {
+  const int me = core_->group->rank();
+  if (process < 0 || process >= core_->group->size() || process == me)
+    throw std::logic_error("actor_bridge::move: no other process " + std::to_string(process));
+  // The others first: what they send after this frame reaches the actor here.
+  const std::vector<char> payload = core_->encode(caf::make_message(int32_t(process), id, local_id));
+  for (int q = 0; q < core_->group->size(); ++q)
+    if (q != me && q != process) core_->post(q, k_move, 0, 0, payload);
+  caf::actor a;
+  {
+    std::lock_guard<std::mutex> lock(core_->mu);
+    auto it = core_->stand_ins.find({process, id});
+    if (it != core_->stand_ins.end()) a = it->second;
+  }
+  if (a) as_stand_in(a)->move_to(me, local_id, local);
 }
 
 void actor_bridge::start() {

@@ -24,6 +24,13 @@
 // before its last frame (k_end), and a request that reaches it after that fails at the
 // requester when the k_end arrives, as a request to an ended actor does.
 //
+// Moving an actor (a parameter shard whose standby copy in another process takes over
+// when the shard's process dies): a stand-in marked movable() is not taken down when the
+// link to its process fails; what is sent to it waits in it, in order, until move() in
+// the process that now holds the actor (or that process's k_move frame, which move()
+// sends to every other process first) points it there. A request that was on its way
+// when the link failed still fails: its answer is lost with the process.
+//
 // Message contents must be serializable and registered (register_message_types); actor
 // handles inside a message do not cross (each process builds its own handles).
 // TROUPE_BRIDGE_TRACE=1 prints every frame sent and received to stderr.
@@ -43,9 +50,9 @@ class actor_bridge {
   // closed link or silence past TROUPE_SILENCE_MS, ends it); this process is
   // group->rank(). A frame that breaks the protocol aborts the group. on_link_error is
   // called once per process whose link fails before close() (the stand-ins of its actors
-  // are down by then, and requests to them have failed).
+  // are down by then, and requests to them have failed), with the process and why.
   actor_bridge(caf::actor_system& sys, std::shared_ptr<communicator> group,
-               std::function<void(const std::string&)> on_link_error = {});
+               std::function<void(int process, const std::string& why)> on_link_error = {});
   actor_bridge(const actor_bridge&) = delete;
   actor_bridge& operator=(const actor_bridge&) = delete;
   // Without close(): aborts the group and joins the threads; stand-ins go down.
@@ -55,6 +62,14 @@ class actor_bridge {
   void expose(uint64_t id, const caf::actor& a);
   // The stand-in for actor `id` of `process` (another process's rank).
   caf::actor remote(int process, uint64_t id);
+  // The stand-in for actor `id` of `process` outlives a failure of that process's link:
+  // messages to it wait until the actor is moved (above). Before start().
+  void movable(int process, uint64_t id);
+  // This process now holds actor `id` of `process` (which failed) as its own `local`,
+  // exposed under `local_id`: every other process is told (a k_move frame, sent before
+  // this returns), then this process's stand-in delivers to `local`, what waited in it
+  // first. Once per actor; a stand-in that moved is not movable again.
+  void move(int process, uint64_t id, const caf::actor& local, uint64_t local_id);
   // Starts the threads: frames are read and delivered from now on.
   void start();
   // The orderly end: waits until every exposed actor has ended (and its end has gone

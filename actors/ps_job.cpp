@@ -370,7 +370,7 @@ ps_outcome run_ps_training(const proto::JobSpec& spec, std::shared_ptr<const tra
   std::mutex link_mu;
   std::unique_ptr<actor_bridge> bridge;  // after what its callback uses: destroyed before it
   if (procs)
-    bridge = std::make_unique<actor_bridge>(sys, procs->group, [&](const std::string& why) {
+    bridge = std::make_unique<actor_bridge>(sys, procs->group, [&](int, const std::string& why) {
       {
         std::lock_guard<std::mutex> lock(link_mu);
         if (!link_failure.empty()) return;

@@ -66,7 +66,7 @@ struct process {
   explicit process(std::shared_ptr<communicator> group) {
     register_message_types(cfg);
     sys = std::make_unique<caf::actor_system>(cfg);
-    bridge = std::make_unique<actor_bridge>(*sys, std::move(group), [this](const std::string& why) {
+    bridge = std::make_unique<actor_bridge>(*sys, std::move(group), [this](int, const std::string& why) {
       std::lock_guard<std::mutex> lock(mu);
       link_errors.push_back(why);
     });
@@ -250,4 +250,105 @@ TEST_CASE("actor_bridge: a bad frame closes its link with an error that says wha
     CHECK(!group[0]->peer_failure(1).empty());
     group[0]->abort("test over");
   }
+}
+
+TEST_CASE("actor_bridge: a movable stand-in outlives its process's failure, holds what is sent, and delivers it in "
+          "order where the actor moved") {
+  for (const std::string transport : {"tcp", "inproc"}) {
+    CAPTURE(transport);
+    // Process 0 holds actor 42 (and 44); process 1 marks its stand-in for 42 movable, and
+    // holds the copy that takes over when process 0 is gone.
+    auto group = make_group(transport, 2);
+    for (auto& c : group) c->deadline = std::chrono::seconds(30);
+    process a(group[0]), b(group[1]);
+    caf::actor primary = a.sys->spawn(echo), other = a.sys->spawn(echo), copy = b.sys->spawn(echo);
+    a.bridge->expose(42, primary);
+    a.bridge->expose(44, other);
+    b.bridge->movable(0, 42);
+    caf::actor there = b.bridge->remote(0, 42), fixed = b.bridge->remote(0, 44);
+    a.bridge->start();
+    b.bridge->start();
+    caf::scoped_actor self{*b.sys};
+    self->monitor(there);
+    self->monitor(fixed);
+    for (int64_t i = 0; i < 5; ++i) self->send(there, push_atom::value, i, tensor::zeros({4}));
+    self->request(there, std::chrono::seconds(10), stats_atom::value)
+        .receive([&](int64_t received, bool in_order, double) { CHECK((received == 5 && in_order)); },
+                 [&](caf::error& e) { FAIL(b.sys->render(e)); });
+    auto lost = self->request(there, caf::infinite, hold_atom::value);  // on its way when process 0 goes
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    a.bridge.reset();  // process 0 is gone
+    for (int i = 0; i < 500 && b.errors().empty(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    REQUIRE(b.errors().size() == 1);
+    lost.receive([&](int64_t, const tensor&) { FAIL("an answer from a process that is gone"); },
+                 [&](caf::error& e) { CHECK(b.sys->render(e).find("process 0") != std::string::npos); });
+    // The stand-in that cannot move went down; the movable one holds what is sent now.
+    caf::actor_addr down_from;
+    self->receive([&](const caf::down_msg& dm) { down_from = dm.source; },
+                  caf::after(std::chrono::seconds(10)) >> [&] { FAIL("no down_msg for the stand-in that cannot move"); });
+    CHECK(down_from == fixed.address());
+    for (int64_t i = 0; i < 3; ++i) {
+      tensor t = tensor::empty({4});
+      for (int k = 0; k < 4; ++k) t.f32()[k] = float(i);
+      self->send(there, push_atom::value, i, t);
+    }
+    auto asked = self->request(there, std::chrono::seconds(10), int64_t(7));
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    b.bridge->move(0, 42, copy, 43);
+    asked.receive([&](int64_t v) { CHECK(v == 8); }, [&](caf::error& e) { FAIL(b.sys->render(e)); });
+    // The copy got the held pushes, in order, and nothing from before the failure.
+    self->request(there, std::chrono::seconds(10), stats_atom::value)
+        .receive(
+            [&](int64_t received, bool in_order, double checksum) {
+              CHECK(received == 3);
+              CHECK(in_order);
+              CHECK(checksum == doctest::Approx(10.0 * (0 + 1 + 2)));  // (1 + 2 + 3 + 4) x the value
+            },
+            [&](caf::error& e) { FAIL(b.sys->render(e)); });
+    self->receive([&](const caf::down_msg&) { FAIL("the movable stand-in went down"); },
+                  caf::after(std::chrono::milliseconds(100)) >> [] {});
+    for (caf::actor* x : {&primary, &other, &copy}) caf::anon_send_exit(*x, caf::exit_reason::kill);
+  }
+}
+
+TEST_CASE("actor_bridge: a move reaches the other processes' stand-ins before anything the mover sends after it") {
+  // Process 1 takes over process 0's actor 42 as its own 43 (process 0 still runs: only
+  // the routing is under test). Process 2's stand-in for 42 then delivers to process 1's
+  // copy, and process 1's own stand-in to the copy in place.
+  auto group = make_group("tcp", 3);
+  for (auto& c : group) c->deadline = std::chrono::seconds(30);
+  std::vector<std::unique_ptr<process>> p;
+  for (int r = 0; r < 3; ++r) p.push_back(std::make_unique<process>(group[size_t(r)]));
+  caf::actor primary = p[0]->sys->spawn(echo), copy = p[1]->sys->spawn(echo), witness = p[2]->sys->spawn(echo);
+  p[0]->bridge->expose(42, primary);
+  p[1]->bridge->expose(43, copy);
+  p[2]->bridge->expose(45, witness);
+  p[1]->bridge->movable(0, 42);
+  p[2]->bridge->movable(0, 42);
+  caf::actor at1 = p[1]->bridge->remote(0, 42), at2 = p[2]->bridge->remote(0, 42);
+  caf::actor witness_at1 = p[1]->bridge->remote(2, 45);
+  for (auto& x : p) x->bridge->start();
+  caf::scoped_actor self1{*p[1]->sys}, self2{*p[2]->sys};
+  p[1]->bridge->move(0, 42, copy, 43);
+  // A request to process 2 after the move: its answer means process 2 has taken the move.
+  self1->request(witness_at1, std::chrono::seconds(10), int64_t(1))
+      .receive([&](int64_t v) { CHECK(v == 2); }, [&](caf::error& e) { FAIL(p[1]->sys->render(e)); });
+  for (int64_t i = 0; i < 4; ++i) self2->send(at2, push_atom::value, i, tensor::zeros({2}));
+  self2->request(at2, std::chrono::seconds(10), stats_atom::value)
+      .receive([&](int64_t received, bool in_order, double) { CHECK((received == 4 && in_order)); },
+               [&](caf::error& e) { FAIL(p[2]->sys->render(e)); });
+  self1->request(at1, std::chrono::seconds(10), stats_atom::value)  // the same copy, from its own process
+      .receive([&](int64_t received, bool, double) { CHECK(received == 4); },
+               [&](caf::error& e) { FAIL(p[1]->sys->render(e)); });
+  self1->request(p[1]->bridge->remote(0, 42), std::chrono::seconds(10), int64_t(5))
+      .receive([&](int64_t v) { CHECK(v == 6); }, [&](caf::error& e) { FAIL(p[1]->sys->render(e)); });
+  // Process 0's actor got none of it.
+  caf::scoped_actor self0{*p[0]->sys};
+  self0->request(primary, std::chrono::seconds(10), stats_atom::value)
+      .receive([&](int64_t received, bool, double) { CHECK(received == 0); },
+               [&](caf::error& e) { FAIL(p[0]->sys->render(e)); });
+  for (caf::actor* x : {&primary, &copy, &witness}) caf::anon_send_exit(*x, caf::exit_reason::kill);
+  std::vector<std::thread> closing;  // each waits for the others' ends
+  for (auto& x : p) closing.emplace_back([&x] { x->bridge->close(); });
+  for (auto& t : closing) t.join();
 }
