@@ -41,6 +41,12 @@ using steal_atom = caf::atom_constant<caf::atom("steal")>;
 using members_atom = caf::atom_constant<caf::atom("members")>;
 using drain_atom = caf::atom_constant<caf::atom("drain")>;
 using ckpt_atom = caf::atom_constant<caf::atom("ckpt")>;  // a shard's checkpoint copy
+// A shard's standby copy in another process (elastic.mode "respawn"): each update it
+// replays, its promotion when the shard's process is lost, the workers' second push.
+using replica_atom = caf::atom_constant<caf::atom("replica")>;
+using promote_atom = caf::atom_constant<caf::atom("promote")>;
+using repush_atom = caf::atom_constant<caf::atom("repush")>;
+using moved_atom = caf::atom_constant<caf::atom("moved")>;
 // Between the launcher's cluster_coordinator and the node agents (one per process).
 using join_atom = caf::atom_constant<caf::atom("join")>;
 using prove_atom = caf::atom_constant<caf::atom("prove")>;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 
 #include "kernels/cpu/optim.hpp"
 #include "runtime/threads.hpp"
@@ -33,8 +34,33 @@ void save_shard_state(const param_shard_state& s, checkpoint_shard& out) {
   out.texts["applied_samples"] = std::to_string(s.applied_samples);
 }
 
+void settle(shard_actor* self);
+
+// The update to the current version goes to the standby copy, whose answer lets the
+// version be served. A standby that is gone (its process lost) leaves this shard without
+// one: the job goes on, unprotected.
+void replicate(shard_actor* self, float lr, int64_t samples) {
+  auto& s = self->state;
+  self->request(s.cfg.standby, caf::infinite, replica_atom::value, s.version, s.combined.flat().clone(), lr, samples)
+      .then(
+          [=](int64_t version) {
+            auto& s = self->state;
+            s.standby_has = std::max(s.standby_has, version);
+            settle(self);
+          },
+          [=](caf::error& err) {
+            auto& s = self->state;
+            if (!s.cfg.standby) return;
+            std::fprintf(stderr, "troupe: param_shard %d: its standby copy is gone (%s); it goes on without one\n",
+                         s.stats.shard, self->system().render(err).c_str());
+            s.cfg.standby = nullptr;
+            settle(self);
+          });
+}
+
 // Applies one plan: the taken pushes, combined with their weights, as one optimizer step.
-void apply(param_shard_state& s, const update_plan& plan) {
+void apply(shard_actor* self, const update_plan& plan) {
+  auto& s = self->state;
   // The optimizer's loops on this actor's own thread only: a default OpenMP team (every
   // core) would spin between updates against the workers' compute (measured across 2
   // processes on 2 cores: 32% of the CPU in libgomp). The kernels are element-wise, so
@@ -53,8 +79,8 @@ void apply(param_shard_state& s, const update_plan& plan) {
       const tensor& at = s.pulled_at.empty() ? tensor{} : s.pulled_at[size_t(p.info.worker)];
       if (plan.dc_lambda > 0 && plan.dc_adaptive && at.defined())
         kernels::delay_compensated_adaptive_accumulate(acc, p.grad.f32(), s.params.flat().f32(), at.f32(),
-                                                       s.dc_meansq.flat().f32(), w, float(plan.dc_lambda),
-                                                       kDcMeanDecay, N);
+                                                       s.dc_meansq.flat().f32(), w, float(plan.dc_lambda), kDcMeanDecay,
+                                                       N);
       else if (plan.dc_lambda > 0 && at.defined())
         kernels::delay_compensated_accumulate(acc, p.grad.f32(), s.params.flat().f32(), at.f32(), w,
                                               float(plan.dc_lambda), N);
@@ -71,6 +97,7 @@ void apply(param_shard_state& s, const update_plan& plan) {
                      float(plan.lr_scale * lr_batch_scale(s.cfg.spec.policy().lr_scaling(), samples, B));
     s.opt->step(s.params, s.combined, lr);
     ++s.version;
+    if (s.cfg.standby) replicate(self, lr, samples);
     if (s.tracks_members) {
       s.members.clear();
       for (size_t w = 0; w < s.workers.live.size(); ++w)
@@ -106,17 +133,24 @@ void serve(param_shard_state& s, int32_t worker, caf::response_promise& reply) {
   reply.deliver(s.version, p);
 }
 
+// A version is served once the standby copy (if any) has it.
+bool servable(const param_shard_state& s) { return !s.cfg.standby || s.standby_has >= s.version; }
+
 // Runs the rule until it has nothing more to do, then answers every pull it now allows.
-void settle(param_shard_state& s) {
+void settle(shard_actor* self) {
+  auto& s = self->state;
   for (;;) {
-    update_plan plan = s.rule->decide([&] {
-      std::vector<push_info> infos;
-      for (const auto& p : s.pending) infos.push_back(p.info);
-      return infos;
-    }(), s.version, s.workers);
+    update_plan plan = s.rule->decide(
+        [&] {
+          std::vector<push_info> infos;
+          for (const auto& p : s.pending) infos.push_back(p.info);
+          return infos;
+        }(),
+        s.version, s.workers);
     if (plan.empty()) break;
-    apply(s, plan);
+    apply(self, plan);
   }
+  if (!servable(s)) return;
   for (size_t i = 0; i < s.pulls.size();) {
     if (s.rule->may_serve(s.pulls[i].info, s.version, s.workers)) {
       serve(s, s.pulls[i].info.worker, s.pulls[i].reply);
@@ -171,11 +205,13 @@ caf::behavior param_shard(shard_actor* self, param_shard_config cfg) {
                           << "\n";
           return;
         }
+        for (const auto& p : s.pending)
+          if (p.info.worker == worker && p.info.clock == clock) return;  // pushed again after a move: had it
         ++s.stats.pushes;
         s.stats.bytes_in += int64_t(grad.bytes());
         s.workers.clock[size_t(worker)] = std::max(s.workers.clock[size_t(worker)], clock + 1);
         s.pending.push_back({push_info{worker, version, clock, samples}, grad});
-        settle(s);
+        settle(self);
       },
       [=](pull_atom, int32_t worker, int64_t after_version, int64_t clock) {
         auto& s = self->state;
@@ -186,7 +222,7 @@ caf::behavior param_shard(shard_actor* self, param_shard_config cfg) {
           return;
         }
         const pull_info info{worker, after_version, clock};
-        if (s.rule->may_serve(info, s.version, s.workers))
+        if (servable(s) && s.rule->may_serve(info, s.version, s.workers))
           serve(s, worker, reply);
         else
           s.pulls.push_back({info, reply});
@@ -195,8 +231,9 @@ caf::behavior param_shard(shard_actor* self, param_shard_config cfg) {
         auto& s = self->state;
         if (!known_worker(s, worker) || !s.workers.live[size_t(worker)]) return;
         s.workers.live[size_t(worker)] = false;
+        if (s.cfg.standby) self->send(s.cfg.standby, leave_atom::value, worker);
         if (s.balancer) s.balancer->leave(worker);
-        settle(s);
+        settle(self);
         if (s.workers.live_count() > 0) return;
         for (caf::response_promise& p : s.drains) p.deliver(drain_atom::value);
         s.drains.clear();
@@ -226,6 +263,26 @@ caf::behavior param_shard(shard_actor* self, param_shard_config cfg) {
         return s.balancer ? (s.stats.shares = s.balancer->shares()) : std::vector<int64_t>{};
       },
       [=](members_atom) { return self->state.members; },
+      [=](replica_atom, int64_t version, const tensor& combined, float lr, int64_t samples) -> caf::result<int64_t> {
+        auto& s = self->state;
+        if (version != s.version + 1 || combined.numel() != s.cfg.layout->table.total_numel())
+          return caf::make_error(caf::sec::invalid_argument,
+                                 "param_shard " + std::to_string(s.stats.shard) + " (standby): an update to version " +
+                                     std::to_string(version) + " of " + std::to_string(combined.numel()) +
+                                     " floats, at version " + std::to_string(s.version));
+        static thread_local const bool one_thread = (set_compute_threads(1), true);  // as apply()
+        (void)one_thread;
+        s.combined.flat().copy_from(combined);
+        s.opt->step(s.params, s.combined, lr);
+        s.version = version;
+        s.applied_samples += samples;
+        return version;
+      },
+      [=](promote_atom, const std::vector<caf::actor>& workers) {
+        auto& s = self->state;
+        for (const caf::actor& w : workers) self->send(w, repush_atom::value, int32_t(s.stats.shard), s.version);
+        if (s.cfg.coordinator) self->send(s.cfg.coordinator, moved_atom::value, int32_t(s.stats.shard), s.version);
+      },
       [=](stats_atom) {
         auto& s = self->state;
         s.stats.version = s.version;

@@ -25,7 +25,7 @@ struct ps_coordinator_state {
   ps_outcome* out = nullptr;
   progress_log* progress = nullptr;
   int64_t steps = 0;
-  std::vector<caf::actor> shards, workers;
+  std::vector<caf::actor> shards, workers, standbys;  // standbys: elastic respawn, by shard
   int ended = 0;
   bool stopping = false, finishing = false;
   clock_type::time_point start;
@@ -40,9 +40,9 @@ struct ps_coordinator_state {
   std::vector<int64_t> last_step;  // per worker: the last step it reported (-1: none)
   std::vector<bool> gone;          // per worker: ended, finished or failed
   bool failed_run = false;
-  checkpoint_writer* writer = nullptr;  // process 0 with train.checkpoint_every
+  checkpoint_writer* writer = nullptr;                                // process 0 with train.checkpoint_every
   std::map<int64_t, std::map<std::string, checkpoint_shard>> copies;  // by version, until every shard's is in
-  std::vector<int64_t> step_samples;  // examples reported for each worker step so far
+  std::vector<int64_t> step_samples;                                  // examples reported for each worker step so far
   static inline const char* name = "ps_coordinator";
 };
 
@@ -56,6 +56,19 @@ double elapsed(const ps_coordinator_state& s) {
 
 void fail_run(coord_actor* self, const std::string& why);
 
+// Asks shard k (xs...), `answered` takes the answer. A failed request fails the run, but
+// where shards move (elastic respawn) it is asked again a few times first: the shard's
+// stand-in holds it until the standby copy takes over.
+template <class F, class... Ts>
+void ask_shard(coord_actor* self, size_t k, F answered, int attempt, Ts... xs) {
+  self->request(self->state.shards[k], caf::infinite, xs...).then(answered, [=](caf::error& err) {
+    constexpr int kAttempts = 5;
+    if (self->state.opts.shards_move && attempt + 1 < kAttempts)
+      return ask_shard(self, k, answered, attempt + 1, xs...);
+    fail_run(self, "shard " + std::to_string(k) + ": " + self->system().render(err));
+  });
+}
+
 // Asks every shard for its parameters once its version reaches `at_version` (0: now);
 // `then` gets the snapshot, timed when the last shard answers.
 template <class F>
@@ -65,17 +78,17 @@ void take_snapshot(coord_actor* self, F then, int64_t at_version = 0) {
   snap->shards.resize(s.shards.size());
   auto left = std::make_shared<size_t>(s.shards.size());
   for (size_t k = 0; k < s.shards.size(); ++k)
-    self->request(s.shards[k], caf::infinite, params_atom::value, at_version)
-        .then(
-            [=](int64_t version, const tensor& p) {
-              snap->shards[k] = p;
-              if (k == 0) snap->version = version;
-              if (--*left > 0) return;
-              snap->t = elapsed(self->state);
-              snap->worker_steps = self->state.out->worker_steps;
-              then(std::move(*snap));
-            },
-            [=](caf::error& err) { fail_run(self, "shard " + std::to_string(k) + ": " + self->system().render(err)); });
+    ask_shard(
+        self, k,
+        [=](int64_t version, const tensor& p) {
+          snap->shards[k] = p;
+          if (k == 0) snap->version = version;
+          if (--*left > 0) return;
+          snap->t = elapsed(self->state);
+          snap->worker_steps = self->state.out->worker_steps;
+          then(std::move(*snap));
+        },
+        0, params_atom::value, at_version);
 }
 
 void final_snapshot(coord_actor* self);
@@ -89,6 +102,7 @@ void fail_run(coord_actor* self, const std::string& why) {
   const caf::error reason = caf::make_error(caf::sec::runtime_error, why);
   for (const caf::actor& w : s.workers) self->send_exit(w, reason);
   for (const caf::actor& sh : s.shards) self->send_exit(sh, reason);
+  for (const caf::actor& sb : s.standbys) self->send_exit(sb, reason);
   if (s.done.pending()) s.done.deliver(reason);
   self->quit(reason);
 }
@@ -101,12 +115,13 @@ void finish(coord_actor* self) {
   // The final parameters once every shard has seen every worker leave: across processes
   // a worker's last pushes travel another path than the news of its end.
   auto drained = std::make_shared<size_t>(s.shards.size());
-  for (const caf::actor& sh : s.shards)
-    self->request(sh, caf::infinite, drain_atom::value)
-        .then([=](drain_atom) {
+  for (size_t k = 0; k < s.shards.size(); ++k)
+    ask_shard(
+        self, k,
+        [=](drain_atom) {
           if (--*drained == 0) final_snapshot(self);
         },
-              [=](caf::error& err) { fail_run(self, "a shard: " + self->system().render(err)); });
+        0, drain_atom::value);
 }
 
 void final_snapshot(coord_actor* self) {
@@ -116,28 +131,31 @@ void final_snapshot(coord_actor* self) {
     auto left = std::make_shared<size_t>(s.shards.size());
     s.out->shards.resize(s.shards.size());
     for (size_t k = 0; k < s.shards.size(); ++k)
-      self->request(s.shards[k], caf::infinite, stats_atom::value).then([=](const shard_stats& st) {
-        auto& s = self->state;
-        s.out->shards[k] = st;
-        if (--*left > 0) return;
-        if (s.progress) {
-          for (const shard_stats& x : s.out->shards) {
-            std::string hist;
-            for (int64_t c : x.staleness) hist += (hist.empty() ? "" : ",") + std::to_string(c);
-            char line[256];
-            std::snprintf(line, sizeof line,
-                          "{\"event\":\"shard\",\"shard\":%d,\"version\":%lld,\"pushes\":%lld,\"applied\":%lld,"
-                          "\"dropped\":%lld,\"bytes_in\":%lld,\"bytes_out\":%lld,\"apply_s\":%.4f,\"staleness\":[",
-                          x.shard, (long long)x.version, (long long)x.pushes, (long long)x.applied,
-                          (long long)x.dropped, (long long)x.bytes_in, (long long)x.bytes_out, x.apply_s);
-            s.progress->record(line + hist + "]}");
-          }
-        }
-        for (const caf::actor& sh : s.shards) self->send_exit(sh, caf::exit_reason::user_shutdown);
-        s.done.deliver(run_atom::value);
-        self->quit();
-      },
-      [=](caf::error& err) { fail_run(self, "shard " + std::to_string(k) + ": " + self->system().render(err)); });
+      ask_shard(
+          self, k,
+          [=](const shard_stats& st) {
+            auto& s = self->state;
+            s.out->shards[k] = st;
+            if (--*left > 0) return;
+            if (s.progress) {
+              for (const shard_stats& x : s.out->shards) {
+                std::string hist;
+                for (int64_t c : x.staleness) hist += (hist.empty() ? "" : ",") + std::to_string(c);
+                char line[256];
+                std::snprintf(line, sizeof line,
+                              "{\"event\":\"shard\",\"shard\":%d,\"version\":%lld,\"pushes\":%lld,\"applied\":%lld,"
+                              "\"dropped\":%lld,\"bytes_in\":%lld,\"bytes_out\":%lld,\"apply_s\":%.4f,\"staleness\":[",
+                              x.shard, (long long)x.version, (long long)x.pushes, (long long)x.applied,
+                              (long long)x.dropped, (long long)x.bytes_in, (long long)x.bytes_out, x.apply_s);
+                s.progress->record(line + hist + "]}");
+              }
+            }
+            for (const caf::actor& sh : s.shards) self->send_exit(sh, caf::exit_reason::user_shutdown);
+            for (const caf::actor& sb : s.standbys) self->send_exit(sb, caf::exit_reason::user_shutdown);
+            s.done.deliver(run_atom::value);
+            self->quit();
+          },
+          0, stats_atom::value);
   });
 }
 
@@ -154,8 +172,7 @@ void log_ready(ps_coordinator_state& s) {
     std::snprintf(extra, sizeof extra, "\"policy\":\"%s\",\"version\":%lld,\"worker_steps\":%lld,\"bytes\":%lld%s",
                   s.spec.policy().name().c_str(), (long long)l.version, (long long)s.out->worker_steps,
                   (long long)l.bytes,
-                  s.spec.policy().steal_micro_batches() > 0 ? (",\"stolen\":" + std::to_string(l.stolen)).c_str()
-                                                            : "");
+                  s.spec.policy().steal_micro_batches() > 0 ? (",\"stolen\":" + std::to_string(l.stolen)).c_str() : "");
     const int64_t step = std::min(k, s.steps - 1);
     s.progress->step(step, float(l.samples > 0 ? l.loss / double(l.samples) : 0.0),
                      learning_rate(s.spec.optimizer(), step, s.steps), 0, l.samples, 0, l.compute, extra);
@@ -165,14 +182,16 @@ void log_ready(ps_coordinator_state& s) {
 void on_report(coord_actor* self, const worker_report& r) {
   auto& s = self->state;
   ps_outcome& o = *s.out;
-  if (size_t(r.step) >= o.step_loss.size()) o.step_loss.resize(size_t(r.step) + 1, 0), o.step_workers.resize(size_t(r.step) + 1, 0);
+  if (size_t(r.step) >= o.step_loss.size())
+    o.step_loss.resize(size_t(r.step) + 1, 0), o.step_workers.resize(size_t(r.step) + 1, 0);
   // Running mean over the workers of step k, weighted by their examples (slices differ
   // with speed-proportional batches and work stealing; a worker with none adds nothing).
   if (size_t(r.step) >= s.step_samples.size()) s.step_samples.resize(size_t(r.step) + 1, 0);
   ++o.step_workers[size_t(r.step)];
   int64_t& n = s.step_samples[size_t(r.step)];
   n += r.samples;
-  if (n > 0) o.step_loss[size_t(r.step)] += (double(r.loss) - o.step_loss[size_t(r.step)]) * double(r.samples) / double(n);
+  if (n > 0)
+    o.step_loss[size_t(r.step)] += (double(r.loss) - o.step_loss[size_t(r.step)]) * double(r.samples) / double(n);
   ++o.worker_steps;
   if (s.opts.stop_after_pushes > 0 && o.worker_steps == s.opts.stop_after_pushes && !s.stopping) {
     s.stopping = true;
@@ -208,12 +227,14 @@ caf::behavior ps_coordinator(coord_actor* self, proto::JobSpec spec, ps_options 
   s.progress = progress;
   s.steps = steps;
   return {
-      [=](run_atom, const std::vector<caf::actor>& shards, const std::vector<caf::actor>& workers) {
+      [=](run_atom, const std::vector<caf::actor>& shards, const std::vector<caf::actor>& workers,
+          const std::vector<caf::actor>& standbys) {
         auto& s = self->state;
         s.done = self->make_response_promise();
         const proto::PolicySpec& pol = s.spec.policy();
         s.shards = shards;
         s.workers = workers;
+        s.standbys = standbys;
         for (const caf::actor& w : s.workers) self->monitor(w);
         s.last_step.assign(s.workers.size(), -1);
         s.gone.assign(s.workers.size(), false);
@@ -251,11 +272,25 @@ caf::behavior ps_coordinator(coord_actor* self, proto::JobSpec spec, ps_options 
         for (const caf::actor& w : s.workers) self->send(w, start_atom::value);
         if (s.opts.snapshot_every_s > 0)
           self->delayed_send(self, micros(s.opts.snapshot_every_s), snapshot_atom::value);
-        if (pol.time_limit_s() > 0)
-          self->delayed_send(self, micros(pol.time_limit_s()), timeup_atom::value);
+        if (pol.time_limit_s() > 0) self->delayed_send(self, micros(pol.time_limit_s()), timeup_atom::value);
       },
       [=](const worker_report& r) { on_report(self, r); },
       [=](stop_atom, const std::string& why) { fail_run(self, why); },
+      // Shard k's standby copy took over at `version` (elastic respawn): it hears again of
+      // every worker that has left (a leave may have been lost with the shard's process).
+      [=](moved_atom, int32_t shard, int64_t version) {
+        auto& s = self->state;
+        if (shard < 0 || size_t(shard) >= s.shards.size()) return;
+        const std::string what =
+            "shard " + std::to_string(shard) + " moved to its standby copy at version " + std::to_string(version);
+        s.out->moves.push_back(what);
+        if (s.opts.announce_failures) std::printf("\n%s; the job goes on\n", what.c_str());
+        if (s.progress)
+          s.progress->record("{\"event\":\"moved\",\"shard\":" + std::to_string(shard) +
+                             ",\"version\":" + std::to_string(version) + "}");
+        for (size_t w = 0; w < s.gone.size(); ++w)
+          if (s.gone[w]) self->send(s.shards[size_t(shard)], leave_atom::value, int32_t(w));
+      },
       [=](ckpt_atom, int32_t shard, int64_t version, checkpoint_shard& copy) {
         auto& s = self->state;
         if (!s.writer) return;
@@ -288,7 +323,8 @@ caf::behavior ps_coordinator(coord_actor* self, proto::JobSpec spec, ps_options 
 double ps_outcome::mean_staleness() const {
   double n = 0, sum = 0;
   for (const shard_stats& s : shards)
-    for (size_t t = 0; t < s.staleness.size(); ++t) n += double(s.staleness[t]), sum += double(t) * double(s.staleness[t]);
+    for (size_t t = 0; t < s.staleness.size(); ++t)
+      n += double(s.staleness[t]), sum += double(t) * double(s.staleness[t]);
   return n > 0 ? sum / n : 0;
 }
 
@@ -305,7 +341,8 @@ void check_ps_checkpoints(const proto::JobSpec& spec, const checkpoint_version* 
   if ((spec.train().checkpoint_every() > 0 || resume) && pol.name() != "sync")
     throw input_error(std::string(resume ? "--resume" : "train.checkpoint_every") +
                       ": checkpoints of parameter-shard jobs take the synchronous rule (policy.name \"sync\", "
-                      "where a version is a step every shard shares); got \"" + pol.name() + "\"");
+                      "where a version is a step every shard shares); got \"" +
+                      pol.name() + "\"");
   if (!resume) return;
   for (uint32_t k = 0; k < pol.shards(); ++k)
     if (!resume->shards.count("shard-" + std::to_string(k)))
@@ -317,14 +354,32 @@ void check_ps_checkpoints(const proto::JobSpec& spec, const checkpoint_version* 
 
 int ps_placement::shard_process(int shard) const { return shard % world; }
 int ps_placement::worker_process(int worker) const { return worker % world; }
+int ps_placement::standby_process(int shard) const { return (shard_process(shard) + 1) % world; }
+
+void check_ps_respawn(const proto::JobSpec& spec, int world) {
+  const proto::PolicySpec& pol = spec.policy();
+  const std::string mode = "elastic.mode \"respawn\" of a parameter-shard job";
+  if (pol.name() != "sync")
+    throw input_error(mode +
+                      " takes the synchronous rule (policy.name \"sync\"), whose shards' standby copies "
+                      "replay each update; got \"" +
+                      pol.name() + "\"");
+  if (pol.balance_every() > 0 || pol.steal_micro_batches() > 0)
+    throw input_error(mode + " keeps no copy of shard 0's batch shares or step members: leave out " +
+                      std::string(pol.balance_every() > 0 ? "policy.balance_every" : "policy.steal_micro_batches"));
+  if (world < 2)
+    throw input_error(mode +
+                      ": a job of one process has no other process to keep its shards' copies in; run it "
+                      "with troupe launch --nproc N (N >= 2)");
+}
 
 ps_placement ps_placement::of(const proto::JobSpec& spec, int rank, int world) {
   const int W = int(spec.policy().workers()), S = int(spec.policy().shards());
   if (world > std::max(W, S))
-    throw input_error("policy.workers " + std::to_string(W) + " and policy.shards " + std::to_string(S) +
-                      " leave some of the " + std::to_string(world) +
-                      " processes with neither a worker nor a shard: expected at most " + std::to_string(std::max(W, S)) +
-                      " processes (worker w runs in process w % N, shard s in process s % N)");
+    throw input_error(
+        "policy.workers " + std::to_string(W) + " and policy.shards " + std::to_string(S) + " leave some of the " +
+        std::to_string(world) + " processes with neither a worker nor a shard: expected at most " +
+        std::to_string(std::max(W, S)) + " processes (worker w runs in process w % N, shard s in process s % N)");
   ps_placement p;
   p.rank = rank;
   p.world = world;
@@ -343,8 +398,14 @@ ps_outcome run_ps_training(const proto::JobSpec& spec, std::shared_ptr<const tra
   register_message_types(cfg);
   caf::actor_system sys{cfg};
   // Ids under which the processes know each other's actors.
-  constexpr uint64_t kCoordinatorId = 1, kShardIds = uint64_t(1) << 20, kWorkerIds = uint64_t(2) << 20;
+  constexpr uint64_t kCoordinatorId = 1, kShardIds = uint64_t(1) << 20, kWorkerIds = uint64_t(2) << 20,
+                     kStandbyIds = uint64_t(3) << 20;
   check_ps_checkpoints(spec, opts.resume_from.get());
+  // elastic.mode "respawn": each shard has a standby copy in the next process.
+  const bool shards_move = procs && spec.elastic().mode() == "respawn";
+  if (shards_move) check_ps_respawn(spec, place.world);
+  ps_options copts = opts;
+  copts.shards_move = shards_move;
   const int64_t first_step = opts.resume_from ? opts.resume_from->step : 0;
   // Every process makes the same layouts and initial parameters from the spec's seed.
   auto net = build_model(spec.model());
@@ -364,13 +425,28 @@ ps_outcome run_ps_training(const proto::JobSpec& spec, std::shared_ptr<const tra
                           "--resume " + opts.resume_from->dir.string() + ": " + name);
     }
   std::unique_ptr<checkpoint_writer> writer;  // process 0: persists the shards' copies
-  std::vector<caf::actor> local;  // this process's shards and workers, to wait for
+  std::vector<caf::actor> local;              // this process's shards, standbys and workers, to wait for
   caf::actor coord;
+  std::vector<caf::actor> shards, workers, standbys(out.layouts.size());
+  std::map<int, caf::actor> own_standbys;  // by shard: the copies this process keeps
   std::string link_failure;
   std::mutex link_mu;
   std::unique_ptr<actor_bridge> bridge;  // after what its callback uses: destroyed before it
   if (procs)
-    bridge = std::make_unique<actor_bridge>(sys, procs->group, [&](int, const std::string& why) {
+    bridge = std::make_unique<actor_bridge>(sys, procs->group, [&](int process, const std::string& why) {
+      // elastic respawn: a process other than the coordinator's is lost, and the job goes
+      // on. The copies this process keeps of its shards take over: every other process is
+      // told, then each copy asks the workers to push again. Its workers' stand-ins are
+      // down: the coordinator counts them as failed workers.
+      if (shards_move && process != 0) {
+        std::fprintf(stderr, "troupe: process %d: %s; the job goes on without it\n", place.rank, why.c_str());
+        for (const auto& [k, copy] : own_standbys)
+          if (place.shard_process(k) == process) {
+            bridge->move(process, kShardIds + uint64_t(k), copy, kStandbyIds + uint64_t(k));
+            caf::anon_send(copy, promote_atom::value, workers);
+          }
+        return;
+      }
       {
         std::lock_guard<std::mutex> lock(link_mu);
         if (!link_failure.empty()) return;
@@ -386,18 +462,20 @@ ps_outcome run_ps_training(const proto::JobSpec& spec, std::shared_ptr<const tra
   if (leader) {
     if (spec.train().checkpoint_every() > 0)
       writer = std::make_unique<checkpoint_writer>(spec.train().checkpoint_dir(), int(spec.train().checkpoint_keep()));
-    coord = sys.spawn<caf::detached>(ps_coordinator, spec, opts, &out, opts.progress, steps, writer.get());
+    coord = sys.spawn<caf::detached>(ps_coordinator, spec, copts, &out, opts.progress, steps, writer.get());
     if (bridge) bridge->expose(kCoordinatorId, coord);
   } else {
     coord = bridge->remote(0, kCoordinatorId);
   }
-  std::vector<caf::actor> shards, workers;
   for (const auto& l : out.layouts) {
-    const int owner = place.shard_process(l->index);
+    const int owner = place.shard_process(l->index), keeper = shards_move ? place.standby_process(l->index) : -1;
     if (owner != place.rank) {
+      if (shards_move) bridge->movable(owner, kShardIds + uint64_t(l->index));
       shards.push_back(bridge->remote(owner, kShardIds + uint64_t(l->index)));
-      continue;
     }
+    if (keeper >= 0 && keeper != place.rank)
+      standbys[size_t(l->index)] = bridge->remote(keeper, kStandbyIds + uint64_t(l->index));
+    if (owner != place.rank && keeper != place.rank) continue;
     param_shard_config c;
     c.spec = spec;
     c.layout = l;
@@ -406,8 +484,17 @@ ps_outcome run_ps_training(const proto::JobSpec& spec, std::shared_ptr<const tra
     c.total_steps = steps;
     c.coordinator = coord;
     if (opts.resume_from)
-      c.resume = std::make_shared<const checkpoint_shard>(
-          opts.resume_from->shards.at("shard-" + std::to_string(l->index)));
+      c.resume =
+          std::make_shared<const checkpoint_shard>(opts.resume_from->shards.at("shard-" + std::to_string(l->index)));
+    if (keeper == place.rank) {  // the standby copy: the same shard, without a copy of its own
+      caf::actor copy = sys.spawn<caf::detached>(param_shard, c);
+      standbys[size_t(l->index)] = copy;
+      own_standbys[l->index] = copy;
+      local.push_back(copy);
+      bridge->expose(kStandbyIds + uint64_t(l->index), copy);
+    }
+    if (owner != place.rank) continue;
+    if (keeper >= 0) c.standby = standbys[size_t(l->index)];
     shards.push_back(sys.spawn<caf::detached>(param_shard, std::move(c)));
     local.push_back(shards.back());
     if (bridge) bridge->expose(kShardIds + uint64_t(l->index), shards.back());
@@ -431,6 +518,7 @@ ps_outcome run_ps_training(const proto::JobSpec& spec, std::shared_ptr<const tra
     c.shards = shards;
     c.coordinator = coord;
     c.stragglers = stragglers;
+    c.shards_move = shards_move;
     workers.push_back(sys.spawn<caf::detached>(ps_worker, std::move(c)));
     own_workers.push_back(workers.back());
     local.push_back(workers.back());
@@ -443,7 +531,8 @@ ps_outcome run_ps_training(const proto::JobSpec& spec, std::shared_ptr<const tra
   caf::scoped_actor self{sys};
   std::string failure;
   if (leader)
-    self->request(coord, caf::infinite, run_atom::value, shards, workers)
+    self->request(coord, caf::infinite, run_atom::value, shards, workers,
+                  shards_move ? standbys : std::vector<caf::actor>{})
         .receive([](run_atom) {}, [&](const caf::error& err) { failure = sys.render(err); });
   // The leader's coordinator has stopped the shards; elsewhere the run ends when this
   // process's shards and workers have.

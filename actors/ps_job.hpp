@@ -27,16 +27,17 @@ struct ps_snapshot {
 
 struct ps_outcome {
   std::vector<std::shared_ptr<const shard_layout>> layouts;
-  std::vector<double> step_loss;       // per worker step k: the workers' loss on step k, weighted by examples
-  std::vector<int32_t> step_workers;   // how many workers trained step k
+  std::vector<double> step_loss;      // per worker step k: the workers' loss on step k, weighted by examples
+  std::vector<int32_t> step_workers;  // how many workers trained step k
   // Per worker over the run: examples trained, and (policy.steal_micro_batches)
   // micro-batches it stole from others and others stole from it.
   std::vector<int64_t> worker_samples, stolen, given;
   std::vector<ps_snapshot> snapshots;  // every policy.snapshot period, and the final parameters last
   std::vector<shard_stats> shards;
-  std::vector<std::string> failures;   // workers that failed, and why
+  std::vector<std::string> failures;  // workers that failed, and why
+  std::vector<std::string> moves;     // shards whose standby copy took over (elastic respawn)
   int64_t worker_steps = 0, samples = 0, bytes = 0;
-  double seconds = 0;                  // from start to the last worker's end
+  double seconds = 0;  // from start to the last worker's end
   bool time_limited = false;
   // Applied-gradient staleness over all shards; updates per second of shard 0.
   double mean_staleness() const;
@@ -47,7 +48,7 @@ struct ps_outcome {
 
 struct ps_options {
   bool announce_failures = false;  // print a line when a worker fails
-  double snapshot_every_s = 0;  // 0: only the final parameters
+  double snapshot_every_s = 0;     // 0: only the final parameters
   // Also the parameters the moment the shards' versions reach these (under a synchronous
   // rule every shard's version v is the same update).
   std::vector<int64_t> snapshot_versions;
@@ -60,6 +61,9 @@ struct ps_options {
   // A checkpoint to start from (troupe train --resume): one "shard-S" per shard; the
   // synchronous rule only (check_ps_checkpoints).
   std::shared_ptr<const checkpoint_version> resume_from;
+  // Set by run_ps_training (elastic.mode "respawn" over processes): shards may move to
+  // their standby copies, so a request to one that fails is asked again.
+  bool shards_move = false;
 };
 
 // Checkpoints of a policy job (train.checkpoint_every, --resume): each shard copies its
@@ -77,6 +81,7 @@ struct ps_placement {
   int rank = 0, world = 1;
   int shard_process(int shard) const;
   int worker_process(int worker) const;
+  int standby_process(int shard) const;  // elastic respawn: where its standby copy runs
   // input_error when some process would hold nothing.
   static ps_placement of(const proto::JobSpec& spec, int rank, int world);
 };
@@ -87,6 +92,15 @@ struct ps_processes {
   ps_placement place;
   std::shared_ptr<communicator> group;
 };
+
+// elastic.mode "respawn" of a parameter-shard job (troupe launch, the synchronous rule):
+// shard s has a standby copy in process (s % N + 1) % N that replays each of its updates
+// (param_shard), and when the shard's process is lost the copy takes over, in place: the
+// other processes' messages for the shard go to it (actor_bridge::move), the workers push
+// again what the lost process may have taken with it, and no survivor restarts. The lost
+// process's workers leave the quorum as failed workers do. Process 0 (the coordinator's)
+// is not covered: its loss ends the job. input_error for what it cannot do.
+void check_ps_respawn(const proto::JobSpec& spec, int world);
 
 // Runs the job to its end (or its time limit) in a fresh actor system: the whole job, or
 // with `procs` this process's part of it (only process 0's outcome is filled in; the

@@ -17,6 +17,7 @@ using clock_t_ = std::chrono::steady_clock;
 double since(clock_t_::time_point t) { return std::chrono::duration<double>(clock_t_::now() - t).count(); }
 
 void begin_step(worker_actor* self);
+void pull(worker_actor* self, size_t k, int64_t after, int attempt);
 
 // Forward and backward on examples [first, first + b) of the step's batch, into s.grads;
 // returns their mean loss.
@@ -89,8 +90,8 @@ void next_micro_batch(worker_actor* self) {
     const double e = emulated_s(self, s.micro_size);
     s.report.compute_s += since(t0);
     s.report.emulated_s += e;
-    s.device_free = std::max(clock_t_::now(), base + std::chrono::duration_cast<clock_t_::duration>(
-                                                        std::chrono::duration<double>(e)));
+    s.device_free = std::max(clock_t_::now(),
+                             base + std::chrono::duration_cast<clock_t_::duration>(std::chrono::duration<double>(e)));
     after_emulated(self, std::chrono::duration<double>(s.device_free - clock_t_::now()).count(), 0);
     return;
   }
@@ -194,8 +195,14 @@ int64_t push(worker_actor* self, int64_t samples) {
     tensor g = tensor::empty({l.table.total_numel()});
     copy_into_shard(s.grads, l, g.f32());
     bytes += int64_t(g.bytes()) * 2;  // this push, and the parameters pulled for it
+    if (s.cfg.shards_move) {          // never written again: kept for a second push after a move
+      s.last_push[k] = g;
+      s.last_push_version[k] = s.versions[k];
+    }
     self->send(s.cfg.shards[k], push_atom::value, s.cfg.worker, s.versions[k], s.clock, samples, std::move(g));
   }
+  s.last_push_clock = s.clock;
+  s.last_push_samples = samples;
   ++s.clock;
   return bytes;
 }
@@ -252,25 +259,37 @@ void begin_step(worker_actor* self) {
   }
   s.pull_start = clock_t_::now();
   s.awaiting = s.cfg.shards.size();
-  for (size_t k = 0; k < s.cfg.shards.size(); ++k) {
-    const int64_t after = s.clock == 0 ? -1 : s.versions[k];
-    self->request(s.cfg.shards[k], caf::infinite, pull_atom::value, s.cfg.worker, after, s.clock)
-        .then(
-            [=](int64_t version, const tensor& p) {
-              auto& s = self->state;
-              copy_from_shard(p.f32(), *s.cfg.layouts[k], s.params);
-              s.versions[k] = version;
-              if (--s.awaiting > 0) return;
-              if (s.opt) s.anchor.flat().copy_from(s.params.flat());
-              if (s.micro_size > 0)
-                ask_shard0_then_compute(self, members_atom::value, &ps_worker_state::step_members);
-              else if (s.balancing)
-                ask_shard0_then_compute(self, shares_atom::value, &ps_worker_state::shares);
-              else
-                compute(self);
-            },
-            [=](caf::error& err) { self->quit(std::move(err)); });
-  }
+  for (size_t k = 0; k < s.cfg.shards.size(); ++k) pull(self, k, s.clock == 0 ? -1 : s.versions[k], 0);
+}
+
+// Asks shard k for parameters newer than `after`; computes once every shard has answered.
+// A failed pull ends the worker, but where shards move (cfg.shards_move): then it is asked
+// again, a few times (the shard's stand-in holds it until the standby takes over).
+void pull(worker_actor* self, size_t k, int64_t after, int attempt) {
+  auto& s = self->state;
+  self->request(s.cfg.shards[k], caf::infinite, pull_atom::value, s.cfg.worker, after, s.clock)
+      .then(
+          [=](int64_t version, const tensor& p) {
+            auto& s = self->state;
+            copy_from_shard(p.f32(), *s.cfg.layouts[k], s.params);
+            s.versions[k] = version;
+            if (--s.awaiting > 0) return;
+            if (s.opt) s.anchor.flat().copy_from(s.params.flat());
+            if (s.micro_size > 0)
+              ask_shard0_then_compute(self, members_atom::value, &ps_worker_state::step_members);
+            else if (s.balancing)
+              ask_shard0_then_compute(self, shares_atom::value, &ps_worker_state::shares);
+            else
+              compute(self);
+          },
+          [=](caf::error& err) {
+            constexpr int kPullAttempts = 5;
+            if (self->state.cfg.shards_move && attempt + 1 < kPullAttempts) {
+              pull(self, k, after, attempt + 1);
+              return;
+            }
+            self->quit(std::move(err));
+          });
 }
 
 }  // namespace
@@ -283,6 +302,8 @@ caf::behavior ps_worker(worker_actor* self, ps_worker_config cfg) {
   s.grads = arena(s.net->table);
   s.source = std::make_unique<batch_source>(s.cfg.spec, s.cfg.data);
   s.versions.assign(s.cfg.shards.size(), 0);
+  s.last_push.assign(s.cfg.shards.size(), tensor{});
+  s.last_push_version.assign(s.cfg.shards.size(), -1);
   if (s.cfg.first_step > 0) {
     // A resumed synchronous job: the shards are at version first_step, which the first
     // pull takes at once; the batches start where the checkpoint's run left off.
@@ -309,6 +330,14 @@ caf::behavior ps_worker(worker_actor* self, ps_worker_config cfg) {
         begin_step(self);
       },
       [=](peers_atom, const std::vector<caf::actor>& peers) { self->state.peers = peers; },
+      [=](repush_atom, int32_t shard, int64_t version) {
+        auto& s = self->state;
+        if (shard < 0 || size_t(shard) >= s.cfg.shards.size() || !s.last_push[size_t(shard)].defined() ||
+            s.last_push_version[size_t(shard)] != version)
+          return;
+        self->send(s.cfg.shards[size_t(shard)], push_atom::value, s.cfg.worker, version, s.last_push_clock,
+                   s.last_push_samples, s.last_push[size_t(shard)]);
+      },
       [=](computed_atom) {
         if (self->state.micro_size > 0) {
           self->state.back_to_back = true;

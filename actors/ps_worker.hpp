@@ -29,6 +29,10 @@
 //          (computed_atom)     internal: the emulated compute time is over
 //          (steal_atom, step, members) -> vector<int64_t>: micro-batches of `step` given
 //                              to a thief from the back of the queue (empty: none left)
+//          (repush_atom, shard, version)  a shard moved to its standby copy (cfg.shards_move),
+//                              which is at `version`: if this worker's last push to it was
+//                              for that version, it may have been lost with the shard's
+//                              process, and is sent again (the shard drops a second copy)
 // Sends:   pull/push/leave to the shards (and to shard 0 shares or members requests, and
 //          speed reports, as above); worker_report to the coordinator. It leaves
 //          every shard and quits normally after its last step, and quits with an error
@@ -58,6 +62,9 @@ struct ps_worker_config {
   std::vector<caf::actor> shards;
   caf::actor coordinator;
   std::shared_ptr<const straggler_injector> stragglers;
+  // elastic.mode "respawn": a shard may move to its standby copy in another process; a
+  // pull that fails is asked again (the shard's stand-in holds it until the move).
+  bool shards_move = false;
 };
 
 struct ps_worker_state {
@@ -65,34 +72,39 @@ struct ps_worker_state {
   std::unique_ptr<model> net;
   arena params, grads;
   std::unique_ptr<batch_source> source;
-  int local_steps = 0;               // H of a local rule; 0: push every gradient
-  std::unique_ptr<optimizer> opt;    // a local rule's inner optimizer
-  arena anchor;                      // a local rule: the parameters pulled last
-  int64_t step = 0;                  // steps trained (batches drawn)
-  int round_steps = 0;               // a local rule: steps since the last pull
+  int local_steps = 0;             // H of a local rule; 0: push every gradient
+  std::unique_ptr<optimizer> opt;  // a local rule's inner optimizer
+  arena anchor;                    // a local rule: the parameters pulled last
+  int64_t step = 0;                // steps trained (batches drawn)
+  int round_steps = 0;             // a local rule: steps since the last pull
   int64_t round_samples = 0;
-  bool balancing = false;            // policy.balance_every: shares of the batch from shard 0
-  std::vector<int64_t> shares;       // ... for the step in progress
+  bool balancing = false;       // policy.balance_every: shares of the batch from shard 0
+  std::vector<int64_t> shares;  // ... for the step in progress
   std::vector<int64_t> global_idx, my_idx;
   // policy.steal_micro_batches (policies/work_stealing.hpp): the other workers, the queue
   // of this step's micro-batches not yet started, and the step's sum of gradients.
-  int64_t micro_size = 0;            // examples per micro-batch; 0: no stealing
-  std::vector<caf::actor> peers;     // every worker, by index (this one included)
-  std::vector<int32_t> step_members; // the workers of the step pulled, from shard 0
-  std::vector<int32_t> victims;      // ... whom to ask of them (all at once)
-  size_t asking = 0;                 // steal requests not yet answered
-  bool got_work = false;             // ... and whether any answer had some
-  bool back_to_back = false;         // the last micro-batch's emulated time just ran out
+  int64_t micro_size = 0;                             // examples per micro-batch; 0: no stealing
+  std::vector<caf::actor> peers;                      // every worker, by index (this one included)
+  std::vector<int32_t> step_members;                  // the workers of the step pulled, from shard 0
+  std::vector<int32_t> victims;                       // ... whom to ask of them (all at once)
+  size_t asking = 0;                                  // steal requests not yet answered
+  bool got_work = false;                              // ... and whether any answer had some
+  bool back_to_back = false;                          // the last micro-batch's emulated time just ran out
   std::chrono::steady_clock::time_point device_free;  // ... when it did
   std::deque<int64_t> queue;
-  int64_t queue_step = -1;           // the step `queue` belongs to
-  arena accum;                       // sum over its micro-batches of examples x gradient
+  int64_t queue_step = -1;  // the step `queue` belongs to
+  arena accum;              // sum over its micro-batches of examples x gradient
   double loss_sum = 0;
   std::vector<int64_t> versions;  // per shard: the version of the parameters held
-  int64_t clock = 0;              // gradients pushed
-  size_t awaiting = 0;            // pulls not yet answered
+  // The last push to each shard (its slice, the version it was for), its clock and examples:
+  // sent again when a shard moves (repush_atom).
+  std::vector<tensor> last_push;
+  std::vector<int64_t> last_push_version;
+  int64_t last_push_clock = -1, last_push_samples = 0;
+  int64_t clock = 0;    // gradients pushed
+  size_t awaiting = 0;  // pulls not yet answered
   std::chrono::steady_clock::time_point pull_start;
-  worker_report report;           // of the step in progress
+  worker_report report;  // of the step in progress
   static inline const char* name = "ps_worker";
 };
 

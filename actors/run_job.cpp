@@ -169,6 +169,7 @@ job_outcome run_policy_job(const proto::JobSpec& spec, std::shared_ptr<const tra
                            const coordinator_options& opts) {
   job_outcome out;
   out.steps = total_steps(spec, *data);
+  if (spec.elastic().mode() == "respawn") check_ps_respawn(spec, opts.world);
   // troupe launch: this process's shards and workers; their actors talk to the other
   // processes' over one group of all of them.
   std::unique_ptr<ps_processes> procs;

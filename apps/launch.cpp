@@ -14,6 +14,7 @@
 #include <caf/io/all.hpp>  // the middleman: the coordinator is published for the agents
 
 #include "actors/cluster_coordinator.hpp"
+#include "actors/ps_job.hpp"  // check_ps_respawn: what a parameter-shard job in respawn mode needs
 #include "actors/run_job.hpp"  // split_processes: which view sizes a pipeline fits
 #include "apps/cluster.hpp"
 #include "policies/process_placement.hpp"
@@ -173,6 +174,7 @@ int launch_main(const std::vector<std::string>& args) {
   process_placement placement;
   proto::ElasticSpec elastic;
   int spec_stages = 1, spec_replicas = 1;
+  bool policy_job = false;
   try {
     const proto::JobSpec spec = load_job_spec(job_file);
     elastic = spec.elastic();
@@ -182,8 +184,11 @@ int launch_main(const std::vector<std::string>& args) {
       throw input_error("elastic.mode \"restart_all\" restarts the processes this launcher starts: it takes no --nodes "
                         "(use \"respawn\", where the others go on)");
     if (elastic.mode() != "off" && spec.policy().name() != "allreduce") {
-      // restart_all of a parameter-shard job (the spec's check): its workers and shards
-      // spread over the processes as without elasticity.
+      // A parameter-shard job (the synchronous rule, the spec's check): restart_all, or
+      // respawn, where a lost process's shards move to their standby copies in the
+      // processes left (actors/ps_job.hpp) and no replacement process is started.
+      policy_job = true;
+      if (elastic.mode() == "respawn") check_ps_respawn(spec, nproc + nodes);
     } else if (elastic.mode() != "off" && spec_stages > 1) {
       // Each process keeps its place (its stages of its replicas); a lost one is replaced,
       // or with elastic.respawn false the pipeline is cut anew over those left.
@@ -412,7 +417,9 @@ int launch_main(const std::vector<std::string>& args) {
                   running[k] = false;
                 }
               }
-            if (slot >= 0 && elastic.respawn() && ++respawns[size_t(slot)] > kMaxRespawns) {
+            if (policy_job) {
+              // The processes left hold the lost shards' copies: nothing to start.
+            } else if (slot >= 0 && elastic.respawn() && ++respawns[size_t(slot)] > kMaxRespawns) {
               std::fprintf(stderr, "troupe launch: slot %d was lost %d times: no more replacements for it\n", slot,
                            respawns[size_t(slot)] - 1);
             } else if (slot >= 0 && elastic.respawn()) {

@@ -673,11 +673,11 @@ void check_values(const proto::JobSpec& s, const checker& c) {
                                       el.min_workers(), ")"));
   if (el.mode() != "off") {
 
-    // A parameter-shard job restarts from its checkpoints, which take the synchronous rule;
-    // its shards are not respawned.
-    if (s.policy().name() != "allreduce" && (el.mode() != "restart_all" || s.policy().name() != "sync"))
-      c.fail("elastic.mode", cat("\"", el.mode(), "\" takes the all-reduce path, or \"restart_all\" a parameter-shard ",
-                                 "job under policy.name \"sync\": got policy.name \"", s.policy().name(), "\""));
+    // A parameter-shard job restarts from its checkpoints, or moves a lost process's shards
+    // to their standby copies (actors/ps_job.hpp): both take the synchronous rule.
+    if (s.policy().name() != "allreduce" && s.policy().name() != "sync")
+      c.fail("elastic.mode", cat("\"", el.mode(), "\" takes the all-reduce path, or a parameter-shard job under ",
+                                 "policy.name \"sync\": got policy.name \"", s.policy().name(), "\""));
     if (el.mode() == "restart_all" && t.checkpoint_every() == 0)
       c.fail("elastic.mode", "\"restart_all\" restarts from the last checkpoint: set train.checkpoint_every");
   }

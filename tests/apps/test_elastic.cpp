@@ -333,6 +333,87 @@ TEST_CASE("elastic restart_all: a parameter-shard job whose process is killed re
   check_restart_all("ps_restart", job("ps_restart"), "ps_restart_ref", job("ps_restart_ref"), 2, 1500, 60);
 }
 
+namespace {
+
+// A synchronous parameter-shard job over 3 processes (worker w and shard s in process
+// w % 3, s % 3; shard s's standby copy in process (s + 1) % 3), 3 workers x 3 shards.
+std::string shard_respawn_job(const std::string& name, int steps, const std::string& policy_extra = "") {
+  const fs::path dir = dir_of(name);
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const std::string path = (dir / "job.json").string();
+  std::ofstream(path) << R"({"name": ")" << name << R"(",
+    "model": {"mlp": {"widths": [784, 128, 64, 10], "activation": "relu"}},
+    "data": {"dataset": "fashion_mnist"},
+    "optimizer": {"adamw": {"lr": 2e-3, "weight_decay": 0}},
+    "train": {"batch_size": 96, "steps": )" << steps << R"(, "threads": 1, "metrics_file": ")"
+                      << (dir / "metrics.jsonl").string() << R"("},
+    "policy": {"name": "sync", "workers": 3, "shards": 3)" << policy_extra << R"(},
+    "parallel": {"transport": "tcp"},
+    "elastic": {"mode": "respawn"}
+  })";
+  return path;
+}
+
+// The version each shard ended at, from the metrics' shard lines.
+std::vector<int> shard_versions(const std::string& metrics) {
+  std::vector<int> out;
+  for (const auto& l : lines(metrics))
+    if (l.find("\"event\":\"shard\"") != std::string::npos) out.push_back(int(number(l, "version")));
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("elastic respawn: SIGKILL or SIGSTOP of a process holding a parameter shard moves the shard to its standby "
+          "copy, with no survivor restarted and no update lost") {
+  constexpr int kSteps = 900;
+  launched ref = launch("ps_move_ref", shard_respawn_job("ps_move_ref", kSteps), {}, 3);
+  REQUIRE(wait_for(ref.launcher, std::chrono::seconds(120)) == 0);
+  const double uninterrupted = final_loss(ref.metrics);
+  REQUIRE(uninterrupted > 0);
+  // Process 1 holds worker 1, shard 1 and shard 0's copy (shard 1's copy is in process 2,
+  // which tells the coordinator's process of the move); process 2 holds worker 2, shard 2
+  // and shard 1's copy (shard 2's copy is in process 0, with the coordinator).
+  // Process 2 is stopped (SIGSTOP: a hang, found by the links' silence), not killed.
+  for (const int victim : {1, 2}) {
+    const std::string name = "ps_move_" + std::to_string(victim);
+    const int sig = victim == 1 ? SIGKILL : SIGSTOP;
+    CAPTURE(victim);
+    launched l = launch(name, shard_respawn_job(name, kSteps), {"TROUPE_SILENCE_MS=1000"}, 3);
+    wait_until([&] { return steps_done(l.metrics) >= 100; }, "the first steps");
+    const pid_t other = slot_process(l.launcher, 3 - victim), leader = slot_process(l.launcher, 0);
+    REQUIRE(other > 0);
+    REQUIRE(leader > 0);
+    const pid_t hit = signal_at(l, 150, victim, sig);
+    // The survivors go on, the same processes: nothing new is started (a stopped one is
+    // killed by the launcher once it is counted lost).
+    wait_until([&] { return steps_done(l.metrics) >= 300; }, "steps after the failure");
+    wait_until([&] { return children_of(l.launcher).size() == 2; }, "the lost process's end");
+    const std::vector<pid_t> now = children_of(l.launcher);
+    CHECK(std::find(now.begin(), now.end(), other) != now.end());
+    CHECK(std::find(now.begin(), now.end(), leader) != now.end());
+    const int code = wait_for(l.launcher, std::chrono::seconds(120));
+    const std::string log = read_all(l.log);
+    CAPTURE(log);
+    if (code != 0) ::kill(hit, SIGKILL);
+    REQUIRE(code == 0);
+    CHECK(log.find("shard " + std::to_string(victim) + " moved to its standby copy at version ") != std::string::npos);
+    CHECK(count_events(l.events, "lost") == 1);
+    CHECK(count_events(l.events, "respawn") == 0);
+    CHECK(count_events(l.events, "restart") == 0);
+    // Every step was logged, and every shard made every step's update: none was lost,
+    // the moved one included (its copy had every version a worker had pulled).
+    CHECK(steps_done(l.metrics) == kSteps);
+    CHECK(shard_versions(l.metrics) == std::vector<int>(3, kSteps));
+    // The lost worker's slice of each later batch is not trained: the loss stays near the
+    // uninterrupted run's (seeds of this job spread by about 0.03).
+    const double loss = final_loss(l.metrics);
+    CHECK(loss > 0);
+    CHECK(std::abs(loss - uninterrupted) < 0.05);
+  }
+}
+
 TEST_CASE("elastic respawn: a spare node that joined a full job takes the lost process's place") {
   const std::string name = "spare";
   const std::string job = elastic_job(name, "respawn", 1500, 3, ", \"respawn\": false");
@@ -437,8 +518,8 @@ TEST_CASE("elastic: the spec's elastic section is checked, with what was expecte
         std::string::npos);
   CHECK(spec_error(R"({"mode": "respawn", "min_workers": 3, "max_workers": 2})").find("elastic.max_workers") !=
         std::string::npos);
-  // A parameter-shard job restarts from its checkpoints (the synchronous rule's); it does
-  // not respawn.
+  // A parameter-shard job restarts from its checkpoints, or moves its shards to their
+  // standby copies: the synchronous rule's.
   const std::string ckpt = R"("train": {"batch_size": 64, "steps": 10, "checkpoint_every": 2}, )";
   auto shard_job_error = [&](const std::string& mode, const std::string& policy) {
     try {
@@ -452,8 +533,9 @@ TEST_CASE("elastic: the spec's elastic section is checked, with what was expecte
     return std::string();
   };
   CHECK(shard_job_error("restart_all", "sync") == "");
-  CHECK(shard_job_error("respawn", "sync").find("or \"restart_all\" a parameter-shard job under policy.name "
-                                                "\"sync\": got policy.name \"sync\"") != std::string::npos);
+  CHECK(shard_job_error("respawn", "sync") == "");  // its shards move to their standby copies
+  CHECK(shard_job_error("respawn", "downpour").find("or a parameter-shard job under policy.name \"sync\": got "
+                                                    "policy.name \"downpour\"") != std::string::npos);
   CHECK(shard_job_error("restart_all", "downpour").find("got policy.name \"downpour\"") != std::string::npos);
   // troupe launch checks the job against the processes before it starts any.
   const auto wrong = run("launch --nproc 2 " + elastic_job("wrong", "respawn", 5, 4));
