@@ -22,6 +22,8 @@ caf::behavior device(caf::stateful_actor<device_state>* self, proto::JobSpec spe
   s.coordinator = std::move(coordinator);
   s.replica = std::make_unique<trainer>(spec, total_steps);
   s.checkpoint_every = spec.train().checkpoint_every();
+  s.total_steps = total_steps;
+  if (s.checkpoint_every > 0) s.snapshots = std::make_unique<background_snapshot>();
   if (restore) s.replica->restore(*restore);  // checked by the coordinator before it spawned us
   return {
       [=](const tensor_batch& b) {
@@ -29,15 +31,26 @@ caf::behavior device(caf::stateful_actor<device_state>* self, proto::JobSpec spe
         // OpenMP's thread count belongs to the calling thread: set it where we compute.
         set_compute_threads(s.threads);
         auto t0 = std::chrono::steady_clock::now();
-        step_result r = s.replica->train_step(b.x, b.y);
+        const float loss = s.replica->compute_gradients(b.x, b.y);
+        if (s.snapshots) s.snapshots->settle();  // the last step's copy, before the update
+        step_result r = s.replica->apply_gradients();
+        r.loss = loss;
         double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         int64_t samples = b.x.dim(0);
         int64_t tokens = s.replica->net().kind == model_kind::gpt ? b.x.numel() : 0;
         self->send(caf::actor_cast<caf::actor>(self->current_sender()), credit_atom::value);
         self->send(s.coordinator, step_report{b.step, r.loss, r.grad_norm, r.lr, samples, tokens, dt});
         const int64_t done = s.replica->steps_done();
-        if (s.checkpoint_every > 0 && done % s.checkpoint_every == 0)
-          self->send(s.coordinator, checkpoint_msg{done, std::make_shared<const checkpoint_shard>(s.replica->snapshot())});
+        if (s.checkpoint_every > 0 && done % s.checkpoint_every == 0) {
+          if (done == s.total_steps) {  // nothing follows to hide it behind
+            self->send(s.coordinator, checkpoint_msg{done, std::make_shared<const checkpoint_shard>(s.replica->snapshot())});
+          } else {
+            const trainer* replica = s.replica.get();
+            s.snapshots->start([replica, coordinator = s.coordinator, done] {
+              caf::anon_send(coordinator, checkpoint_msg{done, std::make_shared<const checkpoint_shard>(replica->snapshot())});
+            });
+          }
+        }
       },
       [=](eval_atom, const tensor_batch& b) {
         auto& s = self->state;

@@ -14,6 +14,7 @@
 #include <memory>
 
 #include "actors/messages.hpp"
+#include "runtime/background_snapshot.hpp"
 #include "runtime/training.hpp"
 
 namespace troupe {
@@ -24,11 +25,17 @@ struct device_state {
   int threads = 1;
   int64_t eval_chunk = 1;
   int64_t checkpoint_every = 0;
+  int64_t total_steps = 0;
+  // With checkpoint_every: the copy after a step runs here during the next step's forward
+  // and backward (runtime/background_snapshot.hpp). After `replica`: it stops first.
+  std::unique_ptr<background_snapshot> snapshots;
   static inline const char* name = "device";
 };
 
 // `restore`: a checkpoint shard to start from (null: fresh). With train.checkpoint_every
-// it sends the coordinator a checkpoint_msg after every that many steps.
+// it sends the coordinator a checkpoint_msg after every that many steps: copied on a
+// thread of its own while the next step computes its gradients, and sent from there
+// before that step's update (the last step's copy is made at once, before anything ends).
 caf::behavior device(caf::stateful_actor<device_state>* self, proto::JobSpec spec, int64_t total_steps,
                      caf::actor coordinator, std::shared_ptr<const checkpoint_shard> restore);
 caf::behavior stage_device(caf::stateful_actor<device_state>* self, int threads);

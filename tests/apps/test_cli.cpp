@@ -206,11 +206,12 @@ TEST_CASE("cli: troupe bench checkpoint measures the snapshot, persists it and c
   CHECK(r.output.find("fmnist_mlp") != std::string::npos);
   CHECK(r.output.find("fortunes_gpt") != std::string::npos);
   CHECK(r.output.find("WRONG") == std::string::npos);
-  CHECK(r.output.find("bar (snapshot every step <= 3.5% of the step): ") != std::string::npos);
+  CHECK(r.output.find("bar (snapshot every step <= 3.5% of the step, pipelined): ") != std::string::npos);
   std::ifstream f("/tmp/troupe_cli_bench_checkpoint.json");
   std::string json((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
   CHECK(json.find("\"job\":\"fortunes_gpt\"") != std::string::npos);
   CHECK(json.find("\"ok\":false") == std::string::npos);
+  CHECK(json.find("\"pipelined_overhead\":") != std::string::npos);
   r = run("bench checkpoint --steps 1");
   CHECK(r.code == 2);
   CHECK(r.output.find("--steps expects 3..100000, got '1'") != std::string::npos);
