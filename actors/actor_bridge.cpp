@@ -149,6 +149,8 @@ struct actor_bridge::core : std::enable_shared_from_this<actor_bridge::core> {
 
   std::mutex mu;  // guards what follows
   std::map<std::pair<int, uint64_t>, caf::actor> stand_ins;
+  // Stand-ins that moved to another process's actor (k_move), by where they went.
+  std::multimap<std::pair<int, uint64_t>, caf::actor> moved;
   std::map<uint64_t, pending_request> pending;
   std::vector<std::string> failed;  // per peer: why its link failed ("" while up)
   uint64_t next_req = 1;
@@ -410,13 +412,16 @@ struct actor_bridge::core : std::enable_shared_from_this<actor_bridge::core> {
                                  caf::make_message(caf::exit_msg{caf::actor_addr{}, reason_of(msg)}), nullptr);
         break;
       case k_down: {
-        caf::actor a;
+        std::vector<caf::actor> gone;  // its stand-in, and those that moved to it
         {
           std::lock_guard<std::mutex> lock(mu);
           auto it = stand_ins.find({peer, h.id});
-          if (it != stand_ins.end()) a = it->second;
+          if (it != stand_ins.end()) gone.push_back(it->second);
+          auto [from, to] = moved.equal_range({peer, h.id});
+          for (; from != to; ++from) gone.push_back(from->second);
         }
-        if (a) kill(a, reason_of(msg));
+        const caf::error reason = reason_of(msg);
+        for (const caf::actor& a : gone) kill(a, reason);
         break;
       }
       case k_move: {
@@ -432,7 +437,7 @@ struct actor_bridge::core : std::enable_shared_from_this<actor_bridge::core> {
           auto it = stand_ins.find({from, id});
           if (it == stand_ins.end()) return;  // this process never sends to it
           a = it->second;
-          stand_ins.emplace(std::make_pair(peer, new_id), a);  // its ends come under the new id
+          moved.emplace(std::make_pair(peer, new_id), a);  // its end comes under the new id
         }
         as_stand_in(a)->move_to(peer, new_id, {});
         break;
@@ -618,7 +623,9 @@ void actor_bridge::move(int process, uint64_t id, const caf::actor& local, uint6
     auto it = core_->stand_ins.find({process, id});
     if (it != core_->stand_ins.end()) a = it->second;
   }
-  if (a) as_stand_in(a)->move_to(me, local_id, local);
+  if (!a) return;
+  as_stand_in(a)->move_to(me, local_id, local);
+  local->attach_functor([a](const caf::error& reason) { core::kill(a, reason); });  // its end is the stand-in's
 }
 
 void actor_bridge::start() {

@@ -36,6 +36,24 @@ void save_shard_state(const param_shard_state& s, checkpoint_shard& out) {
 
 void settle(shard_actor* self);
 
+// The current version is made (and, with a standby, the standby has it): the snapshots
+// asked for it, and its checkpoint copy. Nothing changes the version before this: the
+// next update needs pushes from parameters of this version, which are not served yet.
+void publish(param_shard_state& s) {
+  if (s.published == s.version) return;
+  s.published = s.version;
+  while (!s.version_waits.empty() && s.version_waits.begin()->first <= s.version) {
+    s.version_waits.begin()->second.deliver(s.version, current(s));
+    s.version_waits.erase(s.version_waits.begin());
+  }
+  const int64_t every = int64_t(s.cfg.spec.train().checkpoint_every());
+  if (every > 0 && s.version % every == 0 && s.cfg.coordinator) {
+    checkpoint_shard copy;
+    save_shard_state(s, copy);
+    caf::anon_send(s.cfg.coordinator, ckpt_atom::value, int32_t(s.cfg.layout->index), s.version, std::move(copy));
+  }
+}
+
 // The update to the current version goes to the standby copy, whose answer lets the
 // version be served. A standby that is gone (its process lost) leaves this shard without
 // one: the job goes on, unprotected.
@@ -46,6 +64,7 @@ void replicate(shard_actor* self, float lr, int64_t samples) {
           [=](int64_t version) {
             auto& s = self->state;
             s.standby_has = std::max(s.standby_has, version);
+            if (s.standby_has >= s.version) publish(s);
             settle(self);
           },
           [=](caf::error& err) {
@@ -54,6 +73,7 @@ void replicate(shard_actor* self, float lr, int64_t samples) {
             std::fprintf(stderr, "troupe: param_shard %d: its standby copy is gone (%s); it goes on without one\n",
                          s.stats.shard, self->system().render(err).c_str());
             s.cfg.standby = nullptr;
+            publish(s);
             settle(self);
           });
 }
@@ -105,18 +125,8 @@ void apply(shard_actor* self, const update_plan& plan) {
     }
     s.applied_samples += samples;
     if (s.balancer) s.balancer->at_version(s.version);
-    // Snapshots asked for this version, taken before anything else can change it.
-    while (!s.version_waits.empty() && s.version_waits.begin()->first <= s.version) {
-      s.version_waits.begin()->second.deliver(s.version, current(s));
-      s.version_waits.erase(s.version_waits.begin());
-    }
     s.stats.applied += int64_t(plan.take.size());
-    const int64_t every = int64_t(s.cfg.spec.train().checkpoint_every());
-    if (every > 0 && s.version % every == 0 && s.cfg.coordinator) {
-      checkpoint_shard copy;
-      save_shard_state(s, copy);
-      caf::anon_send(s.cfg.coordinator, ckpt_atom::value, int32_t(s.cfg.layout->index), s.version, std::move(copy));
-    }
+    if (!s.cfg.standby) publish(s);  // else once the standby has the version
   }
   s.stats.dropped += int64_t(plan.drop.size());
   std::vector<size_t> gone = plan.take;
@@ -195,6 +205,7 @@ caf::behavior param_shard(shard_actor* self, param_shard_config cfg) {
     s.version = checkpoint_count(*s.cfg.resume, "version");
     s.applied_samples = checkpoint_count(*s.cfg.resume, "applied_samples");
   }
+  s.standby_has = s.published = s.version;  // the standby starts from the same state
   s.stats.shard = s.cfg.layout->index;
   s.stats.staleness.assign(kStalenessBins, 0);
   return {
@@ -249,10 +260,10 @@ caf::behavior param_shard(shard_actor* self, param_shard_config cfg) {
       [=](params_atom, int64_t at_version) {
         auto& s = self->state;
         caf::response_promise reply = self->make_response_promise();
-        if (s.version >= at_version)
+        if (s.version >= at_version && servable(s))
           reply.deliver(s.version, current(s));
-        else
-          s.version_waits.emplace(at_version, reply);
+        else  // later, or once the standby has this version
+          s.version_waits.emplace(std::max(at_version, s.version), reply);
       },
       [=](speed_atom, int32_t worker, double busy_s, int64_t samples) {
         if (self->state.balancer) self->state.balancer->observe(worker, busy_s, samples);

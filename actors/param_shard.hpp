@@ -95,6 +95,7 @@ struct param_shard_state {
   std::multimap<int64_t, caf::response_promise> version_waits;  // snapshots asked for ahead
   std::vector<caf::response_promise> drains;                    // answered once no worker is live
   int64_t standby_has = 0;                   // with cfg.standby: the newest version the standby acked
+  int64_t published = 0;                     // the newest version whose snapshots and checkpoint went out
   std::unique_ptr<speed_balancer> balancer;  // shard 0 with policy.balance_every
   std::vector<int32_t> members;              // the workers live when `version` was made ...
   bool tracks_members = false;               // ... kept up by shard 0 with policy.steal_micro_batches

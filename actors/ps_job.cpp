@@ -4,6 +4,8 @@
 #include <cstdio>
 #include <map>
 #include <mutex>
+#include <set>
+#include <thread>
 
 #include "actors/actor_bridge.hpp"
 #include "actors/param_shard.hpp"
@@ -47,6 +49,31 @@ struct ps_coordinator_state {
 };
 
 using coord_actor = caf::stateful_actor<ps_coordinator_state>;
+
+// Threads, each joined by join_all (a std::thread still joinable when it goes would end
+// the program).
+class joined_threads {
+ public:
+  void add(std::thread t) {
+    std::lock_guard<std::mutex> lock(mu_);
+    threads_.push_back(std::move(t));
+  }
+  void join_all() {
+    for (;;) {
+      std::vector<std::thread> waiting;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (threads_.empty()) return;
+        waiting.swap(threads_);
+      }
+      for (auto& t : waiting) t.join();
+    }
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<std::thread> threads_;
+};
 
 std::chrono::microseconds micros(double seconds) { return std::chrono::microseconds(int64_t(seconds * 1e6)); }
 
@@ -253,8 +280,10 @@ caf::behavior ps_coordinator(coord_actor* self, proto::JobSpec spec, ps_options 
           }
           // A worker that finished has left every shard itself, after its last push (so
           // in every process its pushes arrive before its leave); one that was stopped
-          // or failed leaves through the coordinator.
-          if (dm.reason)
+          // or failed leaves through the coordinator. Where shards move, every end goes
+          // through it too (a leave may be lost with a shard's process; a worker there
+          // ends only once its last push is in every shard, so this cannot overtake it).
+          if (dm.reason || s.opts.shards_move)
             for (const caf::actor& sh : s.shards) self->send(sh, leave_atom::value, w);
           log_ready(s);
           if (++s.ended == int(s.workers.size())) finish(self);
@@ -298,7 +327,8 @@ caf::behavior ps_coordinator(coord_actor* self, proto::JobSpec spec, ps_options 
         v["shard-" + std::to_string(shard)] = std::move(copy);
         if (v.size() < s.shards.size()) return;
         s.writer->submit(version, std::move(v));  // phase 2, in the background
-        s.copies.erase(version);
+        // Older versions still missing a shard's copy never get it (lost with a process).
+        s.copies.erase(s.copies.begin(), s.copies.upper_bound(version));
       },
       [=](snapshot_atom) {
         auto& s = self->state;
@@ -431,34 +461,77 @@ ps_outcome run_ps_training(const proto::JobSpec& spec, std::shared_ptr<const tra
   std::map<int, caf::actor> own_standbys;  // by shard: the copies this process keeps
   std::string link_failure;
   std::mutex link_mu;
+  // elastic respawn: where each shard is now (its process), the processes counted lost,
+  // and the threads that wait for the launcher's word on a failed link (joined at the end).
+  std::vector<int> shard_at(out.layouts.size());
+  for (const auto& l : out.layouts) shard_at[size_t(l->index)] = place.shard_process(l->index);
+  std::set<int> lost;
+  joined_threads verdicts;
   std::unique_ptr<actor_bridge> bridge;  // after what its callback uses: destroyed before it
+  // The job cannot go on: process 0's coordinator stops everything and answers, elsewhere
+  // this process's actors stop.
+  auto end_job = [&](const std::string& why) {
+    {
+      std::lock_guard<std::mutex> lock(link_mu);
+      if (!link_failure.empty()) return;
+      link_failure = why;
+    }
+    if (leader)
+      caf::anon_send(coord, stop_atom::value, why);
+    else
+      for (const caf::actor& a : local) caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
+  };
+  // elastic respawn: `process` is gone for good (the launcher's word). Every process works
+  // out the same new places: each of its shards moves to its copy's process, and the copies
+  // this process keeps take over (every other process is told, then each copy asks the
+  // workers to push again). A shard with no live copy (moved already, or its copy's process
+  // lost too) ends the job.
+  auto process_lost = [&](int process) {
+    std::lock_guard<std::mutex> lock(link_mu);
+    if (!link_failure.empty()) return std::string();
+    lost.insert(process);
+    for (const auto& l : out.layouts) {
+      const int k = l->index, keeper = place.standby_process(k);
+      if (shard_at[size_t(k)] != process) continue;
+      if (shard_at[size_t(k)] != place.shard_process(k))
+        return "shard " + std::to_string(k) + " is lost: it had moved to its copy in process " +
+               std::to_string(process) + ", which is lost too (a copy has no copy of its own)";
+      if (lost.count(keeper))
+        return "shard " + std::to_string(k) + " is lost: process " + std::to_string(process) +
+               " held it and process " + std::to_string(keeper) + ", which held its copy, is lost too";
+      shard_at[size_t(k)] = keeper;
+      if (keeper != place.rank) continue;
+      caf::actor copy = own_standbys.at(k);
+      bridge->move(process, kShardIds + uint64_t(k), copy, kStandbyIds + uint64_t(k));
+      caf::anon_send(copy, promote_atom::value, workers);
+    }
+    return std::string();
+  };
   if (procs)
     bridge = std::make_unique<actor_bridge>(sys, procs->group, [&](int process, const std::string& why) {
-      // elastic respawn: a process other than the coordinator's is lost, and the job goes
-      // on. The copies this process keeps of its shards take over: every other process is
-      // told, then each copy asks the workers to push again. Its workers' stand-ins are
-      // down: the coordinator counts them as failed workers.
+      // elastic respawn: a failed link to a process other than the coordinator's is a lost
+      // process only once the launcher says so (a link can fail between live processes);
+      // meanwhile the stand-ins of its shards hold what is sent to them. The lost
+      // process's workers' stand-ins are down: the coordinator counts them as failed.
       if (shards_move && process != 0) {
-        std::fprintf(stderr, "troupe: process %d: %s; the job goes on without it\n", place.rank, why.c_str());
-        for (const auto& [k, copy] : own_standbys)
-          if (place.shard_process(k) == process) {
-            bridge->move(process, kShardIds + uint64_t(k), copy, kStandbyIds + uint64_t(k));
-            caf::anon_send(copy, promote_atom::value, workers);
-          }
+        verdicts.add(std::thread([&, process, why] {
+          if (!procs->confirm_lost || !procs->confirm_lost(process))
+            return end_job(why + "; the launcher has not counted process " + std::to_string(process) +
+                           " lost, so a link between live processes failed, which the job cannot mend");
+          std::fprintf(stderr, "troupe: process %d: %s; process %d is lost and the job goes on without it\n",
+                       place.rank, why.c_str(), process);
+          const std::string fatal = process_lost(process);
+          if (!fatal.empty()) end_job(fatal);
+        }));
         return;
       }
-      {
-        std::lock_guard<std::mutex> lock(link_mu);
-        if (!link_failure.empty()) return;
-        link_failure = why;
-      }
-      // Without elasticity a lost link ends the job: process 0's coordinator stops
-      // everything and answers, elsewhere this process's actors stop.
-      if (leader)
-        caf::anon_send(coord, stop_atom::value, why);
-      else
-        for (const caf::actor& a : local) caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
+      end_job(why);  // without elasticity a lost link ends the job
     });
+  // Whatever ends this function, the threads that use the bridge end before it does.
+  struct join_first {
+    joined_threads& t;
+    ~join_first() { t.join_all(); }
+  } verdicts_end{verdicts};
   if (leader) {
     if (spec.train().checkpoint_every() > 0)
       writer = std::make_unique<checkpoint_writer>(spec.train().checkpoint_dir(), int(spec.train().checkpoint_keep()));
@@ -539,6 +612,7 @@ ps_outcome run_ps_training(const proto::JobSpec& spec, std::shared_ptr<const tra
   for (const caf::actor& a : local) self->monitor(a);
   for (size_t left = local.size(); left > 0; --left) self->receive([](const caf::down_msg&) {});
   if (writer) writer->flush();  // every checkpoint taken is on disk before the job reports its end
+  verdicts.join_all();
   if (bridge) {
     bridge->close();
     std::lock_guard<std::mutex> lock(link_mu);

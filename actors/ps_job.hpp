@@ -4,6 +4,7 @@
 // workers (one that fails leaves the shards' quorum; the others go on), reports progress,
 // keeps parameter snapshots over wall-clock time for offline evaluation, stops at
 // policy.time_limit_s, and collects the shards' statistics.
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -91,6 +92,10 @@ struct ps_placement {
 struct ps_processes {
   ps_placement place;
   std::shared_ptr<communicator> group;
+  // elastic respawn: waits until the launcher has counted `process` lost (true: it is gone
+  // for good, and its shards may move to their copies) or a deadline passes (false: a link
+  // between live processes failed, which the job cannot mend, so it ends). Unset: false.
+  std::function<bool(int process)> confirm_lost;
 };
 
 // elastic.mode "respawn" of a parameter-shard job (troupe launch, the synchronous rule):

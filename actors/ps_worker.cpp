@@ -249,6 +249,15 @@ void ask_shard0_then_compute(worker_actor* self, Atom what, std::vector<T> ps_wo
 void begin_step(worker_actor* self) {
   auto& s = self->state;
   if (s.step >= s.cfg.steps) {
+    // Where shards move, the last push is sure only once every shard has made the update
+    // it went into (and its copy has that version): until then this worker stays to push
+    // it again to a copy that takes over. So one more pull first.
+    if (s.cfg.shards_move && !s.finishing && s.clock > 0) {
+      s.finishing = true;
+      s.awaiting = s.cfg.shards.size();
+      for (size_t k = 0; k < s.cfg.shards.size(); ++k) pull(self, k, s.versions[k], 0);
+      return;
+    }
     for (const caf::actor& sh : s.cfg.shards) self->send(sh, leave_atom::value, s.cfg.worker);
     self->quit();
     return;
@@ -274,6 +283,7 @@ void pull(worker_actor* self, size_t k, int64_t after, int attempt) {
             copy_from_shard(p.f32(), *s.cfg.layouts[k], s.params);
             s.versions[k] = version;
             if (--s.awaiting > 0) return;
+            if (s.finishing) return begin_step(self);  // the last push is in every shard: leave
             if (s.opt) s.anchor.flat().copy_from(s.params.flat());
             if (s.micro_size > 0)
               ask_shard0_then_compute(self, members_atom::value, &ps_worker_state::step_members);

@@ -101,6 +101,7 @@ struct ps_worker_state {
   std::vector<tensor> last_push;
   std::vector<int64_t> last_push_version;
   int64_t last_push_clock = -1, last_push_samples = 0;
+  bool finishing = false;  // cfg.shards_move: the last pull, after the last push, is out
   int64_t clock = 0;    // gradients pushed
   size_t awaiting = 0;  // pulls not yet answered
   std::chrono::steady_clock::time_point pull_start;

@@ -15,6 +15,7 @@
 #include "actors/elastic_pipeline.hpp"
 #include "actors/pipeline_job.hpp"
 #include "actors/ps_job.hpp"
+#include "policies/elastic_membership.hpp"  // elastic_view: the launcher's word on a lost process
 #include "runtime/threads.hpp"
 #include "transport/collectives.hpp"
 #include "transport/shm/shm.hpp"  // shm_peer_count
@@ -185,6 +186,26 @@ job_outcome run_policy_job(const proto::JobSpec& spec, std::shared_ptr<const tra
     // CPU from the workers. Measured, 4 workers x 2 shards over 2 processes on 2 cores:
     // 128 updates/s polling, 235 without.
     procs->group->spin = std::chrono::microseconds(0);
+    if (spec.elastic().mode() == "respawn") {
+      // The launcher's word on a failed link: a view without the process (the cluster
+      // coordinator publishes one when it counts a process lost: its agent went down or
+      // silent). Within two silences and 5 s, or it was a link between live processes.
+      const auto wait = 2 * base.silence + std::chrono::seconds(5);
+      procs->confirm_lost = [store, group = opts.group, wait](int process) {
+        const auto until = std::chrono::steady_clock::now() + wait;
+        while (std::chrono::steady_clock::now() < until) {
+          try {
+            const std::string latest = store->get(elastic_key(group, "latest"), std::chrono::milliseconds(1));
+            const elastic_view v =
+                elastic_view::decode(store->get(elastic_key(group, "view/" + latest), std::chrono::seconds(1)));
+            if (v.index_of(process) < 0) return true;
+          } catch (const std::exception&) {  // not there yet, or the store is slow: ask again
+          }
+          std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        }
+        return false;
+      };
+    }
     if (opts.rank == 0 && !opts.quiet) {
       std::printf("placement: %d processes over %s; worker w in process w %% %d, shard s in process s %% %d\n",
                   opts.world, spec.parallel().transport().c_str(), opts.world, opts.world);

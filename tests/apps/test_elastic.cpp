@@ -414,6 +414,94 @@ TEST_CASE("elastic respawn: SIGKILL or SIGSTOP of a process holding a parameter 
   }
 }
 
+namespace {
+
+// A shell command's standard output.
+std::string output_of(const std::string& cmd) {
+  std::string out;
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) return out;
+  char buf[4096];
+  for (size_t n; (n = fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, n);
+  pclose(p);
+  return out;
+}
+
+// Closes every TCP connection between processes a and b (`ss -K`, which needs root and a
+// kernel with socket destruction); how many it closed.
+int cut_links(pid_t a, pid_t b) {
+  struct sock {
+    std::string local, peer;
+    pid_t pid;
+  };
+  std::vector<sock> socks;
+  std::istringstream lines(output_of("ss -tnpH 2>/dev/null"));
+  for (std::string l; std::getline(lines, l);) {
+    std::istringstream f(l);
+    std::string state, rq, sq, local, peer;
+    f >> state >> rq >> sq >> local >> peer;
+    for (size_t at = l.find("pid="); at != std::string::npos; at = l.find("pid=", at + 4))
+      socks.push_back({local, peer, pid_t(std::atoi(l.c_str() + at + 4))});
+  }
+  int cut = 0;
+  for (const sock& x : socks) {
+    if (x.pid != a) continue;
+    const bool to_b = std::any_of(socks.begin(), socks.end(), [&](const sock& y) { return y.pid == b && y.local == x.peer; });
+    if (!to_b) continue;
+    const std::string lp = x.local.substr(x.local.rfind(':') + 1), pp = x.peer.substr(x.peer.rfind(':') + 1);
+    const std::string killed = output_of("ss -K -tnH sport = :" + lp + " dport = :" + pp + " 2>/dev/null");
+    cut += !killed.empty();
+  }
+  return cut;
+}
+
+}  // namespace
+
+TEST_CASE("elastic respawn: a parameter-shard job ends with the reason, never a hang, when a shard has no live copy "
+          "left or a link between live processes fails") {
+  // Processes 1 and 2 killed together: shard 1's copy was in process 2, so shard 1 is lost.
+  {
+    launched l = launch("ps_both", shard_respawn_job("ps_both", 20000), {"TROUPE_SILENCE_MS=1000"}, 3);
+    wait_until([&] { return steps_done(l.metrics) >= 100; }, "the first steps");
+    const pid_t one = slot_process(l.launcher, 1), two = slot_process(l.launcher, 2);
+    REQUIRE(one > 0);
+    REQUIRE(two > 0);
+    ::kill(one, SIGKILL);
+    ::kill(two, SIGKILL);
+    const int code = wait_for(l.launcher, std::chrono::seconds(60));
+    const std::string log = read_all(l.log);
+    CAPTURE(log);
+    CHECK(code != 0);
+    CHECK(log.find("shard 1 is lost") != std::string::npos);
+    CHECK(steps_done(l.metrics) < 20000);
+  }
+  // The link between processes 1 and 2 cut, both alive: no process is counted lost, so
+  // nobody may take over a shard (each side would, for the other's). The job ends with
+  // the reason; or, if one side gave up first and was counted lost, the other goes on
+  // and ends well, every shard at the last version.
+  {
+    launched l = launch("ps_split", shard_respawn_job("ps_split", 4000), {"TROUPE_SILENCE_MS=1000"}, 3);
+    wait_until([&] { return steps_done(l.metrics) >= 300; }, "the first steps");
+    const pid_t one = slot_process(l.launcher, 1), two = slot_process(l.launcher, 2);
+    REQUIRE(one > 0);
+    REQUIRE(two > 0);
+    if (cut_links(one, two) == 0) {
+      MESSAGE("skipped the link cut: `ss -K` closed no connection here (it needs root and socket destruction)");
+      ::kill(l.launcher, SIGTERM);
+      wait_for(l.launcher, std::chrono::seconds(60));
+      return;
+    }
+    const int code = wait_for(l.launcher, std::chrono::seconds(90));
+    const std::string log = read_all(l.log);
+    CAPTURE(log);
+    REQUIRE(code >= 0);  // it ended
+    if (code != 0)
+      CHECK(log.find("a link between live processes failed, which the job cannot mend") != std::string::npos);
+    else
+      CHECK(shard_versions(l.metrics) == std::vector<int>(3, 4000));
+  }
+}
+
 TEST_CASE("elastic respawn: a spare node that joined a full job takes the lost process's place") {
   const std::string name = "spare";
   const std::string job = elastic_job(name, "respawn", 1500, 3, ", \"respawn\": false");
