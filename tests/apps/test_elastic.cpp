@@ -53,6 +53,16 @@ std::string elastic_job(const std::string& name, const std::string& mode, int st
 
 std::string dir_of(const std::string& name) { return "/tmp/troupe_elastic_" + name; }
 
+// A fresh /tmp/troupe_elastic_<name>/ with `json` as its job.json; that file's path.
+std::string write_job(const std::string& name, const std::string& json) {
+  const fs::path dir = dir_of(name);
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const std::string path = (dir / "job.json").string();
+  std::ofstream(path) << json;
+  return path;
+}
+
 // The small GPT as 2 pipeline stages x `replicas`, each process one stage of one replica.
 std::string pipeline_job(const std::string& name, int steps, int replicas, const std::string& elastic_extra = "",
                          const std::string& mode = "respawn", const std::string& train_extra = "") {
@@ -315,20 +325,16 @@ TEST_CASE("elastic restart_all: a parameter-shard job whose process is killed re
   // SIGKILL of process 1 loses a worker and a shard, and everyone goes back to the newest
   // version of every shard's copy.
   auto job = [](const std::string& name) {
-    const fs::path dir = dir_of(name);
-    fs::remove_all(dir);
-    fs::create_directories(dir);
-    const std::string path = (dir / "job.json").string();
-    std::ofstream(path) << R"({"name": ")" << name << R"(",
+    const std::string dir = dir_of(name);
+    return write_job(name, R"({"name": ")" + name + R"(",
       "model": {"mlp": {"widths": [784, 128, 64, 10], "activation": "relu"}},
       "data": {"dataset": "fashion_mnist"},
       "optimizer": {"adamw": {"lr": 2e-3, "weight_decay": 0}, "lr_schedule": "cosine"},
-      "train": {"batch_size": 128, "steps": 1500, "threads": 1, "checkpoint_every": 5, "metrics_file": ")"
-                        << (dir / "metrics.jsonl").string() << R"(", "checkpoint_dir": ")" << (dir / "ckpt").string() << R"("},
+      "train": {"batch_size": 128, "steps": 1500, "threads": 1, "checkpoint_every": 5, "metrics_file": ")" +
+                                dir + R"(/metrics.jsonl", "checkpoint_dir": ")" + dir + R"(/ckpt"},
       "policy": {"name": "sync", "workers": 4, "shards": 2},
       "elastic": {"mode": "restart_all"}
-    })";
-    return path;
+    })");
   };
   check_restart_all("ps_restart", job("ps_restart"), "ps_restart_ref", job("ps_restart_ref"), 2, 1500, 60);
 }
@@ -337,22 +343,17 @@ namespace {
 
 // A synchronous parameter-shard job over 3 processes (worker w and shard s in process
 // w % 3, s % 3; shard s's standby copy in process (s + 1) % 3), 3 workers x 3 shards.
-std::string shard_respawn_job(const std::string& name, int steps, const std::string& policy_extra = "") {
-  const fs::path dir = dir_of(name);
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  const std::string path = (dir / "job.json").string();
-  std::ofstream(path) << R"({"name": ")" << name << R"(",
+std::string shard_respawn_job(const std::string& name, int steps) {
+  return write_job(name, R"({"name": ")" + name + R"(",
     "model": {"mlp": {"widths": [784, 128, 64, 10], "activation": "relu"}},
     "data": {"dataset": "fashion_mnist"},
     "optimizer": {"adamw": {"lr": 2e-3, "weight_decay": 0}},
-    "train": {"batch_size": 96, "steps": )" << steps << R"(, "threads": 1, "metrics_file": ")"
-                      << (dir / "metrics.jsonl").string() << R"("},
-    "policy": {"name": "sync", "workers": 3, "shards": 3)" << policy_extra << R"(},
+    "train": {"batch_size": 96, "steps": )" + std::to_string(steps) + R"(, "threads": 1, "metrics_file": ")" +
+                               dir_of(name) + R"(/metrics.jsonl"},
+    "policy": {"name": "sync", "workers": 3, "shards": 3},
     "parallel": {"transport": "tcp"},
     "elastic": {"mode": "respawn"}
-  })";
-  return path;
+  })");
 }
 
 // The version each shard ended at, from the metrics' shard lines.

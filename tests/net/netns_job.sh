@@ -34,7 +34,7 @@ sed "s|METRICS|three.jsonl|" "$work/job.json" > "$work/three.json"
 sed "s|METRICS|nodes.jsonl|; s|\"transport\": \"tcp\"|\"transport\": \"tcp\", \"hosts\": [\"10.77.0.1\", \"10.77.0.3\", \"10.77.0.2\"]|" \
   "$work/job.json" > "$work/nodes.json"
 grep -q '"hosts"' "$work/nodes.json" || { echo "the job file did not get its parallel.hosts"; exit 1; }
-"$troupe" train "$work/one.json" --quiet > "$work/one.log" 2>&1 || { cat "$work/one.log"; exit 1; }
+reference_run "$work/one.json"
 
 export TROUPE_SECRET="netns-test-$$-$RANDOM-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d " \n")"
 pids=()

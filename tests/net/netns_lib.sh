@@ -57,3 +57,23 @@ launch_and_cut_b() {
   sleep 5
   ip -n "${tag}b" link set eth0 up
 }
+
+# reference_run JSON: the job as one process (troupe train; its metrics go where the job
+# says), or exit 1 with its log.
+reference_run() { "$troupe" train "$1" --quiet > "$1.log" 2>&1 || { cat "$1.log"; exit 1; }; }
+
+# job_secret NAME: a fresh TROUPE_SECRET for this test's processes.
+job_secret() { export TROUPE_SECRET="$1-$$-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d " \n")"; }
+
+# cut_round RUN SILENCE PORT: launch_and_cut_b, then waits for the launcher and the two
+# nodes. Returns 1 (with the log) if the launcher or the node in c failed; sets b_status
+# to the node in b's exit status.
+cut_round() {
+  local run=$1 silence=$2 failed=0
+  launch_and_cut_b "$run" "$silence" "$3"
+  wait "$launcher" || { echo "silence $silence: launch failed:"; cat "$run/launch.log"; failed=1; }
+  wait "${agents[1]}" || { echo "silence $silence: the node in c failed:"; cat "$run/node2.log"; failed=1; }
+  b_status=0
+  wait "${agents[0]}" || b_status=$?
+  return $failed
+}

@@ -33,19 +33,15 @@ JOB
 }
 job "$work/one.json" "$work/one.jsonl"
 sed -i 's|"replicas": 3|"replicas": 1|; s|"mode": "respawn", "min_workers": 2|"mode": "off"|' "$work/one.json"
-"$troupe" train "$work/one.json" --quiet > "$work/one.log" 2>&1 || { cat "$work/one.log"; exit 1; }
+reference_run "$work/one.json"
 
-export TROUPE_SECRET="netcut-test-$$-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d " \n")"
+job_secret netcut-test
 status=0
 for silence in 15000 2000; do
   run="$work/s$silence"
   mkdir -p "$run"
   job "$run/job.json" "$run/metrics.jsonl"
-  launch_and_cut_b "$run" "$silence" 29511
-  wait "$launcher" || { echo "silence $silence: launch failed:"; cat "$run/launch.log"; status=1; continue; }
-  wait "${agents[1]}" || { echo "silence $silence: the node in c failed:"; cat "$run/node2.log"; status=1; }
-  b_status=0
-  wait "${agents[0]}" || b_status=$?
+  cut_round "$run" "$silence" 29511 || { status=1; continue; }
   python3 - "$silence" "$work/one.jsonl" "$run/metrics.jsonl" "$run/events.jsonl" "$run/launch.log" "$b_status" <<'PY' || status=1
 import json, sys
 silence, one, metrics, events, log, b_status = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], int(sys.argv[6])

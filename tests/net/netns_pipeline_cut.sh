@@ -35,9 +35,9 @@ JOB
 }
 job "$work/one.json" "$work/one.jsonl"
 sed -i 's|"mode": "respawn"|"mode": "off"|' "$work/one.json"
-"$troupe" train "$work/one.json" --quiet > "$work/one.log" 2>&1 || { cat "$work/one.log"; exit 1; }
+reference_run "$work/one.json"
 
-export TROUPE_SECRET="netpipe-test-$$-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d " \n")"
+job_secret netpipe-test
 status=0
 for silence in 15000 2000; do
   run="$work/s$silence"
