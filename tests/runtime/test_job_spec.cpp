@@ -86,7 +86,8 @@ TEST_CASE("job spec: the example jobs parse and read as intended") {
         "fmnist_mlp: mlp 784-256-256-10 relu on fashion_mnist; sgd lr 0.05 momentum 0.9, constant; batch 128, 2 "
         "epochs, seed 1337");
 
-  for (const char* job : {"fmnist_async_straggler.json", "fortunes_diloco.json", "fmnist_sync_shards.json"}) {
+  for (const char* job : {"fmnist_async_straggler.json", "fortunes_diloco.json", "fmnist_sync_shards.json",
+                          "fmnist_shards_elastic.json"}) {
     CAPTURE(job);
     const proto::JobSpec p = load_job_spec(source_dir + "/apps/jobs/" + job);
     CHECK(p.policy().name() != "allreduce");
