@@ -59,7 +59,10 @@ void publish(param_shard_state& s) {
 // one: the job goes on, unprotected.
 void replicate(shard_actor* self, float lr, int64_t samples) {
   auto& s = self->state;
-  self->request(s.cfg.standby, caf::infinite, replica_atom::value, s.version, s.combined.flat().clone(), lr, samples)
+  // `combined` by reference, not a copy: the standby is in another process, so the bridge
+  // serializes it here, in this call, before the next update writes it again (a standby's
+  // stand-in is never held: it goes down with its process).
+  self->request(s.cfg.standby, caf::infinite, replica_atom::value, s.version, s.combined.flat(), lr, samples)
       .then(
           [=](int64_t version) {
             auto& s = self->state;
