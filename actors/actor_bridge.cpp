@@ -1,6 +1,5 @@
 #include "actors/actor_bridge.hpp"
 
-#include <algorithm>
 #include <atomic>
 #include <caf/actor_proxy.hpp>
 #include <caf/binary_deserializer.hpp>
@@ -242,14 +241,13 @@ struct actor_bridge::core : std::enable_shared_from_this<actor_bridge::core> {
   // requests waiting on it fail, with `reason`; later requests to it fail at once. False if
   // it was cut off already.
   bool cut_off(int peer, const std::string& reason, caf::sec code) {
-    std::vector<caf::actor> all, gone;
+    std::vector<caf::actor> all, gone;  // every stand-in (a moved one is listed under its first id)
     std::vector<pending_request> unanswered;
     {
       std::lock_guard<std::mutex> lock(mu);
       if (!failed[size_t(peer)].empty()) return false;
       failed[size_t(peer)] = reason;
-      for (auto& [key, a] : stand_ins)
-        if (std::find(all.begin(), all.end(), a) == all.end()) all.push_back(a);  // a moved one is there twice
+      for (auto& [key, a] : stand_ins) all.push_back(a);
       for (auto it = pending.begin(); it != pending.end();)
         if (it->second.process == peer) {
           unanswered.push_back(it->second);

@@ -36,6 +36,15 @@ void save_shard_state(const param_shard_state& s, checkpoint_shard& out) {
 
 void settle(shard_actor* self);
 
+// The optimizer's loops on this actor's own thread only: a default OpenMP team (every
+// core) would spin between updates against the workers' compute (measured across 2
+// processes on 2 cores: 32% of the CPU in libgomp). The kernels are element-wise, so
+// the thread count changes no bit (a standby's replay included).
+void optimizer_on_this_thread() {
+  static thread_local const bool one_thread = (set_compute_threads(1), true);
+  (void)one_thread;
+}
+
 // The current version is made (and, with a standby, the standby has it): the snapshots
 // asked for it, and its checkpoint copy. Nothing changes the version before this: the
 // next update needs pushes from parameters of this version, which are not served yet.
@@ -84,12 +93,7 @@ void replicate(shard_actor* self, float lr, int64_t samples) {
 // Applies one plan: the taken pushes, combined with their weights, as one optimizer step.
 void apply(shard_actor* self, const update_plan& plan) {
   auto& s = self->state;
-  // The optimizer's loops on this actor's own thread only: a default OpenMP team (every
-  // core) would spin between updates against the workers' compute (measured across 2
-  // processes on 2 cores: 32% of the CPU in libgomp). The kernels are element-wise, so
-  // the thread count changes no bit.
-  static thread_local const bool one_thread = (set_compute_threads(1), true);
-  (void)one_thread;
+  optimizer_on_this_thread();
   const auto t0 = std::chrono::steady_clock::now();
   const int64_t N = s.cfg.layout->table.total_numel();
   if (!plan.take.empty()) {
@@ -284,8 +288,7 @@ caf::behavior param_shard(shard_actor* self, param_shard_config cfg) {
                                  "param_shard " + std::to_string(s.stats.shard) + " (standby): an update to version " +
                                      std::to_string(version) + " of " + std::to_string(combined.numel()) +
                                      " floats, at version " + std::to_string(s.version));
-        static thread_local const bool one_thread = (set_compute_threads(1), true);  // as apply()
-        (void)one_thread;
+        optimizer_on_this_thread();
         s.combined.flat().copy_from(combined);
         s.opt->step(s.params, s.combined, lr);
         s.version = version;

@@ -251,6 +251,7 @@ job_outcome run_policy_job(const proto::JobSpec& spec, std::shared_ptr<const tra
       std::printf("\n");
     }
     for (const std::string& f : r.failures) std::printf("failed:    %s\n", f.c_str());
+    for (const std::string& m : r.moves) std::printf("moved:     %s\n", m.c_str());
   }
   return out;
 }
