@@ -14,6 +14,7 @@
 #include <fstream>
 #include <thread>
 
+#include "kernels/cpu/blas_core.hpp"
 #include "runtime/job_spec.hpp"
 #include "runtime/threads.hpp"
 #include "runtime/training.hpp"
@@ -200,7 +201,8 @@ int bench_main(const std::vector<std::string>& args) {
   const int steps = flags.steps, rounds = flags.rounds;
   const bool with_torch = flags.torch;
   std::string machine = machine_name();
-  std::printf("troupe bench train on %s, %d hardware threads\n", machine.c_str(), hardware_threads());
+  std::printf("troupe bench train on %s, %d hardware threads, OpenBLAS %s kernels\n", machine.c_str(),
+              hardware_threads(), kernels::blas_core().c_str());
   std::printf(
       "throughput from the median step time after 3 warm-up steps; %d round%s, configurations\n"
       "interleaved within a round; the table shows the median round (min-max)\n\n",
@@ -275,7 +277,8 @@ int bench_main(const std::vector<std::string>& args) {
   std::ofstream f(json_path);
   if (!f) std::fprintf(stderr, "troupe bench: cannot write '%s'\n", json_path.c_str());
   if (f) {
-    f << "{\"machine\":\"" << machine << "\",\"hardware_threads\":" << hardware_threads() << ",\"rounds\":" << rounds
+    f << "{\"machine\":\"" << machine << "\",\"blas_core\":\"" << kernels::blas_core()
+      << "\",\"hardware_threads\":" << hardware_threads() << ",\"rounds\":" << rounds
       << ",\"rows\":[";
     for (size_t i = 0; i < all.size(); ++i) {
       const auto& r = all[i];

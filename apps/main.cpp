@@ -307,6 +307,7 @@ int train(const std::vector<std::string>& args) {
 int troupe::train_main(const std::vector<std::string>& args) { return train(args); }
 
 int main(int argc, char** argv) {
+  troupe::use_fast_blas(argv);
   if (argc < 2) return usage(nullptr);
   std::string cmd = argv[1];
   std::vector<std::string> args(argv + 2, argv + argc);

@@ -9,4 +9,11 @@ namespace troupe {
 int set_compute_threads(int n);
 int hardware_threads();
 
+// Call first thing in main(). When OpenBLAS loaded older kernels than this processor can
+// run (kernels/cpu/blas_core.hpp), starts this program again in place (same pid, same
+// arguments) with OPENBLAS_CORETYPE set to the better ones, which OpenBLAS reads only as
+// it loads; child processes inherit the setting. Returns (with nothing changed) when the
+// kernels are already right, or if the restart fails.
+void use_fast_blas(char** argv);
+
 }  // namespace troupe

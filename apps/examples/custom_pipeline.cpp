@@ -34,6 +34,7 @@ std::unique_ptr<model> alternating_mlp() {
 }
 
 int main(int argc, char** argv) {
+  use_fast_blas(argv);
   long steps = argc > 1 ? std::strtol(argv[1], nullptr, 10) : 300;
   if (steps < 1 || steps > 100000) {
     std::fprintf(stderr, "custom_pipeline: STEPS must be 1..100000, got '%s'\n", argv[1]);
