@@ -21,6 +21,25 @@ void sgd_momentum_update(float* param, float* momentum_buf, const float* grad, i
   }
 }
 
+namespace {
+
+// One range of adamw_update. __restrict: without it GCC cannot rule out that the four
+// buffers overlap and keeps the loop scalar (4.5x slower on 200k elements here).
+void adamw_range(float* __restrict param, float* __restrict m, float* __restrict v, const float* __restrict grad,
+                 int64_t begin, int64_t end, float decay, float beta1, float beta2, float one_minus_b1,
+                 float one_minus_b2, float bias_correction2_sqrt, float eps, float neg_step_size) {
+  for (int64_t i = begin; i < end; i++) {
+    const float g = grad[i];
+    param[i] *= decay;
+    m[i] = m[i] * beta1 + one_minus_b1 * g;
+    v[i] = v[i] * beta2 + one_minus_b2 * g * g;
+    const float denom = std::sqrt(v[i]) / bias_correction2_sqrt + eps;
+    param[i] += neg_step_size * m[i] / denom;
+  }
+}
+
+}  // namespace
+
 void adamw_update(float* param, float* m, float* v, const float* grad, int64_t N, float lr,
                   float beta1, float beta2, float eps, float weight_decay, int step) {
   const float decay = float(1.0 - double(lr) * double(weight_decay));
@@ -30,15 +49,12 @@ void adamw_update(float* param, float* m, float* v, const float* grad, int64_t N
   const double bias_correction2 = 1.0 - std::pow(double(beta2), step);
   const float neg_step_size = float(-(double(lr) / bias_correction1));
   const float bias_correction2_sqrt = float(std::sqrt(bias_correction2));
+  // Ranges of a fixed split (each element's update is independent: any split, same bits).
+  constexpr int kRanges = 64;
 #pragma omp parallel for schedule(static) if (N >= kParallelMinElements)
-  for (int64_t i = 0; i < N; i++) {
-    const float g = grad[i];
-    param[i] *= decay;
-    m[i] = m[i] * beta1 + one_minus_b1 * g;
-    v[i] = v[i] * beta2 + one_minus_b2 * g * g;
-    const float denom = std::sqrt(v[i]) / bias_correction2_sqrt + eps;
-    param[i] += neg_step_size * m[i] / denom;
-  }
+  for (int r = 0; r < kRanges; r++)
+    adamw_range(param, m, v, grad, N * r / kRanges, N * (r + 1) / kRanges, decay, beta1, beta2, one_minus_b1,
+                one_minus_b2, bias_correction2_sqrt, eps, neg_step_size);
 }
 
 double sum_of_squares(const float* x, int64_t N) {
