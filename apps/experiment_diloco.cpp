@@ -35,7 +35,11 @@ struct flags {
   std::vector<int> workers = {2, 4}, hs = {1, 10, 50, 100};
   int steps = 400, batch = 8, eval_every = 50, eval_windows = 400;
   double outer_lr = 0.7, outer_momentum = 0.9;  // diloco's outer Nesterov SGD (the paper's)
+  double lr = 1e-3;                              // the inner AdamW's (and sync's) peak lr
+  std::string lr_schedule = "constant";          // or "cosine" (to 10% of lr at the last step)
+  int warmup = 0;                                // steps of linear warmup
   bool sync = true;
+  bool h1_diloco = true, h1_plain = true;  // which H = 1 rows run (--h1)
   uint64_t seed = 1337;
   std::string out_dir = "runs/experiment_diloco";
 };
@@ -65,7 +69,9 @@ proto::JobSpec make_spec(const flags& f, int workers, int h, bool plain, const s
                             R"(",
     "model": {"gpt": {"n_layer": 4, "n_head": 4, "d_model": 128, "context": 128, "vocab": 256}},
     "data": {"dataset": "fortunes"},
-    "optimizer": {"adamw": {"lr": 1e-3, "beta1": 0.9, "beta2": 0.95, "eps": 1e-8, "weight_decay": 0.1}},
+    "optimizer": {"adamw": {"lr": )" + fmt(f.lr, "%g") +
+                            R"(, "beta1": 0.9, "beta2": 0.95, "eps": 1e-8, "weight_decay": 0.1},
+                  "lr_schedule": ")" + f.lr_schedule + R"(", "warmup_steps": )" + std::to_string(f.warmup) + R"(},
     "train": {"batch_size": )" + std::to_string(global) +
                             R"(, "steps": )" + std::to_string(f.steps) + R"(, "seed": )" + std::to_string(f.seed) +
                             R"(, "threads": 0, "metrics_file": ")" + dir +
@@ -161,6 +167,7 @@ int experiment_diloco_main(const std::vector<std::string>& args) {
   const char* usage =
       "usage: troupe experiment diloco [--workers LIST] [--sync-every LIST] [--steps N] [--batch B] [--no-sync]\n"
       "                                [--eval-every N] [--eval-windows N] [--outer-lr X] [--outer-momentum M]\n"
+      "                                [--lr X] [--lr-schedule constant|cosine] [--warmup N] [--h1 both|plain|diloco]\n"
       "                                [--out DIR]\n";
   flags f;
   for (size_t i = 1; i < args.size(); ++i) {
@@ -180,6 +187,25 @@ int experiment_diloco_main(const std::vector<std::string>& args) {
       if (!parse_number("diloco", a, args[++i], 1e-3, 10, f.outer_lr)) return 2;
     } else if (a == "--outer-momentum" && v) {
       if (!parse_number("diloco", a, args[++i], 0, 0.999, f.outer_momentum)) return 2;
+    } else if (a == "--lr" && v) {
+      if (!parse_number("diloco", a, args[++i], 1e-6, 1, f.lr)) return 2;
+    } else if (a == "--lr-schedule" && v) {
+      f.lr_schedule = args[++i];
+      if (f.lr_schedule != "constant" && f.lr_schedule != "cosine") {
+        std::fprintf(stderr, "troupe experiment diloco: --lr-schedule expects constant or cosine, got '%s'\n",
+                     f.lr_schedule.c_str());
+        return 2;
+      }
+    } else if (a == "--warmup" && v) {
+      if (!parse_int(a, args[++i], 0, 1000000, f.warmup)) return 2;
+    } else if (a == "--h1" && v) {
+      const std::string which = args[++i];
+      if (which != "both" && which != "plain" && which != "diloco") {
+        std::fprintf(stderr, "troupe experiment diloco: --h1 expects both, plain or diloco, got '%s'\n", which.c_str());
+        return 2;
+      }
+      f.h1_diloco = which != "plain";
+      f.h1_plain = which != "diloco";
     } else if (a == "--no-sync") {
       f.sync = false;
     } else if (a == "--out" && v) {
@@ -193,31 +219,32 @@ int experiment_diloco_main(const std::vector<std::string>& args) {
     std::filesystem::create_directories(f.out_dir);
     auto data = load_training_data(make_spec(f, f.workers[0], 0, false, f.out_dir));
     std::printf("experiment diloco: fortunes GPT (4 layers, d_model 128, context 128), %d steps per worker of batch %d,\n"
-                "2 parameter shards; inner AdamW lr 1e-3 (0.9/0.95, wd 0.1, constant), outer Nesterov SGD lr %g\n"
+                "2 parameter shards; inner AdamW lr %g (0.9/0.95, wd 0.1, %s%s), outer Nesterov SGD lr %g\n"
                 "momentum %g ('H=1 plain': outer SGD lr 1, no momentum, i.e. local-sgd: the stronger H=1 reference);\n"
                 "'sync' pushes every step's gradient (data parallel). Every run of a worker count sees the\n"
                 "same tokens; validation loss on the same %d held-out windows, from snapshots every %d steps.\n"
                 "Bytes: what the workers pull and push (parameters down, changes or gradients up), in process.\n\n",
-                f.steps, f.batch, f.outer_lr, f.outer_momentum, f.eval_windows, f.eval_every);
+                f.steps, f.batch, f.lr, f.lr_schedule.c_str(),
+                f.warmup ? (", " + std::to_string(f.warmup) + " warmup steps").c_str() : "", f.outer_lr, f.outer_momentum, f.eval_windows, f.eval_every);
     std::vector<run_result> all;
     for (int w : f.workers) {
       std::printf("%d workers (%.2fM tokens per run)\n", w, double(w) * f.batch * 128 * f.steps / 1e6);
       std::printf("  %-10s %8s %10s %10s %10s %12s %10s %8s\n", "policy", "pushes", "MB sent", "val loss", "vs H=1",
                   "bytes / H=1", "tok/s", "run (s)");
-      std::printf("  (vs H=1, bytes / H=1: against diloco's own H=1 row)\n");
+      std::printf("  (vs H=1, bytes / H=1: against %s H=1 row)\n", f.h1_diloco ? "diloco's own" : "the plain");
       std::vector<std::pair<int, bool>> rows;
       if (f.sync) rows.push_back({0, false});
       for (int h : f.hs) {
-        rows.push_back({h, false});
-        if (h == 1) rows.push_back({1, true});
+        if (h != 1 || f.h1_diloco) rows.push_back({h, false});
+        if (h == 1 && f.h1_plain) rows.push_back({1, true});
       }
       for (auto [h, plain] : rows) {
         std::fflush(stdout);
         all.push_back(run_one(f, w, h, plain, data));
         const run_result& r = all.back();
-        const run_result* h1 = nullptr;  // diloco's own H = 1
+        const run_result* h1 = nullptr;  // diloco's own H = 1 (plain's when that did not run)
         for (const run_result& x : all)
-          if (x.workers == w && x.h == 1 && !x.plain) h1 = &x;
+          if (x.workers == w && x.h == 1 && (!x.plain || !f.h1_diloco)) h1 = &x;
         const std::string vs = h1 && h != 0 ? fmt(r.final_loss - h1->final_loss, "%+.4f") : "";
         const std::string ratio = h1 && h != 0 && r.mb > 0 ? fmt(h1->mb / r.mb, "%.1fx fewer") : "";
         std::printf("  %-10s %8lld %10.1f %10.4f %10s %12s %10.0f %8.1f\n", row_name(h, plain).c_str(),

@@ -185,6 +185,18 @@ TEST_CASE("cli: troupe experiment diloco trains every H, counts its bytes and wr
   r = run("experiment diloco --outer-momentum 1");
   CHECK(r.code == 2);
   CHECK(r.output.find("--outer-momentum expects a number in [0, 0.999], got '1'") != std::string::npos);
+  r = run("experiment diloco --lr-schedule step");
+  CHECK(r.code == 2);
+  CHECK(r.output.find("--lr-schedule expects constant or cosine, got 'step'") != std::string::npos);
+  r = run("experiment diloco --h1 neither");
+  CHECK(r.code == 2);
+  CHECK(r.output.find("--h1 expects both, plain or diloco, got 'neither'") != std::string::npos);
+  r = run("experiment diloco --lr 2");
+  CHECK(r.code == 2);
+  CHECK(r.output.find("--lr expects a number in [1e-06, 1], got '2'") != std::string::npos);
+  r = run("experiment diloco --steps 10 --warmup 10");  // the job spec's own check names the field
+  CHECK(r.code == 1);
+  CHECK(r.output.find("optimizer.warmup_steps") != std::string::npos);
   r = run("experiment stragglers --lr-scaling cube");
   CHECK(r.code == 2);
   CHECK(r.output.find("--lr-scaling: unknown 'cube' (auto, none, linear, sqrt)") != std::string::npos);
