@@ -231,7 +231,8 @@ int experiment_diloco_main(const std::vector<std::string>& args) {
       std::printf("%d workers (%.2fM tokens per run)\n", w, double(w) * f.batch * 128 * f.steps / 1e6);
       std::printf("  %-10s %8s %10s %10s %10s %12s %10s %8s\n", "policy", "pushes", "MB sent", "val loss", "vs H=1",
                   "bytes / H=1", "tok/s", "run (s)");
-      std::printf("  (vs H=1, bytes / H=1: against %s H=1 row)\n", f.h1_diloco ? "diloco's own" : "the plain");
+      if (std::find(f.hs.begin(), f.hs.end(), 1) != f.hs.end())
+        std::printf("  (vs H=1, bytes / H=1: against %s H=1 row)\n", f.h1_diloco ? "diloco's own" : "the plain");
       std::vector<std::pair<int, bool>> rows;
       if (f.sync) rows.push_back({0, false});
       for (int h : f.hs) {
@@ -268,9 +269,12 @@ int experiment_diloco_main(const std::vector<std::string>& args) {
       if (!h50) continue;
       if (h1) {
         const double d = h50->final_loss - h1->final_loss, ratio = h1->mb / h50->mb;
-        std::printf("check: %d workers: H=50 val loss %.4f vs the better H=1 (%s) %.4f (%+.4f, bar at most +0.02): %s; "
+        // With one H = 1 row (--h1), say so: diloco's alone is the weak reference.
+        const std::string which = f.h1_diloco && f.h1_plain ? "the better H=1 (" + row_name(1, h1->plain) + ")"
+                                                            : row_name(1, h1->plain) + " (the only H=1 row run)";
+        std::printf("check: %d workers: H=50 val loss %.4f vs %s %.4f (%+.4f, bar at most +0.02): %s; "
                     "%.1fx fewer bytes (bar >= 50x): %s\n",
-                    w, h50->final_loss, row_name(1, h1->plain).c_str(), h1->final_loss, d,
+                    w, h50->final_loss, which.c_str(), h1->final_loss, d,
                     d <= 0.02 ? "met" : "NOT met", ratio, ratio >= 50 ? "met" : "NOT met");
       }
       if (sync) {
@@ -296,6 +300,9 @@ int experiment_diloco_main(const std::vector<std::string>& args) {
     std::string json = "{\"experiment\":\"diloco\",\"steps\":" + std::to_string(f.steps) +
                        ",\"batch_per_worker\":" + std::to_string(f.batch) +
                        ",\"outer_lr\":" + fmt(f.outer_lr, "%g") + ",\"outer_momentum\":" + fmt(f.outer_momentum, "%g") +
+                       ",\"lr\":" + fmt(f.lr, "%g") + ",\"lr_schedule\":\"" + f.lr_schedule +
+                       "\",\"warmup\":" + std::to_string(f.warmup) + ",\"h1\":\"" +
+                       (f.h1_diloco && f.h1_plain ? "both" : f.h1_plain ? "plain" : "diloco") + "\"" +
                        ",\"runs\":[";
     for (size_t i = 0; i < all.size(); ++i) {
       const run_result& r = all[i];

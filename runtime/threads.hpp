@@ -13,7 +13,8 @@ int hardware_threads();
 // run (kernels/cpu/blas_core.hpp), starts this program again in place (same pid, same
 // arguments) with OPENBLAS_CORETYPE set to the better ones, which OpenBLAS reads only as
 // it loads; child processes inherit the setting. Returns (with nothing changed) when the
-// kernels are already right, or if the restart fails.
+// kernels are already right, when TROUPE_NO_BLAS_RESTART is set (under valgrind without
+// --trace-children, say), when started through the dynamic loader, or if the restart fails.
 void use_fast_blas(char** argv);
 
 }  // namespace troupe

@@ -11,11 +11,15 @@ namespace troupe::kernels {
 // The kernels in use, as OpenBLAS names them ("Haswell", "Prescott", ...).
 std::string blas_core();
 
-// The core type to load OpenBLAS with instead: "Haswell" when the processor has AVX2 and
-// FMA but OpenBLAS chose older kernels; "" when its choice is already as good, or when
-// OPENBLAS_CORETYPE is set (whoever set it chose). The AVX-512 kernels (SkylakeX) are not
-// asked for: older OpenBLAS builds are known to compute wrong results with them on some
-// of these processors (shared/STACK.md).
+// The decision, from its inputs: the core type to load OpenBLAS with instead of `loaded`,
+// or "" to keep it. "Haswell" only when nobody set OPENBLAS_CORETYPE (`asked`), the
+// library reads it (`dynamic`: a DYNAMIC_ARCH build; a fixed build ignores it), the
+// processor has AVX2 and FMA, and `loaded` (any case) is older kernels than Haswell's. The
+// AVX-512 kernels (SkylakeX) are never asked for: older OpenBLAS builds are known to
+// compute wrong results with them on some of these processors (shared/STACK.md).
+std::string choose_blas_core(bool asked, bool dynamic, bool avx2_fma, const std::string& loaded);
+
+// choose_blas_core for this process: its environment, library and processor.
 std::string better_blas_core();
 
 }  // namespace troupe::kernels

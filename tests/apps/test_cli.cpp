@@ -37,6 +37,34 @@ TEST_CASE("cli: bad commands and flags exit 2 with a message naming them") {
   CHECK(r.code == 2);
 }
 
+TEST_CASE("cli: troupe started without OPENBLAS_CORETYPE restarts itself onto kernels at least as new as Haswell's") {
+  // The test binary set OPENBLAS_CORETYPE for itself (and so for every troupe it starts):
+  // here troupe starts without it and makes its own choice.
+  const std::string cmd = std::string("env -u OPENBLAS_CORETYPE ") + TROUPE_BINARY +
+                          " bench train --model mlp --steps 3 --rounds 1 --json /tmp/troupe_cli_blas.json 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  REQUIRE(p != nullptr);
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  const int status = pclose(p);
+  CAPTURE(out);
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+  const size_t at = out.find("OpenBLAS ");
+  REQUIRE(at != std::string::npos);
+  CHECK(out.find("troupe bench train on", at) == std::string::npos);  // the header once: no second run
+#if defined(__x86_64__)
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    const std::string core = out.substr(at + 9, out.find(' ', at + 9) - (at + 9));
+    CAPTURE(core);
+    CHECK((core == "Haswell" || core == "Zen" || core == "SkylakeX" || core == "Cooperlake" ||
+           core == "SapphireRapids" || core == "HASWELL" || core == "ZEN" || core == "SKYLAKEX"));
+  }
+#endif
+}
+
 TEST_CASE("cli: bad job files exit 1 with the file, the field and what is allowed") {
   auto r = run("train /tmp/troupe_no_such_job.json");
   CHECK(r.code == 1);
@@ -176,6 +204,21 @@ TEST_CASE("cli: troupe experiment diloco trains every H, counts its bytes and wr
   CHECK(json.find("[16384,") != std::string::npos);
   std::ifstream svg(out + "/diloco_bytes.svg");
   CHECK(svg.good());
+  // The inner recipe and which H = 1 rows run: the plain one only, a cosine schedule.
+  r = run("experiment diloco --workers 2 --sync-every 1,4 --h1 plain --no-sync --lr 2e-3 --lr-schedule cosine "
+          "--warmup 2 --steps 8 --eval-every 4 --eval-windows 16 --out " + out + "_plain");
+  CHECK(r.code == 0);
+  CAPTURE(r.output);
+  CHECK(r.output.find("inner AdamW lr 0.002 (0.9/0.95, wd 0.1, cosine, 2 warmup steps)") != std::string::npos);
+  CHECK(r.output.find("against the plain H=1 row") != std::string::npos);
+  CHECK(r.output.find("4.0x fewer") != std::string::npos);  // H=4 against the plain H=1
+  std::ifstream fp(out + "_plain/diloco.json");
+  std::string plain_json((std::istreambuf_iterator<char>(fp)), std::istreambuf_iterator<char>());
+  CHECK(plain_json.find("\"lr\":0.002,\"lr_schedule\":\"cosine\",\"warmup\":2,\"h1\":\"plain\"") !=
+        std::string::npos);
+  CHECK(plain_json.find("\"policy\":\"local-sgd\",\"sync_every\":1") != std::string::npos);
+  CHECK(plain_json.find("\"policy\":\"diloco\",\"sync_every\":1,") == std::string::npos);  // not run
+  CHECK(plain_json.find("\"policy\":\"sync\"") == std::string::npos);
   r = run("experiment diloco --sync-every 0");
   CHECK(r.code == 2);
   CHECK(r.output.find("--sync-every expects a number in [1, 100000], got '0'") != std::string::npos);
@@ -194,7 +237,7 @@ TEST_CASE("cli: troupe experiment diloco trains every H, counts its bytes and wr
   r = run("experiment diloco --lr 2");
   CHECK(r.code == 2);
   CHECK(r.output.find("--lr expects a number in [1e-06, 1], got '2'") != std::string::npos);
-  r = run("experiment diloco --steps 10 --warmup 10");  // the job spec's own check names the field
+  r = run("experiment diloco --steps 10 --warmup 10 --out /tmp/troupe_cli_diloco_warmup");  // the spec's check
   CHECK(r.code == 1);
   CHECK(r.output.find("optimizer.warmup_steps") != std::string::npos);
   r = run("experiment stragglers --lr-scaling cube");

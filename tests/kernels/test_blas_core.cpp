@@ -1,29 +1,36 @@
-// The GEMM kernels OpenBLAS loaded: the test binary's main asks for better ones where
-// OpenBLAS chose older kernels than the processor runs (kernels/cpu/blas_core.hpp).
+// The GEMM kernels OpenBLAS loads: which ones a process asks for instead
+// (kernels/cpu/blas_core.hpp), and that the test binary itself runs them.
 #include <doctest/doctest.h>
 
 #include <cstdlib>
-#include <set>
 #include <string>
 
 #include "kernels/cpu/blas_core.hpp"
 
-using namespace troupe::kernels;
+using troupe::kernels::blas_core;
+using troupe::kernels::choose_blas_core;
 
-TEST_CASE("blas_core: OpenBLAS runs kernels at least as new as the processor's AVX2 and FMA") {
-  const std::string core = blas_core();
-  CHECK_FALSE(core.empty());
-  // Nothing better to ask for: main() already restarted with it, or the choice was good.
-  CHECK(better_blas_core().empty());
-#if defined(__x86_64__)
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-    const char* asked = std::getenv("OPENBLAS_CORETYPE");
-    INFO("OPENBLAS_CORETYPE=", asked ? asked : "(unset)", ", kernels: ", core);
-    static const std::set<std::string> good = {"Haswell", "Zen", "SkylakeX", "Cooperlake", "SapphireRapids"};
-    if (!asked)
-      CHECK(good.count(core) == 1);  // detected well: nothing was asked
-    else if (std::string(asked) == "Haswell")
-      CHECK(core == "Haswell");  // what main() asks for (or the user did): it loaded
-  }
-#endif
+TEST_CASE("blas_core: the older kernels a DYNAMIC_ARCH OpenBLAS falls back to are replaced by Haswell's, nothing else") {
+  // asked (OPENBLAS_CORETYPE set), dynamic, AVX2 + FMA, what loaded -> what to ask for
+  CHECK(choose_blas_core(false, true, true, "Prescott") == "Haswell");
+  CHECK(choose_blas_core(false, true, true, "Sandybridge") == "Haswell");  // AVX without FMA
+  CHECK(choose_blas_core(false, true, true, "Nehalem") == "Haswell");
+  CHECK(choose_blas_core(false, true, true, "Haswell") == "");
+  CHECK(choose_blas_core(false, true, true, "Zen") == "");
+  CHECK(choose_blas_core(false, true, true, "SkylakeX") == "");  // better ones are kept
+  CHECK(choose_blas_core(false, true, true, "Cooperlake") == "");
+  CHECK(choose_blas_core(false, true, true, "SAPPHIRERAPIDS") == "");  // in any case
+  CHECK(choose_blas_core(false, true, true, "HASWELL") == "");
+  CHECK(choose_blas_core(true, true, true, "Prescott") == "");    // whoever set it chose
+  CHECK(choose_blas_core(false, false, true, "PRESCOTT") == "");  // a fixed build ignores it
+  CHECK(choose_blas_core(false, true, false, "Prescott") == "");  // the processor cannot do better
+}
+
+TEST_CASE("blas_core: this process runs the kernels the choice asks for") {
+  CHECK_FALSE(blas_core().empty());
+  // main() restarted with the better kernels (or they were chosen at load): nothing is left
+  // to ask for.
+  CHECK(troupe::kernels::better_blas_core().empty());
+  const char* asked = std::getenv("OPENBLAS_CORETYPE");
+  if (asked && std::string(asked) == "Haswell") CHECK(blas_core() == "Haswell");
 }
