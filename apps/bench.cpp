@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "kernels/cpu/blas_core.hpp"
+#include "kernels/cpu/gemm.hpp"
 #include "runtime/job_spec.hpp"
 #include "runtime/threads.hpp"
 #include "runtime/training.hpp"
@@ -201,8 +202,8 @@ int bench_main(const std::vector<std::string>& args) {
   const int steps = flags.steps, rounds = flags.rounds;
   const bool with_torch = flags.torch;
   std::string machine = machine_name();
-  std::printf("troupe bench train on %s, %d hardware threads, OpenBLAS %s kernels\n", machine.c_str(),
-              hardware_threads(), kernels::blas_core().c_str());
+  std::printf("troupe bench train on %s, %d hardware threads, linear layers' GEMMs by %s, OpenBLAS %s kernels\n",
+              machine.c_str(), hardware_threads(), kernels::sgemm_library(), kernels::blas_core().c_str());
   std::printf(
       "throughput from the median step time after 3 warm-up steps; %d round%s, configurations\n"
       "interleaved within a round; the table shows the median round (min-max)\n\n",

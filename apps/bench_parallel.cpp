@@ -22,6 +22,7 @@
 #include "actors/pipeline_job.hpp"
 #include "apps/bench.hpp"
 #include "kernels/cpu/blas_core.hpp"
+#include "kernels/cpu/gemm.hpp"
 #include "kernels/cpu/linear.hpp"
 #include "runtime/job_spec.hpp"
 #include "runtime/rng.hpp"
@@ -211,8 +212,9 @@ int bench_parallel_main(const std::vector<std::string>& args) {
   caf::actor_system sys{cfg};
   std::printf("troupe bench parallel: 2 workers x 1 thread each, ours (stage actors, one process) and PyTorch 1.13's\n"
               "(2 processes, gloo); median step after 3 warm-up steps; %d round%s, settings interleaved in a round;\n"
-              "the table shows the median round (min-max); GEMMs by OpenBLAS's %s kernels (PyTorch's too)\n\n",
-              rounds, rounds == 1 ? "" : "s", kernels::blas_core().c_str());
+              "the table shows the median round (min-max); our linear layers' GEMMs by %s, the rest by OpenBLAS's\n"
+              "%s kernels (PyTorch's by the same OpenBLAS kernels)\n\n",
+              rounds, rounds == 1 ? "" : "s", kernels::sgemm_library(), kernels::blas_core().c_str());
   bool all_ok = true, all_met = true;
   std::string rows_json, ratios_json;
   for (const bool gpt : {false, true}) {

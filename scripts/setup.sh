@@ -3,7 +3,7 @@
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config
       libcaf-dev libboost-dev libucx-dev ucx-utils
-      libprotobuf-dev protobuf-compiler doctest-dev libopenblas-dev zlib1g-dev
+      libprotobuf-dev protobuf-compiler doctest-dev libopenblas-dev libdnnl-dev zlib1g-dev
       libssl-dev openssl iproute2 python3 clang-14 libclang-rt-14-dev openmpi-bin libopenmpi-dev
       dataset-fashion-mnist fortunes fortunes-min)
 missing=()

@@ -1,6 +1,7 @@
 #include "kernels/cpu/linear.hpp"
 
-#include <cblas.h>  // cblas_sgemm from OpenBLAS, called single-threaded
+#include "kernels/cpu/gemm.hpp"
+
 #include <omp.h>
 
 #include <cstdint>
@@ -33,8 +34,7 @@ void linear_forward(float* out, const float* inp, const float* weight, const flo
       for (int n = 0; n < rows.size(); n++)
         for (int o = 0; o < OC; o++) out_rows[int64_t(n) * OC + o] = bias ? bias[o] : 0.0f;
       if (C > 0)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows.size(), OC, C, 1.0f,
-                    inp + int64_t(rows.begin) * C, C, weight, C, 1.0f, out_rows, OC);
+        sgemm(false, true, rows.size(), OC, C, 1.0f, inp + int64_t(rows.begin) * C, C, weight, C, 1.0f, out_rows, OC);
     }
   }
 }
@@ -49,8 +49,8 @@ void linear_backward(float* dinp, float* dweight, float* dbias, const float* dou
     if (dinp && rows.size() > 0 && C > 0) {
       float* dinp_rows = dinp + int64_t(rows.begin) * C;
       if (OC > 0)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows.size(), C, OC, 1.0f,
-                    dout + int64_t(rows.begin) * OC, OC, weight, C, 0.0f, dinp_rows, C);
+        sgemm(false, false, rows.size(), C, OC, 1.0f, dout + int64_t(rows.begin) * OC, OC, weight, C, 0.0f, dinp_rows,
+              C);
       else  // no outputs: the input does not affect anything
         for (int64_t i = 0; i < int64_t(rows.size()) * C; i++) dinp_rows[i] = 0.0f;
     }
@@ -58,8 +58,8 @@ void linear_backward(float* dinp, float* dweight, float* dbias, const float* dou
     // one sum over all N, so no partial sums cross threads.
     const share outs = thread_share(OC);
     if (dweight && outs.size() > 0 && C > 0)
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, outs.size(), C, N, 1.0f,
-                  dout + outs.begin, OC, inp, C, 1.0f, dweight + int64_t(outs.begin) * C, C);
+      sgemm(true, false, outs.size(), C, N, 1.0f, dout + outs.begin, OC, inp, C, 1.0f, dweight + int64_t(outs.begin) * C,
+            C);
     // dbias (OC) += column sums of dout, same split; each column is summed in row order
     // into a small stack buffer, then added once.
     if (dbias) {
