@@ -40,18 +40,11 @@ TEST_CASE("cli: bad commands and flags exit 2 with a message naming them") {
 TEST_CASE("cli: troupe started without OPENBLAS_CORETYPE restarts itself onto kernels at least as new as Haswell's") {
   // The test binary set OPENBLAS_CORETYPE for itself (and so for every troupe it starts):
   // here troupe starts without it and makes its own choice.
-  const std::string cmd = std::string("env -u OPENBLAS_CORETYPE ") + TROUPE_BINARY +
-                          " bench train --model mlp --steps 3 --rounds 1 --json /tmp/troupe_cli_blas.json 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  REQUIRE(p != nullptr);
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  const int status = pclose(p);
+  const auto r = troupe::testing::run_shell(std::string("env -u OPENBLAS_CORETYPE ") + TROUPE_BINARY +
+                                            " bench train --model mlp --steps 3 --rounds 1 --json /tmp/troupe_cli_blas.json 2>&1");
+  const std::string& out = r.output;
   CAPTURE(out);
-  CHECK(WIFEXITED(status));
-  CHECK(WEXITSTATUS(status) == 0);
+  CHECK(r.code == 0);
   const size_t at = out.find("OpenBLAS ");
   REQUIRE(at != std::string::npos);
   CHECK(out.find("troupe bench train on", at) == std::string::npos);  // the header once: no second run

@@ -31,9 +31,9 @@ struct result {
   std::string output;
 };
 
-// `troupe ARGS` to its end: exit code (128 + signal if killed) and stdout + stderr.
-inline result run(const std::string& args) {
-  std::string cmd = std::string(TROUPE_BINARY) + " " + args + " 2>&1";
+// A shell command line to its end: exit code (128 + signal if killed) and what it printed
+// to stdout (add 2>&1 for stderr too).
+inline result run_shell(const std::string& cmd) {
   result r;
   FILE* p = popen(cmd.c_str(), "r");
   REQUIRE(p != nullptr);
@@ -44,6 +44,9 @@ inline result run(const std::string& args) {
   r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   return r;
 }
+
+// `troupe ARGS` to its end: exit code (128 + signal if killed) and stdout + stderr.
+inline result run(const std::string& args) { return run_shell(std::string(TROUPE_BINARY) + " " + args + " 2>&1"); }
 
 // `troupe ARGS` in the background, stdout and stderr to `log`; its pid (our child).
 inline pid_t spawn_troupe(const std::vector<std::string>& args, const std::string& log) {
