@@ -1,10 +1,10 @@
 #include "kernels/cpu/linear.hpp"
 
-#include "kernels/cpu/gemm.hpp"
-
 #include <omp.h>
 
 #include <cstdint>
+
+#include "kernels/cpu/gemm.hpp"
 
 namespace troupe::kernels {
 namespace {

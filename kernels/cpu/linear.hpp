@@ -5,9 +5,10 @@
 // Accumulation rule: parameter gradients (dweight, dbias) use `+=`, so gradient
 // accumulation over micro-batches works; activation gradients (dinp) use `=`.
 //
-// GEMMs go to single-threaded OpenBLAS (the caller sets openblas_set_num_threads(1)),
-// one call per OpenMP thread on a disjoint, static block of rows, so there is one thread
-// pool and the result depends only on the sizes and the thread count. Any size may be 0.
+// GEMMs go to kernels::sgemm (oneDNN where installed, else OpenBLAS; single-threaded:
+// the caller sets openblas_set_num_threads(1) and one OpenMP thread per team level), one
+// call per OpenMP thread on a disjoint, static block of rows, so there is one thread pool
+// and the result depends only on the sizes and the thread count. Any size may be 0.
 namespace troupe::kernels {
 
 void linear_forward(float* out,           // (N,OC)
