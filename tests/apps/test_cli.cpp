@@ -6,6 +6,7 @@
 #include <fstream>
 #include <string>
 
+#include "kernels/cpu/blas_core.hpp"
 #include "tests/support/processes.hpp"
 
 using troupe::testing::run;
@@ -52,8 +53,8 @@ TEST_CASE("cli: troupe started without OPENBLAS_CORETYPE restarts itself onto ke
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
     const std::string core = out.substr(at + 9, out.find(' ', at + 9) - (at + 9));
     CAPTURE(core);
-    CHECK((core == "Haswell" || core == "Zen" || core == "SkylakeX" || core == "Cooperlake" ||
-           core == "SapphireRapids" || core == "HASWELL" || core == "ZEN" || core == "SKYLAKEX"));
+    // Nothing better left to ask for (the decision's own table is tested in test_blas_core).
+    CHECK(troupe::kernels::choose_blas_core(false, true, true, core).empty());
   }
 #endif
 }
@@ -161,16 +162,9 @@ TEST_CASE("cli: troupe bench parallel runs our 2-worker settings, checks their l
 }
 
 TEST_CASE("examples: custom_pipeline builds its model in code and trains it as 3 stages x 2 replicas") {
-  std::string cmd = std::string(TROUPE_EXAMPLE_CUSTOM_PIPELINE) + " 150 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  REQUIRE(p != nullptr);
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  int status = pclose(p);
-  CHECK(WIFEXITED(status));
-  CHECK(WEXITSTATUS(status) == 0);  // the example checks its own test accuracy
+  const auto r = troupe::testing::run_shell(std::string(TROUPE_EXAMPLE_CUSTOM_PIPELINE) + " 150 2>&1");
+  const std::string& out = r.output;
+  CHECK(r.code == 0);  // the example checks its own test accuracy
   CHECK(out.find("stage 2 holds: fc2.weight fc2.bias fc3.weight fc3.bias") != std::string::npos);
   CHECK(out.find("test accuracy") != std::string::npos);
 }
