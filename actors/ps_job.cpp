@@ -441,6 +441,13 @@ ps_outcome run_ps_training(const proto::JobSpec& spec, std::shared_ptr<const tra
   auto net = build_model(spec.model());
   arena init(net->table);
   init_params(*net, init, spec.train().seed());
+  if (opts.start_params.defined()) {
+    if (opts.resume_from) throw input_error("a policy job starts from a checkpoint or from given parameters, not both");
+    if (opts.start_params.type() != dtype::f32 || opts.start_params.numel() != net->table.total_numel())
+      throw input_error("the parameters to start from hold " + std::to_string(opts.start_params.numel()) +
+                        " values; this job's model has " + std::to_string(net->table.total_numel()) + " f32 values");
+    init.flat().copy_from(opts.start_params);
+  }
   out.layouts = shard_by_size(net->table, int(pol.shards()));
   // A checkpoint's shards are checked against their tables and optimizers before any actor
   // starts (an actor system does not end while one waits).

@@ -62,6 +62,11 @@ struct ps_options {
   // A checkpoint to start from (troupe train --resume): one "shard-S" per shard; the
   // synchronous rule only (check_ps_checkpoints).
   std::shared_ptr<const checkpoint_version> resume_from;
+  // Parameters to start from instead of those the spec's seed makes (a model trained
+  // before, as DiLoCo's paper starts from one): the whole model's flat f32 parameters in
+  // the model table's layout. The shards' optimizers start fresh. Empty: the seed's. Every
+  // process of a job must pass the same. Not with resume_from.
+  tensor start_params;
   // Set by run_ps_training (elastic.mode "respawn" over processes): shards may move to
   // their standby copies, so a request to one that fails is asked again.
   bool shards_move = false;

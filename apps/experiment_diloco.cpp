@@ -40,6 +40,9 @@ struct flags {
   int warmup = 0;                                // steps of linear warmup
   bool sync = true;
   bool h1_diloco = true, h1_plain = true;  // which H = 1 rows run (--h1)
+  // --pretrain: steps of one trainer (no traffic) at the largest worker count's global
+  // batch, with the default recipe, before the rows; every row starts from its parameters.
+  int pretrain = 0;
   uint64_t seed = 1337;
   std::string out_dir = "runs/experiment_diloco";
 };
@@ -85,7 +88,47 @@ std::string row_name(int h, bool plain) {
   return h ? "H=" + std::to_string(h) + (plain ? " plain" : "") : "sync";
 }
 
-run_result run_one(const flags& f, int workers, int h, bool plain, const std::shared_ptr<const training_data>& data) {
+// The held-out windows every run is evaluated on (the same for every worker count).
+batch validation_set(const flags& f, proto::JobSpec spec, const std::shared_ptr<const training_data>& data) {
+  spec.mutable_train()->set_batch_size(1);
+  spec.mutable_train()->set_eval_batches(uint32_t(f.eval_windows));
+  return batch_source(spec, data).eval_set();
+}
+
+// The model every row starts from with --pretrain: `f.pretrain` steps of one trainer at
+// batch f.batch x (largest worker count), AdamW with the default recipe (lr 1e-3 constant,
+// whatever the rows' --lr: so runs with different inner recipes start from the same model),
+// windows drawn with another seed than the rows'. One process, nothing communicated.
+tensor pretrain(const flags& f, const std::shared_ptr<const training_data>& data) {
+  flags pf = f;
+  const flags defaults;
+  pf.lr = defaults.lr;
+  pf.lr_schedule = defaults.lr_schedule;
+  pf.warmup = defaults.warmup;
+  pf.steps = f.pretrain;
+  pf.seed = f.seed + 1;
+  proto::JobSpec spec = make_spec(pf, *std::max_element(f.workers.begin(), f.workers.end()), 0, false, f.out_dir);
+  set_compute_threads(hardware_threads());
+  trainer t(spec, f.pretrain);
+  batch_source src(spec, data);
+  for (int s = 0; s < f.pretrain; ++s) {
+    const batch b = src.next();
+    t.train_step(b.x, b.y);
+  }
+  return t.params().flat().clone();
+}
+
+// The validation loss of the whole model's flat parameters.
+double evaluate_params(const flags& f, const std::shared_ptr<const training_data>& data, const tensor& params) {
+  const proto::JobSpec spec = make_spec(f, f.workers[0], 0, false, f.out_dir);
+  trainer eval(spec, f.steps);
+  eval.params().flat().copy_from(params);
+  const batch val = validation_set(f, spec, data);
+  return eval.evaluate(val.x, val.y, 64).loss;
+}
+
+run_result run_one(const flags& f, int workers, int h, bool plain, const std::shared_ptr<const training_data>& data,
+                   const tensor& start) {
   run_result r;
   r.workers = workers;
   r.h = h;
@@ -101,6 +144,7 @@ run_result run_one(const flags& f, int workers, int h, bool plain, const std::sh
   const int per_version = std::max(h, 1);
   ps_options opts;
   opts.progress = &metrics;
+  opts.start_params = start;
   for (int s = f.eval_every; s < f.steps; s += f.eval_every)
     if (s % per_version == 0) opts.snapshot_versions.push_back(s / per_version);
   ps_outcome o = run_ps_training(spec, data, opts);
@@ -115,12 +159,10 @@ run_result run_one(const flags& f, int workers, int h, bool plain, const std::sh
 
   set_compute_threads(hardware_threads());
   trainer eval(spec, f.steps);
-  proto::JobSpec eval_spec = spec;  // the same held-out windows for every worker count
-  eval_spec.mutable_train()->set_batch_size(1);
-  eval_spec.mutable_train()->set_eval_batches(uint32_t(f.eval_windows));
-  const batch val = batch_source(eval_spec, data).eval_set();
-  // The trainer starts at the job's initial parameters: the curves' first point, the same
-  // for every run; then each snapshot in turn.
+  if (start.defined()) eval.params().flat().copy_from(start);
+  const batch val = validation_set(f, spec, data);
+  // The trainer starts at the job's initial parameters (or the pretrained ones): the curves'
+  // first point, the same for every run; then each snapshot in turn.
   auto evaluate = [&](const ps_snapshot* snap, double steps_done, double rounds_done) {
     if (snap) o.assemble(*snap, eval.params());
     const double loss = eval.evaluate(val.x, val.y, 64).loss;
@@ -168,7 +210,7 @@ int experiment_diloco_main(const std::vector<std::string>& args) {
       "usage: troupe experiment diloco [--workers LIST] [--sync-every LIST] [--steps N] [--batch B] [--no-sync]\n"
       "                                [--eval-every N] [--eval-windows N] [--outer-lr X] [--outer-momentum M]\n"
       "                                [--lr X] [--lr-schedule constant|cosine] [--warmup N] [--h1 both|plain|diloco]\n"
-      "                                [--out DIR]\n";
+      "                                [--pretrain N] [--out DIR]\n";
   flags f;
   for (size_t i = 1; i < args.size(); ++i) {
     const std::string& a = args[i];
@@ -206,6 +248,8 @@ int experiment_diloco_main(const std::vector<std::string>& args) {
       }
       f.h1_diloco = which != "plain";
       f.h1_plain = which != "diloco";
+    } else if (a == "--pretrain" && v) {
+      if (!parse_int(a, args[++i], 0, 1000000, f.pretrain)) return 2;
     } else if (a == "--no-sync") {
       f.sync = false;
     } else if (a == "--out" && v) {
@@ -226,6 +270,19 @@ int experiment_diloco_main(const std::vector<std::string>& args) {
                 "Bytes: what the workers pull and push (parameters down, changes or gradients up), in process.\n\n",
                 f.steps, f.batch, f.lr, f.lr_schedule.c_str(),
                 f.warmup ? (", " + std::to_string(f.warmup) + " warmup steps").c_str() : "", f.outer_lr, f.outer_momentum, f.eval_windows, f.eval_every);
+    tensor start;  // empty: every row starts from the seed's parameters
+    double pretrain_loss = 0;
+    const int pretrain_batch = f.batch * *std::max_element(f.workers.begin(), f.workers.end());
+    if (f.pretrain > 0) {
+      std::printf("pretraining: %d steps of one trainer at batch %d (%.2fM tokens, AdamW lr %g %s, nothing sent) ...",
+                  f.pretrain, pretrain_batch, double(f.pretrain) * pretrain_batch * 128 / 1e6, flags{}.lr,
+                  flags{}.lr_schedule.c_str());
+      std::fflush(stdout);
+      start = pretrain(f, data);
+      pretrain_loss = evaluate_params(f, data, start);
+      std::printf(" val loss %.4f; every row starts there (tokens and bytes below count the rows' own)\n\n",
+                  pretrain_loss);
+    }
     std::vector<run_result> all;
     for (int w : f.workers) {
       std::printf("%d workers (%.2fM tokens per run)\n", w, double(w) * f.batch * 128 * f.steps / 1e6);
@@ -241,7 +298,7 @@ int experiment_diloco_main(const std::vector<std::string>& args) {
       }
       for (auto [h, plain] : rows) {
         std::fflush(stdout);
-        all.push_back(run_one(f, w, h, plain, data));
+        all.push_back(run_one(f, w, h, plain, data, start));
         const run_result& r = all.back();
         const run_result* h1 = nullptr;  // diloco's own H = 1 (plain's when that did not run)
         for (const run_result& x : all)
@@ -303,6 +360,9 @@ int experiment_diloco_main(const std::vector<std::string>& args) {
                        ",\"lr\":" + fmt(f.lr, "%g") + ",\"lr_schedule\":\"" + f.lr_schedule +
                        "\",\"warmup\":" + std::to_string(f.warmup) + ",\"h1\":\"" +
                        (f.h1_diloco && f.h1_plain ? "both" : f.h1_plain ? "plain" : "diloco") + "\"" +
+                       ",\"pretrain_steps\":" + std::to_string(f.pretrain) +
+                       ",\"pretrain_batch\":" + std::to_string(f.pretrain > 0 ? pretrain_batch : 0) +
+                       ",\"pretrain_val_loss\":" + fmt(pretrain_loss, "%.5f") +
                        ",\"runs\":[";
     for (size_t i = 0; i < all.size(); ++i) {
       const run_result& r = all[i];

@@ -438,6 +438,34 @@ TEST_CASE("local rules: diloco is H inner steps per worker, then Nesterov SGD on
                  final_params(local, run_ps_training(local, data, {}))) == 0);
 }
 
+TEST_CASE("param shards: a job given parameters to start from trains on from them, as a trainer started there does") {
+  set_compute_threads(1);
+  const proto::JobSpec spec = mlp_job(R"({"name": "sync", "workers": 2, "shards": 3})");
+  auto data = load_training_data(spec);
+  // The start: parameters of another seed, not the ones this job's seed makes.
+  proto::JobSpec other = spec;
+  other.mutable_train()->set_seed(spec.train().seed() + 7);
+  trainer start(other, 20);
+  trainer ref(spec, 20);
+  REQUIRE(max_diff(ref.params(), start.params()) > 0);
+  ref.params().flat().copy_from(start.params().flat());
+  const std::vector<double> ref_loss = train_reference(ref, spec, data);
+  ps_options opts;
+  opts.start_params = start.params().flat().clone();
+  const ps_outcome out = run_ps_training(spec, data, opts);
+  REQUIRE(out.step_loss.size() == 20);
+  for (int k = 0; k < 20; ++k) CHECK(rel(out.step_loss[size_t(k)], ref_loss[size_t(k)]) < 1e-4);
+  CHECK(max_diff(final_params(spec, out), ref.params()) < 1e-5);
+  // Parameters of another model are refused, with what was wrong.
+  opts.start_params = tensor::zeros({100});
+  try {
+    run_ps_training(spec, data, opts);
+    FAIL("100 values for a model of more were taken");
+  } catch (const input_error& e) {
+    CHECK(std::string(e.what()).find("hold 100 values; this job's model has") != std::string::npos);
+  }
+}
+
 TEST_CASE("local rules: traffic is one pull and one push per H steps, and a failed worker leaves the rounds") {
   auto traffic = [](int H) {
     const proto::JobSpec spec =

@@ -206,6 +206,22 @@ TEST_CASE("cli: troupe experiment diloco trains every H, counts its bytes and wr
   CHECK(plain_json.find("\"policy\":\"local-sgd\",\"sync_every\":1") != std::string::npos);
   CHECK(plain_json.find("\"policy\":\"diloco\",\"sync_every\":1,") == std::string::npos);  // not run
   CHECK(plain_json.find("\"policy\":\"sync\"") == std::string::npos);
+  // --pretrain: every row starts from one model trained first, whose loss is the curves' first point.
+  r = run("experiment diloco --workers 2 --sync-every 4 --no-sync --pretrain 3 --steps 8 --eval-every 4 "
+          "--eval-windows 16 --out " + out + "_pretrained");
+  CHECK(r.code == 0);
+  CAPTURE(r.output);
+  CHECK(r.output.find("pretraining: 3 steps of one trainer at batch 16 (0.01M tokens, AdamW lr 0.001 constant, "
+                      "nothing sent)") != std::string::npos);
+  std::ifstream fpt(out + "_pretrained/diloco.json");
+  std::string pt_json((std::istreambuf_iterator<char>(fpt)), std::istreambuf_iterator<char>());
+  const auto pt = pt_json.find("\"pretrain_val_loss\":");
+  REQUIRE(pt != std::string::npos);
+  const std::string pt_loss = pt_json.substr(pt + 20, 7);  // e.g. 5.41234
+  CAPTURE(pt_loss);
+  CHECK(std::stod(pt_loss) < 5.5);  // below the fresh model's ln 256 = 5.545
+  CHECK(pt_json.find("\"pretrain_steps\":3,\"pretrain_batch\":16,") != std::string::npos);
+  CHECK(pt_json.find("\"curve\":[[0,0.000," + pt_loss + "]") != std::string::npos);
   r = run("experiment diloco --sync-every 0");
   CHECK(r.code == 2);
   CHECK(r.output.find("--sync-every expects a number in [1, 100000], got '0'") != std::string::npos);
@@ -218,6 +234,9 @@ TEST_CASE("cli: troupe experiment diloco trains every H, counts its bytes and wr
   r = run("experiment diloco --lr-schedule step");
   CHECK(r.code == 2);
   CHECK(r.output.find("--lr-schedule expects constant or cosine, got 'step'") != std::string::npos);
+  r = run("experiment diloco --pretrain -1");
+  CHECK(r.code == 2);
+  CHECK(r.output.find("--pretrain expects a number in [0, 1e+06], got '-1'") != std::string::npos);
   r = run("experiment diloco --h1 neither");
   CHECK(r.code == 2);
   CHECK(r.output.find("--h1 expects both, plain or diloco, got 'neither'") != std::string::npos);
