@@ -210,7 +210,7 @@ int experiment_diloco_main(const std::vector<std::string>& args) {
       "usage: troupe experiment diloco [--workers LIST] [--sync-every LIST] [--steps N] [--batch B] [--no-sync]\n"
       "                                [--eval-every N] [--eval-windows N] [--outer-lr X] [--outer-momentum M]\n"
       "                                [--lr X] [--lr-schedule constant|cosine] [--warmup N] [--h1 both|plain|diloco]\n"
-      "                                [--pretrain N] [--out DIR]\n";
+      "                                [--pretrain N] [--seed N] [--out DIR]\n";
   flags f;
   for (size_t i = 1; i < args.size(); ++i) {
     const std::string& a = args[i];
@@ -248,6 +248,12 @@ int experiment_diloco_main(const std::vector<std::string>& args) {
       }
       f.h1_diloco = which != "plain";
       f.h1_plain = which != "diloco";
+    } else if (a == "--seed" && v) {
+      // Every row's initial parameters and training windows (the validation windows are fixed).
+      if (int seed = 0; parse_int(a, args[++i], 0, 2000000000, seed))
+        f.seed = uint64_t(seed);
+      else
+        return 2;
     } else if (a == "--pretrain" && v) {
       if (!parse_int(a, args[++i], 0, 1000000, f.pretrain)) return 2;
     } else if (a == "--no-sync") {
@@ -360,7 +366,7 @@ int experiment_diloco_main(const std::vector<std::string>& args) {
                        ",\"lr\":" + fmt(f.lr, "%g") + ",\"lr_schedule\":\"" + f.lr_schedule +
                        "\",\"warmup\":" + std::to_string(f.warmup) + ",\"h1\":\"" +
                        (f.h1_diloco && f.h1_plain ? "both" : f.h1_plain ? "plain" : "diloco") + "\"" +
-                       ",\"pretrain_steps\":" + std::to_string(f.pretrain) +
+                       ",\"seed\":" + std::to_string(f.seed) + ",\"pretrain_steps\":" + std::to_string(f.pretrain) +
                        ",\"pretrain_batch\":" + std::to_string(f.pretrain > 0 ? pretrain_batch : 0) +
                        ",\"pretrain_val_loss\":" + fmt(pretrain_loss, "%.5f") +
                        ",\"runs\":[";

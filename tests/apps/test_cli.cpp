@@ -220,7 +220,7 @@ TEST_CASE("cli: troupe experiment diloco trains every H, counts its bytes and wr
   const std::string pt_loss = pt_json.substr(pt + 20, 7);  // e.g. 5.41234
   CAPTURE(pt_loss);
   CHECK(std::stod(pt_loss) < 5.5);  // below the fresh model's ln 256 = 5.545
-  CHECK(pt_json.find("\"pretrain_steps\":3,\"pretrain_batch\":16,") != std::string::npos);
+  CHECK(pt_json.find("\"seed\":1337,\"pretrain_steps\":3,\"pretrain_batch\":16,") != std::string::npos);
   CHECK(pt_json.find("\"curve\":[[0,0.000," + pt_loss + "]") != std::string::npos);
   r = run("experiment diloco --sync-every 0");
   CHECK(r.code == 2);
@@ -234,6 +234,9 @@ TEST_CASE("cli: troupe experiment diloco trains every H, counts its bytes and wr
   r = run("experiment diloco --lr-schedule step");
   CHECK(r.code == 2);
   CHECK(r.output.find("--lr-schedule expects constant or cosine, got 'step'") != std::string::npos);
+  r = run("experiment diloco --seed x");
+  CHECK(r.code == 2);
+  CHECK(r.output.find("--seed expects a number") != std::string::npos);
   r = run("experiment diloco --pretrain -1");
   CHECK(r.code == 2);
   CHECK(r.output.find("--pretrain expects a number in [0, 1e+06], got '-1'") != std::string::npos);
